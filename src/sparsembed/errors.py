@@ -1,0 +1,8 @@
+"""The one exception type the command line turns into a one-line message and exit code 2."""
+
+
+class UserError(ValueError):
+    """Bad input or settings: what was wrong, where, and what to do.
+
+    The CLI prints ``sparsembed: error: <message>`` and exits with code 2; nothing is half-written.
+    """
