@@ -1,0 +1,3 @@
+from sparsembed.cli import main
+
+raise SystemExit(main())
