@@ -1,0 +1,454 @@
+"""The built-in corpus behind ``make demo``: generated text with analogies planted by construction.
+
+No downloads: :func:`generate_corpus` writes a few million tokens of synthetic text in a couple of seconds,
+and :func:`write_analogies` writes the questions that hold in it by construction, in the
+``questions-words.txt`` format that ``evaluate_word_analogies`` reads.
+
+How the structure is planted
+----------------------------
+The planted words are (concept, attribute) pairs arranged in groups, e.g. ``king``/``queen`` (title ×
+gender), ``kelvia``/``kelburg``/``kelmark``/``kelish`` (nation × country/capital/currency/language),
+``blick``/``blicks``/``blicked``/``blicking`` (verb × tense), nouns × number and adjectives × degree.
+Every sentence is built around one planted word ``w = (c, a)``; each other token of the sentence is drawn
+from the *topic* of the concept ``c`` (a fixed set of ordinary words), from the topic of the attribute
+``a``, or from the Zipf-distributed background vocabulary. The context distribution of ``w`` is therefore a
+mixture whose concept part is shared by every form of ``c`` and whose attribute part is shared by every
+word with attribute ``a``; word2vec's implicit PMI matrix then splits into a concept block plus an
+attribute block, so ``vec(w) ≈ f(c) + g(a)`` and ``b - a + c`` lands on ``d`` for every planted question.
+
+Topic words are drawn from a band of mid-frequency background words and each serves several topics, so
+they stay generic words instead of becoming near-synonyms of one planted word: the nearest neighbours of a
+planted word are the other forms of its concept and its same-attribute siblings.
+
+The "world" (names, topics, frequencies) depends only on ``seed``, never on ``n_tokens``, so the questions
+written by :func:`write_analogies` match corpora of every size written with the same seed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .fsutil import atomic_write
+
+# Hyperparameters the demo trains with (gensim defaults except ``epochs``; see run_demo).
+DEMO_PARAMS: dict[str, Any] = {
+    "vector_size": 100,
+    "window": 5,
+    "negative": 5,
+    "min_count": 5,
+    "epochs": 5,
+}
+
+# Sentence shape: lengths uniform in [_MIN_LEN, _MAX_LEN]; with window 5 a planted word near the middle
+# sees (almost) the whole sentence as context.
+_MIN_LEN, _MAX_LEN = 9, 13
+# Share of non-planted tokens in a sentence drawn from the concept topic / the attribute topic; the rest
+# is Zipf background ("the", "of", pseudo-words), which also gives the vocabulary a realistic shape.
+_P_CONCEPT, _P_ATTRIBUTE = 0.35, 0.30
+_TOPIC_SIZE = 16  # words per concept / attribute topic
+_TOPIC_BAND = (40, 240)  # ranks of background words that serve as topic words
+_N_BACKGROUND = 8_000  # background vocabulary size
+_ZIPF_S = 1.0
+
+# Real function words head the background so generated lines read a little like text.
+_FUNCTION_WORDS = (
+    "the of and to a in is that for it as was with be by on not this are at from or an which have but "
+    "had one were they their has been its there all would more when will so some can no into other "
+    "than then also these only them"
+).split()
+
+# Title × gender pairs in real English: the classic "king : queen :: man : woman" questions.
+_GENDER_PAIRS = (
+    ("king", "queen"), ("prince", "princess"), ("duke", "duchess"), ("emperor", "empress"),
+    ("lord", "lady"), ("father", "mother"), ("son", "daughter"), ("brother", "sister"),
+    ("uncle", "aunt"), ("husband", "wife"), ("boy", "girl"), ("man", "woman"),
+    ("nephew", "niece"), ("grandfather", "grandmother"), ("actor", "actress"), ("waiter", "waitress"),
+    ("monk", "nun"), ("groom", "bride"), ("god", "goddess"), ("hero", "heroine"),
+    ("host", "hostess"), ("stepson", "stepdaughter"), ("grandson", "granddaughter"),
+    ("policeman", "policewoman"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One family of planted words: ``words[i][j]`` is concept ``i`` with attribute ``j``."""
+
+    name: str
+    attributes: tuple[str, ...]
+    words: tuple[tuple[str, ...], ...]
+    # Analogy sections: (section name, attribute index of a/c, attribute index of b/d).
+    sections: tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class _World:
+    """Everything about the generated language that depends on the seed only (not on the corpus size)."""
+
+    vocab: np.ndarray  # object array of str: background words (rank order) then planted words
+    n_background: int
+    groups: tuple[_Group, ...]
+    planted_ids: np.ndarray  # (n_planted,) word id of each planted word
+    planted_concept: np.ndarray  # (n_planted,) global concept index
+    planted_attribute: np.ndarray  # (n_planted,) global attribute index
+    planted_weight: np.ndarray  # (n_planted,) relative frequency of each planted word
+    concept_topics: np.ndarray  # (n_concepts, _TOPIC_SIZE) background word ids
+    attribute_topics: np.ndarray  # (n_attributes, _TOPIC_SIZE) background word ids
+    background_cdf: np.ndarray  # Zipf CDF over the background words
+
+
+_ONSETS = "b d f g k l m n p r s t v z br dr fl gr kl pl st tr sk".split()
+_VOWELS = "a e i o u".split()
+_CODAS = "b d g k l m n p r t x sk nd rk lt mp".split()
+
+
+def _pseudo_words(rng: np.random.Generator, n: int, taken: set[str], closed: bool) -> list[str]:
+    """``n`` new pronounceable words not in ``taken`` (which is updated).
+
+    ``closed`` words end in a consonant (stems that take suffixes); open ones end in a vowel. The loop runs
+    over *words* of a few-thousand-word vocabulary, once per world, not over corpus tokens.
+    """
+    out: list[str] = []
+    while len(out) < n:
+        batch = 2 * (n - len(out)) + 16
+        n_syll = rng.integers(1, 3, size=batch) if closed else rng.integers(2, 4, size=batch)
+        onsets = rng.integers(len(_ONSETS), size=(batch, 3))
+        vowels = rng.integers(len(_VOWELS), size=(batch, 3))
+        codas = rng.integers(len(_CODAS), size=batch)
+        for k in range(batch):
+            word = "".join(_ONSETS[onsets[k, j]] + _VOWELS[vowels[k, j]] for j in range(n_syll[k]))
+            if closed:
+                word += _CODAS[codas[k]]
+            if len(word) >= 3 and word not in taken:
+                taken.add(word)
+                out.append(word)
+                if len(out) == n:
+                    break
+    return out
+
+
+@lru_cache(maxsize=8)
+def _world(seed: int) -> _World:
+    """Build (and cache) the seed's vocabulary, planted groups, topics and frequencies."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    taken: set[str] = set(_FUNCTION_WORDS) | {w for pair in _GENDER_PAIRS for w in pair}
+
+    def stems(n: int) -> list[str]:
+        # Derived forms (stem + suffix) must not collide with anything else either.
+        out: list[str] = []
+        while len(out) < n:
+            for stem in _pseudo_words(rng, n - len(out), taken, closed=True):
+                forms = [stem + s for s in ("s", "ed", "ing", "er", "est", "ia", "burg", "mark", "ish")]
+                if not taken.intersection(forms):
+                    taken.update(forms)
+                    out.append(stem)
+        return out
+
+    groups = [
+        _Group(
+            "gender",
+            ("male", "female"),
+            tuple(_GENDER_PAIRS),
+            (("family", 0, 1),),
+        ),
+        _Group(
+            "nation",
+            ("country", "capital", "currency", "language"),
+            tuple((s + "ia", s + "burg", s + "mark", s + "ish") for s in stems(30)),
+            (("capital-world", 1, 0), ("currency", 0, 2), ("gram6-nationality-adjective", 0, 3)),
+        ),
+        _Group(
+            "verb",
+            ("base", "third-person", "past", "participle"),
+            tuple((s, s + "s", s + "ed", s + "ing") for s in stems(30)),
+            (("gram5-present-participle", 0, 3), ("gram7-past-tense", 3, 2), ("gram9-plural-verbs", 0, 1)),
+        ),
+        _Group(
+            "noun",
+            ("singular", "plural"),
+            tuple((s, s + "s") for s in stems(30)),
+            (("gram8-plural", 0, 1),),
+        ),
+        _Group(
+            "adjective",
+            ("positive", "comparative", "superlative"),
+            tuple((s, s + "er", s + "est") for s in stems(24)),
+            (("gram3-comparative", 0, 1), ("gram4-superlative", 0, 2)),
+        ),
+    ]
+
+    background = list(_FUNCTION_WORDS)
+    background += _pseudo_words(rng, _N_BACKGROUND - len(background), taken, closed=False)
+    ranks = np.arange(1, _N_BACKGROUND + 1, dtype=np.float64)
+    zipf = ranks**-_ZIPF_S
+    background_cdf = np.cumsum(zipf / zipf.sum())
+
+    planted, concept, attribute, weight = [], [], [], []
+    n_concepts = n_attributes = 0
+    for group in groups:
+        n_c, n_a = len(group.words), len(group.attributes)
+        # Concepts vary in frequency (log-uniform over a factor 3), forms of one concept less so, like text.
+        c_weight = np.exp(rng.uniform(np.log(0.6), np.log(1.8), size=n_c))
+        a_weight = np.exp(rng.uniform(np.log(0.8), np.log(1.25), size=(n_c, n_a)))
+        for i, forms in enumerate(group.words):
+            for j, word in enumerate(forms):
+                planted.append(word)
+                concept.append(n_concepts + i)
+                attribute.append(n_attributes + j)
+                weight.append(c_weight[i] * a_weight[i, j])
+        n_concepts += n_c
+        n_attributes += n_a
+
+    lo, hi = _TOPIC_BAND
+    concept_topics = rng.integers(lo, hi, size=(n_concepts, _TOPIC_SIZE))
+    attribute_topics = rng.integers(lo, hi, size=(n_attributes, _TOPIC_SIZE))
+
+    vocab = np.array(background + planted, dtype=object)
+    if len(set(vocab.tolist())) != len(vocab):  # pragma: no cover - guarded by ``taken`` above
+        raise AssertionError("generated vocabulary has duplicates")
+    return _World(
+        vocab=vocab,
+        n_background=_N_BACKGROUND,
+        groups=tuple(groups),
+        planted_ids=np.arange(_N_BACKGROUND, len(vocab)),
+        planted_concept=np.array(concept),
+        planted_attribute=np.array(attribute),
+        planted_weight=np.array(weight),
+        concept_topics=concept_topics,
+        attribute_topics=attribute_topics,
+        background_cdf=background_cdf,
+    )
+
+
+def _allocate(weights: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Split ``total`` draws over ``weights`` exactly (largest remainder), so rare words are not starved."""
+    share = weights / weights.sum() * total
+    counts = np.floor(share).astype(np.int64)
+    short = total - counts.sum()
+    if short:
+        # Ties broken at random so the leftovers do not always go to the same words.
+        order = np.lexsort((rng.random(len(weights)), -(share - counts)))
+        counts[order[:short]] += 1
+    return counts
+
+
+def _token_ids(world: _World, n_tokens: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Word ids of the corpus (flat) and the length of each sentence; exactly ``n_tokens`` tokens."""
+    rng = np.random.default_rng([seed, 0xC0A9, n_tokens])
+    lengths = rng.integers(_MIN_LEN, _MAX_LEN + 1, size=n_tokens // _MIN_LEN + 1)
+    ends = np.cumsum(lengths)
+    n_sent = int(np.searchsorted(ends, n_tokens)) + 1
+    lengths = lengths[:n_sent]
+    lengths[-1] -= int(ends[n_sent - 1]) - n_tokens  # trim the last sentence to hit n_tokens exactly
+
+    # Each sentence carries one planted word; counts are allocated exactly, then shuffled over sentences.
+    counts = _allocate(world.planted_weight, n_sent, rng)
+    which = rng.permutation(np.repeat(np.arange(len(counts)), counts))
+    concept = world.planted_concept[which]
+    attribute = world.planted_attribute[which]
+
+    sent_of_tok = np.repeat(np.arange(n_sent), lengths)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    # Planted word in the middle third so both sides of the window fall inside the sentence.
+    offset = (lengths * rng.uniform(0.3, 0.7, size=n_sent)).astype(np.int64)
+    offset = np.minimum(offset, lengths - 1)
+
+    u = rng.random(n_tokens)
+    pick = rng.integers(_TOPIC_SIZE, size=n_tokens)
+    tokens = np.searchsorted(world.background_cdf, rng.random(n_tokens) * world.background_cdf[-1])
+    tokens = np.minimum(tokens, world.n_background - 1)
+    is_concept = u < _P_CONCEPT
+    is_attr = (u >= _P_CONCEPT) & (u < _P_CONCEPT + _P_ATTRIBUTE)
+    tokens[is_concept] = world.concept_topics[concept[sent_of_tok[is_concept]], pick[is_concept]]
+    tokens[is_attr] = world.attribute_topics[attribute[sent_of_tok[is_attr]], pick[is_attr]]
+    tokens[starts + offset] = world.planted_ids[which]
+    return tokens, lengths
+
+
+def _encode(vocab: np.ndarray, tokens: np.ndarray, lengths: np.ndarray) -> bytes:
+    """Render ids as space-separated words, one sentence per line, with numpy gathers (no token loop)."""
+    encoded = [w.encode("utf-8") for w in vocab.tolist()]
+    word_len = np.array([len(w) for w in encoded], dtype=np.int64)
+    blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    word_start = np.concatenate(([0], np.cumsum(word_len)[:-1]))
+
+    tok_len = word_len[tokens] + 1  # +1 for the separator after every token
+    out_end = np.cumsum(tok_len)
+    out_start = out_end - tok_len
+    total = int(out_end[-1]) if len(tokens) else 0
+    out = np.empty(total, dtype=np.uint8)
+    # Position of every output character inside ``blob``: the token's word start + index within the token.
+    chars = tok_len - 1
+    within = np.arange(int(chars.sum())) - np.repeat(np.cumsum(chars) - chars, chars)
+    dest = np.repeat(out_start, chars) + within
+    out[dest] = blob[np.repeat(word_start[tokens], chars) + within]
+    out[out_end - 1] = ord(" ")
+    out[out_end[np.cumsum(lengths) - 1] - 1] = ord("\n")
+    return out.tobytes()
+
+
+def generate_corpus(path: str | os.PathLike, n_tokens: int = 3_000_000, seed: int = 0) -> None:
+    """Write the demo corpus: ``n_tokens`` tokens, one sentence per line, lowercase, space-separated.
+
+    The file appears atomically. Same ``(n_tokens, seed)`` → same bytes. Every planted word occurs about
+    ``n_tokens / 11 / 400`` times (at least ``min_count=5`` times from ``n_tokens`` ≈ 25 000 up), in
+    sentences whose other words come from its concept's and its attribute's topics (see module docstring).
+    """
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be positive, got {n_tokens}")
+    world = _world(seed)
+    tokens, lengths = _token_ids(world, n_tokens, seed)
+    data = _encode(world.vocab, tokens, lengths)
+    with atomic_write(path) as handle:
+        handle.write(data)
+
+
+def _questions(seed: int) -> list[tuple[str, list[tuple[str, str, str, str]]]]:
+    """All planted questions by section: ``a b c d`` with a, b one concept and c, d another."""
+    sections = []
+    for group in _world(seed).groups:
+        for name, src, dst in group.sections:
+            qs = [
+                (group.words[i][src], group.words[i][dst], group.words[k][src], group.words[k][dst])
+                for i in range(len(group.words))
+                for k in range(len(group.words))
+                if i != k
+            ]
+            sections.append((name, qs))
+    return sections
+
+
+def write_analogies(path: str | os.PathLike, seed: int = 0) -> int:
+    """Write the planted analogy questions in ``questions-words.txt`` format; return how many.
+
+    Sections follow the names of Mikolov's test set (``family``, ``capital-world``, ``gram8-plural``, ...).
+    Each section holds every ordered pair of distinct concepts of its group.
+    """
+    lines: list[str] = []
+    count = 0
+    for name, qs in _questions(seed):
+        lines.append(f": {name}")
+        lines.extend(" ".join(q) for q in qs)
+        count += len(qs)
+    with atomic_write(path) as handle:
+        handle.write(("\n".join(lines) + "\n").encode("utf-8"))
+    return count
+
+
+def planted_queries(seed: int = 0) -> list[str]:
+    """A handful of planted words, one or two per group, whose nearest neighbours the demo prints."""
+    groups = {g.name: g for g in _world(seed).groups}
+    return [
+        "king",
+        "woman",
+        groups["nation"].words[0][1],  # a capital
+        groups["nation"].words[1][2],  # a currency
+        groups["verb"].words[0][2],  # a past tense
+        groups["noun"].words[0][1],  # a plural
+        groups["adjective"].words[0][2],  # a superlative
+    ]
+
+
+def _default_train(corpus_path: str, sg: int, workers: int, seed: int) -> Any:
+    """Train with sparsembed's own trainer on the demo hyperparameters."""
+    from . import Word2Vec
+
+    return Word2Vec(corpus_path, sg=sg, workers=workers, seed=seed, **DEMO_PARAMS)
+
+
+def _section_figures(sections: list[dict]) -> tuple[dict[str, float], dict[str, int]]:
+    """Accuracy and question count per section from gensim-style ``evaluate_word_analogies`` output."""
+    acc, n = {}, {}
+    for sec in sections:
+        total = len(sec["correct"]) + len(sec["incorrect"])
+        acc[sec["section"]] = len(sec["correct"]) / total if total else 0.0
+        n[sec["section"]] = total
+    return acc, n
+
+
+def run_demo(
+    out_dir: str | os.PathLike | None = None,
+    model: str = "cbow",
+    workers: int = 2,
+    seed: int = 0,
+    train: Callable[[str, int, int, int], Any] | None = None,
+    n_tokens: int = 3_000_000,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Generate the corpus and questions, train, print neighbours and planted-analogy accuracy.
+
+    ``out_dir``: where corpus.txt and questions.txt go (kept); ``None`` uses a temporary directory that is
+    removed afterwards. ``model``: ``"cbow"`` or ``"skipgram"``. ``train(corpus_path, sg, workers, seed)``
+    returns a model with ``.wv`` (gensim-compatible ``most_similar`` / ``evaluate_word_analogies``);
+    ``None`` means :class:`sparsembed.Word2Vec` with :data:`DEMO_PARAMS`.
+
+    Returns ``{"model", "n_tokens", "n_questions", "generate_seconds", "train_seconds", "accuracy",
+    "sections": {name: accuracy}, "section_sizes": {name: n}, "neighbours": {word: [(word, sim), ...]},
+    "out_dir"}``.
+    """
+    if model not in ("cbow", "skipgram", "sg"):
+        raise ValueError(f"model must be 'cbow' or 'skipgram', got {model!r}")
+    sg = 0 if model == "cbow" else 1
+    say = log or (lambda line: print(line, file=sys.stdout, flush=True))
+    train = train or _default_train
+
+    tmp = None
+    if out_dir is None:
+        tmp = tempfile.mkdtemp(prefix="sparsembed-demo-")
+        out = Path(tmp)
+    else:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        corpus, questions = out / "corpus.txt", out / "questions.txt"
+        t0 = time.perf_counter()
+        generate_corpus(corpus, n_tokens=n_tokens, seed=seed)
+        n_questions = write_analogies(questions, seed=seed)
+        t_gen = time.perf_counter() - t0
+        say(f"generated {n_tokens:,} tokens and {n_questions:,} planted analogies in {t_gen:.1f} s ({out})")
+
+        say(f"training {model} on {workers} worker(s) ...")
+        t0 = time.perf_counter()
+        trained = train(str(corpus), sg, workers, seed)
+        t_train = time.perf_counter() - t0
+        say(f"trained in {t_train:.1f} s")
+        wv = trained.wv
+
+        neighbours: dict[str, list[tuple[str, float]]] = {}
+        say("\nnearest neighbours:")
+        for word in planted_queries(seed):
+            near = [(str(w), float(s)) for w, s in wv.most_similar(word, topn=6)]
+            neighbours[word] = near
+            say(f"  {word:>14}: " + ", ".join(f"{w} {s:.2f}" for w, s in near))
+
+        score, sections = wv.evaluate_word_analogies(str(questions))
+        acc, sizes = _section_figures([s for s in sections if s["section"] != "Total accuracy"])
+        say("\nplanted-analogy accuracy:")
+        for name in acc:
+            say(f"  {name:<30} {acc[name]:7.1%}  ({sizes[name]} questions)")
+        say(f"  {'total':<30} {float(score):7.1%}")
+        return {
+            "model": model,
+            "n_tokens": n_tokens,
+            "n_questions": n_questions,
+            "generate_seconds": t_gen,
+            "train_seconds": t_train,
+            "accuracy": float(score),
+            "sections": acc,
+            "section_sizes": sizes,
+            "neighbours": neighbours,
+            "out_dir": None if tmp else str(out),
+        }
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
