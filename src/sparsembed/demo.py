@@ -58,7 +58,9 @@ _MIN_LEN, _MAX_LEN = 9, 13
 _P_CONCEPT, _P_ATTRIBUTE = 0.35, 0.30
 _TOPIC_SIZE = 16  # words per concept / attribute topic
 _TOPIC_BAND = (40, 240)  # ranks of background words that serve as topic words
-_N_BACKGROUND = 8_000  # background vocabulary size
+_N_BACKGROUND = 20_000  # background vocabulary size
+_HEAD_RANKS = 1_000  # planted sentences draw background only from the most frequent words
+_P_FILLER_SENTENCE = 0.15  # share of sentences that are pure Zipf background
 _ZIPF_S = 1.0
 
 # Real function words head the background so generated lines read a little like text.
@@ -251,27 +253,37 @@ def _token_ids(world: _World, n_tokens: int, seed: int) -> tuple[np.ndarray, np.
     lengths = lengths[:n_sent]
     lengths[-1] -= int(ends[n_sent - 1]) - n_tokens  # trim the last sentence to hit n_tokens exactly
 
-    # Each sentence carries one planted word; counts are allocated exactly, then shuffled over sentences.
-    counts = _allocate(world.planted_weight, n_sent, rng)
-    which = rng.permutation(np.repeat(np.arange(len(counts)), counts))
-    concept = world.planted_concept[which]
+    # A share of sentences is pure background ("filler"); every other sentence carries one planted word.
+    # Planted counts are allocated exactly (no word starved by chance), then shuffled over the sentences.
+    planted_sent = np.flatnonzero(rng.random(n_sent) >= _P_FILLER_SENTENCE)
+    counts = _allocate(world.planted_weight, len(planted_sent), rng)
+    which = np.full(n_sent, -1)
+    which[planted_sent] = rng.permutation(np.repeat(np.arange(len(counts)), counts))
+    concept = world.planted_concept[which]  # garbage (index -1) for filler sentences, masked below
     attribute = world.planted_attribute[which]
 
     sent_of_tok = np.repeat(np.arange(n_sent), lengths)
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    # Planted word in the middle third so both sides of the window fall inside the sentence.
-    offset = (lengths * rng.uniform(0.3, 0.7, size=n_sent)).astype(np.int64)
-    offset = np.minimum(offset, lengths - 1)
+    in_planted = which[sent_of_tok] >= 0
+
+    # Background: full Zipf in filler sentences, only its head in planted ones. Rare words thus never sit
+    # next to a planted word, so their noisy vectors do not crowd the planted words' neighbour lists.
+    cdf = world.background_cdf
+    top = np.where(in_planted, cdf[_HEAD_RANKS - 1], cdf[-1])
+    tokens = np.searchsorted(cdf, rng.random(n_tokens) * top)
+    tokens = np.minimum(tokens, world.n_background - 1)
 
     u = rng.random(n_tokens)
     pick = rng.integers(_TOPIC_SIZE, size=n_tokens)
-    tokens = np.searchsorted(world.background_cdf, rng.random(n_tokens) * world.background_cdf[-1])
-    tokens = np.minimum(tokens, world.n_background - 1)
-    is_concept = u < _P_CONCEPT
-    is_attr = (u >= _P_CONCEPT) & (u < _P_CONCEPT + _P_ATTRIBUTE)
+    is_concept = in_planted & (u < _P_CONCEPT)
+    is_attr = in_planted & (u >= _P_CONCEPT) & (u < _P_CONCEPT + _P_ATTRIBUTE)
     tokens[is_concept] = world.concept_topics[concept[sent_of_tok[is_concept]], pick[is_concept]]
     tokens[is_attr] = world.attribute_topics[attribute[sent_of_tok[is_attr]], pick[is_attr]]
-    tokens[starts + offset] = world.planted_ids[which]
+
+    # Planted word in the middle of the sentence so both sides of the window fall inside it.
+    starts = ends[:n_sent] - lengths
+    starts[-1] = n_tokens - lengths[-1]
+    offset = np.minimum((lengths * rng.uniform(0.3, 0.7, size=n_sent)).astype(np.int64), lengths - 1)
+    tokens[(starts + offset)[planted_sent]] = world.planted_ids[which[planted_sent]]
     return tokens, lengths
 
 
