@@ -1,0 +1,230 @@
+"""The ``sparsembed`` command: train, export, eval, similar, demo.
+
+Every user error (bad corpus, bad setting, unwritable output, damaged checkpoint) ends as one line on stderr,
+``sparsembed: error: ...``, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+DEFAULTS = {"dim": 100, "window": 5, "negative": 5, "min_count": 5, "sample": 1e-3, "epochs": 5,
+            "alpha": 0.025, "min_alpha": 1e-4, "seed": 1}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="sparsembed", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train word2vec (CBOW or skip-gram) on a corpus")
+    train.add_argument("corpus", nargs="?", help="a text file or directory (.gz/.bz2/.xz read as streams)")
+    train.add_argument("--out", help="output directory: vectors.bin, vocab.txt, metrics.jsonl, model/")
+    train.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (settings come from it)")
+    train.add_argument("--model", choices=["cbow", "skipgram"], default="cbow")
+    train.add_argument("--dim", type=int, default=DEFAULTS["dim"], help="vector size (100)")
+    train.add_argument("--window", type=int, default=DEFAULTS["window"], help="max context window (5)")
+    train.add_argument("--negative", type=int, default=DEFAULTS["negative"], help="negative samples (5)")
+    train.add_argument("--min-count", type=int, default=DEFAULTS["min_count"], help="drop rarer words (5)")
+    train.add_argument("--max-vocab", type=int, default=None, help="prune while counting above this many words")
+    train.add_argument("--sample", type=float, default=DEFAULTS["sample"], help="subsampling threshold (1e-3)")
+    train.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the corpus (5)")
+    train.add_argument("--alpha", type=float, default=DEFAULTS["alpha"], help="initial learning rate (0.025)")
+    train.add_argument("--min-alpha", type=float, default=DEFAULTS["min_alpha"], help="final learning rate (1e-4)")
+    train.add_argument("--workers", type=int, default=None, help="training threads (all cores)")
+    train.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed (1)")
+    train.add_argument("--checkpoint-every", type=float, default=600.0, metavar="SECONDS",
+                       help="also checkpoint every SECONDS, besides each epoch end (600)")
+    train.add_argument("--force", action="store_true", help="overwrite a model already in --out")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    export = sub.add_parser("export", help="write the vectors of a trained DIR as text, binary or npy")
+    export.add_argument("dir", help="a directory written by `sparsembed train`")
+    export.add_argument("--format", choices=["text", "binary", "npy"], default="text")
+    export.add_argument("--output", help="target path (default: DIR/vectors.txt, DIR/vectors.bin, DIR/vectors.npy)")
+
+    evaluate = sub.add_parser("eval", help="analogy accuracy and word-pair correlations, as JSON")
+    evaluate.add_argument("vectors", help="a word2vec file (binary or text) or a training directory")
+    evaluate.add_argument("--analogies", help="questions in word2vec's questions-words.txt format")
+    evaluate.add_argument("--restrict-vocab", type=int, default=30000,
+                          help="only the N most frequent words answer analogies (30000, as compute-accuracy)")
+    evaluate.add_argument("--pairs", nargs="*", default=[], help="word-pair files: word1<TAB>word2<TAB>score")
+
+    similar = sub.add_parser("similar", help="nearest neighbours of a word")
+    similar.add_argument("vectors", help="a word2vec file (binary or text) or a training directory")
+    similar.add_argument("word")
+    similar.add_argument("-n", type=int, default=10, help="how many neighbours (10)")
+
+    demo = sub.add_parser("demo", help="train on a generated corpus with planted analogies (no download)")
+    demo.add_argument("--model", choices=["cbow", "skipgram"], default="cbow")
+    demo.add_argument("--out", help="where the corpus, questions and model go (default: a temporary directory)")
+    demo.add_argument("--workers", type=int, default=None)
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = build_parser().parse_args(argv)
+    handler = {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "similar": cmd_similar,
+               "demo": cmd_demo}[args.command]
+    try:
+        return handler(args) or 0
+    except UserError as exc:
+        print(f"sparsembed: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparsembed: interrupted", file=sys.stderr)
+        return 130
+
+
+# ------------------------------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    """``sparsembed train``: a fresh run into --out, or --resume DIR."""
+    from .word2vec import Word2Vec
+
+    if args.resume:
+        if args.corpus or args.out:
+            raise UserError("--resume DIR takes its corpus and settings from DIR; drop CORPUS and --out")
+        out = Path(args.resume)
+        model = Word2Vec.load(out, with_corpus=True)
+        if args.workers is not None:
+            model.settings.workers = args.workers
+            model.settings.validate()
+        if model.done:
+            print(f"{out}: training already complete; outputs rewritten", file=sys.stderr)
+        else:
+            _train_and_report(model, out, args)
+        model.write_outputs(out)
+        return 0
+
+    if not args.corpus or not args.out:
+        raise UserError("train needs a CORPUS and --out DIR (or --resume DIR)")
+    model = Word2Vec(
+        vector_size=args.dim, sg=int(args.model == "skipgram"), window=args.window, negative=args.negative,
+        min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
+        alpha=args.alpha, min_alpha=args.min_alpha, workers=args.workers, seed=args.seed,
+    )
+    out = Path(args.out)
+    created = prepare_out_dir(out, force=args.force)
+    try:
+        model.build_vocab(args.corpus)
+        _train_and_report(model, out, args)
+        model.write_outputs(out)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return 0
+
+
+def _train_and_report(model, out: Path, args: argparse.Namespace) -> None:
+    import time
+
+    if not args.quiet:
+        vocab, corpus = model.vocab, model.corpus
+        print(f"vocabulary: {len(vocab)} words (min_count {model.settings.min_count}) from "
+              f"{corpus.raw_words} tokens; training {'skip-gram' if model.settings.sg else 'CBOW'} "
+              f"with {model.settings.workers} threads", file=sys.stderr)
+    started = time.perf_counter()
+    summary = model.train(progress=not args.quiet, out=out, checkpoint_every=args.checkpoint_every)
+    if not args.quiet:
+        print(f"trained in {time.perf_counter() - started:.1f} s at {summary['words_per_s'] / 1e6:.2f}M words/s; "
+              f"vectors in {out / 'vectors.bin'}", file=sys.stderr)
+
+
+def prepare_out_dir(out: Path, force: bool) -> bool:
+    """Make sure ``out`` can take a new run; return True if this call created it."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    if (out / "model").exists() and not force:
+        raise UserError(f"{out} already holds a trained model; continue it with --resume {out}, "
+                        "pass --force to overwrite it, or choose another --out")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write to --out {out}: {exc.strerror}; choose a writable directory") from exc
+    if force:
+        shutil.rmtree(out / "model", ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    return created
+
+
+# ------------------------------------------------------------------------------------------ vector tools
+def load_vectors(path: str):
+    """Vectors from a word2vec file, or from ``DIR/vectors.bin`` of a training directory."""
+    from .vectors import Vectors
+
+    target = Path(path)
+    if target.is_dir():
+        target = target / "vectors.bin"
+    if not target.is_file():
+        raise UserError(f"no vectors at {path}: give a word2vec file or a directory written by `sparsembed train`")
+    return Vectors.load_word2vec_format(target)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``sparsembed export DIR --format text|binary|npy``."""
+    from .formats import write_npy, write_word2vec
+    from .word2vec import Word2Vec
+
+    directory = Path(args.dir)
+    model = Word2Vec.load(directory)
+    suffix = {"text": ".txt", "binary": ".bin", "npy": ".npy"}[args.format]
+    target = Path(args.output) if args.output else directory / f"vectors{suffix}"
+    if args.format == "npy":
+        write_npy(target.with_suffix("") if target.suffix == ".npy" else target, model.vocab.words, model.syn0)
+    else:
+        write_word2vec(target, model.vocab.words, model.syn0, binary=args.format == "binary")
+    print(target)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``sparsembed eval VECTORS --analogies FILE --pairs FILE...`` → JSON on stdout."""
+    if not args.analogies and not args.pairs:
+        raise UserError("eval needs --analogies FILE and/or --pairs FILE...")
+    if args.restrict_vocab < 1:
+        raise UserError("--restrict-vocab must be >= 1")
+    vectors = load_vectors(args.vectors)
+    result: dict[str, Any] = vectors.evaluate(analogies=args.analogies, pairs=args.pairs,
+                                              restrict_vocab=args.restrict_vocab)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    """``sparsembed similar VECTORS WORD -n 10``."""
+    if args.n < 1:
+        raise UserError("-n must be >= 1")
+    vectors = load_vectors(args.vectors)
+    if args.word not in vectors:
+        raise UserError(f"'{args.word}' is not in the vocabulary of {args.vectors}")
+    for word, score in vectors.most_similar(args.word, topn=args.n):
+        print(f"{word}\t{score:.4f}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``sparsembed demo``: generated corpus with planted analogies, trained and evaluated."""
+    from .demo import run_demo
+
+    workers = args.workers or max(1, len(os.sched_getaffinity(0)))
+    run_demo(out_dir=args.out, model=args.model, workers=workers, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

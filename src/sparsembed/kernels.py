@@ -1,0 +1,208 @@
+"""Compiled word2vec hot loops: CBOW and skip-gram with negative sampling.
+
+One call trains one *job* (a run of consecutive sentences) and releases the GIL, so ``workers`` Python
+threads train side by side on shared matrices (Hogwild, as word2vec and gensim do). Everything random in a
+job comes from a generator seeded by (seed, epoch, job index), so a single-thread run is reproducible bit for
+bit and a resumed run replays exactly the jobs it had left.
+
+The arithmetic follows gensim 4's ``word2vec_inner.pyx`` so that quality matches at equal settings:
+sigmoid and log-sigmoid from 1000-entry tables over [-6, 6], a pair whose score leaves that range is
+skipped, subsampling keeps word ``w`` when ``sample_int[w] >= random_uint32``, windows shrink by a uniform
+``b in [0, window)``, CBOW averages its context (gensim's ``cbow_mean=1``) and gives the full error to every
+context row. Negative words come from a Walker alias table in O(1) instead of gensim's binary search.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+MAX_EXP = 6.0
+TABLE_SIZE = 1000
+_TABLE_SCALE = TABLE_SIZE / MAX_EXP / 2.0
+
+
+def _tables() -> tuple[np.ndarray, np.ndarray]:
+    x = (np.arange(TABLE_SIZE, dtype=np.float64) / TABLE_SIZE * 2.0 - 1.0) * MAX_EXP
+    sig = 1.0 / (1.0 + np.exp(-x))
+    return sig.astype(np.float32), np.log(sig).astype(np.float32)
+
+
+SIGMOID_TABLE, LOG_SIGMOID_TABLE = _tables()
+
+
+def pack_alias(threshold: np.ndarray, alias: np.ndarray) -> np.ndarray:
+    """Pack an alias table into one uint64 per row (threshold << 32 | alias): one memory access per draw."""
+    return (threshold.astype(np.uint64) << np.uint64(32)) | alias.astype(np.uint64)
+
+
+@njit(inline="always")
+def _next(state):
+    # xorshift64*: 64 good bits per step for a few cycles; the state must never be 0.
+    state ^= state >> np.uint64(12)
+    state ^= state << np.uint64(25)
+    state ^= state >> np.uint64(27)
+    return state, state * np.uint64(2685821657736338717)
+
+
+@njit(inline="always")
+def _draw_negative(packed, n_rows, bits):
+    row = ((bits >> np.uint64(32)) * np.uint64(n_rows)) >> np.uint64(32)
+    entry = packed[row]
+    if (bits & np.uint64(0xFFFFFFFF)) < (entry >> np.uint64(32)):
+        return np.int64(row)
+    return np.int64(entry & np.uint64(0xFFFFFFFF))
+
+
+@njit(inline="always")
+def _table_index(score):
+    return int((score + MAX_EXP) * _TABLE_SCALE)
+
+
+@njit(nogil=True, cache=True)
+def job_seed(seed: int, epoch: int, job: int) -> np.uint64:
+    """A non-zero generator state from (seed, epoch, job), well mixed (splitmix64)."""
+    z = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch) * np.uint64(0xBF58476D1CE4E5B9)
+    z += np.uint64(job) * np.uint64(0x94D049BB133111EB) + np.uint64(0x2545F4914F6CDD1D)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return z if z != np.uint64(0) else np.uint64(1)
+
+
+@njit(nogil=True, inline="always")
+def _subsample(ids, first, last, sample_ints, use_sample, kept, state):
+    n = 0
+    for t in range(first, last):
+        w = ids[t]
+        if use_sample:
+            state, bits = _next(state)
+            if sample_ints[w] < (bits >> np.uint64(32)):
+                continue
+        kept[n] = w
+        n += 1
+    return n, state
+
+
+@njit(nogil=True, inline="always")
+def _negative_pass(syn1, hidden, target, work, alpha, negative, packed, state, sig, logsig):
+    """Score ``hidden`` against the target and ``negative`` noise rows; update them; add into ``work``."""
+    dim = hidden.shape[0]
+    n_rows = syn1.shape[0]
+    loss = 0.0
+    for d in range(negative + 1):
+        if d == 0:
+            row = target
+            label = np.float32(1.0)
+        else:
+            state, bits = _next(state)
+            row = _draw_negative(packed, n_rows, bits)
+            if row == target:
+                continue
+            label = np.float32(0.0)
+        out = syn1[row]
+        score = np.float32(0.0)
+        for k in range(dim):
+            score += hidden[k] * out[k]
+        if score <= -MAX_EXP or score >= MAX_EXP:
+            continue
+        g = (label - sig[_table_index(score)]) * alpha
+        signed = score if d == 0 else -score
+        if -MAX_EXP < signed < MAX_EXP:
+            loss -= logsig[_table_index(signed)]
+        for k in range(dim):
+            work[k] += g * out[k]
+        for k in range(dim):
+            out[k] += g * hidden[k]
+    return loss, state
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def train_job(
+    syn0, syn1, ids, starts, first_sentence, last_sentence, sample_ints, use_sample, packed_alias,
+    sg, window, negative, alpha_start, alpha_end, total_tokens, tokens_before, seed, epoch, job, sig, logsig,
+):
+    """Train sentences ``[first_sentence, last_sentence)`` in place; return (loss, pairs, trained words).
+
+    The generator state comes from ``(seed, epoch, job)`` alone, so a job trains the same way whenever it runs.
+
+    ``alpha`` falls linearly with the global position: token ``t`` of the job sits at
+    ``(tokens_before + t) / total_tokens`` of the whole run (all epochs).
+    """
+    dim = syn0.shape[1]
+    max_len = 0
+    for s in range(first_sentence, last_sentence):
+        max_len = max(max_len, starts[s + 1] - starts[s])
+    kept = np.empty(max(max_len, 1), dtype=np.int32)
+    hidden = np.empty(dim, dtype=np.float32)
+    work = np.empty(dim, dtype=np.float32)
+    state = job_seed(seed, epoch, job)
+    loss = 0.0
+    pairs = 0
+    trained = 0
+    done = tokens_before
+    slope = (alpha_start - alpha_end) / max(total_tokens, 1)
+    for s in range(first_sentence, last_sentence):
+        first, last = starts[s], starts[s + 1]
+        alpha = np.float32(max(alpha_start - slope * done, alpha_end))
+        done += last - first
+        n, state = _subsample(ids, first, last, sample_ints, use_sample, kept, state)
+        trained += n
+        for i in range(n):
+            state, bits = _next(state)
+            reduced = int((bits >> np.uint64(32)) % np.uint64(window))
+            lo = max(0, i - window + reduced)
+            hi = min(n, i + window + 1 - reduced)
+            word = kept[i]
+            if sg:
+                for j in range(lo, hi):
+                    if j == i:
+                        continue
+                    row = syn0[kept[j]]
+                    work[:] = 0.0
+                    step_loss, state = _negative_pass(
+                        syn1, row, word, work, alpha, negative, packed_alias, state, sig, logsig
+                    )
+                    loss += step_loss
+                    pairs += 1
+                    for k in range(dim):
+                        row[k] += work[k]
+            else:
+                count = hi - lo - 1
+                if count <= 0:
+                    continue
+                hidden[:] = 0.0
+                for j in range(lo, hi):
+                    if j != i:
+                        row = syn0[kept[j]]
+                        for k in range(dim):
+                            hidden[k] += row[k]
+                inv = np.float32(1.0) / np.float32(count)
+                for k in range(dim):
+                    hidden[k] *= inv
+                work[:] = 0.0
+                step_loss, state = _negative_pass(
+                    syn1, hidden, word, work, alpha, negative, packed_alias, state, sig, logsig
+                )
+                loss += step_loss
+                pairs += 1
+                for j in range(lo, hi):
+                    if j != i:
+                        row = syn0[kept[j]]
+                        for k in range(dim):
+                            row[k] += work[k]
+    return loss, pairs, trained
+
+
+@njit(nogil=True, cache=True)
+def init_input_matrix(n_rows: int, dim: int, seed: int) -> np.ndarray:
+    """Rows uniform in [-0.5/dim, 0.5/dim), each a function of (seed, row) only, as gensim initialises."""
+    out = np.empty((n_rows, dim), dtype=np.float32)
+    scale = np.float32(1.0 / dim)
+    for r in range(n_rows):
+        state = job_seed(seed, 0x5EED, r)
+        for k in range(dim):
+            state, bits = _next(state)
+            u = np.float32((bits >> np.uint64(40)) * (1.0 / (1 << 24)))
+            out[r, k] = (u - np.float32(0.5)) * scale
+    return out
