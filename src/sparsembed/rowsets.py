@@ -222,7 +222,7 @@ class Roaring:
             raise RowSetError(f"roaring: cardinalities sum to {int(cards.sum())}, header says {n}")
         # pyroaring trusts the stored cardinalities when it sizes its output: check them against the payload.
         raw = np.frombuffer(buf, np.uint8)
-        for start, size, card in zip(starts.tolist(), sizes.tolist(), cards.tolist()):
+        for start, size, card in zip(starts.tolist(), sizes.tolist(), cards.tolist(), strict=True):
             body = raw[start : start + size]
             if card > 4096:
                 ok = int(np.unpackbits(body).sum()) == card

@@ -167,9 +167,7 @@ class RowSparse:
 
     def _check_matrix(self, m: torch.Tensor) -> None:
         if m.dim() != 2 or m.shape[0] != self.num_rows or m.shape[1] != self.dim:
-            raise ValueError(
-                f"RowSparse: matrix must be [{self.num_rows}, {self.dim}], got shape {tuple(m.shape)}"
-            )
+            raise ValueError(f"RowSparse: matrix must be [{self.num_rows}, {self.dim}], got shape {tuple(m.shape)}")
 
 
 _TABLES: dict[int, np.ndarray] = {}

@@ -1,0 +1,226 @@
+"""Wire format for row-sparse gradients: one checked, versioned message per :class:`~sparsembed.sparse.RowSparse`.
+
+A message is a 48-byte little-endian header, the row-id section (one :mod:`sparsembed.rowsets` encoding,
+optionally zstd / lz4 compressed) and the values, ``n x dim`` rows in the wire dtype::
+
+    offset  size  field
+         0     4  magic  b"SPRW"
+         4     1  version (1)
+         5     1  row-set encoding (0 all, 1 index, 2 complement, 3 bitmap, 4 roaring)
+         6     1  value dtype (0 float32, 1 float16, 2 bfloat16)
+         7     1  id-section compression (0 none, 1 zstd, 2 lz4)
+         8     8  num_rows
+        16     8  n, rows sent
+        24     4  dim
+        28     4  CRC-32 of the whole message with this field zeroed
+        32     8  id-section length on the wire
+        40     8  id-section length uncompressed
+
+:func:`decode` checks every field and length before it allocates anything and raises :class:`CodecError` on
+any malformed input: truncation, bad magic / version / codes, checksum mismatch, sizes that do not add up,
+ids unsorted, repeated or out of range.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from sparsembed import rowsets
+from sparsembed.errors import UserError
+from sparsembed.sparse import RowSparse
+
+__all__ = ["CodecError", "encode", "decode", "MAGIC", "VERSION", "HEADER_SIZE"]
+
+MAGIC = b"SPRW"
+VERSION = 1
+_HEADER = struct.Struct("<4sBBBBQQIIQQ")
+HEADER_SIZE = _HEADER.size
+_CRC_OFFSET = 28
+#: Sanity limits: rows addressable by the format, widest row, and the most a compressed id section may expand.
+MAX_ROWS = 1 << 48
+MAX_DIM = 1 << 24
+MAX_EXPANSION = 256
+
+_DTYPES = {"fp32": (0, torch.float32, 4), "fp16": (1, torch.float16, 2), "bf16": (2, torch.bfloat16, 2)}
+_DTYPE_BY_CODE = {code: name for name, (code, _, _) in _DTYPES.items()}
+_COMPRESS = {None: 0, "zstd": 1, "lz4": 2}
+_COMPRESS_BY_CODE = {code: name for name, code in _COMPRESS.items()}
+
+
+class CodecError(ValueError):
+    """A message that cannot be decoded; the text says which check failed."""
+
+
+def encode(rs: RowSparse, rows: str = "auto", values: str = "fp32", compress: str | None = None) -> bytes:
+    """Serialize ``rs`` into one message.
+
+    Args:
+        rs: the gradient; if not coalesced, a coalesced copy is encoded (``rs`` is left as is).
+        rows: row-set encoding, ``"auto"`` (smallest exact size) or one of ``index``, ``complement``,
+            ``bitmap``, ``roaring``, ``all``.
+        values: wire dtype ``"fp32"`` (default, lossless for float32), ``"fp16"`` or ``"bf16"`` (rounded).
+        compress: ``None``, ``"zstd"`` or ``"lz4"`` for the id section; kept only where it makes the section
+            smaller (the header records what was done).
+
+    Raises:
+        UserError: unknown option, ``dim == 0``, or an encoding that cannot hold this set.
+    """
+    if values not in _DTYPES:
+        raise UserError(f"codec.encode: values must be one of {sorted(_DTYPES)}, got {values!r}")
+    if compress not in _COMPRESS:
+        raise UserError(f"codec.encode: compress must be None, 'zstd' or 'lz4', got {compress!r}")
+    if rows != "auto" and rows not in rowsets.ENCODINGS:
+        raise UserError(f"codec.encode: rows must be 'auto' or one of {sorted(rowsets.ENCODINGS)}, got {rows!r}")
+    if rs.dim < 1 or rs.dim > MAX_DIM:
+        raise UserError(f"codec.encode: dim must be in [1, {MAX_DIM}], got {rs.dim}")
+    if rs.num_rows > MAX_ROWS:
+        raise UserError(f"codec.encode: num_rows {rs.num_rows} exceeds the format's {MAX_ROWS}")
+    rs = rs.coalesced()
+    ids, num_rows = rs.ids.numpy(), rs.num_rows
+    try:
+        enc = rowsets.choose(ids, num_rows) if rows == "auto" else rowsets.get(rows)
+        id_raw = enc.encode(ids, num_rows)
+    except rowsets.RowSetError as e:
+        raise UserError(f"codec.encode: {e}") from None
+    id_wire, comp = _compress(id_raw, compress)
+    dcode, torch_dtype, _ = _DTYPES[values]
+    vals = rs.values.to(torch_dtype).contiguous()
+    payload = (vals.view(torch.int16) if torch_dtype == torch.bfloat16 else vals).numpy().reshape(-1).view(np.uint8)
+    fields = [MAGIC, VERSION, enc.code, dcode, _COMPRESS[comp], num_rows, rs.n, rs.dim, 0, len(id_wire), len(id_raw)]
+    crc = zlib.crc32(payload, zlib.crc32(id_wire, zlib.crc32(_HEADER.pack(*fields))))
+    fields[8] = crc
+    return b"".join((_HEADER.pack(*fields), id_wire, payload))
+
+
+def decode(buf: Any, dtype: str = "fp32") -> RowSparse:
+    """Parse and check one message; returns a coalesced RowSparse (strictly increasing ids).
+
+    Args:
+        buf: bytes-like (bytes, bytearray, memoryview, uint8 array).
+        dtype: ``"fp32"`` (default) returns float32 values; ``"wire"`` keeps the message's dtype.
+
+    Values are a fresh copy, except when no conversion is needed and ``buf`` is writable (a bytearray or
+    writable memoryview): then they are a zero-copy view of ``buf``.
+
+    Raises:
+        CodecError: anything malformed.
+    """
+    if dtype not in ("fp32", "wire"):
+        raise UserError(f"codec.decode: dtype must be 'fp32' or 'wire', got {dtype!r}")
+    try:
+        mv = memoryview(buf).cast("B")
+    except (TypeError, ValueError) as e:
+        raise CodecError(f"codec.decode: need a contiguous bytes-like buffer ({e})") from None
+    head = _parse_header(mv)
+    magic, version, rcode, dcode, ccode, num_rows, n, dim, crc, id_len, id_raw_len = head
+    end_ids = HEADER_SIZE + id_len
+    zero = b"\0\0\0\0"
+    got = zlib.crc32(mv[_CRC_OFFSET + 4 :], zlib.crc32(zero, zlib.crc32(mv[:_CRC_OFFSET])))
+    if got != crc:
+        raise CodecError(f"codec.decode: checksum mismatch (header {crc:#010x}, message {got:#010x})")
+    id_raw = _decompress(mv[HEADER_SIZE:end_ids], _COMPRESS_BY_CODE[ccode], id_raw_len)
+    try:
+        ids = rowsets.get(rcode).decode(id_raw, n, num_rows)
+    except rowsets.RowSetError as e:
+        raise CodecError(f"codec.decode: row ids: {e}") from None
+    name = _DTYPE_BY_CODE[dcode]
+    raw = np.frombuffer(mv, np.float32 if name == "fp32" else np.uint16, n * dim, end_ids).reshape(n, dim)
+    if name == "fp32" or dtype == "wire":
+        vals = torch.from_numpy(raw if raw.flags.writeable else raw.copy())
+        if name != "fp32":
+            vals = vals.view(torch.int16).view(_DTYPES[name][1])
+    elif name == "fp16":
+        vals = torch.from_numpy(raw.view(np.float16).astype(np.float32))
+    else:
+        vals = torch.from_numpy((raw.astype(np.uint32) << 16).view(np.float32))
+    out = RowSparse(torch.from_numpy(ids), vals, num_rows, check=False)
+    out._coalesced = True
+    return out
+
+
+def header(buf: Any) -> dict[str, Any]:
+    """The checked header fields of a message, without decoding the rest."""
+    names = ("magic", "version", "rows", "dtype", "compress", "num_rows", "n", "dim", "crc", "id_len", "id_raw_len")
+    d = dict(zip(names, _parse_header(memoryview(buf).cast("B")), strict=True))
+    d["rows"] = rowsets.get(d["rows"]).name
+    d["dtype"] = _DTYPE_BY_CODE[d["dtype"]]
+    d["compress"] = _COMPRESS_BY_CODE[d["compress"]]
+    return d
+
+
+def _parse_header(mv: memoryview) -> tuple:
+    if len(mv) < HEADER_SIZE:
+        raise CodecError(f"codec.decode: truncated: {len(mv)} bytes, header alone is {HEADER_SIZE}")
+    head = _HEADER.unpack_from(mv)
+    magic, version, rcode, dcode, ccode, num_rows, n, dim, _, id_len, id_raw_len = head
+    if magic != MAGIC:
+        raise CodecError(f"codec.decode: bad magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise CodecError(f"codec.decode: unsupported version {version} (this build reads {VERSION})")
+    if rcode not in (c.code for c in rowsets.ENCODINGS.values()):
+        raise CodecError(f"codec.decode: unknown row-set encoding code {rcode}")
+    if dcode not in _DTYPE_BY_CODE:
+        raise CodecError(f"codec.decode: unknown value dtype code {dcode}")
+    if ccode not in _COMPRESS_BY_CODE:
+        raise CodecError(f"codec.decode: unknown compression code {ccode}")
+    if num_rows > MAX_ROWS or n > num_rows:
+        raise CodecError(f"codec.decode: n={n} rows of num_rows={num_rows} (limit {MAX_ROWS})")
+    if not 1 <= dim <= MAX_DIM:
+        raise CodecError(f"codec.decode: dim {dim} outside [1, {MAX_DIM}]")
+    body = len(mv) - HEADER_SIZE
+    value_bytes = n * dim * _DTYPES[_DTYPE_BY_CODE[dcode]][2]
+    if id_len + value_bytes != body:
+        raise CodecError(
+            f"codec.decode: sizes do not add up: {id_len} id bytes + {n}x{dim} values = "
+            f"{id_len + value_bytes} bytes, message body has {body}"
+        )
+    if ccode == 0 and id_raw_len != id_len:
+        raise CodecError(f"codec.decode: uncompressed id section of {id_len} bytes claims {id_raw_len}")
+    if ccode and id_raw_len > MAX_EXPANSION * id_len + 4096:
+        raise CodecError(f"codec.decode: id section would expand {id_len} -> {id_raw_len} bytes")
+    return head
+
+
+def _compress(raw: bytes, method: str | None) -> tuple[bytes, str | None]:
+    if method is None or not raw:
+        return raw, None
+    if method == "zstd":
+        import zstandard
+
+        out = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(raw)
+    else:
+        import lz4.block
+
+        out = lz4.block.compress(raw, store_size=False)
+    # Keep it only if smaller, and within what decode accepts as a plausible expansion.
+    if len(out) >= len(raw) or len(raw) > MAX_EXPANSION * len(out) + 4096:
+        return raw, None
+    return out, method
+
+
+def _decompress(data: memoryview, method: str | None, raw_len: int) -> bytes | memoryview:
+    if method is None:
+        return data
+    try:
+        if method == "zstd":
+            import zstandard
+
+            if zstandard.frame_content_size(data) != raw_len:
+                raise CodecError("codec.decode: zstd frame size disagrees with the header")
+            out = zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_len)
+        else:
+            import lz4.block
+
+            out = lz4.block.decompress(data, uncompressed_size=raw_len)
+    except CodecError:
+        raise
+    except Exception as e:  # zstd / lz4 raise their own types on corrupt frames
+        raise CodecError(f"codec.decode: corrupt {method} id section ({e})") from None
+    if len(out) != raw_len:
+        raise CodecError(f"codec.decode: {method} id section gave {len(out)} bytes, header says {raw_len}")
+    return out
