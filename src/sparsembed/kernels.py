@@ -104,6 +104,10 @@ def _negative_pass(syn1, hidden, target, work, alpha, negative, packed, state, s
         score = np.float32(0.0)
         for k in range(dim):
             score += hidden[k] * out[k]
+        if score != score:
+            # NaN: the weights have diverged. Report it through the loss; indexing a table with it is undefined.
+            loss += np.nan
+            continue
         if score <= -MAX_EXP or score >= MAX_EXP:
             continue
         g = (label - sig[_table_index(score)]) * alpha
@@ -117,7 +121,11 @@ def _negative_pass(syn1, hidden, target, work, alpha, negative, packed, state, s
     return loss, state
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+# Re-association lets LLVM vectorise the dot products; no "nnan"/"ninf", so the NaN check above survives.
+_FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
+
+
+@njit(nogil=True, fastmath=_FASTMATH, cache=True)
 def train_job(
     syn0, syn1, ids, starts, first_sentence, last_sentence, sample_ints, use_sample, packed_alias,
     sg, window, negative, alpha_start, alpha_end, total_tokens, tokens_before, seed, epoch, job, sig, logsig,
