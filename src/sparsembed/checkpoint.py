@@ -83,9 +83,15 @@ def save_checkpoint(model_dir: str | Path, arrays: dict[str, np.ndarray], meta: 
         entries[name] = {"file": file_name, "crc32": writer.crc, "shape": list(array.shape), "dtype": array.dtype.str}
     state = {"format": FORMAT, "version": VERSION, "generation": generation, "arrays": entries, "meta": meta}
     with atomic_write(model_dir / STATE_FILE) as handle:
-        handle.write(json.dumps(state, indent=1).encode("utf-8"))
+        handle.write(json.dumps(state, indent=1, default=_json_scalar).encode("utf-8"))
     _remove_other_generations(model_dir, generation)
     return generation
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint's state.json")
 
 
 def _remove_other_generations(model_dir: Path, keep: int) -> None:

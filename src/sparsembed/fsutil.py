@@ -12,6 +12,15 @@ from typing import BinaryIO
 from .errors import UserError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a binary file that replaces ``path`` only when the ``with`` block ends without an exception.
@@ -26,6 +35,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}; choose a writable location") from exc
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished file gets the usual permissions
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()

@@ -73,7 +73,7 @@ class Progress:
             "progress": round(fraction, 6),
             "words_per_s": round(wps, 1),
             "lr": lr,
-            "loss": loss,
+            "loss": loss if math.isfinite(loss) else None,
             **extra,
         }
         if self.metrics:
@@ -81,9 +81,10 @@ class Progress:
             self.metrics.flush()
         if self.quiet:
             return
+        loss_text = f"{loss:.4f}" if math.isfinite(loss) else "-"
         line = (
             f"epoch {min(epoch + 1, self.epochs)}/{self.epochs} {100 * fraction:5.1f}% | "
-            f"{wps / 1e6:5.2f}M words/s | lr {lr:.5f} | loss {loss:.4f} | ETA {format_duration(eta)}"
+            f"{wps / 1e6:5.2f}M words/s | lr {lr:.5f} | loss {loss_text} | ETA {format_duration(eta)}"
         )
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")

@@ -296,8 +296,8 @@ class Word2Vec:
                     f"{self._alpha(self._fraction(epoch, self._tokens_done(bounds))):.4g}; "
                     f"lower --alpha (e.g. {self.settings.alpha / 4:g})"
                 )
-            self.position.epoch_loss += loss
-            self.position.epoch_pairs += pairs
+            self.position.epoch_loss += float(loss)
+            self.position.epoch_pairs += int(pairs)
             self.position.job += 1
         fraction = self._fraction(epoch, self._tokens_done(bounds))
         reporter.update(fraction, self._alpha(fraction), self._mean_loss(), epoch)
