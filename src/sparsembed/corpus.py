@@ -16,6 +16,8 @@ import bz2
 import gzip
 import lzma
 import os
+import queue
+import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -497,16 +499,75 @@ def _open(file: Path):
     return kind[1](raw, "rb"), raw
 
 
-def _read_into(handle, block: bytearray, file: Path, offset: int) -> int:
+def _read_error(exc: BaseException, file: Path, offset: int) -> UserError:
+    kind = _COMPRESSED.get(file.suffix.lower())
+    if kind is None:
+        return UserError(f"cannot read corpus file {str(file)!r} at byte {offset}: {exc}")
+    return UserError(f"corpus file {str(file)!r} is not valid {kind[0]} data (corrupt or truncated after "
+                     f"{offset} decompressed bytes: {exc}); re-create or re-download it")
+
+
+_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def _chunks(file: Path, block_size: int) -> Iterator[tuple[bytes | bytearray, int]]:
+    """(buffer, byte count) blocks of a file, decompressed by suffix.
+
+    Plain files reuse one buffer (each block must be used before the next is asked for). Compressed
+    files are decompressed one block ahead in a thread (zlib, bz2 and lzma release the GIL), so the
+    tokenizer overlaps decompression.
+    """
+    handle, raw = _open(file)
+    with handle, raw:
+        if handle is raw:
+            block = bytearray(block_size)
+            offset = 0
+            while True:
+                try:
+                    n = raw.readinto(block)
+                except OSError as exc:
+                    raise _read_error(exc, file, offset) from exc
+                if not n:
+                    return
+                yield block, n
+                offset += n
+        else:
+            yield from _prefetched(handle, file, block_size)
+
+
+def _prefetched(handle, file: Path, block_size: int) -> Iterator[tuple[bytes, int]]:
+    ready: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def read_ahead() -> None:
+        offset = 0
+        try:
+            while not stop.is_set():
+                chunk = handle.read(block_size)
+                ready.put(chunk)
+                offset += len(chunk)
+                if not chunk:
+                    return
+        except _READ_ERRORS as exc:
+            ready.put(_read_error(exc, file, offset))
+
+    worker = threading.Thread(target=read_ahead, name=f"decompress {file.name}", daemon=True)
+    worker.start()
     try:
-        return handle.readinto(block)
-    except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        kind = _COMPRESSED.get(file.suffix.lower())
-        if kind is None:
-            raise UserError(f"cannot read corpus file {str(file)!r} at byte {offset}: {exc}") from exc
-        raise UserError(
-            f"corpus file {str(file)!r} is not valid {kind[0]} data (corrupt or truncated after "
-            f"{offset} decompressed bytes: {exc}); re-create or re-download it") from exc
+        while True:
+            chunk = ready.get()
+            if isinstance(chunk, UserError):
+                raise chunk
+            if not chunk:
+                return
+            yield chunk, len(chunk)
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a put() so the worker sees stop before the file closes
+            try:
+                ready.get(timeout=0.05)
+            except queue.Empty:
+                pass
 
 
 def _checked(piece: np.ndarray, file: Path, offset: int) -> np.ndarray:
@@ -536,34 +597,28 @@ def _file_pieces(file: Path, block_size: int) -> Iterator[np.ndarray]:
 
     Big pieces are views of one reused block buffer: each must be consumed before the next is requested.
     """
-    block = bytearray(block_size)
-    view = np.frombuffer(block, np.uint8)
     carry: list[bytes] = []  # a word (or line tail) cut at the block boundary
     carry_offset = 0
     offset = 0  # (decompressed) offset of the block's first byte
-    handle, raw = _open(file)
-    with handle, raw:
-        while True:
-            n = _read_into(handle, block, file, offset)
-            if not n:
-                break
-            first, last = _space_bounds(_readonly(view[:n]))
-            if first < 0:
-                if not carry:
-                    carry_offset = offset
-                carry.append(bytes(block[:n]))
-            elif carry:
-                # finish the cut word in a small piece, so the big block below needs no copy
-                carry.append(bytes(block[: first + 1]))
-                yield _checked(np.frombuffer(b"".join(carry), np.uint8), file, carry_offset)
-                yield _checked(view[first + 1: last + 1], file, offset + first + 1)
-                carry = []
-            else:
-                yield _checked(view[: last + 1], file, offset)
-            if first >= 0 and last + 1 < n:
-                carry = [bytes(block[last + 1: n])]
-                carry_offset = offset + last + 1
-            offset += n
+    for block, n in _chunks(file, block_size):
+        view = np.frombuffer(block, np.uint8, count=n)
+        first, last = _space_bounds(_readonly(view))
+        if first < 0:
+            if not carry:
+                carry_offset = offset
+            carry.append(bytes(block[:n]))
+        elif carry:
+            # finish the cut word in a small piece, so the big block below needs no copy
+            carry.append(bytes(block[: first + 1]))
+            yield _checked(np.frombuffer(b"".join(carry), np.uint8), file, carry_offset)
+            yield _checked(view[first + 1: last + 1], file, offset + first + 1)
+            carry = []
+        else:
+            yield _checked(view[: last + 1], file, offset)
+        if first >= 0 and last + 1 < n:
+            carry = [bytes(block[last + 1: n])]
+            carry_offset = offset + last + 1
+        offset += n
     if not carry:
         carry_offset = offset
     carry.append(b"\n")
