@@ -214,6 +214,11 @@ class Word2Vec:
         bounds = job_boundaries(corpus.sentence_starts, s.job_tokens)
         n_jobs = len(bounds) - 1
         out_dir = Path(out) if out is not None else None
+        if out_dir is not None:
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot create {out_dir}: {exc.strerror}; choose a writable --out") from exc
         reporter = Progress(
             corpus.raw_words, s.epochs, metrics_path=out_dir / "metrics.jsonl" if out_dir else None,
             every=report_every, quiet=not progress,

@@ -1,0 +1,158 @@
+"""The command line: outputs a gensim user can load, resume, export, eval, similar, and clean failures."""
+
+from __future__ import annotations
+
+import bz2
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparsembed.cli import main
+from sparsembed.demo import generate_corpus, write_analogies
+
+FAST = ["--dim", "24", "--epochs", "2", "--workers", "1", "--min-count", "3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "corpus.txt"
+    generate_corpus(path, n_tokens=120_000, seed=2)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(corpus: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", str(corpus), "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_train_writes_gensim_compatible_outputs(trained: Path) -> None:
+    from gensim.models import KeyedVectors
+
+    assert {"vectors.bin", "vocab.txt", "metrics.jsonl", "model"} <= {p.name for p in trained.iterdir()}
+    kv = KeyedVectors.load_word2vec_format(str(trained / "vectors.bin"), binary=True,
+                                           fvocab=str(trained / "vocab.txt"))
+    counts = [int(line.split()[1]) for line in (trained / "vocab.txt").read_text().splitlines()]
+    assert counts == sorted(counts, reverse=True) and len(counts) == len(kv)
+    assert kv.vector_size == 24 and kv.get_vecattr(kv.index_to_key[0], "count") == counts[0]
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["progress"] == 1.0 and all("words_per_s" in r and "lr" in r for r in records)
+    assert [r["epoch"] for r in records if "epoch_loss" in r] == [0, 1]
+
+
+def test_resume_after_stop_gives_identical_vectors(corpus: Path, trained: Path, tmp_path: Path) -> None:
+    from sparsembed import Word2Vec
+
+    part = Word2Vec(vector_size=24, epochs=2, workers=1, min_count=3)
+    part.build_vocab(corpus)
+    part.train(progress=False, out=tmp_path, stop_after_jobs=1)
+    part.save(tmp_path)
+    assert main(["train", "--resume", str(tmp_path), "--quiet"]) == 0
+    assert (tmp_path / "vectors.bin").read_bytes() == (trained / "vectors.bin").read_bytes()
+    # A finished run resumes to nothing and keeps its outputs.
+    assert main(["train", "--resume", str(tmp_path), "--quiet"]) == 0
+    assert (tmp_path / "vectors.bin").read_bytes() == (trained / "vectors.bin").read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["text", "binary", "npy"])
+def test_export(trained: Path, tmp_path: Path, fmt: str, capsys) -> None:
+    from sparsembed.formats import read_npy, read_word2vec
+
+    target = tmp_path / f"v.{fmt}"
+    assert main(["export", str(trained), "--format", fmt, "--output", str(target)]) == 0
+    words, matrix = read_word2vec(trained / "vectors.bin")
+    if fmt == "npy":
+        got_words, got = read_npy(target.with_suffix(""))
+    else:
+        got_words, got = read_word2vec(target)
+    assert got_words == words
+    np.testing.assert_allclose(got, matrix, rtol=1e-6, atol=1e-7)
+
+
+def test_eval_and_similar(trained: Path, tmp_path: Path, capsys) -> None:
+    questions = tmp_path / "q.txt"
+    write_analogies(questions, seed=2)
+    pairs = tmp_path / "pairs.tsv"
+    words = (trained / "vocab.txt").read_text().split()[::2][:6]
+    pairs.write_text("".join(f"{a}\t{b}\t{i}\n" for i, (a, b) in enumerate(zip(words, words[1:], strict=False))))
+    capsys.readouterr()
+    assert main(["eval", str(trained), "--analogies", str(questions), "--pairs", str(pairs)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    analogies = result["analogies"]
+    assert 0 <= analogies["accuracy"] <= 1 and analogies["restrict_vocab"] == min(30000, result["vocab_size"])
+    assert assert_pairs_reported(result)
+    assert main(["similar", str(trained / "vectors.bin"), words[0], "-n", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all(len(line.split("\t")) == 2 for line in lines)
+
+
+def assert_pairs_reported(result: dict) -> bool:
+    pairs = result["pairs"]
+    entries = pairs if isinstance(pairs, list) else list(pairs.values())
+    return len(entries) == 1 and -1 <= entries[0]["spearman"] <= 1
+
+
+def _run_failing(argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sparsembed: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"", "empty"),
+        (b"abc\x00\x01\x02 def\n" * 10, "binary"),
+        (b"caf\xe9 au lait\n" * 10, "UTF-8"),
+        (b"every word here is unique\n", "min_count"),
+    ],
+)
+def test_bad_corpus_exits_2_and_writes_nothing(tmp_path: Path, content: bytes, fragment: str, capsys) -> None:
+    source = tmp_path / "bad.txt"
+    source.write_bytes(content)
+    out = tmp_path / "out"
+    err = _run_failing(["train", str(source), "--out", str(out), "--quiet"], capsys)
+    assert fragment.lower() in err.lower()
+    assert not out.exists()
+
+
+def test_missing_corpus_and_bad_settings(tmp_path: Path, corpus: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert "does not exist" in _run_failing(["train", str(tmp_path / "nope.txt"), "--out", str(out)], capsys)
+    assert "--alpha" in _run_failing(["train", str(corpus), "--out", str(out), "--alpha", "-1"], capsys)
+    assert "--dim" in _run_failing(["train", str(corpus), "--out", str(out), "--dim", "0"], capsys)
+    assert not out.exists()
+
+
+def test_unwritable_out(tmp_path: Path, corpus: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    err = _run_failing(["train", str(corpus), "--out", str(blocker / "sub"), "--quiet"], capsys)
+    assert "writable" in err or "not a directory" in err
+
+
+def test_existing_model_is_not_overwritten_without_force(trained: Path, corpus: Path, capsys) -> None:
+    before = (trained / "vectors.bin").read_bytes()
+    assert "--resume" in _run_failing(["train", str(corpus), "--out", str(trained), "--quiet"], capsys)
+    assert (trained / "vectors.bin").read_bytes() == before
+
+
+def test_compressed_corpus_trains_like_plain(corpus: Path, trained: Path, tmp_path: Path) -> None:
+    packed = tmp_path / "corpus.txt.bz2"
+    packed.write_bytes(bz2.compress(corpus.read_bytes()))
+    out = tmp_path / "run"
+    assert main(["train", str(packed), "--out", str(out), *FAST]) == 0
+    assert (out / "vectors.bin").read_bytes() == (trained / "vectors.bin").read_bytes()
+
+
+def test_module_entry_point_exit_code(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "sparsembed", "train", str(tmp_path / "missing"), "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("sparsembed: error:") and len(done.stderr.strip().splitlines()) == 1
