@@ -290,3 +290,15 @@ def test_tokenization_matches_bytes_split(tmp_path, parts, block_size, max_len):
     vocab, enc = scan_corpus(path, min_count=1, max_sentence_len=max_len, block_size=block_size)
     assert decoded(vocab, enc) == ref
     assert sorted(vocab.words) == sorted({t for s in ref for t in s})
+
+
+def test_error_mid_compressed_stream_stops_reader_thread(tmp_path):
+    import threading
+
+    before = threading.active_count()
+    path = tmp_path / "n.txt.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"ok words\n" * 10 + b"\x00" + b"more words\n" * 20_000)
+    with pytest.raises(UserError, match="NUL byte at byte offset 90"):
+        scan_corpus(path, block_size=64)
+    assert threading.active_count() == before

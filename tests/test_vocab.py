@@ -165,3 +165,19 @@ def test_bad_settings(tmp_path):
         build_vocab(path, max_vocab=0)
     with pytest.raises(UserError, match="sample"):
         build_vocab(path, min_count=1).sample_ints(-0.1)
+
+
+@pytest.mark.slow
+def test_wiki1m_equals_gensim(tmp_path):
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wiki1m.txt.xz"
+    if not src.exists():
+        pytest.skip("no ../shared/data/wiki1m.txt.xz")
+    vocab, enc = scan_corpus(src, min_count=5)
+    model = Word2Vec(min_count=5, workers=1, max_vocab_size=None)
+    model.build_vocab(corpus_file=None, corpus_iterable=LineSentence(str(src)))
+    assert vocab.words == model.wv.index_to_key
+    assert np.array_equal(vocab.counts, model.wv.expandos["count"])
+    assert np.array_equal(vocab.sample_ints(1e-3), model.wv.expandos["sample_int"])
+    assert enc.raw_words == model.corpus_total_words
