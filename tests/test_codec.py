@@ -1,0 +1,243 @@
+"""Wire format: round trips for every encoding x dtype x compression, sizes, and fuzzed malformed input."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sparsembed import codec, rowsets
+from sparsembed.errors import UserError
+from sparsembed.sparse import RowSparse
+
+ROWS = ["auto", "index", "complement", "bitmap", "roaring", "all"]
+VALUES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COMPRESS = [None, "zstd", "lz4"]
+
+
+@st.composite
+def row_sets(draw, max_rows=3000):
+    num_rows = draw(st.integers(0, max_rows))
+    density = draw(st.sampled_from([0.0, 0.001, 0.02, 0.2, 0.5, 0.8, 0.99, 1.0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if draw(st.booleans()):  # clustered, like frequency-ordered Zipf rows
+        ids = np.unique(np.minimum(rng.zipf(1.2, int(num_rows * density) + 1) - 1, num_rows - 1))
+        ids = ids[ids >= 0]
+    else:
+        ids = np.sort(rng.choice(num_rows, int(num_rows * density), replace=False))
+    return ids.astype(np.int64), num_rows
+
+
+def _message(ids, num_rows, dim=3, **kw):
+    values = torch.randn(ids.shape[0], dim)
+    return codec.encode(RowSparse(torch.from_numpy(ids), values, num_rows), **kw), values
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(row_sets(), st.sampled_from(ROWS), st.sampled_from(list(VALUES)), st.sampled_from(COMPRESS))
+def test_round_trip(row_set, rows, values, compress):
+    ids, num_rows = row_set
+    if rows == "all":
+        ids = np.arange(num_rows, dtype=np.int64)
+    buf, vals = _message(ids, num_rows, rows=rows, values=values, compress=compress)
+    assert bytes(codec.encode_array(RowSparse(torch.from_numpy(ids), vals, num_rows), rows, values, compress)) == buf
+    out = codec.decode(buf)
+    assert torch.equal(out.ids, torch.from_numpy(ids)) and out.num_rows == num_rows
+    assert out.values.dtype == torch.float32
+    assert torch.equal(out.values, vals.to(VALUES[values]).float())
+    wire = codec.decode(bytearray(buf), dtype="wire")
+    assert wire.values.dtype == VALUES[values]
+    head = codec.header(buf)
+    assert head["rows"] == (rowsets.choose(ids, num_rows).name if rows == "auto" else rows)
+    assert len(buf) == codec.HEADER_SIZE + head["id_len"] + ids.shape[0] * 3 * (4 if values == "fp32" else 2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(row_sets(max_rows=100_000))
+def test_sizes_exact_and_auto_smallest(row_set):
+    ids, num_rows = row_set
+    sizes = rowsets.candidate_sizes(ids, num_rows)
+    for name, size in sizes.items():
+        enc = rowsets.get(name)
+        buf = enc.encode(ids, num_rows)
+        assert len(buf) == size == enc.size(ids, num_rows)
+        assert np.array_equal(enc.decode(buf, ids.shape[0], num_rows), ids)
+    assert rowsets.choose(ids, num_rows).name == min(sizes, key=lambda k: (sizes[k], k != "all"))
+
+
+@pytest.mark.parametrize("density", [1e-5, 1e-3, 0.01, 0.1, 0.3, 0.5, 0.7, 0.99, 1.0])
+def test_auto_near_information_bound(density):
+    num_rows = 200_000
+    n = max(1, round(num_rows * density))
+    ids = np.sort(np.random.default_rng(0).choice(num_rows, n, replace=False)).astype(np.int64)
+    bits = (math.lgamma(num_rows + 1) - math.lgamma(n + 1) - math.lgamma(num_rows - n + 1)) / math.log(2)
+    bound = math.ceil(bits - 1e-9) / 8
+    assert min(rowsets.candidate_sizes(ids, num_rows).values()) <= 1.15 * bound + 64 - codec.HEADER_SIZE
+
+
+def test_uncoalesced_input_is_coalesced_copy():
+    rs = RowSparse(torch.tensor([4, 1, 4]), torch.ones(3, 2), 5)
+    out = codec.decode(codec.encode(rs))
+    assert out.ids.tolist() == [1, 4] and out.values[:, 0].tolist() == [1.0, 2.0]
+    assert rs.ids.tolist() == [4, 1, 4]
+
+
+def test_zero_copy_only_for_writable_buffers():
+    buf = codec.encode_array(RowSparse(torch.tensor([1]), torch.ones(1, 4), 3))
+    codec.decode(buf).values[0, 0] = 7
+    assert buf[-16:].view(np.float32)[0] == 7  # a view of buf
+    frozen = bytes(codec.encode_array(RowSparse(torch.tensor([1]), torch.ones(1, 4), 3)))
+    codec.decode(frozen).values[0, 0] = 9  # a copy: bytes stay immutable
+    assert codec.decode(frozen).values[0, 0] == 1
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"rows": "nope"}, "rows"),
+        ({"values": "fp64"}, "values"),
+        ({"compress": "gzip"}, "compress"),
+        ({"rows": "all"}, "all"),
+    ],
+)
+def test_encode_rejects_bad_options(kw, match):
+    with pytest.raises(UserError, match=match):
+        codec.encode(RowSparse(torch.tensor([1]), torch.ones(1, 2), 3), **kw)
+
+
+# -- malformed input ----------------------------------------------------------------------------------------------
+def _reseal(buf: bytearray) -> bytes:
+    """Recompute the checksum of a tampered message, so checks behind it are exercised."""
+    fields = list(struct.unpack_from("<4sBBBBQQIIQQQ", buf))
+    start = codec.HEADER_SIZE + fields[9]
+    seed = codec._checksum(
+        bytes(buf[start:]), codec._checksum(bytes(buf[codec.HEADER_SIZE : start]), codec._checksum(bytes(buf[:48]), 0))
+    )
+    buf[48:56] = struct.pack("<Q", seed)
+    return bytes(buf)
+
+
+def _decode_fails_cleanly(buf, match=None):
+    with pytest.raises(codec.CodecError, match=match):
+        codec.decode(buf)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_rejected(data):
+    _decode_fails_cleanly(data)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_behind_valid_magic_rejected(data):
+    _decode_fails_cleanly(b"SPRW\x01" + data)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(row_sets(max_rows=500), st.sampled_from(ROWS[:5]), st.sampled_from(COMPRESS), st.data())
+def test_corrupted_messages_rejected(row_set, rows, compress, data):
+    ids, num_rows = row_set
+    buf = bytearray(_message(ids, num_rows, rows=rows, compress=compress)[0])
+    how = data.draw(st.sampled_from(["flip", "truncate", "extend", "byte"]))
+    if how == "flip":
+        pos = data.draw(st.integers(0, 8 * len(buf) - 1))
+        buf[pos // 8] ^= 1 << (pos % 8)
+    elif how == "truncate":
+        del buf[data.draw(st.integers(0, len(buf) - 1)) :]
+    elif how == "extend":
+        buf += data.draw(st.binary(min_size=1, max_size=9))
+    else:
+        pos = data.draw(st.integers(0, len(buf) - 1))
+        buf[pos] = (buf[pos] + data.draw(st.integers(1, 255))) % 256
+    _decode_fails_cleanly(bytes(buf))
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(row_sets(max_rows=500), st.sampled_from(ROWS[1:5]), st.data())
+def test_resealed_tampering_rejected_or_valid(row_set, rows, data):
+    """With a correct checksum, tampered ids must still be either rejected or decode to a valid set."""
+    ids, num_rows = row_set
+    buf = bytearray(_message(ids, num_rows, rows=rows)[0])
+    head = codec.header(buf)
+    lo, hi = codec.HEADER_SIZE, codec.HEADER_SIZE + head["id_len"]
+    if hi > lo:
+        pos = data.draw(st.integers(lo, hi - 1))
+        buf[pos] = data.draw(st.integers(0, 255))
+    try:
+        out = codec.decode(_reseal(buf))
+    except codec.CodecError:
+        return
+    got = out.ids.numpy()
+    assert got.shape[0] == ids.shape[0] and np.all(np.diff(got) > 0)
+    assert got.shape[0] == 0 or (got[0] >= 0 and got[-1] < num_rows)
+
+
+def _tamper_header(field: int, value) -> bytes:
+    buf = bytearray(_message(np.array([1, 5, 9], np.int64), 20, rows="index")[0])
+    fields = list(struct.unpack_from("<4sBBBBQQIIQQQ", buf))
+    fields[field] = value
+    struct.pack_into("<4sBBBBQQIIQQQ", buf, 0, *fields)
+    return _reseal(buf)
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        (0, b"XXXX", "magic"),
+        (1, 2, "version"),
+        (2, 9, "encoding"),
+        (3, 7, "dtype"),
+        (4, 5, "compression"),
+        (5, 1 << 60, "num_rows"),
+        (5, 2, "n="),
+        (6, 1 << 40, "n="),
+        (7, 0, "dim"),
+        (7, 1 << 30, "dim"),
+        (8, 1, "reserved"),
+        (9, 1 << 50, "sizes do not add up"),
+        (10, 99, "claims"),
+    ],
+)
+def test_header_fields_checked(field, value, match):
+    _decode_fails_cleanly(_tamper_header(field, value), match=match)
+
+
+def test_checksum_mismatch_named():
+    buf = bytearray(_message(np.array([1, 5], np.int64), 20)[0])
+    buf[-1] ^= 0xFF
+    _decode_fails_cleanly(bytes(buf), match="checksum")
+
+
+@pytest.mark.parametrize("rows", ["index", "bitmap", "roaring", "complement"])
+def test_unsorted_duplicate_out_of_range_ids_rejected(rows):
+    """Hand-built id sections that are well framed but describe an invalid set."""
+    num_rows = 100
+    good = np.array([3, 10, 70], np.int64)
+    enc = rowsets.get(rows)
+    for bad_num_rows in (50, 11):  # same section, fewer rows: 70 (or 10 and 70) out of range
+        section = enc.encode(good, num_rows)
+        with pytest.raises(rowsets.RowSetError):
+            enc.decode(section, 3, bad_num_rows)
+    if rows == "roaring":
+        section = bytearray(enc.encode(good, num_rows))
+        section[-6:] = struct.pack("<3H", 70, 10, 3)  # unsorted array container
+        with pytest.raises(rowsets.RowSetError):
+            enc.decode(bytes(section), 3, num_rows)
+        section[-6:] = struct.pack("<3H", 3, 3, 70)  # duplicate
+        with pytest.raises(rowsets.RowSetError):
+            enc.decode(bytes(section), 3, num_rows)
+
+
+def test_compression_bomb_refused():
+    buf = bytearray(_message(np.array([1], np.int64), 10_000_000, rows="bitmap", compress="zstd")[0])
+    assert codec.header(buf)["compress"] is None  # would expand > MAX_EXPANSION: stored plain
+    fields = list(struct.unpack_from("<4sBBBBQQIIQQQ", buf))
+    fields[4], fields[10] = 1, 1 << 40
+    struct.pack_into("<4sBBBBQQIIQQQ", buf, 0, *fields)
+    _decode_fails_cleanly(_reseal(buf), match="expand")
