@@ -32,7 +32,7 @@ from .vocab import Vocab, rows_by_frequency
 
 Source = Union[str, "os.PathLike[str]", Iterable[Iterable[str]]]
 
-BLOCK_SIZE = 4 << 20  # bytes per read: big enough to amortise the kernel call, small enough to stay in L2/L3
+BLOCK_SIZE = 4 << 20  # bytes per read: amortises the per-call overhead; the only buffer of file text held
 MAX_SENTENCE_LEN = 10_000
 
 _EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)  # an empty table slot; a used one packs (hash >> 32) << 32 | entry id
@@ -370,10 +370,6 @@ class _Scanner:
                 return
             self._grow(code)
 
-    def end_file(self) -> None:
-        """A file's end ends its last sentence, as a newline would."""
-        self.feed(_NEWLINE)
-
     def _grow(self, code: int) -> None:
         if code == _GROW_TABLE:
             self._rehash(self.slots.shape[0] * 2)
@@ -409,9 +405,6 @@ class _Scanner:
 
     def counts(self) -> np.ndarray:
         return self.ent[: self.n_entries, 2].copy()
-
-
-_NEWLINE = np.frombuffer(b"\n", np.uint8)
 
 
 def _resized(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
