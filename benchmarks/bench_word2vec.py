@@ -103,7 +103,8 @@ def summarise(runs: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/wiki17m.txt.xz"))
+    default_corpus = Path(__file__).resolve().parents[2] / "shared/data/wiki17m.txt.xz"
+    parser.add_argument("--corpus", default=str(default_corpus))
     parser.add_argument("--models", nargs="+", default=["cbow", "skipgram"])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
