@@ -99,9 +99,9 @@ class RowSparse:
         """Sort ids, sum duplicate rows and compact, in place; returns ``self``.
 
         Afterwards ids are strictly increasing and ``ids`` / ``values`` are views of the leading ``m`` rows of
-        the original storage. Extra memory is O(n) integers (a sort permutation and one byte per row) plus one
-        row of scratch: never a second ``n x dim`` block. Half-precision groups are summed in float32 and
-        rounded once.
+        the original storage. Extra memory is O(n) integers (radix-sort keys and permutation, 16 bytes per row while
+        ids and n fit in 32 bits) plus one row of scratch: never a second ``n x dim`` block. Half-precision
+        groups are summed in float32 and rounded once.
         """
         if self.is_coalesced():
             return self
