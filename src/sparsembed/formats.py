@@ -53,7 +53,9 @@ def write_word2vec(path: PathLike, words: Sequence[str], matrix: np.ndarray, bin
     with atomic_write(path) as out:
         out.write(header)
         if binary:
-            out.write(_binary_rows(encoded, matrix))
+            # In blocks of rows: a single blob would briefly double the matrix in memory.
+            for start in range(0, matrix.shape[0], 8192):
+                out.write(_binary_rows(encoded[start : start + 8192], matrix[start : start + 8192]))
         else:
             _write_text_rows(out, encoded, matrix)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -162,7 +161,10 @@ class Word2Vec:
     def build_vocab(self, source: Any) -> None:
         """Scan the corpus: vocabulary, encoded token ids, fresh matrices (rows in descending frequency)."""
         s = self.settings
-        self.vocab, self.corpus = scan_corpus(source, s.min_count, s.max_vocab, s.max_sentence_len)
+        vocab, corpus = scan_corpus(source, s.min_count, s.max_vocab, s.max_sentence_len)
+        self.vocab, self.corpus = vocab, corpus.spill()
+        del corpus
+        _return_freed_memory()
         if isinstance(source, (str, os.PathLike)):
             self.corpus_source = str(Path(source).resolve())
             self.fingerprint = corpus_fingerprint(source)
@@ -207,7 +209,7 @@ class Word2Vec:
         if self.corpus is None:
             raise UserError("the model has no corpus loaded; resume with Word2Vec.resume(DIR)")
         s = self.settings
-        corpus = self.corpus
+        self.corpus = corpus = self.corpus.spill()
         tokens_per_epoch = int(corpus.sentence_starts[-1])
         if tokens_per_epoch == 0:
             raise UserError("the corpus has no token from the vocabulary; nothing to train")
@@ -291,8 +293,11 @@ class Word2Vec:
 
     def _collect(self, done, pending: dict, finished_early: dict, bounds, epoch: int, reporter: Progress) -> None:
         """Account finished jobs in job order, so the position only ever moves over a complete prefix."""
+        starts = self.corpus.sentence_starts
         for future in done:
-            finished_early[pending.pop(future)] = future.result()
+            job = pending.pop(future)
+            finished_early[job] = future.result()
+            self.corpus.release(int(starts[bounds[job]]), int(starts[bounds[job + 1]]))
         while self.position.job in finished_early:
             loss, pairs, _trained = finished_early.pop(self.position.job)
             if not math.isfinite(loss):
@@ -412,7 +417,12 @@ def _alias_threshold_u32(threshold: np.ndarray) -> np.ndarray:
     return threshold.astype(np.uint64)
 
 
-def log(message: str) -> None:
-    """One line to stderr."""
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
+def _return_freed_memory() -> None:
+    """Hand the scan's freed heap back to the OS (glibc keeps it otherwise), so it does not count as peak RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
