@@ -36,6 +36,7 @@ _MAX_WORD_BYTES = 10_000
 _WHITESPACE = re.compile(r"\s")
 _UNSTORABLE = re.compile(r"[\s\x00]")
 _FLOAT32_LE = np.dtype("<f4")
+_NUMBER = re.compile(rb"[0-9A-Za-z.+-]+")
 
 
 # ----------------------------------------------------------------------------------------- word2vec
@@ -71,9 +72,7 @@ def _binary_rows(encoded: list[bytes], matrix: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _write_text_rows(
-    out: io.BufferedIOBase, encoded: list[bytes], matrix: np.ndarray, block: int = 8192
-) -> None:
+def _write_text_rows(out: io.BufferedIOBase, encoded: list[bytes], matrix: np.ndarray, block: int = 8192) -> None:
     """Text rows, formatted one row per ``%`` operation (C speed) and written in blocks of rows."""
     row_format = " ".join(["%.9g"] * matrix.shape[1])
     for start in range(0, matrix.shape[0], block):
@@ -126,29 +125,22 @@ def _parse_header(path: PathLike, data: bytes) -> tuple[int, int, int]:
     except ValueError:
         n_rows = dim = -1
     if end < 0 or n_rows < 0 or dim < 1:
-        raise UserError(
-            f"{path}: not a word2vec file: the first line must be '<rows> <dimension>', got {data[:40]!r}"
-        )
+        raise UserError(f"{path}: not a word2vec file: the first line must be '<rows> <dimension>', got {data[:40]!r}")
     return n_rows, dim, end + 1
 
 
 def _looks_like_text(data: bytes, start: int, dim: int) -> bool:
-    """True when the first row after the header is a UTF-8 line of a word and ``dim`` numbers."""
+    """True when the first row after the header is a word and ``dim`` fields of printable ASCII.
+
+    Binary float32 bytes are practically never all printable, so this holds for text rows only; the
+    fields need not be valid numbers, so that a damaged text file is reported as such.
+    """
     end = data.find(b"\n", start, start + 64 * (dim + 1) + _MAX_WORD_BYTES)
-    line = data[start : end if end >= 0 else len(data)]
-    try:
-        fields = line.decode("utf-8").split()
-        if len(fields) != dim + 1:
-            return False
-        [float(field) for field in fields[1:]]
-    except ValueError:  # UnicodeDecodeError is a ValueError too
-        return False
-    return True
+    fields = data[start : end if end >= 0 else len(data)].split()
+    return len(fields) == dim + 1 and all(_NUMBER.fullmatch(field) for field in fields[1:])
 
 
-def _parse_binary(
-    path: PathLike, data: bytes, pos: int, n_rows: int, dim: int
-) -> tuple[list[str], np.ndarray]:
+def _parse_binary(path: PathLike, data: bytes, pos: int, n_rows: int, dim: int) -> tuple[list[str], np.ndarray]:
     """Scan the rows once for word boundaries; the vector bytes are joined and decoded in one go."""
     step = 4 * dim
     raw_words: list[bytes] = []
@@ -180,9 +172,7 @@ def _parse_binary(
     return words, matrix
 
 
-def _parse_text(
-    path: PathLike, data: bytes, start: int, n_rows: int, dim: int
-) -> tuple[list[str], np.ndarray]:
+def _parse_text(path: PathLike, data: bytes, start: int, n_rows: int, dim: int) -> tuple[list[str], np.ndarray]:
     lines = data[start:].split(b"\n")
     while lines and not lines[-1].strip():
         lines.pop()
@@ -198,9 +188,7 @@ def _parse_text(
         rest = rest.strip()
         # Counting single spaces is cheap; only an odd-looking row pays for a full split.
         if rest.count(b" ") != dim - 1 and len(rest.split()) != dim or not word:
-            raise UserError(
-                f"{path}: row {row + 1} (line {row + 2}) has {len(rest.split())} values, expected {dim}"
-            )
+            raise UserError(f"{path}: row {row + 1} (line {row + 2}) has {len(rest.split())} values, expected {dim}")
         raw_words.append(word)
         rests.append(rest)
     words = _decode_words(path, raw_words)
@@ -227,6 +215,8 @@ def _first_bad_number(lines: list[bytes]) -> str:
 
 
 def _decode_words(path: PathLike, raw_words: list[bytes]) -> list[str]:
+    if not raw_words:
+        return []
     try:
         return b"\n".join(raw_words).decode("utf-8").split("\n")
     except UnicodeDecodeError:
@@ -315,9 +305,7 @@ def read_npy(path_prefix: PathLike) -> tuple[list[str], np.ndarray]:
     if words and words[-1] == "":
         words.pop()
     if matrix.ndim != 2 or matrix.shape[0] != len(words):
-        raise UserError(
-            f"{prefix}.npy has shape {matrix.shape} but {prefix}.vocab.txt lists {len(words)} words"
-        )
+        raise UserError(f"{prefix}.npy has shape {matrix.shape} but {prefix}.vocab.txt lists {len(words)} words")
     return words, matrix.astype(np.float32, copy=False)
 
 
@@ -337,7 +325,5 @@ def _encode_words(words: Sequence[str]) -> list[bytes]:
     # One regex pass over all words; the per-word search below runs only to name the culprit.
     if _WHITESPACE.search(joined) or joined.count("\x00") != max(len(words) - 1, 0) or "" in words:
         index = next(i for i, word in enumerate(words) if not word or _UNSTORABLE.search(word))
-        raise UserError(
-            f"word {index} ({words[index]!r}) is empty or contains whitespace or NUL; it cannot be stored"
-        )
+        raise UserError(f"word {index} ({words[index]!r}) is empty or contains whitespace or NUL; it cannot be stored")
     return joined.encode("utf-8").split(b"\x00") if words else []
