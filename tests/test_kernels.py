@@ -31,20 +31,28 @@ def reference_job(syn0, syn1, ids, starts, sample_ints, threshold, alias, sg, wi
     loss, pairs, trained, done = 0.0, 0, 0, before
     slope = (alpha_start - alpha_end) / max(total, 1)
 
+    def draw_negatives():
+        nonlocal state
+        rows = []
+        for _ in range(negative):
+            state, bits = _next(state)
+            row = ((bits >> 32) * n_rows) >> 32
+            rows.append(row if (bits & 0xFFFFFFFF) < threshold[row] else alias[row])
+        return rows
+
+    upcoming = draw_negatives()  # each example's noise rows are drawn one example ahead
+
     def negative_pass(hidden, target):
-        nonlocal state, loss
+        nonlocal loss, upcoming
+        negatives, upcoming = upcoming, draw_negatives()
         work = np.zeros_like(hidden)
         for d in range(negative + 1):
             if d == 0:
                 row, label = target, 1.0
             else:
-                state, bits = _next(state)
-                row = ((bits >> 32) * n_rows) >> 32
-                if (bits & 0xFFFFFFFF) >= threshold[row]:
-                    row = alias[row]
+                row, label = negatives[d - 1], 0.0
                 if row == target:
                     continue
-                label = 0.0
             score = float(np.dot(hidden, syn1[row]))
             if score <= -6 or score >= 6:
                 continue

@@ -15,7 +15,10 @@ context row. Negative words come from a Walker alias table in O(1) instead of ge
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 MAX_EXP = 6.0
 TABLE_SIZE = 1000
@@ -59,6 +62,33 @@ def _table_index(score):
     return int((score + MAX_EXP) * _TABLE_SCALE)
 
 
+@intrinsic
+def _prefetch(typingctx, matrix, row, col):
+    """``llvm.prefetch`` of ``matrix[row, col]``: a hint with no effect on results."""
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        index = [context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2)]
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array, index, wraparound=False)
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        # read access, high temporal locality, data cache
+        builder.call(function, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(matrix, row, col), codegen
+
+
+@njit(inline="always")
+def _prefetch_row(matrix, row):
+    for k in range(0, matrix.shape[1], 16):  # one hint per 64-byte line of float32
+        _prefetch(matrix, row, k)
+
+
 @njit(nogil=True, cache=True)
 def job_seed(seed: int, epoch: int, job: int) -> np.uint64:
     """A non-zero generator state from (seed, epoch, job), well mixed (splitmix64)."""
@@ -85,18 +115,28 @@ def _subsample(ids, first, last, sample_ints, use_sample, kept, state):
 
 
 @njit(nogil=True, inline="always")
-def _negative_pass(syn1, hidden, target, work, alpha, negative, packed, state, sig, logsig):
-    """Score ``hidden`` against the target and ``negative`` noise rows; update them; add into ``work``."""
-    dim = hidden.shape[0]
+def _draw_negatives(syn1, packed, negs, state):
+    """Draw the noise rows of the *next* example and prefetch them, so their cache misses overlap this one."""
     n_rows = syn1.shape[0]
+    for d in range(negs.shape[0]):
+        state, bits = _next(state)
+        row = _draw_negative(packed, n_rows, bits)
+        negs[d] = row
+        _prefetch_row(syn1, row)
+    return state
+
+
+@njit(nogil=True, inline="always")
+def _negative_pass(syn1, hidden, target, work, alpha, negs, sig, logsig):
+    """Score ``hidden`` against the target and the noise rows ``negs``; update them; add into ``work``."""
+    dim = hidden.shape[0]
     loss = 0.0
-    for d in range(negative + 1):
+    for d in range(negs.shape[0] + 1):
         if d == 0:
             row = target
             label = np.float32(1.0)
         else:
-            state, bits = _next(state)
-            row = _draw_negative(packed, n_rows, bits)
+            row = negs[d - 1]
             if row == target:
                 continue
             label = np.float32(0.0)
@@ -118,7 +158,7 @@ def _negative_pass(syn1, hidden, target, work, alpha, negative, packed, state, s
             work[k] += g * out[k]
         for k in range(dim):
             out[k] += g * hidden[k]
-    return loss, state
+    return loss
 
 
 # Re-association lets LLVM vectorise the dot products; no "nnan"/"ninf", so the NaN check above survives.
@@ -145,6 +185,10 @@ def train_job(
     hidden = np.empty(dim, dtype=np.float32)
     work = np.empty(dim, dtype=np.float32)
     state = job_seed(seed, epoch, job)
+    # Each example's noise rows are drawn one example ahead (see _draw_negatives); swap the two buffers.
+    negs = np.empty((2, negative), dtype=np.int64)
+    state = _draw_negatives(syn1, packed_alias, negs[0], state)
+    example = 0
     loss = 0.0
     pairs = 0
     trained = 0
@@ -162,16 +206,19 @@ def train_job(
             lo = max(0, i - window + reduced)
             hi = min(n, i + window + 1 - reduced)
             word = kept[i]
+            if i + 1 < n:
+                _prefetch_row(syn1, kept[i + 1])
+            if i + window + 1 < n:
+                _prefetch_row(syn0, kept[i + window + 1])
             if sg:
                 for j in range(lo, hi):
                     if j == i:
                         continue
                     row = syn0[kept[j]]
                     work[:] = 0.0
-                    step_loss, state = _negative_pass(
-                        syn1, row, word, work, alpha, negative, packed_alias, state, sig, logsig
-                    )
-                    loss += step_loss
+                    state = _draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state)
+                    loss += _negative_pass(syn1, row, word, work, alpha, negs[example & 1], sig, logsig)
+                    example += 1
                     pairs += 1
                     for k in range(dim):
                         row[k] += work[k]
@@ -189,10 +236,9 @@ def train_job(
                 for k in range(dim):
                     hidden[k] *= inv
                 work[:] = 0.0
-                step_loss, state = _negative_pass(
-                    syn1, hidden, word, work, alpha, negative, packed_alias, state, sig, logsig
-                )
-                loss += step_loss
+                state = _draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state)
+                loss += _negative_pass(syn1, hidden, word, work, alpha, negs[example & 1], sig, logsig)
+                example += 1
                 pairs += 1
                 for j in range(lo, hi):
                     if j != i:
