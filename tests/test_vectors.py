@@ -1,0 +1,304 @@
+"""Vectors against gensim 4.4's KeyedVectors: neighbours, analogy and word-pair evaluations, word2vec I/O."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from gensim.models import KeyedVectors, Word2Vec
+from gensim.test.utils import datapath
+from scipy import stats
+
+from sparsembed.errors import UserError
+from sparsembed.vectors import UnknownWordError, Vectors, _average_ranks
+
+SECTIONS = ("capital-common-countries", "family", "gram3-comparative", "gram7-past-tense")
+PER_SECTION = 120
+
+
+@pytest.fixture(scope="module")
+def questions(tmp_path_factory) -> str:
+    """A trimmed questions-words.txt (gensim needs ~20 s for the whole file), plus an all-OOV section."""
+    lines, keep = [], 0
+    for line in open(datapath("questions-words.txt"), encoding="utf-8"):
+        if line.startswith(": "):
+            keep = PER_SECTION if line[2:].strip() in SECTIONS else 0
+            if keep:
+                lines.append(line)
+        elif keep:
+            lines.append(line)
+            keep -= 1
+    lines += [": made-up\n", "qqq rrr sss ttt\n"]
+    path = tmp_path_factory.mktemp("analogies") / "questions.txt"
+    path.write_text("".join(lines), encoding="utf-8")
+    return str(path)
+
+
+def _question_words(path: str) -> list[str]:
+    words = dict.fromkeys(w for line in open(path, encoding="utf-8") if not line.startswith(":") for w in line.split())
+    return [w for w in words if w not in {"qqq", "rrr", "sss", "ttt"}]
+
+
+@pytest.fixture(scope="module")
+def planted(questions) -> tuple[list[str], np.ndarray]:
+    """Random vectors where a third of the analogies hold approximately, with lower-case variants
+    (so case-insensitive evaluation must resolve duplicates) and some filler words and zero rows."""
+    rng = np.random.default_rng(3)
+    base = _question_words(questions)
+    words = base + [w.lower() for w in base if w.lower() != w] + [f"filler{i}" for i in range(1500)]
+    rng.shuffle(words)
+    index = {w: i for i, w in enumerate(words)}
+    matrix = rng.standard_normal((len(words), 24)).astype(np.float32)
+    for line in open(questions, encoding="utf-8").readlines()[1::3]:
+        parts = line.split()
+        if len(parts) == 4 and all(w in index for w in parts):
+            a, b, c, d = (index[w] for w in parts)
+            matrix[d] = matrix[c] + matrix[b] - matrix[a] + 0.4 * rng.standard_normal(24)
+            if parts[3].lower() in index:
+                matrix[index[parts[3].lower()]] = matrix[d] + 0.2 * rng.standard_normal(24)
+    matrix[index["filler7"]] = 0.0
+    return words, matrix
+
+
+@pytest.fixture(scope="module")
+def trained(questions) -> KeyedVectors:
+    """A tiny gensim model trained on a corpus generated from the analogy pairs."""
+    rng = np.random.default_rng(5)
+    pairs = [line.split()[:2] for line in open(questions, encoding="utf-8") if not line.startswith(":")]
+    fillers = [f"f{i}" for i in range(300)]
+    sentences = []
+    for _ in range(3):
+        for k, (x, y) in enumerate(pairs):
+            noise = list(rng.choice(fillers, 4))
+            sentences.append([x, f"rel{k % 7}", y, *noise] + ([x.lower()] if k % 3 == 0 else []))
+    model = Word2Vec(sentences, vector_size=20, min_count=1, workers=1, seed=1, epochs=3)
+    return model.wv
+
+
+def _gensim_kv(words, matrix) -> KeyedVectors:
+    kv = KeyedVectors(matrix.shape[1])
+    kv.add_vectors(list(words), np.asarray(matrix, dtype=np.float32))
+    return kv
+
+
+def _assert_same_analogies(ours: dict, gensim_result) -> None:
+    score, sections = gensim_result
+    theirs = [(s["section"], len(s["correct"]), len(s["incorrect"])) for s in sections]
+    assert [(s["section"], s["correct"], s["incorrect"]) for s in ours["sections"]] == theirs
+    assert ours["accuracy"] == pytest.approx(score)
+    assert (ours["correct"], ours["incorrect"]) == theirs[-1][1:]
+
+
+@pytest.mark.parametrize("case_insensitive", [True, False])
+@pytest.mark.parametrize("restrict_vocab", [300_000, 900])
+@pytest.mark.parametrize("dummy4unknown", [False, True])
+def test_analogies_match_gensim_planted(questions, planted, case_insensitive, restrict_vocab, dummy4unknown):
+    words, matrix = planted
+    kwargs = dict(restrict_vocab=restrict_vocab, case_insensitive=case_insensitive, dummy4unknown=dummy4unknown)
+    ours = Vectors(words, matrix).evaluate_word_analogies(questions, **kwargs)
+    _assert_same_analogies(ours, _gensim_kv(words, matrix).evaluate_word_analogies(questions, **kwargs))
+    assert ours["correct"] > 0 and 0 < ours["coverage"] < 1
+    assert ours["restrict_vocab"] == min(restrict_vocab, len(words))
+
+
+@pytest.mark.parametrize("case_insensitive", [True, False])
+@pytest.mark.parametrize("restrict_vocab", [300_000, 400])
+def test_analogies_match_gensim_trained(questions, trained, case_insensitive, restrict_vocab):
+    ours = Vectors(trained.index_to_key, trained.vectors).evaluate_word_analogies(
+        questions, restrict_vocab=restrict_vocab, case_insensitive=case_insensitive
+    )
+    theirs = trained.evaluate_word_analogies(
+        questions, restrict_vocab=restrict_vocab, case_insensitive=case_insensitive
+    )
+    _assert_same_analogies(ours, theirs)
+
+
+def test_analogy_summary_fields(questions, planted):
+    words, matrix = planted
+    result = Vectors(words, matrix).evaluate_word_analogies(questions)
+    sections = {s["section"]: s for s in result["sections"]}
+    semantic = [sections[name] for name in ("capital-common-countries", "family", "made-up")]
+    syntactic = [sections[name] for name in ("gram3-comparative", "gram7-past-tense")]
+    for group, key in ((semantic, "semantic"), (syntactic, "syntactic")):
+        right = sum(s["correct"] for s in group)
+        assert result[key] == pytest.approx(right / sum(s["correct"] + s["incorrect"] for s in group))
+    assert sections["made-up"] == {"section": "made-up", "correct": 0, "incorrect": 0, "accuracy": 0.0}
+    assert result["questions"] == 4 * PER_SECTION + 1
+    answered = result["correct"] + result["incorrect"]
+    assert result["coverage"] == pytest.approx(answered / result["questions"])
+    json.dumps(result)
+
+
+def test_full_questions_file_smoke(trained):
+    """All 19,544 questions (too slow to compare with gensim here): runs and counts every question."""
+    result = Vectors(trained.index_to_key, trained.vectors).evaluate_word_analogies(datapath("questions-words.txt"))
+    assert result["questions"] == 19544
+    assert len(result["sections"]) == 15 and result["sections"][-1]["section"] == "Total accuracy"
+
+
+@pytest.mark.parametrize("case_insensitive", [True, False])
+@pytest.mark.parametrize("dummy4unknown", [False, True])
+@pytest.mark.parametrize("name", ["wordsim353.tsv", "simlex999.txt"])
+def test_word_pairs_match_gensim(name, case_insensitive, dummy4unknown):
+    path = datapath(name)
+    pair_words = dict.fromkeys(
+        w for line in open(path, encoding="utf-8") if not line.startswith("#") for w in line.split("\t")[:2]
+    )
+    words = [w for i, w in enumerate(pair_words) if i % 9]  # some pairs out of vocabulary
+    words += [w.upper() for w in words[::5]]  # case variants, resolved to the first occurrence
+    rng = np.random.default_rng(11)
+    matrix = rng.standard_normal((len(words), 16)).astype(np.float32)
+    kwargs = dict(restrict_vocab=len(words) - 40, case_insensitive=case_insensitive, dummy4unknown=dummy4unknown)
+    ours = Vectors(words, matrix).evaluate_word_pairs(path, **kwargs)
+    pearson, spearman, oov = _gensim_kv(words, matrix).evaluate_word_pairs(path, **kwargs)
+    assert ours["pearson"] == pytest.approx(pearson[0], abs=1e-6)
+    assert ours["spearman"] == pytest.approx(spearman.statistic, abs=1e-6)
+    assert ours["oov_ratio"] == pytest.approx(oov)
+    assert 0 < ours["oov_ratio"] < 100 and ours["pairs"] > 50
+
+
+def test_spearman_ties_match_scipy(tmp_path):
+    rng = np.random.default_rng(2)
+    words = [f"w{i}" for i in range(40)]
+    lines = [f"w{rng.integers(40)}\tw{rng.integers(40)}\t{rng.integers(0, 4)}" for _ in range(200)]
+    (tmp_path / "pairs.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    matrix = rng.standard_normal((40, 8)).astype(np.float32)
+    ours = Vectors(words, matrix).evaluate_word_pairs(tmp_path / "pairs.tsv")
+    vectors = Vectors(words, matrix)
+    gold = [float(line.split("\t")[2]) for line in lines]
+    normed = vectors.get_normed_vectors().astype(np.float64)  # the same float64 products as ours
+    model = [normed[vectors.key_to_index[a]] @ normed[vectors.key_to_index[b]] for a, b, _ in map(str.split, lines)]
+    assert ours["spearman"] == pytest.approx(stats.spearmanr(gold, model).statistic, abs=1e-9)
+    assert ours["pearson"] == pytest.approx(stats.pearsonr(gold, model).statistic, abs=1e-9)
+    values = rng.integers(0, 5, 300).astype(float)  # heavy ties
+    np.testing.assert_allclose(_average_ranks(values), stats.rankdata(values))
+
+
+@pytest.fixture(scope="module")
+def random_vectors() -> tuple[list[str], np.ndarray]:
+    rng = np.random.default_rng(9)
+    words = [f"w{i}" for i in range(3000)]
+    matrix = rng.standard_normal((3000, 32)).astype(np.float32)
+    matrix[17] = 0.0
+    return words, matrix
+
+
+@pytest.mark.parametrize(
+    "positive, negative, restrict",
+    [
+        (["w1"], [], None),
+        ("w5", [], None),
+        (["w1", "w2"], ["w3"], None),
+        ([], ["w10"], None),
+        (["w4", "w8"], ["w15", "w16"], 500),
+        ([("w1", 2.0), "w9"], [("w3", -0.5)], None),
+    ],
+)
+def test_most_similar_matches_gensim(random_vectors, positive, negative, restrict):
+    words, matrix = random_vectors
+    ours = Vectors(words, matrix).most_similar(positive, negative, topn=15, restrict_vocab=restrict)
+    theirs = _gensim_kv(words, matrix).most_similar(positive, negative, topn=15, restrict_vocab=restrict)
+    assert [w for w, _ in ours] == [w for w, _ in theirs]
+    np.testing.assert_allclose([s for _, s in ours], [s for _, s in theirs], atol=1e-5)
+
+
+def test_most_similar_by_vector_and_all(random_vectors):
+    words, matrix = random_vectors
+    vectors, kv = Vectors(words, matrix), _gensim_kv(words, matrix)
+    query = matrix[3] + matrix[4]
+    assert [w for w, _ in vectors.most_similar(query, topn=5)] == [w for w, _ in kv.most_similar(query, topn=5)]
+    scores = vectors.most_similar("w3", topn=None)
+    assert scores.shape == (3000,) and scores[17] == 0.0
+    np.testing.assert_allclose(np.delete(scores, 17), np.delete(kv.most_similar("w3", topn=None), 17), atol=1e-5)
+    assert vectors.most_similar("w3", topn=0) == []
+
+
+def test_lookup_and_similarity(random_vectors):
+    words, matrix = random_vectors
+    vectors, kv = Vectors(words, matrix), _gensim_kv(words, matrix)
+    assert len(vectors) == 3000 and vectors.vector_size == 32 and "w5" in vectors and "nope" not in vectors
+    np.testing.assert_array_equal(vectors["w5"], matrix[5])
+    np.testing.assert_array_equal(vectors[["w5", "w0"]], matrix[[5, 0]])
+    assert vectors.similarity("w1", "w2") == pytest.approx(kv.similarity("w1", "w2"), abs=1e-6)
+    normed = vectors.get_normed_vectors()
+    assert not normed[17].any()
+    np.testing.assert_allclose(np.linalg.norm(np.delete(normed, 17, axis=0), axis=1), 1.0, rtol=1e-6)
+    assert normed is vectors.get_normed_vectors()
+    with pytest.raises(KeyError):
+        vectors["nope"]
+    with pytest.raises(UserError, match="nope"):
+        vectors.most_similar("nope")
+
+
+def test_constructor_checks():
+    with pytest.raises(UserError, match="more than once"):
+        Vectors(["a", "b", "a"], np.zeros((3, 2)))
+    with pytest.raises(UserError, match="one matrix row per word"):
+        Vectors(["a"], np.zeros((2, 2)))
+    with pytest.raises(UserError, match="counts"):
+        Vectors(["a"], np.zeros((1, 2)), counts=[1, 2])
+    assert issubclass(UnknownWordError, KeyError)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_save_load_word2vec_format(tmp_path, random_vectors, binary):
+    words, matrix = random_vectors
+    counts = np.arange(3000, 0, -1) * 2
+    Vectors(words, matrix, counts).save_word2vec_format(tmp_path / "v", binary=binary, fvocab=tmp_path / "v.vocab")
+    loaded = Vectors.load_word2vec_format(tmp_path / "v", fvocab=tmp_path / "v.vocab")
+    assert loaded.index_to_key == words
+    np.testing.assert_array_equal(loaded.vectors, matrix)
+    np.testing.assert_array_equal(loaded.counts, counts)
+    kv = KeyedVectors.load_word2vec_format(str(tmp_path / "v"), binary=binary, fvocab=str(tmp_path / "v.vocab"))
+    assert kv.index_to_key == words and kv.get_vecattr("w10", "count") == counts[10]
+    np.testing.assert_array_equal(kv.vectors, matrix)
+    with pytest.raises(UserError, match="no word counts"):
+        Vectors(words, matrix).save_word2vec_format(tmp_path / "w", fvocab=tmp_path / "w.vocab")
+
+
+def test_evaluate_is_json(tmp_path, questions, planted):
+    words, matrix = planted
+    pairs = str(tmp_path / "pairs.tsv")
+    with open(pairs, "w", encoding="utf-8") as out:
+        out.write(
+            "".join(f"{a}\t{b}\t{i % 4}\n" for i, (a, b) in enumerate(zip(words[:50], words[50:100], strict=True)))
+        )
+    result = Vectors(words, matrix).evaluate(analogies=questions, pairs=[pairs], restrict_vocab=1000)
+    assert result["analogies"]["restrict_vocab"] == 1000 and result["restrict_vocab"] == 1000
+    assert set(result["pairs"]) == {pairs}
+    json.dumps(result)
+    assert Vectors(words, matrix).evaluate()["analogies"] is None
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("a b c d\n", "line 1: a question before"),
+        (": s\na b c d\na b c\n", "line 3: expected 4 words"),
+        (": s\n\n", "no analogy questions"),
+    ],
+)
+def test_bad_analogy_files(tmp_path, content, message):
+    path = tmp_path / "q.txt"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        Vectors(["a", "b", "c", "d"], np.eye(4)).evaluate_word_analogies(path)
+    with pytest.raises(UserError, match="cannot read"):
+        Vectors(["a"], np.eye(1)).evaluate_word_analogies(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("# comment\na\tb\t1.0\na\tb\n", "line 3"),
+        ("a\tb\tlots\n", "line 1"),
+        ("x\ty\t1\n", "outside the vocabulary"),
+        ("# only a comment\n", "no word pairs"),
+    ],
+)
+def test_bad_pair_files(tmp_path, content, message):
+    path = tmp_path / "p.tsv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        Vectors(["a", "b"], np.eye(2)).evaluate_word_pairs(path)
