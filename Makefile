@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/sparsembed demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
