@@ -121,7 +121,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _train_and_report(model, out, args)
         model.write_outputs(out)
     except BaseException:
-        if created:
+        # A directory this run created goes away unless it holds a checkpoint worth resuming from.
+        if created and not (out / "model" / "state.json").exists():
             shutil.rmtree(out, ignore_errors=True)
         raise
     return 0
