@@ -150,8 +150,9 @@ def expected_loads(counts: np.ndarray, step_tokens: int) -> np.ndarray:
     total = counts.sum()
     if total <= 0:
         return np.zeros_like(counts)
-    # expm1/log1p: p is ~1e-7 for rare rows, where (1 - p)^T loses every digit in float64
-    return -np.expm1(step_tokens * np.log1p(-counts / total))
+    # expm1/log1p: p is ~1e-7 for rare rows, where (1 - p)^T loses every digit in float64; p = 1 gives log1p = -inf
+    with np.errstate(divide="ignore"):
+        return -np.expm1(step_tokens * np.log1p(-counts / total))
 
 
 def observed_loads(ids: np.ndarray, counts: np.ndarray, step_tokens: int, offset: int = 0,
