@@ -460,7 +460,9 @@ def bench_shards(corpus_path: str | os.PathLike, shards: int, step_tokens: int, 
     result["balanced"]["hot_rows"] = int((observed_loads(ids, counts, step_tokens) >= HOT_LOAD).sum())
     result.update({"corpus": str(corpus_path), "shards": int(shards), "step_tokens": step_tokens, "seed": int(seed),
                    "min_count": int(min_count), "replicate_top": int(replicate_top), "rows": num_rows,
-                   "tokens": int(len(ids)), "steps": int(len(ids) // step_tokens)})
+                   "tokens": int(len(ids)), "steps": int(len(ids) // step_tokens),
+                   "distinct_rows_per_step": float(result["contiguous"]["mean_rows_per_step"] * shards),
+                   "model_distinct_rows_per_step": float(model.sum())})
     return result
 
 
