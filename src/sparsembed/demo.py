@@ -59,7 +59,10 @@ _MIN_LEN, _MAX_LEN = 9, 13
 # is Zipf background ("the", "of", pseudo-words), which also gives the vocabulary a realistic shape.
 _P_CONCEPT, _P_ATTRIBUTE = 0.35, 0.30
 _TOPIC_SIZE = 16  # words per concept / attribute topic
-_TOPIC_BAND = (40, 240)  # ranks of background words that serve as topic words
+# Ranks of the background words that serve as topic words: frequent pseudo-words, each in ~12 topics so
+# none becomes a near-synonym of one planted word. The band starts past the real function words so those
+# stay generic.
+_TOPIC_BAND = (60, 260)
 _N_BACKGROUND = 20_000  # background vocabulary size
 _HEAD_RANKS = 1_000  # planted sentences draw background only from the most frequent words
 _P_FILLER_SENTENCE = 0.15  # share of sentences that are pure Zipf background
@@ -213,9 +216,18 @@ def _world(seed: int) -> _World:
         n_concepts += n_c
         n_attributes += n_a
 
-    lo, hi = _TOPIC_BAND
-    concept_topics = rng.integers(lo, hi, size=(n_concepts, _TOPIC_SIZE))
-    attribute_topics = rng.integers(lo, hi, size=(n_attributes, _TOPIC_SIZE))
+    assert _TOPIC_BAND[0] > len(_FUNCTION_WORDS)
+    attribute_topics = rng.integers(*_TOPIC_BAND, size=(n_attributes, _TOPIC_SIZE))
+    # A word in both a concept's topic and one of its attributes' would co-occur with that planted word
+    # twice as often as any other and show up among its neighbours: concept topics avoid the group's
+    # attribute-topic words (a loop over the 5 groups).
+    concept_topics = np.empty((n_concepts, _TOPIC_SIZE), dtype=np.int64)
+    c0 = a0 = 0
+    for group in groups:
+        n_c, n_a = len(group.words), len(group.attributes)
+        allowed = np.setdiff1d(np.arange(*_TOPIC_BAND), attribute_topics[a0 : a0 + n_a])
+        concept_topics[c0 : c0 + n_c] = rng.choice(allowed, size=(n_c, _TOPIC_SIZE))
+        c0, a0 = c0 + n_c, a0 + n_a
 
     vocab = np.array(background + planted, dtype=object)
     if len(set(vocab.tolist())) != len(vocab):  # pragma: no cover - guarded by ``taken`` above
