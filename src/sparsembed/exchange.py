@@ -1,0 +1,571 @@
+"""Gradient exchange: sum row-sparse gradients over data-parallel workers, sending only the rows a step touched.
+
+Two strategies, each for row ids in ``[0, num_rows)`` (:class:`~sparsembed.sparse.RowSparse`, dense storage) and
+for arbitrary int64 keys (hash-table storage, "keyed"):
+
+* **replicated** (:func:`replicated`, :func:`replicated_keyed`): every worker coalesces its gradient and encodes
+  it once (:mod:`sparsembed.codec`); one tiny ``all_gather`` of the message sizes, one ``all_gather`` of the
+  messages padded to the largest (gloo needs equal sizes); every worker decodes all of them and sums them in rank
+  order, so all replicas get bit-identical sums, equal to a dense ``all_reduce`` of the same gradients.
+  From the gathered sizes all workers take the same decision: when the messages would cost more than a dense
+  ring all-reduce (``(P-1) * max_size`` received against ``2 (P-1)/P * num_rows * dim * 4`` bytes), the step
+  falls back to a dense ``all_reduce``, so the exchange is not slower than dense at high density.
+* **sharded** (:func:`sharded`, :func:`sharded_keyed`), parameter-server style: row ``i`` is owned by rank ``r``
+  with ``boundaries[r] <= i < boundaries[r+1]`` (contiguous ranges, as a ShardMap relabelling produces; keys are
+  owned by a hash). Each worker sends each owner the gradient rows it owns with one variable-split
+  ``all_to_all_single`` (gloo supports it, splits in bytes after a tiny ``all_to_all`` of the sizes); the owner
+  sums them in rank order, applies the update (``apply_owned``), reads the fresh rows (``read_owned``) and sends
+  each worker the rows it asked for (by default the rows it sent a gradient for), again with ``all_to_all_single``
+  whose sizes both sides already know. Every row crosses the wire at most once each way, so the volume is bounded
+  by a ring all-reduce's ``2 (P-1)/P`` of the matrix even at full density; no dense fallback is needed.
+
+Every call returns an :class:`ExchangeStats` for the trainer's log. All calls are collective: every rank of the
+group must make the same calls in the same order (an empty gradient is fine).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sparsembed import codec, rowsets
+from sparsembed.errors import UserError
+from sparsembed.sparse import RowSparse
+
+__all__ = [
+    "ExchangeStats",
+    "replicated",
+    "replicated_keyed",
+    "sharded",
+    "sharded_keyed",
+    "dense_all_reduce",
+    "even_boundaries",
+    "key_owner",
+    "coalesce_keyed",
+    "MODES",
+]
+
+#: Values of the ``mode`` argument: choose by density, or force one path.
+MODES = ("auto", "sparse", "dense")
+#: Sparse is chosen while its received bytes are at most this fraction of a dense ring all-reduce's: decoding and
+#: summing P messages costs more per byte than gloo's reduction, measured with benchmarks/bench_exchange.py --sweep.
+SPARSE_BIAS = 0.8
+_FRAME = struct.Struct("<qqq")  # sharded message: gradient bytes, pull ids (-1: same as gradient), pull bytes
+
+
+@dataclass
+class ExchangeStats:
+    """What one exchange of one matrix cost on this rank.
+
+    Byte counts are the payload the algorithm moves per rank (ring all-gather / all-reduce volumes, padding
+    included), not counting TCP framing.
+    """
+
+    name: str
+    strategy: str  # "replicated", "sharded" or "dense"
+    mode: str  # "sparse" or "dense": what was sent this step
+    encoding: str  # row-set encoding of this rank's message ("index", "bitmap", ...), "keys" or "dense"
+    density: float  # distinct rows this rank sent / num_rows (keyed: nan, there is no num_rows)
+    rows: int  # distinct rows this rank sent
+    bytes_sent: int
+    bytes_recv: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON logs."""
+        return asdict(self)
+
+
+# -- owners -------------------------------------------------------------------------------------------------------
+def even_boundaries(num_rows: int, world: int) -> np.ndarray:
+    """``world + 1`` increasing row boundaries splitting ``[0, num_rows)`` into near-equal contiguous shards."""
+    return (np.arange(world + 1, dtype=np.int64) * num_rows) // world
+
+
+def key_owner(keys: np.ndarray, world: int) -> np.ndarray:
+    """Owner rank of each int64 key: a splitmix64 hash mod ``world`` (spreads sequential and strided keys)."""
+    z = keys.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        z += np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (z % np.uint64(world)).astype(np.int64)
+
+
+def _check_boundaries(boundaries: Any, num_rows: int, world: int) -> np.ndarray:
+    b = np.asarray(boundaries, dtype=np.int64)
+    if b.shape != (world + 1,) or b[0] != 0 or b[-1] != num_rows or np.any(np.diff(b) < 0):
+        raise UserError(
+            f"exchange: boundaries must be {world + 1} non-decreasing ints from 0 to num_rows={num_rows}, got {b!r}"
+        )
+    return b
+
+
+# -- keyed coalescing ---------------------------------------------------------------------------------------------
+def coalesce_keyed(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted distinct keys and their summed float32 rows (duplicates summed in order of appearance)."""
+    uniq, inverse = np.unique(keys.numpy(), return_inverse=True)
+    out = torch.zeros(uniq.shape[0], values.shape[1], dtype=torch.float32)
+    out.index_add_(0, torch.from_numpy(inverse.reshape(-1).astype(np.int64)), values.float())
+    return torch.from_numpy(uniq.astype(np.int64, copy=False)), out
+
+
+def _check_keyed(keys: Any, values: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    k = torch.as_tensor(keys)
+    v = torch.as_tensor(values)
+    if k.dim() != 1 or k.dtype.is_floating_point or v.dim() != 2 or v.shape[0] != k.shape[0]:
+        raise UserError(f"exchange: keyed gradient needs int keys [n] and values [n, dim], got {k.shape}, {v.shape}")
+    return k.to(torch.int64), v
+
+
+# -- message codecs: one for row ids, one for arbitrary keys ------------------------------------------------------
+class _RowCodec:
+    """Messages of rows ``[0, num_rows)`` through :mod:`sparsembed.codec`."""
+
+    def __init__(self, num_rows: int, dim: int, rows: str, values: str, compress: str | None) -> None:
+        self.num_rows, self.dim, self.rows, self.values, self.compress = num_rows, dim, rows, values, compress
+
+    def encode(self, ids: torch.Tensor, vals: torch.Tensor, num_rows: int | None = None) -> np.ndarray:
+        rs = RowSparse(ids, vals, self.num_rows if num_rows is None else num_rows, check=False)
+        rs._coalesced = True  # callers pass strictly increasing ids
+        return codec.encode_array(rs, self.rows, self.values, self.compress)
+
+    def decode(self, buf: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rs = codec.decode(buf)
+        return rs.ids, rs.values
+
+    def coalesce(self, ids: torch.Tensor, vals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rs = RowSparse(ids, vals.float() if vals.dtype != torch.float32 else vals, self.num_rows, check=False)
+        rs.coalesce_()
+        return rs.ids, rs.values
+
+    @staticmethod
+    def encoding(buf: np.ndarray) -> str:
+        return codec.header(buf)["rows"]
+
+
+class _KeyCodec:
+    """Messages of arbitrary int64 keys: ``int64 n``, the raw sorted keys, then a codec message of the values.
+
+    Raw keys cost 8 bytes a row against ``dim * 4`` for the values, so compressing them is not worth it.
+    """
+
+    def __init__(self, dim: int, values: str) -> None:
+        self.dim, self.values = dim, values
+
+    def encode(self, keys: torch.Tensor, vals: torch.Tensor) -> np.ndarray:
+        n = keys.shape[0]
+        rs = RowSparse(torch.arange(n), vals, n, check=False)
+        rs._coalesced = True
+        msg = codec.encode_array(rs, "all", self.values)
+        out = np.empty(8 + 8 * n + msg.shape[0], np.uint8)
+        out[:8] = np.frombuffer(struct.pack("<q", n), np.uint8)
+        out[8 : 8 + 8 * n] = keys.numpy().view(np.uint8)
+        out[8 + 8 * n :] = msg
+        return out
+
+    def decode(self, buf: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if buf.shape[0] < 8:
+            raise codec.CodecError("exchange: keyed message shorter than its count")
+        n = struct.unpack("<q", buf[:8].tobytes())[0]
+        if n < 0 or 8 + 8 * n > buf.shape[0]:
+            raise codec.CodecError(f"exchange: keyed message claims {n} keys in {buf.shape[0]} bytes")
+        keys = torch.from_numpy(buf[8 : 8 + 8 * n].view(np.int64).copy())
+        rs = codec.decode(buf[8 + 8 * n :])
+        if rs.n != n:
+            raise codec.CodecError(f"exchange: keyed message has {n} keys and {rs.n} value rows")
+        return keys, rs.values
+
+    @staticmethod
+    def coalesce(keys: torch.Tensor, vals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return coalesce_keyed(keys, vals)
+
+    @staticmethod
+    def encoding(buf: np.ndarray) -> str:
+        return "keys"
+
+
+# -- reusable buffers ---------------------------------------------------------------------------------------------
+_BUFFERS: dict[str, torch.Tensor] = {}
+
+
+def _buffer(tag: str, nbytes: int) -> torch.Tensor:
+    """A uint8 tensor of ``nbytes`` reused across steps: fresh large allocations pay page faults every step."""
+    buf = _BUFFERS.get(tag)
+    if buf is None or buf.numel() < nbytes:
+        buf = torch.empty(max(nbytes, 1 << 12) * 5 // 4, dtype=torch.uint8)
+        _BUFFERS[tag] = buf
+    return buf[:nbytes]
+
+
+def _world(group: Any) -> tuple[int, int]:
+    if not dist.is_available() or not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+# -- replicated ---------------------------------------------------------------------------------------------------
+def replicated(
+    grad: RowSparse,
+    *,
+    rows: str = "auto",
+    values: str = "fp32",
+    compress: str | None = None,
+    mode: str = "auto",
+    group: Any = None,
+    name: str = "",
+) -> tuple[RowSparse, ExchangeStats]:
+    """Sum ``grad`` over all ranks; every rank gets the same coalesced sum.
+
+    Args:
+        grad: this rank's gradient, any ids order, duplicates allowed (coalesced in place).
+        rows, values, compress: message encoding (see :func:`sparsembed.codec.encode`); ``values="fp16"``
+            rounds each rank's rows once.
+        mode: ``"auto"`` picks sparse or dense from the gathered message sizes; ``"sparse"`` / ``"dense"`` force.
+        group: process group (default: the world); without an initialized group this is a local coalesce.
+
+    Returns:
+        The summed gradient (when the dense path ran: every row, ``ids = arange(num_rows)``, values a dense
+        ``num_rows x dim`` float32 matrix) and this rank's :class:`ExchangeStats`.
+    """
+    if mode not in MODES:
+        raise UserError(f"exchange: mode must be one of {MODES}, got {mode!r}")
+    t0 = time.perf_counter()
+    rank, world = _world(group)
+    grad.coalesce_()
+    num_rows, dim = grad.num_rows, grad.dim
+    if world == 1:
+        return grad, ExchangeStats(name, "replicated", "sparse", "none", grad.n / max(num_rows, 1), grad.n, 0, 0, 0.0)
+    # Decide from message sizes, which every rank learns from one tiny all_gather: all ranks agree.
+    rc = _RowCodec(num_rows, dim, rows, values, compress)
+    msg = rc.encode(grad.ids, grad.values) if mode != "dense" else np.empty(0, np.uint8)
+    sizes = _gather_sizes(msg.shape[0], world, group) if mode != "dense" else np.zeros(world, np.int64)
+    dense_bytes = num_rows * dim * 4
+    ring = 2 * (world - 1) * dense_bytes // world
+    use_dense = mode == "dense" or (mode == "auto" and (world - 1) * int(sizes.max()) > SPARSE_BIAS * ring)
+    if use_dense:
+        out = _dense_sum(grad, group)
+        stats = ExchangeStats(name, "replicated", "dense", "dense", grad.n / max(num_rows, 1), grad.n, ring, ring, 0)
+    else:
+        ids, vals = _gather_messages(rc, msg, sizes, rank, world, group)
+        out = RowSparse(ids, vals, num_rows, check=False)
+        out._coalesced = True
+        moved = (world - 1) * int(sizes.max()) + 8 * world
+        density = grad.n / max(num_rows, 1)
+        stats = ExchangeStats(name, "replicated", "sparse", rc.encoding(msg), density, grad.n, moved, moved, 0)
+    stats.seconds = time.perf_counter() - t0
+    return out, stats
+
+
+def replicated_keyed(
+    keys: Any, vals: Any, *, values: str = "fp32", group: Any = None, name: str = ""
+) -> tuple[torch.Tensor, torch.Tensor, ExchangeStats]:
+    """Sum a keyed gradient (arbitrary int64 ``keys [n]``, ``vals [n, dim]``) over all ranks.
+
+    Returns sorted distinct keys, their summed float32 rows (identical on every rank) and the stats. Always
+    sparse: keys have no dense form.
+    """
+    t0 = time.perf_counter()
+    keys, vals = _check_keyed(keys, vals)
+    rank, world = _world(group)
+    keys, vals = coalesce_keyed(keys, vals)
+    if world == 1:
+        return keys, vals, ExchangeStats(name, "replicated", "sparse", "keys", float("nan"), keys.shape[0], 0, 0, 0.0)
+    kc = _KeyCodec(vals.shape[1], values)
+    msg = kc.encode(keys, vals)
+    sizes = _gather_sizes(msg.shape[0], world, group)
+    out_keys, out_vals = _gather_messages(kc, msg, sizes, rank, world, group)
+    moved = (world - 1) * int(sizes.max()) + 8 * world
+    stats = ExchangeStats(name, "replicated", "sparse", "keys", float("nan"), keys.shape[0], moved, moved, 0.0)
+    stats.seconds = time.perf_counter() - t0
+    return out_keys, out_vals, stats
+
+
+def _gather_sizes(size: int, world: int, group: Any) -> np.ndarray:
+    mine = torch.tensor([size], dtype=torch.int64)
+    sizes = torch.empty(world, dtype=torch.int64)
+    dist.all_gather_into_tensor(sizes, mine, group=group)
+    return sizes.numpy()
+
+
+def _gather_messages(mc: Any, msg: np.ndarray, sizes: np.ndarray, rank: int, world: int, group: Any) -> tuple:
+    """All-gather the messages padded to the largest, decode them and sum them in rank order."""
+    width = int(sizes.max())
+    send = _buffer("gather-send", width)
+    send.numpy()[: msg.shape[0]] = msg
+    recv = _buffer("gather-recv", width * world)
+    dist.all_gather_into_tensor(recv, send, group=group)
+    blocks = recv.numpy().reshape(world, width)
+    parts = [mc.decode(blocks[r, : sizes[r]]) for r in range(world)]
+    ids = torch.cat([p[0] for p in parts])
+    vals = torch.cat([p[1] for p in parts])  # a copy: the decoded views alias the reused receive buffer
+    return mc.coalesce(ids, vals)
+
+
+def _dense_sum(grad: RowSparse, group: Any) -> RowSparse:
+    dense = torch.zeros(grad.num_rows, grad.dim, dtype=torch.float32)
+    dense.index_copy_(0, grad.ids, grad.values.float())  # coalesced: distinct ids, a copy is enough
+    dist.all_reduce(dense, group=group)
+    out = RowSparse(torch.arange(grad.num_rows), dense, grad.num_rows, check=False)
+    out._coalesced = True
+    return out
+
+
+def dense_all_reduce(
+    tensors: list[torch.Tensor], *, bucket_bytes: int = 25 << 20, group: Any = None, name: str = ""
+) -> ExchangeStats:
+    """Sum dense float tensors over all ranks in place, packed into buckets of about ``bucket_bytes``.
+
+    Small tensors share one all_reduce (one latency instead of many); a tensor larger than a bucket goes alone.
+    """
+    t0 = time.perf_counter()
+    _, world = _world(group)
+    total = sum(t.numel() * t.element_size() for t in tensors)
+    if world > 1:
+        for bucket in _buckets(tensors, bucket_bytes):
+            if len(bucket) == 1:
+                dist.all_reduce(bucket[0], group=group)
+                continue
+            flat = torch.cat([t.reshape(-1) for t in bucket])
+            dist.all_reduce(flat, group=group)
+            offset = 0
+            for t in bucket:
+                t.view(-1).copy_(flat[offset : offset + t.numel()])
+                offset += t.numel()
+    ring = 2 * (world - 1) * total // max(world, 1)
+    rows = sum(t.shape[0] if t.dim() else 1 for t in tensors)
+    return ExchangeStats(name, "dense", "dense", "dense", 1.0, rows, ring, ring, time.perf_counter() - t0)
+
+
+def _buckets(tensors: list[torch.Tensor], bucket_bytes: int) -> list[list[torch.Tensor]]:
+    buckets: list[list[torch.Tensor]] = []
+    size = bucket_bytes
+    for t in tensors:
+        if not t.is_contiguous():
+            raise UserError("exchange: dense tensors must be contiguous")
+        nbytes = t.numel() * t.element_size()
+        same = buckets and buckets[-1][0].dtype == t.dtype
+        if size + nbytes > bucket_bytes or not same:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(t)
+        size += nbytes
+    return buckets
+
+
+# -- sharded ------------------------------------------------------------------------------------------------------
+def sharded(
+    grad: RowSparse,
+    boundaries: Any,
+    apply_owned: Callable[[RowSparse], None],
+    read_owned: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    pull: Any = None,
+    rows: str = "auto",
+    values: str = "fp32",
+    compress: str | None = None,
+    group: Any = None,
+    name: str = "",
+) -> tuple[RowSparse, ExchangeStats]:
+    """Owner-computes exchange: gradients to owners, owners update, fresh rows back.
+
+    Args:
+        grad: this rank's gradient (coalesced in place); may be empty.
+        boundaries: ``world + 1`` ints, rank ``r`` owns rows ``[boundaries[r], boundaries[r+1])``
+            (:func:`even_boundaries`, or a ShardMap's).
+        apply_owned: called once on this rank with the summed gradient of the rows it owns (global ids,
+            coalesced, possibly empty); updates the owner's storage.
+        read_owned: given global ids this rank owns, returns their current ``[k, dim]`` rows (after the update).
+        pull: row ids whose fresh values this rank wants back; default: the rows of ``grad``.
+
+    Returns:
+        The fresh rows ``pull`` (coalesced, float32) and this rank's stats.
+    """
+    t0 = time.perf_counter()
+    rank, world = _world(group)
+    grad.coalesce_()
+    num_rows, dim = grad.num_rows, grad.dim
+    b = _check_boundaries(boundaries, num_rows, world)
+    pull_ids = None if pull is None else _unique_ids(pull, num_rows)
+    rc = _RowCodec(num_rows, dim, rows, values, compress)
+    cuts = np.searchsorted(grad.ids.numpy(), b)
+    pcuts = None if pull_ids is None else np.searchsorted(pull_ids.numpy(), b)
+    msgs, pulled, enc, biggest = [], [], "none", -1
+    for r in range(world):
+        lo, hi = int(b[r]), int(b[r + 1])
+        sl = slice(int(cuts[r]), int(cuts[r + 1]))
+        body = rc.encode(grad.ids[sl] - lo, grad.values[sl], hi - lo)
+        psel = None if pcuts is None else pull_ids[int(pcuts[r]) : int(pcuts[r + 1])] - lo
+        msgs.append(_frame(body, psel, hi - lo))
+        pulled.append(sl.stop - sl.start if psel is None else psel.shape[0])
+        if body.shape[0] > biggest:  # report the encoding of the largest message
+            enc, biggest = rc.encoding(body), body.shape[0]
+
+    def owned(local: tuple[torch.Tensor, torch.Tensor]) -> None:
+        ids, vals = rc.coalesce(*local) if local[0].numel() else local
+        owned_rs = RowSparse(ids + int(b[rank]), vals, num_rows, check=False)
+        owned_rs._coalesced = True
+        apply_owned(owned_rs)
+
+    def unframe(buf: np.ndarray) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return _unframe(rc, buf, int(b[rank + 1] - b[rank]))
+
+    read = lambda i: read_owned(i + int(b[rank]))  # noqa: E731
+    fresh, sent, recv = _owner_round(msgs, pulled, unframe, owned, read, dim, group)
+    fresh_ids = grad.ids if pull_ids is None else pull_ids
+    out = RowSparse(fresh_ids, fresh, num_rows, check=False)
+    out._coalesced = True
+    stats = ExchangeStats(name, "sharded", "sparse", enc, grad.n / max(num_rows, 1), grad.n, sent, recv, 0.0)
+    stats.seconds = time.perf_counter() - t0
+    return out, stats
+
+
+def sharded_keyed(
+    keys: Any,
+    vals: Any,
+    apply_owned: Callable[[torch.Tensor, torch.Tensor], None],
+    read_owned: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    pull: Any = None,
+    values: str = "fp32",
+    group: Any = None,
+    name: str = "",
+) -> tuple[torch.Tensor, torch.Tensor, ExchangeStats]:
+    """:func:`sharded` for arbitrary int64 keys, owned by :func:`key_owner`.
+
+    ``apply_owned(keys, summed_rows)`` gets the sorted distinct keys this rank owns; returns the sorted distinct
+    ``pull`` keys (default: the gradient's) with their fresh rows, and the stats.
+    """
+    t0 = time.perf_counter()
+    keys, vals = _check_keyed(keys, vals)
+    rank, world = _world(group)
+    keys, vals = coalesce_keyed(keys, vals)
+    dim = vals.shape[1]
+    kc = _KeyCodec(dim, values)
+    pull_keys = None if pull is None else torch.from_numpy(np.unique(np.asarray(pull, np.int64)))
+    own = key_owner(keys.numpy(), world)
+    pown = None if pull_keys is None else key_owner(pull_keys.numpy(), world)
+    msgs, pulled = [], []
+    # Per owner, keys stay sorted: boolean selection keeps order.
+    for r in range(world):
+        sel = torch.from_numpy(own == r)
+        psel = None if pown is None else pull_keys[torch.from_numpy(pown == r)]
+        msgs.append(_frame(kc.encode(keys[sel], vals[sel]), psel, None))
+        pulled.append(int(sel.sum()) if psel is None else psel.shape[0])
+
+    def owned(local: tuple[torch.Tensor, torch.Tensor]) -> None:
+        apply_owned(*coalesce_keyed(*local))
+
+    unframe = lambda buf: _unframe(kc, buf, None)  # noqa: E731
+    fresh, sent, recv = _owner_round(msgs, pulled, unframe, owned, read_owned, dim, group)
+    # Fresh rows come back grouped by owner; put them back in key order.
+    want = keys if pull_keys is None else pull_keys
+    wown = own if pull_keys is None else pown
+    order = torch.from_numpy(np.argsort(wown, kind="stable"))
+    out = torch.empty_like(fresh)
+    out[order] = fresh
+    stats = ExchangeStats(name, "sharded", "sparse", "keys", float("nan"), keys.shape[0], sent, recv, 0.0)
+    stats.seconds = time.perf_counter() - t0
+    return want, out, stats
+
+
+def _unique_ids(pull: Any, num_rows: int) -> torch.Tensor:
+    ids = np.unique(np.asarray(pull, dtype=np.int64))
+    if ids.shape[0] and (ids[0] < 0 or ids[-1] >= num_rows):
+        raise UserError(f"exchange: pull ids must be in [0, {num_rows})")
+    return torch.from_numpy(ids)
+
+
+def _frame(body: np.ndarray, pull: torch.Tensor | None, num_rows: int | None) -> np.ndarray:
+    """Gradient message plus the ids whose fresh rows the sender wants (row-set coded, or raw keys)."""
+    if pull is None:
+        pull_bytes, n = b"", -1
+    elif num_rows is None:
+        pull_bytes, n = pull.numpy().tobytes(), pull.shape[0]
+    else:
+        ids = pull.numpy()
+        enc = rowsets.choose(ids, num_rows)
+        pull_bytes, n = bytes([enc.code]) + enc.encode(ids, num_rows), ids.shape[0]
+    out = np.empty(_FRAME.size + body.shape[0] + len(pull_bytes), np.uint8)
+    out[: _FRAME.size] = np.frombuffer(_FRAME.pack(body.shape[0], n, len(pull_bytes)), np.uint8)
+    out[_FRAME.size : _FRAME.size + body.shape[0]] = body
+    out[_FRAME.size + body.shape[0] :] = np.frombuffer(pull_bytes, np.uint8)
+    return out
+
+
+def _unframe(mc: Any, buf: np.ndarray, num_rows: int | None) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(gradient ids, values) and the pulled ids of one sharded message."""
+    if buf.shape[0] < _FRAME.size:
+        raise codec.CodecError("exchange: sharded message shorter than its frame")
+    body_len, n, pull_len = _FRAME.unpack(buf[: _FRAME.size].tobytes())
+    if body_len < 0 or pull_len < 0 or _FRAME.size + body_len + pull_len != buf.shape[0]:
+        raise codec.CodecError("exchange: sharded message sizes do not add up")
+    grad = mc.decode(buf[_FRAME.size : _FRAME.size + body_len])
+    tail = buf[_FRAME.size + body_len :]
+    if n < 0:
+        return grad, grad[0]
+    if num_rows is None:
+        if pull_len != 8 * n:
+            raise codec.CodecError("exchange: pulled keys do not fill their section")
+        return grad, torch.from_numpy(tail.view(np.int64).copy())
+    try:
+        ids = rowsets.get(int(tail[0])).decode(tail[1:].tobytes(), n, num_rows)
+    except (rowsets.RowSetError, IndexError, KeyError) as e:
+        raise codec.CodecError(f"exchange: pulled row ids: {e}") from None
+    return grad, torch.from_numpy(ids)
+
+
+def _owner_round(
+    msgs: list[np.ndarray],
+    pulled: list[int],
+    unframe: Callable[[np.ndarray], tuple],
+    apply_owned: Callable[[tuple[torch.Tensor, torch.Tensor]], None],
+    read_owned: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    group: Any,
+) -> tuple[torch.Tensor, int, int]:
+    """Push framed gradients to their owners, apply, pull fresh rows; returns (fresh rows, bytes sent, received)."""
+    rank, world = _world(group)
+    send_sizes = torch.tensor([m.shape[0] for m in msgs], dtype=torch.int64)
+    if world > 1:
+        recv_sizes = torch.empty(world, dtype=torch.int64)
+        dist.all_to_all_single(recv_sizes, send_sizes, group=group)
+    else:
+        recv_sizes = send_sizes.clone()
+    ss, rs = send_sizes.tolist(), recv_sizes.tolist()
+    send = _buffer("a2a-send", sum(ss))
+    offset = 0
+    for m in msgs:
+        send.numpy()[offset : offset + m.shape[0]] = m
+        offset += m.shape[0]
+    recv = _buffer("a2a-recv", sum(rs))
+    if world > 1:
+        dist.all_to_all_single(recv, send, rs, ss, group=group)
+    else:
+        recv.copy_(send)
+    starts = np.concatenate([[0], np.cumsum(rs)])
+    parts = [unframe(recv.numpy()[starts[r] : starts[r + 1]]) for r in range(world)]
+    grad_ids = torch.cat([p[0][0] for p in parts])
+    grad_vals = torch.cat([p[0][1].float() for p in parts]) if grad_ids.numel() else torch.zeros(0, dim)
+    apply_owned((grad_ids, grad_vals))
+    # Fresh rows, in the order each requester listed them; both sides know every count, so no size round.
+    asked = [p[1] for p in parts]
+    fresh_out = torch.cat([read_owned(a).float().reshape(-1, dim) for a in asked]).reshape(-1)
+    out_counts = [a.shape[0] * dim for a in asked]
+    in_counts = [k * dim for k in pulled]
+    fresh_in = torch.empty(sum(in_counts), dtype=torch.float32)
+    if world > 1:
+        dist.all_to_all_single(fresh_in, fresh_out.contiguous(), in_counts, out_counts, group=group)
+    else:
+        fresh_in.copy_(fresh_out)
+    sent = sum(ss) - ss[rank] + 4 * (sum(out_counts) - out_counts[rank]) + 8 * world
+    received = sum(rs) - rs[rank] + 4 * (sum(in_counts) - in_counts[rank]) + 8 * world
+    return fresh_in.reshape(-1, dim), sent, received
