@@ -128,9 +128,9 @@ def test_questions_parse_in_gensim(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gensim_learns_the_planted_analogies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A tenth of the default corpus. Over seeds 0-5 CBOW on it scored 0.85-0.90 in total, >= 0.76 in every
-    section, and at most one of each query's 6 neighbours fell outside the query's group (100% and clean
-    neighbours at full size); the thresholds leave room for gensim's thread nondeterminism."""
+    """A tenth of the default corpus. Over seeds 0-5 CBOW on it scored 0.90-0.94 in total, >= 0.83 in every
+    section, and >= 37 of the 42 listed neighbours were in the query's group (at full size: 100% and all
+    42); the thresholds leave a wide margin for gensim's thread nondeterminism."""
     gensim = pytest.importorskip("gensim")
 
     def train(corpus_path: str, sg: int, workers: int, seed: int) -> object:
@@ -143,9 +143,9 @@ def test_gensim_learns_the_planted_analogies(tmp_path: Path, capsys: pytest.Capt
     # Readable neighbours: mostly words of the query's own group (forms of its concept, same-attribute
     # siblings), not background words.
     group_of = {w: g.name for g in demo._world(1).groups for forms in g.words for w in forms}
-    for query, near in result["neighbours"].items():
-        same = [w for w, _ in near if group_of.get(w) == group_of[query]]
-        assert len(same) >= 4, (query, near)
+    near = result["neighbours"]
+    same = sum(group_of.get(w) == group_of[query] for query in near for w, _ in near[query])
+    assert same >= 0.6 * sum(len(v) for v in near.values()), near
     out = capsys.readouterr().out
     assert "planted-analogy accuracy" in out and "family" in out
     assert (tmp_path / "corpus.txt").exists() and (tmp_path / "questions.txt").exists()
