@@ -156,3 +156,12 @@ def test_module_entry_point_exit_code(tmp_path: Path) -> None:
                            str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("sparsembed: error:") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_bench_shards_json(corpus: Path, capsys) -> None:
+    capsys.readouterr()
+    assert main(["bench", "shards", str(corpus), "--shards", "4", "--step-tokens", "512", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"contiguous", "permuted", "balanced"} <= set(result)
+    assert result["balanced"]["max_over_mean"] <= result["contiguous"]["max_over_mean"]
+    assert all(result[k]["max_over_mean"] >= 1.0 for k in ("contiguous", "permuted", "balanced"))

@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("word")
     similar.add_argument("-n", type=int, default=10, help="how many neighbours (10)")
 
+    bench = sub.add_parser("bench", help="measurements: shard balance under Zipf")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    shards = bench_sub.add_parser("shards", help="max/mean shard load: contiguous, permuted, balanced")
+    shards.add_argument("corpus")
+    shards.add_argument("--shards", type=int, default=8)
+    shards.add_argument("--step-tokens", type=int, default=8192, help="tokens per training step (8192)")
+    shards.add_argument("--min-count", type=int, default=5)
+    shards.add_argument("--replicate-top", type=int, default=0, help="replicate this many hottest rows")
+    shards.add_argument("--seed", type=int, default=0, help="seed of the random permutation")
+    shards.add_argument("--json", action="store_true", help="print the full result as JSON")
+
     demo = sub.add_parser("demo", help="train on a generated corpus with planted analogies (no download)")
     demo.add_argument("--model", choices=["cbow", "skipgram"], default="cbow")
     demo.add_argument("--out", help="where the corpus, questions and model go (default: a temporary directory)")
@@ -76,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "similar": cmd_similar,
-               "demo": cmd_demo}[args.command]
+               "demo": cmd_demo, "bench": cmd_bench}[args.command]
     try:
         return handler(args) or 0
     except UserError as exc:
@@ -215,6 +226,20 @@ def cmd_similar(args: argparse.Namespace) -> int:
         raise UserError(f"'{args.word}' is not in the vocabulary of {args.vectors}")
     for word, score in vectors.most_similar(args.word, topn=args.n):
         print(f"{word}\t{score:.4f}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``sparsembed bench shards CORPUS --shards S --step-tokens T [--json]``."""
+    from .sharding import SCHEMES, bench_shards
+
+    result = bench_shards(args.corpus, args.shards, args.step_tokens, seed=args.seed, min_count=args.min_count,
+                          replicate_top=args.replicate_top)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for scheme in SCHEMES:
+            print(f"{scheme:>10}: max/mean load {result[scheme]['max_over_mean']:.4f}")
     return 0
 
 
