@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="where the corpus, questions and model go (default: a temporary directory)")
     demo.add_argument("--workers", type=int, default=None)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--tokens", type=int, default=None, help="corpus size (3M for cbow, 1.5M for skipgram)")
     return parser
 
 
@@ -248,7 +249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     workers = args.workers or max(1, len(os.sched_getaffinity(0)))
-    run_demo(out_dir=args.out, model=args.model, workers=workers, seed=args.seed)
+    run_demo(out_dir=args.out, model=args.model, workers=workers, seed=args.seed, n_tokens=args.tokens)
     return 0
 
 

@@ -395,12 +395,24 @@ def _default_train(corpus_path: str, sg: int, workers: int, seed: int) -> Any:
     return Word2Vec(corpus_path, sg=sg, workers=workers, seed=seed, **DEMO_PARAMS)
 
 
+def _analogy_score(result: Any) -> tuple[float, list[dict]]:
+    """(total accuracy, sections) from sparsembed's dict result or gensim's ``(score, sections)`` tuple."""
+    if isinstance(result, dict):
+        return float(result["accuracy"]), result["sections"]
+    score, sections = result
+    return float(score), sections
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) else len(value)  # sparsembed counts; gensim lists the questions
+
+
 def _section_figures(sections: list[dict]) -> tuple[dict[str, float], dict[str, int]]:
-    """Accuracy and question count per section from gensim-style ``evaluate_word_analogies`` output."""
+    """Accuracy and question count per section of an ``evaluate_word_analogies`` result (either flavour)."""
     acc, n = {}, {}
     for sec in sections:
-        total = len(sec["correct"]) + len(sec["incorrect"])
-        acc[sec["section"]] = len(sec["correct"]) / total if total else 0.0
+        total = _count(sec["correct"]) + _count(sec["incorrect"])
+        acc[sec["section"]] = _count(sec["correct"]) / total if total else 0.0
         n[sec["section"]] = total
     return acc, n
 
@@ -465,7 +477,7 @@ def run_demo(
             neighbours[word] = near
             say(f"  {word:>14}: " + ", ".join(f"{w} {s:.2f}" for w, s in near))
 
-        score, sections = wv.evaluate_word_analogies(str(questions))
+        score, sections = _analogy_score(wv.evaluate_word_analogies(str(questions)))
         acc, sizes = _section_figures([s for s in sections if s["section"] != "Total accuracy"])
         say("\nplanted-analogy accuracy:")
         for name in acc:
