@@ -24,8 +24,13 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 lib, model, corpus, workers, out = sys.argv[1:6]
+
+def peak_rss_kb():
+    # VmHWM belongs to this process image; ru_maxrss would carry over the parent's peak across fork + exec.
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+
 sg = int(model == "skipgram")
 t0 = time.perf_counter()
 if lib == "gensim":
@@ -37,7 +42,7 @@ if lib == "gensim":
     m.train(Text8Corpus(corpus), total_examples=m.corpus_count, epochs=m.epochs)
     t2 = time.perf_counter()
     raw, epochs = m.corpus_total_words, m.epochs
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kb()
     m.wv.save_word2vec_format(out, binary=True)
 else:
     from sparsembed import Word2Vec
@@ -47,7 +52,7 @@ else:
     m.train(progress=False)
     t2 = time.perf_counter()
     raw, epochs = m.corpus.raw_words, m.settings.epochs
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kb()
     m.wv.save_word2vec_format(out, binary=True)
 print(json.dumps({"vocab_s": t1 - t0, "train_s": t2 - t1, "wall_s": t2 - t0,
                   "words_per_s": raw * epochs / (t2 - t1), "peak_rss_mb": peak / 1024}))
