@@ -38,7 +38,7 @@ def test_training_lowers_the_loss_and_learns_planted_analogies(planted, sg: int)
     assert len(losses) == 5 and losses[-1] < losses[0]
     result = model.wv.evaluate_word_analogies(questions, restrict_vocab=30000)
     accuracy = result[0] if isinstance(result, tuple) else result["accuracy"]
-    # Calibrated on seeds 1..5 for both models: accuracy stays far above this floor (chance is ~0).
+    # Seeds 1..8 (workers=2): CBOW 0.77-0.80, skip-gram 0.999-1.0; chance is ~0. The floor leaves a wide margin.
     assert accuracy > 0.5
 
 
