@@ -237,3 +237,13 @@ def test_initial_rows_are_a_function_of_seed_and_key():
 def test_key_owner_spreads_keys():
     owners = exchange.key_owner(np.arange(3000, dtype=np.int64) * 4, 3)
     assert set(np.bincount(owners, minlength=3).tolist()) <= set(range(900, 1100))
+
+
+@pytest.mark.parametrize("rows", ["auto", "index", "complement", "bitmap", "roaring"])
+@pytest.mark.parametrize("values", ["fp32", "fp16"])
+def test_predicted_message_size_is_exact(rows, values):
+    rng = np.random.default_rng(0)
+    for density in [0.0, 0.01, 0.3, 0.7, 1.0]:
+        ids = torch.from_numpy(np.flatnonzero(rng.random(ROWS) < density).astype(np.int64))
+        rc = exchange._RowCodec(ROWS, DIM, rows, values, None)
+        assert rc.size(ids) == rc.encode(ids, torch.randn(ids.shape[0], DIM)).shape[0]

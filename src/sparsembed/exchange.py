@@ -144,6 +144,13 @@ class _RowCodec:
         rs = codec.decode(buf)
         return rs.ids, rs.values
 
+    def size(self, ids: torch.Tensor) -> int:
+        """Exact size of the uncompressed message of these (strictly increasing) ids, without building it."""
+        idn = ids.numpy()
+        enc = rowsets.choose(idn, self.num_rows) if self.rows == "auto" else rowsets.get(self.rows)
+        value_bytes = {"fp32": 4, "fp16": 2, "bf16": 2}[self.values]
+        return codec.HEADER_SIZE + enc.size(idn, self.num_rows) + idn.shape[0] * self.dim * value_bytes
+
     def coalesce(self, ids: torch.Tensor, vals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rs = RowSparse(ids, vals.float() if vals.dtype != torch.float32 else vals, self.num_rows, check=False)
         rs.coalesce_()
@@ -250,8 +257,10 @@ def replicated(
     if rows == "auto" and 8 * grad.n < num_rows:
         rows = "index"  # what "auto" would pick below 1/8 density, without sizing the other candidates
     rc = _RowCodec(num_rows, dim, rows, values, compress)
-    msg = rc.encode(grad.ids, grad.values) if mode != "dense" else np.empty(0, np.uint8)
-    sizes = _gather_sizes(msg.shape[0], world, group) if mode != "dense" else np.zeros(world, np.int64)
+    # Compressed messages must be built to be sized; otherwise size first, so a dense step never encodes.
+    msg = rc.encode(grad.ids, grad.values) if mode != "dense" and compress is not None else None
+    size = msg.shape[0] if msg is not None else rc.size(grad.ids)
+    sizes = _gather_sizes(size, world, group) if mode != "dense" else np.zeros(world, np.int64)
     dense_bytes = num_rows * dim * 4
     ring = 2 * (world - 1) * dense_bytes // world
     busiest = int(sizes.sum()) - int(sizes.min())  # bytes received by the rank that receives most
@@ -261,6 +270,7 @@ def replicated(
         stats = ExchangeStats(name, "replicated", "dense", "dense", grad.n / max(num_rows, 1), grad.n, ring, ring, 0)
     else:
         own = (grad.ids, grad.values) if values == "fp32" and grad.dtype == torch.float32 else None
+        msg = rc.encode(grad.ids, grad.values) if msg is None else msg
         ids, vals = _gather_messages(rc, msg, sizes, rank, world, group, own)
         out = RowSparse(ids, vals, num_rows, check=False)
         out._coalesced = True
@@ -377,8 +387,11 @@ def _merge_sum(
 
 
 def _dense_sum(grad: RowSparse, group: Any) -> RowSparse:
-    dense = torch.zeros(grad.num_rows, grad.dim, dtype=torch.float32)
-    dense.index_copy_(0, grad.ids, grad.values.float())  # coalesced: distinct ids, a copy is enough
+    if grad.n == grad.num_rows and grad.dtype == torch.float32:
+        dense = grad.values  # coalesced and every row present: already the dense matrix, in row order
+    else:
+        dense = torch.zeros(grad.num_rows, grad.dim, dtype=torch.float32)
+        dense.index_copy_(0, grad.ids, grad.values.float())  # coalesced: distinct ids, a copy is enough
     dist.all_reduce(dense, group=group)
     out = RowSparse(torch.arange(grad.num_rows), dense, grad.num_rows, check=False)
     out._coalesced = True
