@@ -250,7 +250,8 @@ def train_job(
 
 @njit(nogil=True, cache=True)
 def init_input_matrix(n_rows: int, dim: int, seed: int) -> np.ndarray:
-    """Rows uniform in [-0.5/dim, 0.5/dim), each a function of (seed, row) only, as gensim initialises."""
+    """Rows uniform in [-0.5/dim, 0.5/dim) as word2vec.c draws them (gensim 4 uses twice that range), each a
+    function of (seed, row) only, so a row does not depend on the vocabulary size."""
     out = np.empty((n_rows, dim), dtype=np.float32)
     scale = np.float32(1.0 / dim)
     for r in range(n_rows):
