@@ -13,6 +13,8 @@ import numba
 import numpy as np
 import torch
 
+from sparsembed.rowsets import _strictly_increasing
+
 __all__ = ["RowSparse", "VALUE_DTYPES"]
 
 #: Value dtypes a RowSparse may hold.
@@ -185,14 +187,6 @@ def _half_table(kind: int) -> np.ndarray:
 
 
 # -- compiled kernels ---------------------------------------------------------------------------------------------
-@numba.njit(cache=True, nogil=True)
-def _strictly_increasing(a):  # pragma: no cover - compiled
-    for i in range(1, a.shape[0]):
-        if a[i] <= a[i - 1]:
-            return False
-    return True
-
-
 @numba.njit(cache=True, nogil=True)
 def _radix_argsort(ids, num_rows, keys, perm):  # pragma: no cover - compiled
     """Stable LSD radix sort of ``ids`` (all in [0, num_rows)) using the two rows of ``keys`` / ``perm`` as
