@@ -162,7 +162,14 @@ def _case_many_steps(seed):
 def test_replicated_equals_dense_all_reduce(pool, rows, values, compress, mode):
     out = pool.run(_case_replicated, 11, rows, values, compress, mode, 40, 2)
     assert len({o[0] for o in out}) == 1, "ranks disagree"  # bit-identical sums everywhere
-    assert {o[1] for o in out} == {"dense" if mode == "dense" else "sparse"}
+    assert len({o[1] for o in out}) == 1, "ranks took different paths"
+    if mode != "auto":
+        assert {o[1] for o in out} == {mode}
+
+
+def test_replicated_auto_stays_sparse_at_low_density(pool):
+    out = pool.run(_case_replicated, 4, "auto", "fp32", None, "auto", 3, 2)
+    assert {o[1] for o in out} == {"sparse"} and len({o[0] for o in out}) == 1
 
 
 def test_replicated_all_ranks_empty(pool):
