@@ -6,3 +6,7 @@ class UserError(ValueError):
 
     The CLI prints ``sparsembed: error: <message>`` and exits with code 2; nothing is half-written.
     """
+
+
+class DiskFull(UserError):
+    """A write failed for lack of space (ENOSPC / EDQUOT); the CLI adds how to resume once space is freed."""
