@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -198,12 +199,15 @@ class Word2Vec:
         checkpoint_every: float | None = None,
         report_every: float = 1.0,
         stop_after_jobs: int | None = None,
+        stop: threading.Event | None = None,
     ) -> dict[str, Any]:
-        """Train the remaining epochs; return a summary (seconds, words/s, loss per epoch).
+        """Train the remaining epochs; return a summary (seconds, words/s, loss per epoch, interrupted).
 
         With ``out``, ``out/metrics.jsonl`` gets one line per report, and a checkpoint goes to ``out/model``
         every ``checkpoint_every`` seconds and after each epoch. ``stop_after_jobs`` stops early (for tests of
-        resumption) after that many jobs, leaving the position where it stopped.
+        resumption) after that many jobs, leaving the position where it stopped. Setting ``stop`` (from a
+        signal handler, say) ends training at the next job boundary: the running jobs finish, a checkpoint
+        goes to ``out``, and the summary has ``interrupted: True``.
         """
         self._require_vocab()
         if self.corpus is None:
@@ -215,6 +219,9 @@ class Word2Vec:
             raise UserError("the corpus has no token from the vocabulary; nothing to train")
         bounds = job_boundaries(corpus.sentence_starts, s.job_tokens)
         n_jobs = len(bounds) - 1
+        if self.position.job > n_jobs:
+            raise UserError(f"the saved position (job {self.position.job}) is past the corpus' {n_jobs} jobs; "
+                            "the checkpoint does not belong to this corpus")
         out_dir = Path(out) if out is not None else None
         if out_dir is not None:
             try:
@@ -230,6 +237,7 @@ class Word2Vec:
         started = time.perf_counter()
         last_checkpoint = started
         jobs_run = 0
+        interrupted = False
         try:
             with ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="sparsembed") as pool:
                 while not self.done:
@@ -239,6 +247,8 @@ class Word2Vec:
                     finished_early: dict[int, tuple] = {}
                     stopping = False
                     while True:
+                        if stop is not None and stop.is_set():
+                            interrupted = stopping = True
                         while not stopping and next_job < n_jobs and len(pending) < s.workers:
                             future = pool.submit(self._run_job, corpus, bounds, epoch, next_job, tables)
                             pending[future] = next_job
@@ -249,11 +259,12 @@ class Word2Vec:
                             break
                         done, _ = wait(pending, return_when=FIRST_COMPLETED)
                         self._collect(done, pending, finished_early, bounds, epoch, reporter)
-                        due = checkpoint_every is not None and time.perf_counter() - last_checkpoint >= checkpoint_every
-                        if due or stopping:
+                        due = (out_dir is not None and checkpoint_every is not None
+                               and time.perf_counter() - last_checkpoint >= checkpoint_every)
+                        if due or stopping or (stop is not None and stop.is_set()):
                             # A checkpoint must describe a complete prefix of jobs: let the running ones finish.
                             self._collect(wait(pending).done, pending, finished_early, bounds, epoch, reporter)
-                        if due and out_dir is not None:
+                        if due:
                             self.save(out_dir)
                             last_checkpoint = time.perf_counter()
                     if stopping:
@@ -262,6 +273,8 @@ class Word2Vec:
                     if out_dir is not None:
                         self.save(out_dir)
                         last_checkpoint = time.perf_counter()
+            if interrupted and out_dir is not None:
+                self.save(out_dir)
         finally:
             reporter.close()
         seconds = time.perf_counter() - started
@@ -269,6 +282,7 @@ class Word2Vec:
             "seconds": seconds,
             "words_per_s": reporter.words_per_second(self._fraction(self.position.epoch, self._tokens_done(bounds))),
             "epochs": [dict(h) for h in self.history],
+            "interrupted": interrupted,
         }
 
     def _kernel_tables(self) -> dict[str, Any]:
@@ -367,23 +381,36 @@ class Word2Vec:
             model_dir = Path(out)
         arrays, meta = checkpoint.load_checkpoint(model_dir)
         model = cls.__new__(cls)
-        settings = dict(meta["settings"])
-        model.settings = Settings(**settings).validate()
-        vocab_state = dict(meta["vocab"])
-        vocab_state.update({k[len("vocab."):]: v for k, v in arrays.items() if k.startswith("vocab.")})
-        model.vocab = Vocab.from_state(vocab_state)
-        model.syn0, model.syn1 = arrays["syn0"], arrays["syn1"]
+        try:
+            model._restore(arrays, meta)
+        except UserError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            # The checksums held, so this is a checkpoint from another version or one edited by hand.
+            raise UserError(f"checkpoint {model_dir} does not describe a model this sparsembed can load "
+                            f"({type(exc).__name__}: {exc}); restore it or retrain") from exc
         if model.syn0.shape != (len(model.vocab), model.settings.vector_size) or model.syn1.shape != model.syn0.shape:
             raise UserError(f"checkpoint {model_dir} is inconsistent: matrices {model.syn0.shape} do not match "
                             f"{len(model.vocab)} words × dim {model.settings.vector_size}")
-        model.position = Position(**meta["position"])
-        model.history = list(meta.get("history", []))
-        model.corpus_source = meta["corpus"]["source"]
-        model.fingerprint = meta["corpus"]["fingerprint"]
-        model.corpus = None
         if with_corpus and not model.done:
             model._reload_corpus(meta["corpus"])
         return model
+
+    def _restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Set every attribute from a loaded checkpoint (no corpus yet); KeyError / TypeError if malformed."""
+        self.settings = Settings(**dict(meta["settings"])).validate()
+        vocab_state = dict(meta["vocab"])
+        vocab_state.update({k[len("vocab."):]: v for k, v in arrays.items() if k.startswith("vocab.")})
+        self.vocab = Vocab.from_state(vocab_state)
+        self.syn0, self.syn1 = arrays["syn0"], arrays["syn1"]
+        self.position = Position(**meta["position"])
+        p = self.position
+        if not (_is_int(p.epoch) and _is_int(p.job) and 0 <= p.epoch <= self.settings.epochs and p.job >= 0):
+            raise ValueError(f"position {p} is out of range")
+        self.history = list(meta.get("history", []))
+        self.corpus_source = meta["corpus"]["source"]
+        self.fingerprint = meta["corpus"]["fingerprint"]
+        self.corpus = None
 
     def _reload_corpus(self, saved: dict[str, Any]) -> None:
         source = saved["source"]
@@ -395,7 +422,7 @@ class Word2Vec:
             raise UserError(f"the corpus {source} changed since the checkpoint was written; "
                             "restore the original files to resume, or start a new run")
         corpus = encode_corpus(source, self.vocab, self.settings.max_sentence_len)
-        if int(corpus.sentence_starts[-1]) != saved["tokens"] or len(corpus.sentence_starts) - 1 != saved["sentences"]:
+        if int(corpus.sentence_starts[-1]) != saved.get("tokens") or len(corpus) != saved.get("sentences"):
             raise UserError(f"the corpus {source} no longer matches the checkpoint ({saved['tokens']} tokens "
                             "expected); restore the original files to resume")
         self.corpus = corpus
