@@ -1,21 +1,27 @@
 """The ``sparsembed`` command: train, export, eval, similar, demo.
 
-Every user error (bad corpus, bad setting, unwritable output, damaged checkpoint) ends as one line on stderr,
-``sparsembed: error: ...``, and exit code 2.
+Every user error (bad corpus, bad setting, unwritable output, damaged checkpoint, full disk) ends as one line
+on stderr, ``sparsembed: error: ...``, and exit code 2. Ctrl-C or SIGTERM during training finishes the running
+jobs, writes a checkpoint and exits 130 / 143 with the command that resumes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import DiskFull, UserError
 
 DEFAULTS = {"dim": 100, "window": 5, "negative": 5, "min_count": 5, "sample": 1e-3, "epochs": 5,
             "alpha": 0.025, "min_alpha": 1e-4, "seed": 1}
@@ -94,9 +100,55 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"sparsembed: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("sparsembed: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        resume = getattr(exc, "resume_dir", None)
+        hint = f"; resume with: sparsembed train --resume {resume}" if resume is not None else ""
+        print(f"sparsembed: interrupted{hint}", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Stopped by SIGINT or SIGTERM; ``resume_dir`` is set when a checkpoint there can continue the run."""
+
+    def __init__(self, signum: int, resume_dir: Path | None = None) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+        self.resume_dir = resume_dir
+
+
+class StopSignals:
+    """SIGINT / SIGTERM handling for ``train``: while armed, a signal asks the trainer to stop at a job boundary.
+
+    Outside the training loop (scanning the corpus, writing outputs), or on a second signal, it raises
+    :class:`Interrupted` at once: every file is written atomically, so stopping anywhere damages nothing.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self.armed = False
+
+    def handle(self, signum: int, _frame: Any) -> None:
+        """The signal handler (runs in the main thread, between bytecodes)."""
+        first = self.signum is None
+        self.signum = signum
+        if self.armed and first:
+            self.event.set()
+            return
+        raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        """Handle SIGINT and SIGTERM inside the block (only the main thread may; elsewhere, do nothing)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 # ------------------------------------------------------------------------------------------------- train
@@ -104,19 +156,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``sparsembed train``: a fresh run into --out, or --resume DIR."""
     from .word2vec import Word2Vec
 
+    signals = StopSignals()
     if args.resume:
         if args.corpus or args.out:
             raise UserError("--resume DIR takes its corpus and settings from DIR; drop CORPUS and --out")
         out = Path(args.resume)
-        model = Word2Vec.load(out, with_corpus=True)
-        if args.workers is not None:
-            model.settings.workers = args.workers
-            model.settings.validate()
-        if model.done:
+        with signals.installed(), _fault_advice(out):
+            model = Word2Vec.load(out, with_corpus=True)
+            if args.workers is not None:
+                model.settings.workers = args.workers
+                model.settings.validate()
+            finished_before = model.done
+            if not finished_before:
+                _train_and_report(model, out, args, signals)
+            model.write_outputs(out)
+        if finished_before:  # said only once it is true: a failed write must leave one line, the error
             print(f"{out}: training already complete; outputs rewritten", file=sys.stderr)
-        else:
-            _train_and_report(model, out, args)
-        model.write_outputs(out)
         return 0
 
     if not args.corpus or not args.out:
@@ -129,18 +184,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     created = prepare_out_dir(out, force=args.force)
     try:
-        model.build_vocab(args.corpus)
-        _train_and_report(model, out, args)
-        model.write_outputs(out)
+        with signals.installed(), _fault_advice(out):
+            model.build_vocab(args.corpus)
+            _train_and_report(model, out, args, signals)
+            model.write_outputs(out)
     except BaseException:
         # A directory this run created goes away unless it holds a checkpoint worth resuming from.
-        if created and not (out / "model" / "state.json").exists():
+        if created and not _has_checkpoint(out):
             shutil.rmtree(out, ignore_errors=True)
         raise
     return 0
 
 
-def _train_and_report(model, out: Path, args: argparse.Namespace) -> None:
+def _has_checkpoint(out: Path) -> bool:
+    return (out / "model" / "state.json").exists()
+
+
+@contextlib.contextmanager
+def _fault_advice(out: Path) -> Iterator[None]:
+    """Say how to go on after a full disk or an interrupt: resume from ``out`` if it holds a checkpoint."""
+    try:
+        yield
+    except DiskFull as exc:
+        advice = f"resume with: sparsembed train --resume {out}" if _has_checkpoint(out) else "run again"
+        raise DiskFull(f"{exc}; free space and {advice}") from exc
+    except OSError as exc:
+        # A write outside atomic_write (metrics.jsonl, a temporary file) that hit a full disk.
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        advice = f"resume with: sparsembed train --resume {out}" if _has_checkpoint(out) else "run again"
+        where = exc.filename or f"into {out}"
+        raise DiskFull(f"no space left on device while writing {where}; free space and {advice}") from exc
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        raise Interrupted(signum, out if _has_checkpoint(out) else None) from None
+
+
+def _train_and_report(model, out: Path, args: argparse.Namespace, signals: StopSignals) -> None:
     import time
 
     if not args.quiet:
@@ -149,7 +229,14 @@ def _train_and_report(model, out: Path, args: argparse.Namespace) -> None:
               f"{corpus.raw_words} tokens; training {'skip-gram' if model.settings.sg else 'CBOW'} "
               f"with {model.settings.workers} threads", file=sys.stderr)
     started = time.perf_counter()
-    summary = model.train(progress=not args.quiet, out=out, checkpoint_every=args.checkpoint_every)
+    signals.armed = True
+    try:
+        summary = model.train(progress=not args.quiet, out=out, checkpoint_every=args.checkpoint_every,
+                              stop=signals.event)
+    finally:
+        signals.armed = False
+    if summary["interrupted"]:
+        raise Interrupted(signals.signum or signal.SIGINT, out)
     if not args.quiet:
         print(f"trained in {time.perf_counter() - started:.1f} s at {summary['words_per_s'] / 1e6:.2f}M words/s; "
               f"vectors in {out / 'vectors.bin'}", file=sys.stderr)
