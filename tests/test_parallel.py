@@ -1,0 +1,211 @@
+"""sparsembed.parallel: 2 gloo ranks on half a batch each equal 1 process on the mean loss, for every family."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dist_utils import DistPool
+from sparsembed import optim
+from sparsembed.hashembedding import HashEmbedding
+from sparsembed.parallel import families, parallel
+
+DIM = 4
+BIG = 1 << 40  # user id space
+
+
+class Net(nn.Module):
+    """Every family: two HashEmbeddings, three sparse embedding weights (one a bag), dense layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user = HashEmbedding(DIM, seed=7)
+        self.tags = HashEmbedding(DIM, seed=8, init_scale=0.1)
+        self.item = nn.Embedding(40, DIM, sparse=True)
+        self.bag = nn.EmbeddingBag(6, DIM, mode="sum", sparse=True)  # tiny: its exchange takes the dense path
+        self.side = nn.Embedding(12, DIM, sparse=True)
+        self.head = nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def forward(self, b: dict) -> torch.Tensor:
+        x = self.user(b["user"]) * self.item(b["item"]) + self.bag(b["bag"])
+        # Tags: a variable-length list per example, summed; an empty list on every example -> empty gradient.
+        t = torch.zeros(x.shape[0], DIM).index_add(0, b["tag_row"], self.tags(b["tags"]))
+        x = x + t
+        if "side" in b:  # half 1 never uses this table
+            x = x + self.side(b["side"])
+        return self.head(x).squeeze(-1)
+
+
+def _batch(step: int, half: int) -> dict:
+    g = torch.Generator().manual_seed(100 * step + half)
+    n = 6
+    b = {
+        "user": torch.randint(0, BIG, (n,), generator=g) % 5 * 1_000_000_007 + (BIG - 5_000_000_000),
+        "item": torch.randint(0, 40, (n,), generator=g),
+        "bag": torch.randint(0, 6, (n, 3), generator=g),
+        "y": torch.randn(n, generator=g),
+    }
+    if half == 0:
+        b["tags"] = torch.randint(0, BIG, (9,), generator=g) % 7
+        b["tag_row"] = torch.randint(0, n, (9,), generator=g)
+        b["side"] = torch.randint(0, 12, (n,), generator=g)
+    else:
+        b["tags"] = torch.zeros(0, dtype=torch.int64)
+        b["tag_row"] = torch.zeros(0, dtype=torch.int64)
+    return b
+
+
+def _loss(model: nn.Module, b: dict) -> torch.Tensor:
+    return (model(b) - b["y"]).pow(2).mean()
+
+
+OPTS = {
+    "sgd": lambda m: optim.SGD(m, lr=0.1),
+    "adagrad": lambda m: optim.Adagrad(m, lr=0.1),
+    "adam": lambda m: optim.Adam(m, lr=0.05),
+}
+
+
+def _model() -> Net:
+    torch.manual_seed(0)
+    return Net()
+
+
+def _state(model: nn.Module) -> dict:
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("_extra_state"):
+            out[k + ".keys"] = v["keys"]
+            out[k + ".weight"] = v["weight"]
+            out.update({f"{k}.{n}": s for n, s in v["state"].items()})
+        else:
+            out[k] = v
+    return out
+
+
+def _train_ranks(opt_name: str, steps: int) -> tuple[dict, list]:
+    """Runs on each rank: its half of every batch, sync, step."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    model = _model()
+    pm = parallel(model)
+    opt = OPTS[opt_name](pm)
+    modes = []
+    for step in range(steps):
+        opt.zero_grad()
+        _loss(pm, _batch(step, rank)).backward()
+        modes += [(s.name, s.mode) for s in pm.sync()]
+        opt.step()
+    return _state(model), modes
+
+
+def _train_reference(opt_name: str, steps: int) -> dict:
+    model = _model()
+    pm = parallel(model)  # no process group: sync is a world of one
+    opt = OPTS[opt_name](pm)
+    for step in range(steps):
+        opt.zero_grad()
+        (0.5 * (_loss(pm, _batch(step, 0)) + _loss(pm, _batch(step, 1)))).backward()
+        pm.sync()
+        opt.step()
+    return _state(model)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with DistPool(2) as p:
+        yield p
+
+
+@pytest.mark.parametrize("opt_name", sorted(OPTS))
+def test_two_ranks_equal_one_process_on_mean_loss(pool: DistPool, opt_name: str) -> None:
+    results = pool.run(_train_ranks, opt_name, 3)
+    ref = _train_reference(opt_name, 3)
+    for state, _ in results:
+        assert state.keys() == ref.keys()
+        for k in ref:
+            if k.endswith(".keys"):
+                assert torch.equal(state[k], ref[k]), k
+            else:
+                torch.testing.assert_close(state[k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
+    # The replicas agree exactly: every rank applied the same bytes.
+    for k in ref:
+        assert torch.equal(results[0][0][k], results[1][0][k]), k
+    modes = dict(results[0][1])
+    assert modes["user"] == "sparse" and modes["item.weight"] == "sparse" and modes["bag.weight"] == "dense"
+
+
+def _sums(average: bool) -> list:
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    model = _model()
+    pm = parallel(model)
+    _loss(pm, _batch(0, rank)).backward()
+    pm.sync(average=average)
+    keys, vals = model.user.gradient()
+    return [keys, vals, model.item.weight.grad.to_dense(), model.side.weight.grad.to_dense(), model.head[0].bias.grad]
+
+
+def test_average_false_sums(pool: DistPool) -> None:
+    avg = pool.run(_sums, True)[0]
+    tot = pool.run(_sums, False)[0]
+    assert torch.equal(avg[0], tot[0])
+    for a, t in zip(avg[1:], tot[1:], strict=True):
+        torch.testing.assert_close(2 * a, t)
+    assert avg[3].abs().sum() > 0  # side: used on rank 0 only, its rows still reach rank 1
+
+
+def test_families_classify_every_parameter() -> None:
+    fam = families(Net())
+    assert [n for n, _ in fam.hashed] == ["user", "tags"]
+    assert [n for n, _ in fam.sparse] == ["item.weight", "bag.weight", "side.weight"]
+    assert [n for n, _ in fam.dense] == ["head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"]
+
+
+def test_hash_rows_are_a_function_of_seed_and_id() -> None:
+    a, b = HashEmbedding(DIM, seed=3), HashEmbedding(DIM, seed=3)
+    ids = torch.tensor([BIG - 1, 17, 0])
+    b.lookup(torch.tensor([5, 6, 7]))  # a different creation order
+    assert torch.equal(a.lookup(ids), b.lookup(ids.flip(0)).flip(0))
+    assert not torch.equal(a.lookup(ids), HashEmbedding(DIM, seed=4).lookup(ids))
+    assert a(ids.view(3, 1)).shape == (3, 1, DIM)
+
+
+def test_eviction_drops_cold_rows_and_recreates_them_fresh() -> None:
+    emb = HashEmbedding(DIM, seed=1, max_idle=2)
+    opt = optim.Adagrad(emb, lr=0.5)
+    first = emb.lookup(torch.tensor([10])).clone()
+    for ids in ([10, 11], [11], [11], [11]):
+        opt.zero_grad()
+        emb(torch.tensor(ids)).sum().backward()
+        opt.step()
+    assert sorted(emb.keys().tolist()) == [11]
+    assert torch.equal(emb.lookup(torch.tensor([10])), first)  # back at its initial value, state zero
+    assert float(emb.state_rows("sum")[emb.slots(torch.tensor([10]))].abs().sum()) == 0.0
+
+
+def test_checkpoint_resumes_identically() -> None:
+    def run(model: Net, opt: optim.Optimizer, steps: range) -> None:
+        for step in steps:
+            opt.zero_grad()
+            _loss(model, _batch(step, 0)).backward()
+            opt.step()
+
+    model = _model()
+    opt = optim.Adam(model, lr=0.05)
+    run(model, opt, range(2))
+    msd, osd = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())  # torch's are live views
+    run(model, opt, range(2, 4))
+    again = Net()
+    again.load_state_dict(msd)
+    opt2 = optim.Adam(again, lr=0.05)
+    opt2.load_state_dict(osd)
+    run(again, opt2, range(2, 4))
+    a, b = _state(model), _state(again)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
