@@ -29,7 +29,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numba
@@ -80,6 +80,7 @@ class ExchangeStats:
     bytes_sent: int
     bytes_recv: int
     seconds: float
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase on this rank (replicated only)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON logs."""
@@ -236,50 +237,96 @@ def replicated(
     """Sum ``grad`` over all ranks; every rank gets the same coalesced sum.
 
     Args:
-        grad: this rank's gradient, any ids order, duplicates allowed (coalesced in place).
+        grad: this rank's gradient, any ids order, duplicates allowed (coalesced in place on the sparse path).
         rows, values, compress: message encoding (see :func:`sparsembed.codec.encode`); ``values="fp16"``
             rounds each rank's rows once.
-        mode: ``"auto"`` picks sparse or dense from the gathered message sizes; ``"sparse"`` / ``"dense"`` force.
+        mode: ``"auto"`` picks sparse or dense from the exchanged message sizes; ``"sparse"`` / ``"dense"`` force.
         group: process group (default: the world); without an initialized group this is a local coalesce.
 
     Returns:
         The summed gradient (when the dense path ran: every row, ``ids = arange(num_rows)``, values a dense
-        ``num_rows x dim`` float32 matrix) and this rank's :class:`ExchangeStats`.
+        ``num_rows x dim`` float32 matrix, reused by a later dense exchange of the same shape once nothing else
+        references it) and this rank's :class:`ExchangeStats` (``phases``: seconds per phase).
     """
     if mode not in MODES:
         raise UserError(f"exchange: mode must be one of {MODES}, got {mode!r}")
-    t0 = time.perf_counter()
+    clock = _Clock()
     rank, world = _world(group)
-    grad.coalesce_()
     num_rows, dim = grad.num_rows, grad.dim
     if world == 1:
+        grad.coalesce_()
         return grad, ExchangeStats(name, "replicated", "sparse", "none", grad.n / max(num_rows, 1), grad.n, 0, 0, 0.0)
-    # Decide from message sizes, which every rank learns from one tiny all_gather: all ranks agree.
-    if rows == "auto" and 8 * grad.n < num_rows:
-        rows = "index"  # what "auto" would pick below 1/8 density, without sizing the other candidates
-    rc = _RowCodec(num_rows, dim, rows, values, compress)
-    # Compressed messages must be built to be sized; otherwise size first, so a dense step never encodes.
-    msg = rc.encode(grad.ids, grad.values) if mode != "dense" and compress is not None else None
-    size = msg.shape[0] if msg is not None else rc.size(grad.ids)
-    sizes = _gather_sizes(size, world, group) if mode != "dense" else np.zeros(world, np.int64)
-    dense_bytes = num_rows * dim * 4
-    ring = 2 * (world - 1) * dense_bytes // world
+    ring = 2 * (world - 1) * num_rows * dim * 4 // world
+    limit = SPARSE_BIAS * ring
+    # A rank whose own message alone would exceed the limit knows the step goes dense (the busiest rank receives
+    # at least every other rank's message): it skips coalescing and encoding, and densifies the raw gradient.
+    sure_dense = mode == "dense" or (mode == "auto" and _sure_dense(grad, values, limit))
+    clock.lap("decide")
+    msg, size = None, -1
+    if not sure_dense:
+        grad.coalesce_()
+        clock.lap("coalesce")
+        if rows == "auto" and 8 * grad.n < num_rows:
+            rows = "index"  # what "auto" would pick below 1/8 density, without sizing the other candidates
+        rc = _RowCodec(num_rows, dim, rows, values, compress)
+        msg = rc.encode(grad.ids, grad.values)
+        size = msg.shape[0]
+        clock.lap("encode")
+    if mode == "dense":  # every rank knows: no round at all
+        sizes = np.full(world, -1, np.int64)
+    else:
+        sizes, blocks = _eager_round(msg, size, rank, world, group, clock)
     busiest = int(sizes.sum()) - int(sizes.min())  # bytes received by the rank that receives most
-    use_dense = mode == "dense" or (mode == "auto" and busiest > SPARSE_BIAS * ring)
+    use_dense = mode == "dense" or (mode == "auto" and (bool(np.any(sizes < 0)) or busiest > limit))
+    density = grad.n / max(num_rows, 1)  # raw rows (duplicates included) when this rank never coalesced
     if use_dense:
         out = _dense_sum(grad, group)
-        stats = ExchangeStats(name, "replicated", "dense", "dense", grad.n / max(num_rows, 1), grad.n, ring, ring, 0)
+        clock.lap("dense_all_reduce")
+        stats = ExchangeStats(name, "replicated", "dense", "dense", density, grad.n, ring, ring, 0)
     else:
+        blocks = _finish_messages(msg, sizes, blocks, rank, world, group)
+        clock.lap("transfer")
         own = (grad.ids, grad.values) if values == "fp32" and grad.dtype == torch.float32 else None
-        msg = rc.encode(grad.ids, grad.values) if msg is None else msg
-        ids, vals = _gather_messages(rc, msg, sizes, rank, world, group, own)
+        ids, vals = _decode_merge(rc, blocks, rank, world, own, clock)
         out = RowSparse(ids, vals, num_rows, check=False)
         out._coalesced = True
         sent, recv = _gathered_bytes(sizes, rank, world)
-        density = grad.n / max(num_rows, 1)
         stats = ExchangeStats(name, "replicated", "sparse", rc.encoding(msg), density, grad.n, sent, recv, 0)
-    stats.seconds = time.perf_counter() - t0
+    stats.phases = clock.phases
+    stats.seconds = clock.total()
     return out, stats
+
+
+class _Clock:
+    """Per-phase wall times of one exchange on this rank (``time.perf_counter``)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _sure_dense(grad: RowSparse, values: str, limit: float) -> bool:
+    """True when this rank's message alone would exceed ``limit`` bytes: its distinct rows' values do.
+
+    Counts distinct ids (a byte mask, well under a millisecond for 300000 ids) only when the raw count could
+    exceed the limit.
+    """
+    row_bytes = grad.dim * {"fp32": 4, "fp16": 2, "bf16": 2}[values]
+    if grad.n * row_bytes <= limit:
+        return False
+    if grad.is_coalesced():
+        return True
+    mask = np.zeros(grad.num_rows, np.bool_)
+    mask[grad.ids.numpy()] = True
+    return int(np.count_nonzero(mask)) * row_bytes > limit
 
 
 def replicated_keyed(
@@ -296,13 +343,18 @@ def replicated_keyed(
     keys, vals = coalesce_keyed(keys, vals)
     if world == 1:
         return keys, vals, ExchangeStats(name, "replicated", "sparse", "keys", float("nan"), keys.shape[0], 0, 0, 0.0)
+    clock = _Clock()
     kc = _KeyCodec(vals.shape[1], values)
     msg = kc.encode(keys, vals)
-    sizes = _gather_sizes(msg.shape[0], world, group)
+    clock.lap("encode")
+    sizes, blocks = _eager_round(msg, msg.shape[0], rank, world, group, clock)
+    msgs = _finish_messages(msg, sizes, blocks, rank, world, group)
+    clock.lap("transfer")
     own = (keys, vals) if values == "fp32" else None
-    out_keys, out_vals = _gather_messages(kc, msg, sizes, rank, world, group, own)
+    out_keys, out_vals = _decode_merge(kc, msgs, rank, world, own, clock)
     sent, recv = _gathered_bytes(sizes, rank, world)
     stats = ExchangeStats(name, "replicated", "sparse", "keys", float("nan"), keys.shape[0], sent, recv, 0.0)
+    stats.phases = clock.phases
     stats.seconds = time.perf_counter() - t0
     return out_keys, out_vals, stats
 
@@ -313,34 +365,97 @@ def _gathered_bytes(sizes: np.ndarray, rank: int, world: int) -> tuple[int, int]
     return (world - 1) * (own + 8), int(sizes.sum()) - own + 8 * (world - 1)
 
 
-def _gather_sizes(size: int, world: int, group: Any) -> np.ndarray:
-    """Every rank's message size, by tiny pairwise sends (half the latency of gloo's all_gather on loopback)."""
-    rank = dist.get_rank(group)
-    sizes = torch.empty(world, dtype=torch.int64)
+#: Per peer, messages up to this many bytes travel in the same round as their size (see :func:`_eager_round`).
+EAGER_BYTES = 16 << 20
+_EAGER_HEAD = struct.Struct("<qq")  # message size (-1: this rank goes dense), magic
+_EAGER_MAGIC = 0x5350_4547_4552_3031  # guards against a message that is not an eager frame
+
+
+def _eager_capacity(world: int) -> int:
+    """Bytes of the round-1 frame per peer: the same on every rank, bounded in total receive memory."""
+    return _EAGER_HEAD.size + max(64 << 10, EAGER_BYTES // max(world - 1, 1))
+
+
+def _eager_round(
+    msg: np.ndarray | None, size: int, rank: int, world: int, group: Any, clock: _Clock
+) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Every rank's message size, and the messages that fit, in one round of ``isend`` / ``irecv``.
+
+    Each rank sends each peer a frame: its size (-1 when it goes dense) then as much of its message as fits in
+    :func:`_eager_capacity`. Receivers post the full capacity and read the actual size from the frame: gloo
+    accepts a message shorter than the posted buffer (tests/test_exchange.py checks it), so a small message
+    costs one latency instead of two (size swap, then message) and nothing is padded. Returns the sizes and,
+    per rank, the frame buffer (message from byte 16, possibly partial) or ``None`` for this rank.
+    """
+    cap = _eager_capacity(world)
+    head = _EAGER_HEAD.pack(size, _EAGER_MAGIC)
+    first = 0 if msg is None else min(size, cap - _EAGER_HEAD.size)
+    frame = _buffer("eager-send", _EAGER_HEAD.size + first).numpy()
+    frame[: _EAGER_HEAD.size] = np.frombuffer(head, np.uint8)
+    if first:
+        frame[_EAGER_HEAD.size :] = msg[:first]
+    clock.lap("frame")
+    reqs, blocks = [], [None] * world
+    for step in range(1, world):  # staggered peers: not everyone talks to rank 0 first
+        src = (rank - step) % world
+        buf = _buffer(f"recv-{step}", cap)
+        reqs.append(dist.irecv(buf, group=group, group_src=src))
+        blocks[src] = buf.numpy()
+    send = torch.from_numpy(frame)
+    for step in range(1, world):
+        reqs.append(dist.isend(send, group=group, group_dst=(rank + step) % world))
+    for req in reqs:
+        req.wait()
+    sizes = np.empty(world, np.int64)
     sizes[rank] = size
+    for r, b in enumerate(blocks):
+        if b is not None:
+            sizes[r], magic = _EAGER_HEAD.unpack(b[: _EAGER_HEAD.size].tobytes())
+            if magic != _EAGER_MAGIC or sizes[r] < -1:
+                raise codec.CodecError(f"exchange: rank {r} sent a malformed eager frame")
+    clock.lap("eager_round")
+    return sizes, blocks
+
+
+def _finish_messages(
+    msg: np.ndarray, sizes: np.ndarray, blocks: list, rank: int, world: int, group: Any
+) -> list[np.ndarray]:
+    """Complete every message larger than the eager frame with a second round; returns all ranks' messages."""
+    cap = _eager_capacity(world) - _EAGER_HEAD.size
+    out: list[np.ndarray] = [msg] * world
     reqs = []
     for step in range(1, world):
         src = (rank - step) % world
-        reqs.append(dist.irecv(sizes[src : src + 1], group=group, group_src=src))
-    for step in range(1, world):
-        reqs.append(dist.isend(sizes[rank : rank + 1].clone(), group=group, group_dst=(rank + step) % world))
+        n = int(sizes[src])
+        if n > cap:  # grow this peer's buffer, keeping the part that arrived
+            head = blocks[src][: _EAGER_HEAD.size + cap].copy()
+            full = _buffer(f"recv-{step}", _EAGER_HEAD.size + n)
+            full.numpy()[: head.shape[0]] = head
+            reqs.append(dist.irecv(full[_EAGER_HEAD.size + cap :], group=group, group_src=src, tag=1))
+            blocks[src] = full.numpy()
+        out[src] = blocks[src][_EAGER_HEAD.size : _EAGER_HEAD.size + n]
+    if msg.shape[0] > cap:
+        rest = torch.from_numpy(msg[cap:])
+        for step in range(1, world):
+            reqs.append(dist.isend(rest, group=group, group_dst=(rank + step) % world, tag=1))
     for req in reqs:
         req.wait()
-    return sizes.numpy()
+    return out
 
 
-def _gather_messages(mc: Any, msg: np.ndarray, sizes: np.ndarray, rank: int, world: int, group: Any, own: Any) -> tuple:
-    """Every rank's message to every rank, decoded and summed in rank order: (sorted ids or keys, float32 rows).
+def _decode_merge(mc: Any, msgs: list[np.ndarray], rank: int, world: int, own: Any, clock: _Clock) -> tuple:
+    """Decode every rank's message and sum them in rank order: (sorted ids, float32 rows), the same everywhere.
 
     ``own``: this rank's (ids, rows) when its message holds them exactly (float32), to skip decoding it.
     """
-    blocks = _all_gather_var(msg, sizes, rank, world, group)
-    parts = [own if r == rank and own is not None else mc.decode(blocks[r]) for r in range(world)]
+    parts = [own if r == rank and own is not None else mc.decode(msgs[r]) for r in range(world)]
+    clock.lap("decode")
     ids, vals = parts[0]
     for r in range(1, world):
         ids, vals = _merge_sum(ids, vals, *parts[r])
-    if _aliases(vals, [b for r, b in enumerate(blocks) if r != rank]):
+    if _aliases(vals, [b for r, b in enumerate(msgs) if r != rank]):
         vals = vals.clone()
+    clock.lap("merge")
     return ids, vals
 
 
@@ -348,27 +463,6 @@ def _aliases(vals: torch.Tensor, blocks: list[np.ndarray]) -> bool:
     """True when ``vals`` is a zero-copy view of a (reused) receive buffer."""
     ptr = vals.data_ptr()
     return any(b.ctypes.data <= ptr < b.ctypes.data + b.nbytes for b in blocks)
-
-
-def _all_gather_var(msg: np.ndarray, sizes: np.ndarray, rank: int, world: int, group: Any) -> list[np.ndarray]:
-    """All ranks' messages of known, different sizes, by pairwise isend / irecv.
-
-    Direct sends move the same bytes as gloo's ring all_gather without padding to the largest message, and
-    measured about 2x faster on loopback (2 MB: 1.6 ms against 3.1 ms).
-    """
-    out: list[np.ndarray] = [msg] * world
-    reqs = []
-    for step in range(1, world):  # staggered peers: not everyone talks to rank 0 first
-        src = (rank - step) % world
-        buf = _buffer(f"recv-{step}", int(sizes[src]))
-        reqs.append(dist.irecv(buf, group=group, group_src=src))
-        out[src] = buf.numpy()
-    send = torch.from_numpy(msg)
-    for step in range(1, world):
-        reqs.append(dist.isend(send, group=group, group_dst=(rank + step) % world))
-    for req in reqs:
-        req.wait()
-    return out
 
 
 def _merge_sum(
@@ -387,12 +481,31 @@ def _merge_sum(
     return torch.from_numpy(out_ids[:m]), torch.from_numpy(out_vals[:m])
 
 
+_DENSE: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _dense_buffer(num_rows: int, dim: int) -> torch.Tensor:
+    """A zeroed ``num_rows x dim`` float32 matrix, reused when nothing outside this module still references it.
+
+    A fresh 100 MB ``torch.zeros`` costs ~40 ms of page faults here, ``zero_()`` on a warm buffer ~8 ms.
+    """
+    buf = _DENSE.get((num_rows, dim))
+    if buf is None or torch._C._storage_Use_Count(buf.untyped_storage()._cdata) > 1:
+        buf = torch.zeros(num_rows, dim, dtype=torch.float32)
+        _DENSE.clear()  # at most one cached matrix: memory stays bounded across shapes
+        _DENSE[(num_rows, dim)] = buf
+        return buf
+    return buf.zero_()
+
+
 def _dense_sum(grad: RowSparse, group: Any) -> RowSparse:
-    if grad.n == grad.num_rows and grad.dtype == torch.float32:
-        dense = grad.values  # coalesced and every row present: already the dense matrix, in row order
+    """All-reduce the densified gradient; duplicates (a raw gradient) are summed by one ``index_add_``."""
+    if grad.is_coalesced() and grad.n == grad.num_rows and grad.dtype == torch.float32:
+        dense = grad.values  # every row present, in row order: already the dense matrix
     else:
-        dense = torch.zeros(grad.num_rows, grad.dim, dtype=torch.float32)
-        dense.index_copy_(0, grad.ids, grad.values.float())  # coalesced: distinct ids, a copy is enough
+        dense = _dense_buffer(grad.num_rows, grad.dim)
+        if grad.n:
+            dense.index_add_(0, grad.ids, grad.values.float())
     dist.all_reduce(dense, group=group)
     out = RowSparse(torch.arange(grad.num_rows), dense, grad.num_rows, check=False)
     out._coalesced = True
