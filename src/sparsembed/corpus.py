@@ -636,7 +636,7 @@ def _sentence_pieces(sentences: Iterable[Iterable[str]], block_size: int) -> Ite
             raise UserError(f"sentence #{k} is not a list of str tokens; give lists of str") from None
         except UnicodeEncodeError as exc:
             raise UserError(f"sentence #{k} has a token that is not encodable as UTF-8 ({exc.reason})") from None
-        if len(line.split()) != len(tokens):
+        if not _joins_cleanly(line, len(tokens)):
             bad = next(t for t in tokens if not t or len(t.encode("utf-8").split()) != 1
                        or t.encode("utf-8").split()[0] != t.encode("utf-8"))
             raise UserError(f"sentence #{k} has the token {bad!r}, which is empty or contains whitespace; "
@@ -650,6 +650,16 @@ def _sentence_pieces(sentences: Iterable[Iterable[str]], block_size: int) -> Ite
     if lines:
         lines.append(b"")
         yield np.frombuffer(b"\n".join(lines), np.uint8)
+
+
+def _joins_cleanly(line: bytes, n_tokens: int) -> bool:
+    """True if ``line``, the tokens joined by single spaces, splits back into exactly those tokens.
+
+    Equal counts alone are not enough: an empty token and one holding a space cancel out (['', 'a b']).
+    The split must also account for every byte of the line but the ``n_tokens - 1`` joining spaces.
+    """
+    parts = line.split()
+    return len(parts) == n_tokens and sum(map(len, parts)) == len(line) - max(n_tokens - 1, 0)
 
 
 def _is_path(source) -> bool:
