@@ -105,7 +105,8 @@ def test_untouched_rows_and_state_stay_put() -> None:
     after = h.lookup(torch.tensor([1, 2]))
     assert not torch.equal(after[0], before[0])
     assert torch.equal(after[1], before[1])
-    assert float(h.state_rows("exp_avg")[h.slots(torch.tensor([2]))].abs().sum()) == 0.0
+    slot = h.slots(torch.tensor([2]))
+    assert float(h.state_rows("exp_avg")[slot].abs().sum()) == 0.0
 
 
 def test_rejects_bad_lr() -> None:

@@ -82,7 +82,8 @@ class HashEmbedding(nn.Module):
         ids = torch.as_tensor(ids)
         flat = ids.reshape(-1).to(torch.int64)
         uniq, inverse = torch.unique(flat, return_inverse=True)
-        rows = self._rows.index_select(0, self.slots(uniq))
+        slots = self.slots(uniq)  # first: it may replace the row storage
+        rows = self._rows.index_select(0, slots)
         if torch.is_grad_enabled():
             rows.requires_grad_(True)  # a leaf per call: backward leaves the summed row gradients in rows.grad
             self._pending.append((uniq, rows))
