@@ -101,6 +101,9 @@ def save_checkpoint(model_dir: str | Path, arrays: dict[str, np.ndarray], meta: 
     If any write fails (a full disk, say), the files of the new generation written so far are removed again,
     so the previous checkpoint stays the one ``state.json`` names and no space is held by a half-made one.
     """
+    bad = [name for name in arrays if not _ARRAY_FILE.match(f"{name}.000001.npy")]
+    if bad:  # a caller's mistake, caught here rather than as an unloadable checkpoint later
+        raise ValueError(f"checkpoint array names must use [A-Za-z0-9_.] only: {bad}")
     model_dir = Path(model_dir)
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
