@@ -193,6 +193,23 @@ def test_stop_event_drains_and_checkpoints(corpus: Path, reference: Path, tmp_pa
     np.testing.assert_array_equal(resumed.syn1, model.syn1)
 
 
+def test_leftovers_of_a_killed_save_are_removed(stopped: Path, reference: Path) -> None:
+    """What SIGKILL during a save leaves (temporary files, arrays of a generation never adopted) is cleared."""
+    model_dir = stopped / "model"
+    for array in list(model_dir.glob("*.000001.npy")):
+        shutil.copy(array, model_dir / array.name.replace("000001", "000007"))  # complete, but never adopted
+    leftovers = [model_dir / ".syn1.000007.npy.k1ll3d.tmp", model_dir / ".state.json.k1ll3d.tmp",
+                 stopped / ".vectors.bin.k1ll3d.tmp", stopped / ".vocab.txt.k1ll3d.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half-written")
+    assert Word2Vec.load(stopped).position.job == 1  # state.json still names generation 1
+    assert main(["train", "--resume", str(stopped), "--quiet"]) == 0
+    assert (stopped / "vectors.bin").read_bytes() == (reference / "vectors.bin").read_bytes()
+    assert not [p for p in leftovers if p.exists()]
+    generations = {p.name.split(".")[-2] for p in model_dir.glob("*.npy")}
+    assert len(generations) == 1 and int(generations.pop()) > 7  # a new number: nothing half-made is reused
+
+
 # --------------------------------------------------------------------------------- damaged state, bad input
 def _flip_array_byte(out: Path) -> None:
     target = next((out / "model").glob("syn0.*.npy"))

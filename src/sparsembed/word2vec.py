@@ -432,6 +432,10 @@ class Word2Vec:
         from .formats import write_word2vec
 
         out = Path(out)
+        for name in ("vectors.bin", "vocab.txt"):
+            # A process killed while writing these leaves atomic_write's temporary file; nobody else writes here.
+            for stale in out.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         write_word2vec(out / "vectors.bin", self.vocab.words, self.syn0, binary=True)
         self.vocab.save_fvocab(out / "vocab.txt")
 
