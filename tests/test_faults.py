@@ -23,6 +23,7 @@ import pytest
 from sparsembed import Word2Vec, checkpoint, formats, fsutil, vocab
 from sparsembed.cli import main
 from sparsembed.demo import generate_corpus
+from sparsembed.errors import DiskFull
 
 # Quick settings for the in-process cases (a few tenths of a second per run).
 FAST = {"dim": 16, "epochs": 2, "workers": 1, "min_count": 3, "seed": 7}
@@ -169,6 +170,25 @@ def test_signal_checkpoints_then_resume_is_byte_identical(long_corpus: Path, tmp
     assert (out / "vectors.bin").read_bytes() == _long_reference(long_corpus, attempt, tmp_path)
 
 
+def test_signal_before_training_leaves_nothing(corpus: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """SIGTERM while the corpus is scanned: stop at once, exit 143, and remove the --out this run created."""
+    real = Word2Vec.build_vocab
+
+    def scan_then_signal(model, source):
+        real(model, source)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode: our handler raises at once
+        time.sleep(5)  # not reached; a bound in case delivery lags
+
+    monkeypatch.setattr(Word2Vec, "build_vocab", scan_then_signal)
+    out = tmp_path / "run"
+    handler_before = signal.getsignal(signal.SIGTERM)
+    capsys.readouterr()
+    assert main(["train", str(corpus), "--out", str(out), *_argv(FAST), "--quiet"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == "sparsembed: interrupted"
+    assert not out.exists()
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # our handler is uninstalled again
+
+
 def test_stop_event_drains_and_checkpoints(corpus: Path, reference: Path, tmp_path: Path) -> None:
     """The trainer's side of an interrupt, in-process: stop at a job boundary, checkpoint, resume exactly."""
 
@@ -294,6 +314,21 @@ def test_resume_of_a_missing_directory(tmp_path: Path, capsys) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ full disk
+def test_atomic_write_full_disk_at_fsync(tmp_path: Path, monkeypatch) -> None:
+    """ENOSPC can surface only when buffered data is flushed: the old file and no temporary must remain."""
+    target = tmp_path / "vectors.bin"
+    target.write_bytes(b"old")
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fsutil.os, "fsync", full)
+    with pytest.raises(DiskFull, match=f"no space left on device while writing {target}"):
+        with fsutil.atomic_write(target) as handle:
+            handle.write(b"new")
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+
 class _FullDisk:
     """A file on a device that fills up after the first write: the next write fails with ENOSPC."""
 
