@@ -7,8 +7,9 @@ Per step and rank, ``--ids`` row ids are drawn from a Zipf(1) law over the rows 
 duplicates included (what one CBOW batch's gradient holds), with ``dim`` random float32 values each. Timed, with a
 barrier before each step and the slowest rank's time kept:
 
-* ``ours``: :func:`sparsembed.exchange.replicated` (coalesce, encode, all_gather, decode, sum; sparse or dense
-  by density);
+* ``ours``: :func:`sparsembed.exchange.replicated` (coalesce, encode, one eager round of sizes and messages,
+  decode, merge; sparse or dense by density), with each rank's per-phase medians (``phases_ms``, from
+  ``ExchangeStats.phases``);
 * ``torch_sparse``: ``dist.all_reduce`` of the uncoalesced int64 COO gradient, as DDP does for
   ``nn.Embedding(sparse=True)``;
 * ``dense``: ``dist.all_reduce`` of the full ``rows x dim`` float32 gradient.
@@ -89,6 +90,7 @@ def _rank_main(rank: int, nproc: int, port: int, cfg: dict, out: Any) -> None:
             ids = zipf_ids(rng, perm, point["ids"]) if "ids" in point else density_ids(rng, perm, point["density"])
             grads.append((torch.from_numpy(ids), torch.randn(ids.shape[0], dim)))
         times: dict[str, list[float]] = {"ours": [], "torch_sparse": [], "dense": []}
+        phases: dict[str, list[float]] = {}
         mode, distinct = "", 0
         for step in range(cfg["warmup"] + cfg["steps"]):
             ids, vals = grads[step % len(grads)]
@@ -102,8 +104,14 @@ def _rank_main(rank: int, nproc: int, port: int, cfg: dict, out: Any) -> None:
                 times["torch_sparse"].append(t_coo)
                 times["dense"].append(t_dense)
                 mode, distinct = stats.mode, rs.n
+                for k, v in stats.phases.items():
+                    phases.setdefault(k, []).append(v)
         res = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-        results.append({**point, "distinct_rows": distinct, "mode": mode, **{f"{k}_ms": v for k, v in res.items()}})
+        mine = {k: round(1e3 * statistics.median(v), 3) for k, v in phases.items()}
+        every: list[Any] = [None] * nproc
+        dist.all_gather_object(every, mine)  # each rank's own per-phase medians
+        entry = {**point, "distinct_rows": distinct, "mode": mode, **{f"{k}_ms": v for k, v in res.items()}}
+        results.append({**entry, "phases_ms": every})
     if rank == 0:
         out.put(results)
     dist.destroy_process_group()
@@ -148,6 +156,7 @@ def run_exchange_bench(
     warmup: int = 5,
     values: str = "fp32",
     sweep: bool = False,
+    densities: list[float] | None = None,
     seed: int = 0,
     timeout: float = 1800.0,
 ) -> dict:
@@ -158,7 +167,7 @@ def run_exchange_bench(
     """
     points: list[dict] = [{"ids": ids}]
     if sweep:
-        points += [{"density": d} for d in SWEEP]
+        points += [{"density": d} for d in (densities or SWEEP)]
     cfg = {"rows": rows, "dim": dim, "seed": seed, "steps": steps, "warmup": warmup, "values": values}
     cfg.update(points=points, skip_dense=False)
     t0 = time.time()
@@ -176,6 +185,7 @@ def run_exchange_bench(
         "ours_ms": main["ours_ms"],
         "torch_sparse_ms": main["torch_sparse_ms"],
         "dense_ms": main["dense_ms"],
+        "phases_ms": main["phases_ms"],
         "speedup_vs_torch_sparse": main["torch_sparse_ms"] / main["ours_ms"],
         "speedup_vs_dense": main["dense_ms"] / main["ours_ms"],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -199,18 +209,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--values", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--sweep", action="store_true", help="also vary the density of distinct rows up to 100%%")
+    ap.add_argument("--densities", help=f"comma-separated densities for --sweep (default: {SWEEP})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     res = run_exchange_bench(
         args.nproc, args.rows, args.dim, args.ids, steps=args.steps, warmup=args.warmup, values=args.values,
         sweep=args.sweep, seed=args.seed,
+        densities=[float(d) for d in args.densities.split(",")] if args.densities else None,
     )
     if args.json:
         print(json.dumps(res, indent=1))
         return
     print(f"ours {res['ours_ms']:.2f} ms  torch sparse {res['torch_sparse_ms']:.2f} ms  dense {res['dense_ms']:.2f} ms")
     print(f"speed-up: {res['speedup_vs_torch_sparse']:.1f}x vs torch sparse, {res['speedup_vs_dense']:.1f}x vs dense")
+    for rank, ph in enumerate(res["phases_ms"]):
+        print(f"rank {rank} phases (ms, medians): " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items()))
     for r in res.get("sweep", []):
         print(
             f"density {r['density']:<6} distinct {r['distinct_rows']:>7} {r['mode']:<6} ours {r['ours_ms']:8.2f}"

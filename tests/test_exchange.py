@@ -67,6 +67,36 @@ def _case_replicated(seed, rows, values, compress, mode, n, empty_rank):
     return _digest(summed.ids, summed.values), stats.mode, stats.encoding, stats.bytes_sent
 
 
+def _case_short_receive():
+    """gloo fills a posted receive buffer larger than the message with just the message: the eager round's basis."""
+    dist = torch.distributed
+    rank = _rank()
+    buf = torch.full((64,), 255, dtype=torch.uint8)
+    reqs = [dist.irecv(buf, src=(rank - 1) % WORLD)]
+    reqs.append(dist.isend(torch.arange(rank + 1, dtype=torch.uint8), dst=(rank + 1) % WORLD))
+    for r in reqs:
+        r.wait()
+    return buf.tolist()
+
+
+def _case_two_rounds(seed, values, mode):
+    """Messages larger than the eager frame (its 64 KiB floor) finish in a second round; auto goes dense here,
+    densifying the raw gradient in many row blocks."""
+    saved = exchange.EAGER_BYTES, exchange.DENSE_BLOCK_BYTES
+    exchange.EAGER_BYTES, exchange.DENSE_BLOCK_BYTES = 0, 4096
+    try:
+        num_rows = 20000  # ~9000 distinct rows a rank: every message is over 64 KiB, even in fp16
+        grad = _grad(seed, _rank(), n=12000, empty_rank=1, num_rows=num_rows)
+        summed, stats = exchange.replicated(grad, values=values, mode=mode)
+        expect = _expected(seed, n=12000, empty_rank=1, num_rows=num_rows)
+    finally:
+        exchange.EAGER_BYTES, exchange.DENSE_BLOCK_BYTES = saved
+    tol = TOL[values] if stats.mode == "sparse" else 1e-5
+    torch.testing.assert_close(summed.to_dense(), expect, atol=tol, rtol=tol)
+    assert stats.mode == "dense" or stats.bytes_recv > 64 << 10
+    return _digest(summed.ids, summed.values), stats.mode
+
+
 def _case_sharded(seed, boundaries, pull_kind, values):
     rank = _rank()
     w0 = torch.from_numpy(np.random.default_rng(seed).standard_normal((ROWS, DIM), np.float32))
@@ -182,6 +212,20 @@ def test_replicated_auto_goes_dense_at_full_density(pool):
     out = pool.run(_case_replicated, 5, "auto", "fp32", None, "auto", 3000, None)
     assert {o[1] for o in out} == {"dense"}
     assert len({o[0] for o in out}) == 1
+
+
+def test_gloo_accepts_short_message(pool):
+    out = pool.run(_case_short_receive)
+    for rank, got in enumerate(out):
+        sender = (rank - 1) % WORLD
+        assert got[: sender + 1] == list(range(sender + 1)) and set(got[sender + 1 :]) == {255}
+
+
+@pytest.mark.parametrize("values,mode", [("fp32", "sparse"), ("fp16", "sparse"), ("fp32", "auto")])
+def test_replicated_large_messages_take_two_rounds(pool, values, mode):
+    out = pool.run(_case_two_rounds, 61, values, mode)
+    assert len({o[0] for o in out}) == 1 and len({o[1] for o in out}) == 1
+    assert out[0][1] == ("dense" if mode == "auto" else "sparse")
 
 
 @pytest.mark.parametrize("pull_kind", ["grad", "all", "few"])

@@ -481,33 +481,36 @@ def _merge_sum(
     return torch.from_numpy(out_ids[:m]), torch.from_numpy(out_vals[:m])
 
 
-_DENSE: dict[tuple[int, int], torch.Tensor] = {}
-
-
-def _dense_buffer(num_rows: int, dim: int) -> torch.Tensor:
-    """A zeroed ``num_rows x dim`` float32 matrix, reused when nothing outside this module still references it.
-
-    A fresh 100 MB ``torch.zeros`` costs ~40 ms of page faults here, ``zero_()`` on a warm buffer ~8 ms.
-    """
-    buf = _DENSE.get((num_rows, dim))
-    if buf is None or torch._C._storage_Use_Count(buf.untyped_storage()._cdata) > 1:
-        buf = torch.zeros(num_rows, dim, dtype=torch.float32)
-        _DENSE.clear()  # at most one cached matrix: memory stays bounded across shapes
-        _DENSE[(num_rows, dim)] = buf
-        return buf
-    return buf.zero_()
+#: Dense fallback: rows are densified and all-reduced in blocks of about this many bytes, so that densifying
+#: block k+1 overlaps the all-reduce of block k (gloo runs it on its own thread; the kernel releases the GIL).
+DENSE_BLOCK_BYTES = 32 << 20
 
 
 def _dense_sum(grad: RowSparse, group: Any) -> RowSparse:
-    """All-reduce the densified gradient; duplicates (a raw gradient) are summed by one ``index_add_``."""
-    if grad.is_coalesced() and grad.n == grad.num_rows and grad.dtype == torch.float32:
+    """All-reduce the densified gradient, raw (duplicates summed in order of appearance) or coalesced.
+
+    The matrix comes from ``np.zeros`` (calloc: lazily zeroed huge pages), not ``torch.zeros``, whose 100 MB
+    memset and page faults cost ~40 ms here.
+    """
+    num_rows, dim = grad.num_rows, grad.dim
+    if grad.is_coalesced() and grad.n == num_rows and grad.dtype == torch.float32:
         dense = grad.values  # every row present, in row order: already the dense matrix
+        dist.all_reduce(dense, group=group)
     else:
-        dense = _dense_buffer(grad.num_rows, grad.dim)
-        if grad.n:
-            dense.index_add_(0, grad.ids, grad.values.float())
-    dist.all_reduce(dense, group=group)
-    out = RowSparse(torch.arange(grad.num_rows), dense, grad.num_rows, check=False)
+        dense = torch.from_numpy(np.zeros((num_rows, dim), np.float32))
+        per_block = max(1, DENSE_BLOCK_BYTES // max(4 * dim, 1))
+        nblocks = max(1, -(-num_rows // per_block))
+        ids = grad.ids.numpy()
+        vals = grad.values.float().numpy() if grad.n else np.zeros((0, dim), np.float32)
+        order, starts = _block_order(ids, per_block, nblocks)
+        works = []
+        for k in range(nblocks):
+            _scatter_rows(dense.numpy(), ids, vals, order, starts[k], starts[k + 1])
+            lo, hi = k * per_block, min(num_rows, (k + 1) * per_block)
+            works.append(dist.all_reduce(dense[lo:hi], group=group, async_op=True))
+        for w in works:
+            w.wait()
+    out = RowSparse(torch.arange(num_rows), dense, num_rows, check=False)
     out._coalesced = True
     return out
 
@@ -787,3 +790,31 @@ def _merge_kernel(ids_a, vals_a, ids_b, vals_b, out_ids, out_vals):  # pragma: n
             j += 1
         m += 1
     return m
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_order(ids, per_block, nblocks):  # pragma: no cover - compiled
+    """Stable counting sort of positions by row block ``ids // per_block``: (order, nblocks + 1 starts)."""
+    starts = np.zeros(nblocks + 1, np.int64)
+    for i in range(ids.shape[0]):
+        starts[ids[i] // per_block + 1] += 1
+    for k in range(nblocks):
+        starts[k + 1] += starts[k]
+    fill = starts[:-1].copy()
+    order = np.empty(ids.shape[0], np.int64)
+    for i in range(ids.shape[0]):
+        k = ids[i] // per_block
+        order[fill[k]] = i
+        fill[k] += 1
+    return order, starts
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter_rows(dense, ids, vals, order, start, stop):  # pragma: no cover - compiled
+    """``dense[ids[p]] += vals[p]`` for ``p`` in ``order[start:stop]``, in that order."""
+    dim = dense.shape[1]
+    for k in range(start, stop):
+        p = order[k]
+        r = ids[p]
+        for c in range(dim):
+            dense[r, c] += vals[p, c]
