@@ -4,13 +4,16 @@ Two strategies, each for row ids in ``[0, num_rows)`` (:class:`~sparsembed.spars
 for arbitrary int64 keys (hash-table storage, "keyed"):
 
 * **replicated** (:func:`replicated`, :func:`replicated_keyed`): every worker coalesces its gradient and encodes
-  it once (:mod:`sparsembed.codec`); one tiny ``all_gather`` of the message sizes, then each worker sends its
-  message to every peer with ``isend`` / ``irecv`` (gloo's ``all_gather`` needs equal sizes, i.e. padding, and
-  its ring was 2x slower than direct sends on loopback); every worker decodes all messages and merges them in
+  it once (:mod:`sparsembed.codec`), then sends every peer one frame with ``isend`` / ``irecv``: its message size
+  and, up to ``EAGER_BYTES`` per peer, the message itself (receivers post the full capacity; gloo accepts a
+  shorter message), so one round, not a size swap plus a message round, moves every message that fits; larger
+  ones finish in a second round of known sizes (gloo's ``all_gather`` needs equal sizes, i.e. padding, and its
+  ring was 2x slower than direct sends on loopback). Every worker decodes the peers' messages and merges them in
   rank order, so all replicas get bit-identical sums, equal to a dense ``all_reduce`` of the same gradients.
-  From the gathered sizes all workers take the same decision: when the busiest rank would receive more than
+  From the exchanged sizes all workers take the same decision: when the busiest rank would receive more than
   ``SPARSE_BIAS`` times a dense ring all-reduce's ``2 (P-1)/P * num_rows * dim * 4`` bytes, the step falls back
-  to a dense ``all_reduce``, so the exchange is not slower than dense at high density.
+  to a dense ``all_reduce``. A worker whose own distinct rows alone exceed that (counted before coalescing)
+  knows the outcome: it sends only its "dense" flag and densifies its raw gradient without coalescing.
 * **sharded** (:func:`sharded`, :func:`sharded_keyed`), parameter-server style: row ``i`` is owned by rank ``r``
   with ``boundaries[r] <= i < boundaries[r+1]`` (contiguous ranges, as a ShardMap relabelling produces; keys are
   owned by a hash). Each worker sends each owner the gradient rows it owns with one variable-split
@@ -27,6 +30,7 @@ group must make the same calls in the same order (an empty gradient is fine).
 from __future__ import annotations
 
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -380,7 +384,7 @@ def _gathered_bytes(sizes: np.ndarray, rank: int, world: int) -> tuple[int, int]
 
 
 #: Per peer, messages up to this many bytes travel in the same round as their size (see :func:`_eager_round`).
-EAGER_BYTES = 16 << 20
+EAGER_BYTES = 32 << 20
 _EAGER_HEAD = struct.Struct("<qq")  # message size (-1: this rank goes dense), magic
 _EAGER_MAGIC = 0x5350_4547_4552_3031  # guards against a message that is not an eager frame
 
@@ -500,18 +504,41 @@ def _merge_sum(
 DENSE_BLOCK_BYTES = 32 << 20
 
 
-def _dense_sum(grad: RowSparse, group: Any) -> RowSparse:
-    """All-reduce the densified gradient, raw (duplicates summed in order of appearance) or coalesced.
+_DENSE: list[torch.Tensor] = []  # dense fallback matrices, reused once nothing else references them
 
-    The matrix comes from ``np.zeros`` (calloc: lazily zeroed huge pages), not ``torch.zeros``, whose 100 MB
-    memset and page faults cost ~40 ms here.
+
+def _dense_matrix(num_rows: int, dim: int) -> torch.Tensor:
+    """A zeroed float32 ``num_rows x dim`` matrix, reusing a cached one that no caller still holds.
+
+    A fresh matrix pays its page faults during the all-reduce (~25 ms for 100 MB here, ``torch.zeros`` ~40 ms
+    more for its memset); ``zero_()`` on a warm one costs ~8 ms. Two are kept, so a caller that holds the
+    previous result until the next step does not force a fresh one every step.
     """
+    for buf in _DENSE:
+        if buf.shape == (num_rows, dim) and _unshared(buf):
+            return buf.zero_()
+    buf = torch.from_numpy(np.zeros((num_rows, dim), np.float32))  # calloc: lazily zeroed (huge) pages
+    _DENSE.insert(0, buf)
+    del _DENSE[2:]
+    return buf
+
+
+def _unshared(buf: torch.Tensor) -> bool:
+    """True when only ``_DENSE`` references ``buf``: no other Python reference, no view of its storage."""
+    probe = torch.empty(1)
+    baseline = torch._C._storage_Use_Count(probe.untyped_storage()._cdata)  # counts the probing storage object
+    refs = sys.getrefcount(buf)  # the list, the caller's loop variable and this argument
+    return refs <= 4 and torch._C._storage_Use_Count(buf.untyped_storage()._cdata) <= baseline
+
+
+def _dense_sum(grad: RowSparse, group: Any) -> RowSparse:
+    """All-reduce the densified gradient, raw (duplicates summed in order of appearance) or coalesced."""
     num_rows, dim = grad.num_rows, grad.dim
     if grad.is_coalesced() and grad.n == num_rows and grad.dtype == torch.float32:
         dense = grad.values  # every row present, in row order: already the dense matrix
         dist.all_reduce(dense, group=group)
     else:
-        dense = torch.from_numpy(np.zeros((num_rows, dim), np.float32))
+        dense = _dense_matrix(num_rows, dim)
         per_block = max(1, DENSE_BLOCK_BYTES // max(4 * dim, 1))
         nblocks = max(1, -(-num_rows // per_block))
         ids = grad.ids.numpy()
