@@ -18,6 +18,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import socket
 import time
 from dataclasses import asdict, dataclass, replace
@@ -207,7 +208,17 @@ def launch(fn: Any, args: tuple, workers: int) -> Any:
     procs = [ctx.Process(target=_worker, args=(r, workers, port, fn, args, out)) for r in range(workers)]
     for p in procs:
         p.start()
-    results = dict(out.get(timeout=1800) for _ in range(workers))
+    results: dict[int, Any] = {}
+    while len(results) < workers:
+        try:
+            rank, res = out.get(timeout=1.0)
+            results[rank] = res
+        except queue.Empty:
+            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if failed:  # a worker died: the others may wait forever in a collective
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"recommender: a worker failed (exit codes {failed})") from None
     for p in procs:
         p.join(60)
     return results[0]
