@@ -175,3 +175,14 @@ def test_demo_learns_the_planted_analogies(model: str, tmp_path: Path, capsys) -
     # gensim scores 0.90-0.94 on this 300k-token corpus (seeds 0-5); ours is held to the same floor as gensim's test.
     assert float(total.split()[-1].rstrip("%")) / 100 > 0.6
     assert "nearest neighbours" in out and (tmp_path / "corpus.txt").exists()
+
+
+def test_report_renders_png(trained: Path, tmp_path: Path, capsys) -> None:
+    assert main(["report", str(trained), "--output", str(tmp_path)]) == 0
+    png = tmp_path / "report-training.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "metrics.jsonl").write_text('{"elapsed_s": 1, "loss": 2}\n{not json\n')
+    assert "metrics.jsonl:2" in _run_failing(["report", str(damaged)], capsys)
+    assert not (damaged / "report-training.png").exists()

@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("word")
     similar.add_argument("-n", type=int, default=10, help="how many neighbours (10)")
 
+    report = sub.add_parser("report", help="PNG plots of a run: loss and words/s over time (and exchange bytes)")
+    report.add_argument("dir", help="a directory written by `sparsembed train`")
+    report.add_argument("--output", help="where the PNGs go (default: DIR)")
+
     bench = sub.add_parser("bench", help="measurements: shard balance under Zipf")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     shards = bench_sub.add_parser("shards", help="max/mean shard load: contiguous, permuted, balanced")
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "similar": cmd_similar,
-               "demo": cmd_demo, "bench": cmd_bench}[args.command]
+               "demo": cmd_demo, "bench": cmd_bench,
+               "report": cmd_report}[args.command]
     try:
         return handler(args) or 0
     except UserError as exc:
@@ -314,6 +319,15 @@ def cmd_similar(args: argparse.Namespace) -> int:
         raise UserError(f"'{args.word}' is not in the vocabulary of {args.vectors}")
     for word, score in vectors.most_similar(args.word, topn=args.n):
         print(f"{word}\t{score:.4f}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``sparsembed report DIR``: plots from DIR/metrics.jsonl."""
+    from .report import render
+
+    for path in render(args.dir, args.output):
+        print(path)
     return 0
 
 
