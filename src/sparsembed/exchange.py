@@ -61,9 +61,10 @@ __all__ = [
 #: Values of the ``mode`` argument: choose by density, or force one path.
 MODES = ("auto", "sparse", "dense")
 #: Sparse is chosen while its received bytes are at most this fraction of a dense ring all-reduce's: coalescing,
-#: encoding, point-to-point sends, decoding and merging cost about 3x more per byte than gloo's dense all-reduce
-#: (benchmarks/bench_exchange.py --sweep, 2 ranks, 200000 x 128: sparse 56 ms at 20% density, dense 97 ms).
-SPARSE_BIAS = 0.3
+#: encoding, point-to-point sends, decoding and merging cost about 3x more per byte than gloo's dense all-reduce,
+#: and the dense fallback pays for densifying (benchmarks/bench_exchange.py --sweep, 2 ranks, 200000 x 128:
+#: sparse 35 ms at 20% density, 77 ms at 30%, 114 ms at 40%; the dense fallback ~100-110 ms, bare dense 65-95 ms).
+SPARSE_BIAS = 0.35
 _FRAME = struct.Struct("<qqq")  # sharded message: gradient bytes, pull ids (-1: same as gradient), pull bytes
 
 
