@@ -86,13 +86,16 @@ def _state(model: nn.Module) -> dict:
     return out
 
 
-def _train_ranks(opt_name: str, steps: int) -> tuple[dict, list]:
+def _train_ranks(opt_name: str, steps: int, fuse: str) -> tuple[dict, list]:
     """Runs on each rank: its half of every batch, sync, step."""
     import torch.distributed as dist
 
+    from sparsembed import parallel as par
+
     rank = dist.get_rank()
     model = _model()
-    pm = parallel(model)
+    par.DENSE_PATH_MIN_BYTES = 0 if fuse == "fused-dense" else 1 << 20  # small tables may take the dense path
+    pm = parallel(model, fuse=fuse != "unfused")
     opt = OPTS[opt_name](pm)
     modes = []
     for step in range(steps):
@@ -121,9 +124,10 @@ def pool():
         yield p
 
 
+@pytest.mark.parametrize("fuse", ["fused", "fused-dense", "unfused"])
 @pytest.mark.parametrize("opt_name", sorted(OPTS))
-def test_two_ranks_equal_one_process_on_mean_loss(pool: DistPool, opt_name: str) -> None:
-    results = pool.run(_train_ranks, opt_name, 3)
+def test_two_ranks_equal_one_process_on_mean_loss(pool: DistPool, opt_name: str, fuse: str) -> None:
+    results = pool.run(_train_ranks, opt_name, 3, fuse)
     ref = _train_reference(opt_name, 3)
     for state, _ in results:
         assert state.keys() == ref.keys()
@@ -136,24 +140,26 @@ def test_two_ranks_equal_one_process_on_mean_loss(pool: DistPool, opt_name: str)
     for k in ref:
         assert torch.equal(results[0][0][k], results[1][0][k]), k
     modes = dict(results[0][1])
-    assert modes["user"] == "sparse" and modes["item.weight"] == "sparse" and modes["bag.weight"] == "dense"
+    assert modes["user"] == "sparse" and modes["item.weight"] == "sparse"
+    assert modes["bag.weight"] == ("sparse" if fuse == "fused" else "dense")  # 6 rows, most touched
 
 
-def _sums(average: bool) -> list:
+def _sums(average: bool, fuse: bool) -> list:
     import torch.distributed as dist
 
     rank = dist.get_rank()
     model = _model()
-    pm = parallel(model)
+    pm = parallel(model, fuse=fuse)
     _loss(pm, _batch(0, rank)).backward()
     pm.sync(average=average)
     keys, vals = model.user.gradient()
     return [keys, vals, model.item.weight.grad.to_dense(), model.side.weight.grad.to_dense(), model.head[0].bias.grad]
 
 
-def test_average_false_sums(pool: DistPool) -> None:
-    avg = pool.run(_sums, True)[0]
-    tot = pool.run(_sums, False)[0]
+@pytest.mark.parametrize("fuse", [True, False])
+def test_average_false_sums(pool: DistPool, fuse: bool) -> None:
+    avg = pool.run(_sums, True, fuse)[0]
+    tot = pool.run(_sums, False, fuse)[0]
     assert torch.equal(avg[0], tot[0])
     for a, t in zip(avg[1:], tot[1:], strict=True):
         torch.testing.assert_close(2 * a, t)

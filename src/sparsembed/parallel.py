@@ -17,19 +17,29 @@ Without an initialized process group ``sync`` only coalesces (a world of one).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from sparsembed import exchange
+from sparsembed.errors import UserError
 from sparsembed.exchange import ExchangeStats
 from sparsembed.hashembedding import HashEmbedding
 from sparsembed.sparse import RowSparse
 
 __all__ = ["ParallelModel", "Families", "families", "parallel"]
+
+#: Fused sync: dense parameters up to this many bytes in all ride in the sparse message (saves a round trip; at 2
+#: workers an all-gather moves the same bytes as a ring all-reduce).
+FUSE_DENSE_BYTES = 256 << 10
+#: Fused sync: a row-sparse table takes the dense all-reduce path only when that moves at least this many bytes;
+#: below it the extra round trip costs more than the bytes saved.
+DENSE_PATH_MIN_BYTES = 1 << 20
 
 
 @dataclass
@@ -66,6 +76,8 @@ class ParallelModel:
         bucket_bytes: dense all-reduce bucket size.
         values: wire format of sparse rows, ``"fp32"`` (exact) or ``"fp16"`` / ``"bf16"`` (rounded once per rank).
         mode: row-sparse weights: ``"auto"`` (sparse or dense by density), ``"sparse"`` or ``"dense"``.
+        fuse: send every sparse gradient and the small dense ones in one message per peer (one size round, one
+            data round per step, see :func:`_fused_sync`; float32 only); ``False``: one exchange per table.
     """
 
     def __init__(
@@ -76,9 +88,11 @@ class ParallelModel:
         bucket_bytes: int = 25 << 20,
         values: str = "fp32",
         mode: str = "auto",
+        fuse: bool = True,
     ) -> None:
         self.module = module
         self.group, self.bucket_bytes, self.values, self.mode = group, bucket_bytes, values, mode
+        self.fuse = fuse
         self.families = families(module)
         self.last_stats: list[ExchangeStats] = []
 
@@ -107,6 +121,9 @@ class ParallelModel:
         """
         world = self.world_size
         scale = 1.0 / world if average else 1.0
+        if self.fuse and world > 1 and self.values == "fp32":
+            self.last_stats = _fused_sync(self, scale)
+            return self.last_stats
         stats = [self._sync_hashed(name, emb, scale) for name, emb in self.families.hashed]
         stats += [self._sync_sparse(name, p, scale) for name, p in self.families.sparse]
         if self.families.dense:
@@ -127,26 +144,15 @@ class ParallelModel:
         return stats
 
     def _sync_sparse(self, name: str, p: nn.Parameter, scale: float) -> ExchangeStats:
-        num_rows, dim = p.shape
-        g = p.grad
-        if g is None:  # table unused on this rank: still joins the exchange
-            rs = RowSparse(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dim), num_rows, check=False)
-        elif g.is_sparse:
-            g = g.coalesce() if g._values().dtype != torch.float32 else g  # RowSparse coalesces float32 itself
-            rs = RowSparse(g._indices()[0], g._values().float(), num_rows, check=False)
-        else:  # a dense gradient (e.g. a tied weight): every row, the exchange picks its dense path
-            rs = RowSparse(torch.arange(num_rows), g.float().contiguous(), num_rows, check=False)
+        rs = local_rows(p)
         summed, stats = exchange.replicated(rs, values=self.values, mode=self.mode, group=self.group, name=name)
         ids, vals = summed.ids, summed.values
         if stats.mode == "dense" and self.world_size > 1:
-            ids, vals = self._touched_rows(rs.ids, vals)
-        vals = vals * scale if scale != 1.0 else vals
-        p.grad = torch.sparse_coo_tensor(
-            ids.unsqueeze(0), vals.to(p.dtype), (num_rows, dim), is_coalesced=True, check_invariants=False
-        )
+            ids, vals = self.touched_rows(rs.ids, vals)
+        set_sparse_grad(p, ids, vals, scale)
         return stats
 
-    def _touched_rows(self, own: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def touched_rows(self, own: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """After a dense fallback: keep only rows some rank touched, so that lazy optimizers update the same rows
         as with a sparse exchange (an untouched row's Adam moments must not move); costs a byte a row."""
         mask = torch.zeros(dense.shape[0], dtype=torch.uint8)
@@ -170,6 +176,181 @@ class ParallelModel:
         return stats
 
 
+def local_rows(p: nn.Parameter) -> RowSparse:
+    """This rank's gradient of a sparse embedding weight as a coalesced RowSparse (empty when unused)."""
+    num_rows, dim = p.shape
+    g = p.grad
+    if g is None:  # table unused on this rank: still joins the exchange
+        rs = RowSparse(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dim), num_rows, check=False)
+    elif g.is_sparse:
+        g = g.coalesce() if g._values().dtype != torch.float32 else g  # RowSparse coalesces float32 itself
+        rs = RowSparse(g._indices()[0], g._values().float(), num_rows, check=False)
+    else:  # a dense gradient (e.g. a tied weight): every row, the exchange picks its dense path
+        rs = RowSparse(torch.arange(num_rows), g.float().contiguous(), num_rows, check=False)
+    return rs.coalesce_()
+
+
+def set_sparse_grad(p: nn.Parameter, ids: torch.Tensor, vals: torch.Tensor, scale: float) -> None:
+    """``p.grad :=`` the coalesced sparse gradient ``scale * vals`` at rows ``ids``."""
+    vals = vals * scale if scale != 1.0 else vals
+    p.grad = torch.sparse_coo_tensor(
+        ids.unsqueeze(0), vals.to(p.dtype), tuple(p.shape), is_coalesced=True, check_invariants=False
+    )
+
+
 def parallel(module: nn.Module, **kwargs: Any) -> ParallelModel:
     """Wrap ``module`` for sparsity-aware data parallelism; see :class:`ParallelModel` for the options."""
     return ParallelModel(module, **kwargs)
+
+
+# -- fused exchange -----------------------------------------------------------------------------------------------
+def _pad8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _fused_sync(pm: ParallelModel, scale: float) -> list[ExchangeStats]:
+    """All families in one round of sizes and one round of messages (world > 1, float32 on the wire).
+
+    Per rank, one message: the small dense gradients as raw float32, then per HashEmbedding and per row-sparse
+    table a segment ``n, ids [n] int64, rows [n, dim] float32`` (8-byte aligned). Every rank learns every
+    segment's size from one tiny exchange, so all take the same per-table dense-path decisions; then every rank
+    sums all messages in rank order, so replicas stay bit-identical.
+    """
+    t0 = time.perf_counter()
+    rank, world = dist.get_rank(pm.group), dist.get_world_size(pm.group)
+    fam = pm.families
+    grads = [emb.local_gradient() for _, emb in fam.hashed]
+    rows = [local_rows(p) for _, p in fam.sparse]
+    grads += [(rs.ids, rs.values) for rs in rows]
+    segs = [_pack(ids, vals) for ids, vals in grads]
+    small, big = _split_dense(fam.dense)
+    flat = torch.cat([p.grad.reshape(-1).float() for p in small]) if small else torch.zeros(0)
+    sizes = _gather_vector([flat.numel() * 4] + [m.shape[0] for m in segs], world, rank, pm.group)
+    n_hash = len(fam.hashed)
+    dense_path = [False] * n_hash + [
+        _wants_dense(pm.mode, sizes[:, 1 + n_hash + j], rs.num_rows * rs.dim * 4, world) for j, rs in enumerate(rows)
+    ]
+    include = [0] + [1 + f for f in range(len(segs)) if not dense_path[f]]
+    lengths = sizes[:, include]
+    padded = (lengths + 7) // 8 * 8
+    starts = np.concatenate([np.zeros((world, 1), np.int64), np.cumsum(padded, axis=1)], axis=1)
+    msg = torch.zeros(int(padded[rank].sum()), dtype=torch.uint8)
+    for k, seg in enumerate([flat.numpy().view(np.uint8)] + [segs[f - 1] for f in include[1:]]):
+        msg.numpy()[starts[rank, k] : starts[rank, k] + seg.shape[0]] = seg
+    blocks = _all_gather_bytes(msg, padded.sum(axis=1), rank, world, pm.group)
+
+    def segment(r: int, k: int) -> np.ndarray:
+        return blocks[r][starts[r, k] : starts[r, k] + lengths[r, k]]
+
+    stats: list[ExchangeStats] = []
+    for k, f in enumerate(include[1:], start=1):
+        dim = grads[f - 1][1].shape[1]
+        got = [_unpack(segment(r, k), dim) for r in range(world)]
+        ids, vals = exchange.coalesce_keyed(torch.cat([g[0] for g in got]), torch.cat([g[1] for g in got]))
+        n_own = int(grads[f - 1][0].shape[0])
+        sent, recv = (world - 1) * int(lengths[rank, k]), int(lengths[:, k].sum() - lengths[rank, k])
+        if f <= n_hash:
+            name, emb = fam.hashed[f - 1]
+            emb.set_gradient(ids, vals * scale if scale != 1.0 else vals)
+            dens = float("nan")
+        else:
+            name, p = fam.sparse[f - 1 - n_hash]
+            set_sparse_grad(p, ids, vals, scale)
+            dens = n_own / max(p.shape[0], 1)
+        stats.append(ExchangeStats(name, "fused", "sparse", "keys", dens, n_own, sent, recv, 0.0))
+    for j, rs in enumerate(rows):  # tables dense enough for a dense all-reduce: a second round, these only
+        if dense_path[n_hash + j]:
+            name, p = fam.sparse[j]
+            summed, st = exchange.replicated(rs, mode="dense", group=pm.group, name=name)
+            set_sparse_grad(p, *pm.touched_rows(rs.ids, summed.values), scale)
+            stats.append(st)
+    if small:
+        total = torch.zeros(flat.numel())
+        for r in range(world):
+            total += torch.from_numpy(segment(r, 0).view(np.float32))
+        offset = 0
+        for p in small:
+            n = p.grad.numel()
+            p.grad.copy_(total[offset : offset + n].view_as(p.grad).mul_(scale))
+            offset += n
+        sent = (world - 1) * int(lengths[rank, 0])
+        stats.append(ExchangeStats("dense", "fused", "dense", "dense", 1.0, len(small), sent, sent, 0.0))
+    if big:
+        stats.append(exchange.dense_all_reduce([p.grad for p in big], bucket_bytes=pm.bucket_bytes, group=pm.group))
+        for p in big:
+            p.grad.mul_(scale)
+    if stats:
+        stats[0].seconds = time.perf_counter() - t0  # the whole fused step, reported once
+    return stats
+
+
+def _pack(ids: torch.Tensor, vals: torch.Tensor) -> np.ndarray:
+    """Segment ``n, ids [n] int64, rows [n, dim] float32`` (ids: sorted distinct keys or row ids)."""
+    n = int(ids.shape[0])
+    out = np.empty(8 + 8 * n + vals.numel() * 4, np.uint8)
+    out[:8].view(np.int64)[0] = n
+    out[8 : 8 + 8 * n] = ids.to(torch.int64).numpy().view(np.uint8)
+    out[8 + 8 * n :] = vals.float().contiguous().numpy().reshape(-1).view(np.uint8)
+    return out
+
+
+def _unpack(buf: np.ndarray, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`_pack` (copies: receive buffers are reused)."""
+    n = int(buf[:8].view(np.int64)[0])
+    if n < 0 or buf.shape[0] != 8 + 8 * n + 4 * n * dim:
+        raise UserError(f"parallel: fused segment of {buf.shape[0]} bytes does not hold {n} rows")
+    ids = torch.from_numpy(buf[8 : 8 + 8 * n].view(np.int64).copy())
+    vals = torch.from_numpy(buf[8 + 8 * n :].view(np.float32).copy()).reshape(n, dim)
+    return ids, vals
+
+
+def _all_gather_bytes(msg: torch.Tensor, sizes: np.ndarray, rank: int, world: int, group: Any) -> list[np.ndarray]:
+    """Every rank's byte message (sizes known), by one all-gather padded to the largest.
+
+    On gloo a collective round costs far less latency than pairwise isend / irecv (0.7 ms against 2.9 ms for
+    20 kB on loopback, 2 ranks); padding costs little while messages are about the same size, as a batch split
+    evenly makes them.
+    """
+    width = int(sizes.max())
+    padded = torch.zeros(width, dtype=torch.uint8)
+    padded[: msg.numel()] = msg
+    out = torch.empty(world * width, dtype=torch.uint8)
+    _all_gather_flat(out, padded, group)
+    return [out.numpy()[r * width : r * width + int(sizes[r])] for r in range(world)]
+
+
+def _all_gather_flat(out: torch.Tensor, inp: torch.Tensor, group: Any) -> None:
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.10
+    gather(out, inp, group=group)
+
+
+def _split_dense(dense: list[tuple[str, nn.Parameter]]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Dense parameters (gradients made present and contiguous) that ride in the fused message, and the rest."""
+    params = []
+    for _, p in dense:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        elif not p.grad.is_contiguous():
+            p.grad = p.grad.contiguous()
+        params.append(p)
+    floats = [p for p in params if p.grad.dtype == torch.float32]
+    if sum(p.numel() * 4 for p in floats) <= FUSE_DENSE_BYTES:
+        return floats, [p for p in params if p.grad.dtype != torch.float32]
+    return [], params
+
+
+def _wants_dense(mode: str, sizes: np.ndarray, dense_bytes: int, world: int) -> bool:
+    """The same decision on every rank: dense all-reduce when sparse would move too many bytes."""
+    if mode != "auto":
+        return mode == "dense"
+    ring = 2 * (world - 1) * dense_bytes // world
+    busiest = int(sizes.sum()) - int(sizes.min())
+    return ring >= DENSE_PATH_MIN_BYTES and busiest > exchange.SPARSE_BIAS * ring
+
+
+def _gather_vector(values: list[int], world: int, rank: int, group: Any) -> np.ndarray:
+    """Every rank's int vector, ``[world, len(values)]``, by one all-gather."""
+    mine = torch.tensor(values, dtype=torch.int64)
+    out = torch.empty(world * len(values), dtype=torch.int64)
+    _all_gather_flat(out, mine, group)
+    return out.view(world, len(values)).numpy()
