@@ -93,6 +93,7 @@ class ParallelModel:
         self.module = module
         self.group, self.bucket_bytes, self.values, self.mode = group, bucket_bytes, values, mode
         self.fuse = fuse
+        self._eager_cap = 64 << 10  # fused sync: bytes each rank sends in its first round (grows as needed)
         self.families = families(module)
         self.last_stats: list[ExchangeStats] = []
 
@@ -209,12 +210,13 @@ def _pad8(n: int) -> int:
 
 
 def _fused_sync(pm: ParallelModel, scale: float) -> list[ExchangeStats]:
-    """All families in one round of sizes and one round of messages (world > 1, float32 on the wire).
+    """All families in one all-gather of one message per rank (world > 1, float32 on the wire).
 
     Per rank, one message: the small dense gradients as raw float32, then per HashEmbedding and per row-sparse
-    table a segment ``n, ids [n] int64, rows [n, dim] float32`` (8-byte aligned). Every rank learns every
-    segment's size from one tiny exchange, so all take the same per-table dense-path decisions; then every rank
-    sums all messages in rank order, so replicas stay bit-identical.
+    table a segment ``n, ids [n] int64, rows [n, dim] float32`` (8-byte aligned). When a table is big enough for
+    the dense path, every rank first learns every segment's size from one tiny all-gather, so all take the same
+    per-table decisions; otherwise the sizes ride in a header and the message goes out at once
+    (:func:`_eager_gather`). Every rank sums all messages in the same order, so replicas stay bit-identical.
     """
     t0 = time.perf_counter()
     rank, world = dist.get_rank(pm.group), dist.get_world_size(pm.group)
@@ -225,19 +227,30 @@ def _fused_sync(pm: ParallelModel, scale: float) -> list[ExchangeStats]:
     segs = [_pack(ids, vals) for ids, vals in grads]
     small, big = _split_dense(fam.dense)
     flat = torch.cat([p.grad.reshape(-1).float() for p in small]) if small else torch.zeros(0)
-    sizes = _gather_vector([flat.numel() * 4] + [m.shape[0] for m in segs], world, rank, pm.group)
+    mine = [flat.numel() * 4] + [m.shape[0] for m in segs]
     n_hash = len(fam.hashed)
-    dense_path = [False] * n_hash + [
-        _wants_dense(pm.mode, sizes[:, 1 + n_hash + j], rs.num_rows * rs.dim * 4, world) for j, rs in enumerate(rows)
-    ]
-    include = [0] + [1 + f for f in range(len(segs)) if not dense_path[f]]
-    lengths = sizes[:, include]
-    padded = (lengths + 7) // 8 * 8
-    starts = np.concatenate([np.zeros((world, 1), np.int64), np.cumsum(padded, axis=1)], axis=1)
-    msg = torch.zeros(int(padded[rank].sum()), dtype=torch.uint8)
-    for k, seg in enumerate([flat.numpy().view(np.uint8)] + [segs[f - 1] for f in include[1:]]):
-        msg.numpy()[starts[rank, k] : starts[rank, k] + seg.shape[0]] = seg
-    blocks = _all_gather_bytes(msg, padded.sum(axis=1), rank, world, pm.group)
+    if any(_may_go_dense(pm.mode, rs, world) for rs in rows):
+        sizes = _gather_vector(mine, world, rank, pm.group)
+        dense_path = [False] * n_hash + [
+            _wants_dense(pm.mode, sizes[:, 1 + n_hash + j], rs.num_rows * rs.dim * 4, world)
+            for j, rs in enumerate(rows)
+        ]
+        include = [0] + [1 + f for f in range(len(segs)) if not dense_path[f]]
+        lengths = sizes[:, include]
+        padded = (lengths + 7) // 8 * 8
+        starts = np.concatenate([np.zeros((world, 1), np.int64), np.cumsum(padded, axis=1)], axis=1)
+        msg = _layout([flat.numpy().view(np.uint8)] + [segs[f - 1] for f in include[1:]], starts[rank])
+        blocks = _all_gather_bytes(torch.from_numpy(msg), padded.sum(axis=1), rank, world, pm.group)
+    else:  # no table can take the dense path: sizes travel in each message's header, one round in the steady state
+        dense_path = [False] * len(segs)
+        include = list(range(len(segs) + 1))
+        head = 8 * len(mine)
+        own_starts = head + np.concatenate([[0], np.cumsum([(m + 7) // 8 * 8 for m in mine])])
+        msg = _layout([np.asarray(mine, np.int64).view(np.uint8), flat.numpy().view(np.uint8), *segs], [0, *own_starts])
+        blocks = _eager_gather(pm, msg, rank, world)
+        lengths = np.stack([b[:head].view(np.int64) for b in blocks])
+        padded = (lengths + 7) // 8 * 8
+        starts = head + np.concatenate([np.zeros((world, 1), np.int64), np.cumsum(padded, axis=1)], axis=1)
 
     def segment(r: int, k: int) -> np.ndarray:
         return blocks[r][starts[r, k] : starts[r, k] + lengths[r, k]]
@@ -282,6 +295,50 @@ def _fused_sync(pm: ParallelModel, scale: float) -> list[ExchangeStats]:
     if stats:
         stats[0].seconds = time.perf_counter() - t0  # the whole fused step, reported once
     return stats
+
+
+def _layout(segments: list[np.ndarray], starts: Any) -> np.ndarray:
+    """One message: segment ``k`` at byte ``starts[k]`` (8-byte aligned offsets), zero padding between."""
+    end = int(starts[len(segments) - 1]) + segments[-1].shape[0]
+    msg = np.zeros((end + 7) // 8 * 8, np.uint8)
+    for k, seg in enumerate(segments):
+        msg[int(starts[k]) : int(starts[k]) + seg.shape[0]] = seg
+    return msg
+
+
+def _eager_gather(pm: ParallelModel, msg: np.ndarray, rank: int, world: int) -> list[np.ndarray]:
+    """All ranks' messages, each starting with its length, without a size round in the steady state.
+
+    Every rank sends the first ``pm._eager_cap`` bytes of its message (padded to that); a rank whose message is
+    longer says so in its header, and a second all-gather moves the tails. The capacity grows, identically on
+    every rank, to 5/4 of the longest message seen.
+    """
+    cap = pm._eager_cap
+    first = np.zeros(cap + 8, np.uint8)
+    first[:8].view(np.int64)[0] = msg.shape[0]
+    first[8 : 8 + min(cap, msg.shape[0])] = msg[:cap]
+    out = torch.empty(world * (cap + 8), dtype=torch.uint8)
+    _all_gather_flat(out, torch.from_numpy(first), pm.group)
+    got = out.numpy().reshape(world, cap + 8)
+    total = got[:, :8].copy().view(np.int64)[:, 0]
+    blocks = [got[r, 8 : 8 + min(cap, int(total[r]))] for r in range(world)]
+    longest = int(total.max())
+    if longest > cap:
+        tail = np.zeros(longest - cap, np.uint8)
+        tail[: max(0, msg.shape[0] - cap)] = msg[cap:]
+        out2 = torch.empty(world * tail.shape[0], dtype=torch.uint8)
+        _all_gather_flat(out2, torch.from_numpy(tail), pm.group)
+        got2 = out2.numpy().reshape(world, tail.shape[0])
+        blocks = [np.concatenate([blocks[r], got2[r, : max(0, int(total[r]) - cap)]]) for r in range(world)]
+        pm._eager_cap = (longest * 5 // 4 + 4095) // 4096 * 4096
+    return blocks
+
+
+def _may_go_dense(mode: str, rs: RowSparse, world: int) -> bool:
+    """Whether :func:`_wants_dense` could say yes for this table, whatever the sizes."""
+    if mode != "auto":
+        return mode == "dense"
+    return 2 * (world - 1) * rs.num_rows * rs.dim * 4 // world >= DENSE_PATH_MIN_BYTES
 
 
 def _pack(ids: torch.Tensor, vals: torch.Tensor) -> np.ndarray:
