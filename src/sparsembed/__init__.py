@@ -13,6 +13,8 @@ _LAZY = {
     "Word2Vec": ("sparsembed.word2vec", "Word2Vec"),
     "Vectors": ("sparsembed.vectors", "Vectors"),
     "UserError": ("sparsembed.errors", "UserError"),
+    "parallel": ("sparsembed.parallel", "parallel"),
+    "HashEmbedding": ("sparsembed.hashembedding", "HashEmbedding"),
 }
 
 
