@@ -225,3 +225,21 @@ def test_checkpoint_resumes_identically() -> None:
     a, b = _state(model), _state(again)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_package_exports() -> None:
+    import sparsembed
+
+    assert isinstance(sparsembed.parallel(Net()), sparsembed.parallel.ParallelModel)  # module and function
+    assert sparsembed.HashEmbedding is HashEmbedding
+
+
+def test_single_process_sync_is_a_local_coalesce() -> None:
+    model = _model()
+    pm = parallel(model)
+    assert pm.world_size == 1
+    _loss(pm, _batch(0, 0)).backward()
+    local = model.user.local_gradient()
+    stats = pm.sync()
+    assert all(s.bytes_sent == 0 for s in stats)
+    assert torch.equal(model.user.gradient()[1], local[1]) and model.item.weight.grad.is_coalesced()

@@ -17,7 +17,9 @@ Without an initialized process group ``sync`` only coalesces (a world of one).
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,6 +204,17 @@ def set_sparse_grad(p: nn.Parameter, ids: torch.Tensor, vals: torch.Tensor, scal
 def parallel(module: nn.Module, **kwargs: Any) -> ParallelModel:
     """Wrap ``module`` for sparsity-aware data parallelism; see :class:`ParallelModel` for the options."""
     return ParallelModel(module, **kwargs)
+
+
+class _CallableModule(types.ModuleType):
+    """Importing this module makes ``sparsembed.parallel`` the module object, shadowing the function the
+    package exports under the same name; a callable module keeps ``sparsembed.parallel(model)`` working."""
+
+    def __call__(self, module: nn.Module, **kwargs: Any) -> ParallelModel:
+        return parallel(module, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 # -- fused exchange -----------------------------------------------------------------------------------------------
