@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--json", default="benchmarks/results/word2vec.json")
+    parser.add_argument("--markdown", default="BENCHMARKS.md",
+                        help="file whose bench_word2vec table is replaced by this run's ('' to leave it)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-w2v-"))
     try:
@@ -138,9 +140,25 @@ def main() -> None:
                   "cpus": os.cpu_count(), "results": results}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
-        print(markdown(report))
+        table = markdown(report)
+        print(table)
+        if args.markdown:
+            update_markdown(Path(args.markdown), table, report)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def update_markdown(path: Path, table: str, report: dict) -> None:
+    """Replace the table between this benchmark's markers in ``path`` (the prose around it stays)."""
+    start, end = "<!-- bench_word2vec table: start -->", "<!-- bench_word2vec table: end -->"
+    text = path.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        print(f"{path} has no bench_word2vec markers; table not written there", file=sys.stderr)
+        return
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    stamp = f"<!-- {report['date']}, {report['corpus']}, workers {report['workers']} -->"
+    path.write_text(f"{head}{start}\n{stamp}\n{table}\n{end}{tail}", encoding="utf-8")
 
 
 def markdown(report: dict) -> str:
