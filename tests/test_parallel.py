@@ -243,3 +243,27 @@ def test_single_process_sync_is_a_local_coalesce() -> None:
     stats = pm.sync()
     assert all(s.bytes_sent == 0 for s in stats)
     assert torch.equal(model.user.gradient()[1], local[1]) and model.item.weight.grad.is_coalesced()
+
+
+def _train_fp16(steps: int) -> dict:
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    model = _model()
+    pm = parallel(model, values="fp16")  # half-precision rows on the wire: per-table exchanges
+    opt = optim.SGD(pm, lr=0.1)
+    for step in range(steps):
+        opt.zero_grad()
+        _loss(pm, _batch(step, rank)).backward()
+        pm.sync()
+        opt.step()
+    return _state(model)
+
+
+def test_fp16_wire_is_close_and_replicas_identical(pool: DistPool) -> None:
+    results = pool.run(_train_fp16, 2)
+    ref = _train_reference("sgd", 2)
+    for k in ref:
+        assert torch.equal(results[0][k], results[1][k]), k
+        if not k.endswith(".keys"):
+            torch.testing.assert_close(results[0][k], ref[k], rtol=0, atol=1e-3, msg=k)
