@@ -146,9 +146,13 @@ def _next_generation(model_dir: Path) -> int:
 def _write_array(path: Path, array: np.ndarray, written: list[Path]) -> dict[str, Any]:
     """Write one array atomically (appending its path to ``written``); return its state entry."""
     array = np.ascontiguousarray(array)
+    if array.dtype.hasobject:
+        raise ValueError(f"checkpoint array {path.name} holds Python objects; only plain numeric arrays are stored")
     with atomic_write(path) as handle:
         writer = _Crc32Writer(handle)
-        np.lib.format.write_array(writer, array, allow_pickle=False)
+        # Header, then the array's own memory: np.save through a wrapper would copy it in 16 MB chunks.
+        np.lib.format.write_array_header_1_0(writer, np.lib.format.header_data_from_array_1_0(array))
+        writer.write(memoryview(array.reshape(-1).view(np.uint8)))
     written.append(path)
     return {"file": path.name, "crc32": writer.crc, "shape": list(array.shape), "dtype": array.dtype.str}
 

@@ -221,12 +221,10 @@ def _prune_entries(ent, ent_hash, pool, n_ent, min_reduce):
 
 
 @numba.njit(nogil=True, cache=True)
-def _compact_ids(ids, starts, n_sent, row_of):
-    """In place: map entry ids to rows, dropping -1s; return new sentence ends (into the compacted ids)."""
-    ends = np.empty(n_sent, np.int64)
-    w = 0
-    r = 0
-    for k in range(n_sent):
+def _compact_ids(ids, starts, first, last, r, w, row_of, ends):
+    """In place, sentences [first, last): map entry ids to rows, dropping -1s; fill their ends in the
+    compacted ids; return the (read, write) positions to carry into the next stretch."""
+    for k in range(first, last):
         stop = starts[k, 0]
         while r < stop:
             row = row_of[ids[r]]
@@ -235,7 +233,7 @@ def _compact_ids(ids, starts, n_sent, row_of):
                 w += 1
             r += 1
         ends[k] = w
-    return ends
+    return r, w
 
 
 @numba.njit(nogil=True, cache=True)
@@ -321,6 +319,61 @@ def _text_error(buf):
 # ------------------------------------------------------------------------------------------ hash table
 
 
+class _IdSpool:
+    """A growable int32 array in an unlinked temporary file, written front to back.
+
+    Pages behind the writer are dropped from this process once complete (the page cache keeps them), so a
+    corpus of any size costs a few blocks of resident memory while it is scanned and compacted.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        try:
+            self.file = tempfile.TemporaryFile(prefix="sparsembed-ids-")
+        except OSError as exc:
+            raise UserError(f"cannot create a temporary file for the encoded corpus in {tempfile.gettempdir()}: "
+                            f"{exc.strerror}; free disk space or set TMPDIR") from exc
+        self.released = 0
+        self.array = self._map(capacity)
+
+    def _map(self, capacity: int) -> np.ndarray:
+        try:
+            self.file.truncate(capacity * 4)
+            self.mapping = mmap.mmap(self.file.fileno(), capacity * 4)
+        except OSError as exc:
+            raise UserError(f"cannot grow the encoded corpus to {capacity * 4 >> 20} MiB in a temporary file in "
+                            f"{tempfile.gettempdir()}: {exc.strerror}; free disk space or set TMPDIR") from exc
+        self.released = 0
+        return np.frombuffer(self.mapping, np.int32)
+
+    def grow(self, capacity: int) -> np.ndarray:
+        """A mapping of the same file, longer (the old one is unmapped once nothing refers to it)."""
+        self.array = None
+        self.array = self._map(capacity)
+        return self.array
+
+    def rewind(self) -> None:
+        """Start a new front-to-back pass (the compaction re-reads and rewrites from the beginning)."""
+        self.released = 0
+
+    def release(self, upto: int) -> None:
+        """Drop the complete pages of ``array[:upto]`` (not dropped since the last rewind) from this process."""
+        stop = upto * 4 // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop > self.released:
+            self.mapping.madvise(mmap.MADV_DONTNEED, self.released, stop - self.released)
+            self.released = stop
+
+    def finish(self, length: int) -> tuple[np.ndarray, mmap.mmap | None]:
+        """The first ``length`` ids as a read-only mapping of the truncated file (and that mapping)."""
+        self.array = None
+        self.mapping = None
+        if length == 0:
+            return np.empty(0, np.int32), None
+        self.file.truncate(length * 4)
+        mapping = mmap.mmap(self.file.fileno(), length * 4, access=mmap.ACCESS_READ)
+        self.file.close()
+        return np.frombuffer(mapping, np.int32), mapping
+
+
 class _Scanner:
     """Owns the word table and output arrays; feeds byte pieces through the kernel, growing on request."""
 
@@ -333,7 +386,8 @@ class _Scanner:
         self.ent_hash = np.zeros(1 << 14, np.uint64)
         self.pool = np.zeros(1 << 18, np.uint8)
         self.state = np.zeros(6, np.int64)
-        self.ids = np.empty(1 << 20 if record else 0, np.int32)
+        self.spool = _IdSpool(1 << 20) if record else None
+        self.ids = self.spool.array if record else np.empty(0, np.int32)
         self.starts = np.empty((1024 if record else 0, 2), np.int64)
 
     @classmethod
@@ -349,7 +403,8 @@ class _Scanner:
             raise UserError(f"the vocabulary lists the word {dup!r} twice; each word must appear once")
         scanner.insert, scanner.record = False, True
         scanner.state[[_N_IDS, _N_SENT, _CUR_LEN, _RAW]] = 0
-        scanner.ids = np.empty(1 << 20, np.int32)
+        scanner.spool = _IdSpool(1 << 20)
+        scanner.ids = scanner.spool.array
         scanner.starts = np.empty((1024, 2), np.int64)
         return scanner
 
@@ -370,6 +425,8 @@ class _Scanner:
                                      self.ids, self.starts, self.insert, self.record, self.max_len,
                                      self.max_vocab)
             if code == _DONE:
+                if self.spool is not None:
+                    self.spool.release(int(self.state[_N_IDS]))
                 return
             self._grow(code)
 
@@ -383,10 +440,8 @@ class _Scanner:
         elif code == _GROW_POOL:
             self.pool = _resized(self.pool, (self.pool.shape[0] * 2,))
         elif code == _GROW_IDS:
-            # ndarray.resize reallocs (mremap: no second copy at peak) but zero-fills the new tail, so
-            # grow by 1/8: at most 12.5% touched-but-unused memory, and still amortised O(1) per token
-            n = self.ids.shape[0]
-            self.ids.resize(n + max(n // 8, 1 << 16), refcheck=False)
+            # The ids live in a mapped file: growing maps it longer, nothing is copied or kept resident.
+            self.ids = self.spool.grow(self.ids.shape[0] * 2)
         elif code == _GROW_STARTS:
             self.starts.resize((self.starts.shape[0] * 2, 2), refcheck=False)
         elif code == _PRUNE:
@@ -765,12 +820,13 @@ class EncodedCorpus:
         return EncodedCorpus(ids, starts - starts[0], raw_words, raw)
 
 
-def _encoded(ids: np.ndarray, ends: np.ndarray, raw_ends: np.ndarray, raw_words: int) -> EncodedCorpus:
+def _encoded(ids: np.ndarray, ends: np.ndarray, raw_ends: np.ndarray, raw_words: int,
+             mapping: mmap.mmap | None = None) -> EncodedCorpus:
     starts = np.zeros(len(ends) + 1, np.int64)
     starts[1:] = ends
     raw_starts = np.zeros(len(ends) + 1, np.int64)
     raw_starts[1:] = raw_ends
-    return EncodedCorpus(ids, starts, int(raw_words), raw_starts)
+    return EncodedCorpus(ids, starts, int(raw_words), raw_starts, mapping)
 
 
 def _count(source: Source, max_vocab: int | None, max_sentence_len: int, block_size: int) -> _Scanner:
@@ -805,9 +861,10 @@ def encode_corpus(source: Source, vocab: Vocab, max_sentence_len: int = MAX_SENT
     _feed(scanner, source, block_size)
     _check_not_empty(scanner.raw_words, source)
     n_ids, n_sent = int(scanner.state[_N_IDS]), int(scanner.state[_N_SENT])
-    scanner.ids.resize(n_ids, refcheck=False)
     starts = scanner.starts[:n_sent]
-    return _encoded(scanner.ids, starts[:, 0], starts[:, 1], scanner.raw_words)
+    scanner.ids = None
+    ids, mapping = scanner.spool.finish(n_ids)
+    return _encoded(ids, starts[:, 0], starts[:, 1], scanner.raw_words, mapping)
 
 
 def scan_corpus(source: Source, min_count: int = 5, max_vocab: int | None = None,
@@ -833,11 +890,25 @@ def scan_corpus(source: Source, min_count: int = 5, max_vocab: int | None = None
     row_of[entries] = np.arange(len(entries), dtype=np.int32)
     n_sent = int(scanner.state[_N_SENT])
     starts = scanner.starts[:n_sent]
-    ends = _compact_ids(scanner.ids, starts, n_sent, row_of)
-    ids = scanner.ids
-    scanner.ids = np.empty(0, np.int32)
-    ids.resize(int(ends[-1]) if n_sent else 0, refcheck=False)
-    return vocab, _encoded(ids, ends, starts[:, 1], scanner.raw_words)
+    ends = _compact(scanner, starts, row_of)
+    scanner.ids = None
+    ids, mapping = scanner.spool.finish(int(ends[-1]) if n_sent else 0)
+    return vocab, _encoded(ids, ends, starts[:, 1], scanner.raw_words, mapping)
+
+
+def _compact(scanner: _Scanner, starts: np.ndarray, row_of: np.ndarray, chunk_tokens: int = 1 << 22) -> np.ndarray:
+    """Map entries to rows in place, a stretch of sentences at a time, dropping each stretch's pages after."""
+    n_sent = starts.shape[0]
+    ends = np.empty(n_sent, np.int64)
+    read = written = first = 0
+    scanner.spool.rewind()
+    while first < n_sent:
+        last = int(np.searchsorted(starts[:, 0], starts[first, 0] + chunk_tokens, side="right"))
+        last = min(max(last, first + 1), n_sent)
+        read, written = _compact_ids(scanner.ids, starts, first, last, read, written, row_of, ends)
+        scanner.spool.release(written)
+        first = last
+    return ends
 
 
 def _check_sentence_len(max_sentence_len: int) -> None:
