@@ -211,7 +211,7 @@ class Word2Vec:
         """
         self._require_vocab()
         if self.corpus is None:
-            raise UserError("the model has no corpus loaded; resume with Word2Vec.resume(DIR)")
+            raise UserError("the model has no corpus loaded; load it with Word2Vec.load(DIR, with_corpus=True)")
         s = self.settings
         self.corpus = corpus = self.corpus.spill()
         tokens_per_epoch = int(corpus.sentence_starts[-1])
