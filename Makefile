@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
+# The figures of BENCHMARKS.md, each against its alternative in the same run (long: about an hour on 2 cores).
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_word2vec.py --repeats 2
+	$(PY) benchmarks/bench_codec.py --out benchmarks/results
+	$(PY) benchmarks/bench_shards.py --out benchmarks/results
+	$(PY) benchmarks/bench_exchange.py --nproc 2 --rows 200000 --dim 128 --ids 8192 --steps 40 --json
+	$(PY) benchmarks/bench_ddp.py --workers 1 2 --json benchmarks/results/ddp.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
