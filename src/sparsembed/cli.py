@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import errno
 import json
-import os
 import shutil
 import signal
 import sys
@@ -348,8 +347,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``sparsembed demo``: generated corpus with planted analogies, trained and evaluated."""
     from .demo import run_demo
+    from .word2vec import default_workers
 
-    workers = args.workers or max(1, len(os.sched_getaffinity(0)))
+    workers = args.workers or default_workers()
     run_demo(out_dir=args.out, model=args.model, workers=workers, seed=args.seed, n_tokens=args.tokens)
     return 0
 

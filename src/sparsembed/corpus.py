@@ -13,7 +13,6 @@ cut after every ``max_sentence_len`` raw tokens (chunked like gensim's ``LineSen
 from __future__ import annotations
 
 import bz2
-import dataclasses
 import gzip
 import lzma
 import mmap
@@ -774,29 +773,12 @@ class EncodedCorpus:
     def __len__(self) -> int:
         return len(self.sentence_starts) - 1
 
-    def spill(self, directory: str | os.PathLike | None = None) -> EncodedCorpus:
-        """The same corpus with ``ids`` moved to an unlinked temporary file, mapped read-only.
-
-        Training reads the ids once per epoch, front to back; once mapped, a stretch of them is resident only
-        between being read and :meth:`release` (the page cache keeps it for the next epoch), so the process
-        does not carry the whole corpus in its own memory.
-        """
-        if self.mapping is not None or self.ids.nbytes < mmap.PAGESIZE:
-            return self
-        try:
-            with tempfile.TemporaryFile(prefix="sparsembed-ids-", dir=directory) as handle:
-                np.ascontiguousarray(self.ids, dtype=np.int32).tofile(handle)
-                handle.flush()
-                mapping = mmap.mmap(handle.fileno(), self.ids.nbytes, access=mmap.ACCESS_READ)
-        except OSError as exc:
-            where = directory or tempfile.gettempdir()
-            raise UserError(f"cannot spill the encoded corpus ({self.ids.nbytes >> 20} MiB) to a temporary file in "
-                            f"{where}: {exc.strerror}; free disk space or set TMPDIR") from exc
-        ids = np.frombuffer(mapping, dtype=np.int32)
-        return dataclasses.replace(self, ids=ids, mapping=mapping)
-
     def release(self, first_token: int, last_token: int) -> None:
-        """Drop the pages wholly inside ``ids[first_token:last_token]`` from this process (spilled ids only)."""
+        """Drop the pages wholly inside ``ids[first_token:last_token]`` from this process (mapped ids only).
+
+        The scan leaves ``ids`` in an unlinked temporary file (see ``_IdSpool``); training reads them once per
+        epoch and releases each job's stretch, so the page cache, not the process, holds the corpus.
+        """
         if self.mapping is None:
             return
         page = mmap.PAGESIZE

@@ -162,9 +162,7 @@ class Word2Vec:
     def build_vocab(self, source: Any) -> None:
         """Scan the corpus: vocabulary, encoded token ids, fresh matrices (rows in descending frequency)."""
         s = self.settings
-        vocab, corpus = scan_corpus(source, s.min_count, s.max_vocab, s.max_sentence_len)
-        self.vocab, self.corpus = vocab, corpus.spill()
-        del corpus
+        self.vocab, self.corpus = scan_corpus(source, s.min_count, s.max_vocab, s.max_sentence_len)
         _return_freed_memory()
         if isinstance(source, (str, os.PathLike)):
             self.corpus_source = str(Path(source).resolve())
@@ -213,7 +211,7 @@ class Word2Vec:
         if self.corpus is None:
             raise UserError("the model has no corpus loaded; load it with Word2Vec.load(DIR, with_corpus=True)")
         s = self.settings
-        self.corpus = corpus = self.corpus.spill()
+        corpus = self.corpus
         tokens_per_epoch = int(corpus.sentence_starts[-1])
         if tokens_per_epoch == 0:
             raise UserError("the corpus has no token from the vocabulary; nothing to train")
