@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dir", help="a directory written by `sparsembed train`")
     report.add_argument("--output", help="where the PNGs go (default: DIR)")
 
-    bench = sub.add_parser("bench", help="measurements: shard balance under Zipf")
+    bench = sub.add_parser("bench", help="measurements: shard balance under Zipf, sparse gradient exchange")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     shards = bench_sub.add_parser("shards", help="max/mean shard load: contiguous, permuted, balanced")
     shards.add_argument("corpus")
@@ -83,6 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--replicate-top", type=int, default=0, help="replicate this many hottest rows")
     shards.add_argument("--seed", type=int, default=0, help="seed of the random permutation")
     shards.add_argument("--json", action="store_true", help="print the full result as JSON")
+    exch = bench_sub.add_parser("exchange", help="sparse gradient exchange vs torch's sparse and dense all_reduce",
+                                description="Spawns --nproc gloo ranks on this host; under torchrun (RANK, "
+                                "WORLD_SIZE, MASTER_ADDR set) this process is one rank and rank 0 prints.")
+    exch.add_argument("--nproc", type=int, default=None, help="ranks to spawn (2; under torchrun: WORLD_SIZE)")
+    exch.add_argument("--rows", type=int, default=200000, help="rows of the matrix (200000)")
+    exch.add_argument("--dim", type=int, default=128, help="values per row (128)")
+    exch.add_argument("--ids", type=int, default=8192, help="Zipf row ids a rank per step, duplicates kept (8192)")
+    exch.add_argument("--steps", type=int, default=25, help="timed steps (25)")
+    exch.add_argument("--warmup", type=int, default=5, help="untimed steps first (5)")
+    exch.add_argument("--values", default="fp32", choices=["fp32", "fp16", "bf16"], help="wire dtype (fp32)")
+    exch.add_argument("--rows-encoding", default="auto", choices=["auto", "index", "bitmap", "roaring"],
+                      help="row-set encoding of our messages (auto)")
+    exch.add_argument("--sweep", action="store_true", help="also vary the density of distinct rows up to 100%%")
+    exch.add_argument("--densities", help="comma-separated densities in (0, 1] for the sweep (implies --sweep)")
+    exch.add_argument("--seed", type=int, default=0)
+    exch.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the ranks (1800)")
+    exch.add_argument("--json", action="store_true", help="print the full result as JSON")
 
     demo = sub.add_parser("demo", help="train on a generated corpus with planted analogies (no download)")
     demo.add_argument("--model", choices=["cbow", "skipgram"], default="cbow")
@@ -331,7 +348,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """``sparsembed bench shards CORPUS --shards S --step-tokens T [--json]``."""
+    """``sparsembed bench shards CORPUS --shards S --step-tokens T [--json]``, ``sparsembed bench exchange ...``."""
+    if args.bench == "exchange":  # also one rank under torchrun (RANK, WORLD_SIZE, MASTER_ADDR): rank 0 prints
+        import os
+
+        from .exchange_bench import format_text, run_exchange_bench
+
+        try:
+            densities = [float(d) for d in args.densities.split(",")] if args.densities else None
+        except ValueError:
+            raise UserError(f"bench exchange: --densities takes numbers separated by commas, got {args.densities!r}"
+                            ) from None
+        res = run_exchange_bench(args.nproc, args.rows, args.dim, args.ids, steps=args.steps, warmup=args.warmup,
+                                 values=args.values, rows_encoding=args.rows_encoding, sweep=args.sweep,
+                                 densities=densities, seed=args.seed, timeout=args.timeout)
+        if res["launcher"] != "torchrun" or os.environ.get("RANK") == "0":  # every rank has the same figures
+            print(json.dumps(res, indent=1) if args.json else format_text(res))
+        return 0
     from .sharding import SCHEMES, bench_shards
 
     result = bench_shards(args.corpus, args.shards, args.step_tokens, seed=args.seed, min_count=args.min_count,

@@ -1,0 +1,301 @@
+"""Benchmark the sparse gradient exchange (issue 4) against what PyTorch does, on gloo: ``sparsembed bench exchange``.
+
+    sparsembed bench exchange --nproc 2 --rows 200000 --dim 128 --ids 8192 --json
+    sparsembed bench exchange --sweep --json
+    torchrun --nnodes 2 --nproc-per-node 1 --node-rank I --master-addr A --master-port P \\
+        -m sparsembed bench exchange --json
+
+Per step and rank, ``ids`` row ids are drawn from a Zipf(1) law over the rows after a random permutation,
+duplicates included (what one CBOW batch's gradient holds), with ``dim`` random float32 values each. Timed, with a
+barrier before each step and the slowest rank's time kept:
+
+* ``ours``: :func:`sparsembed.exchange.replicated` (coalesce, encode, one eager round of sizes and messages,
+  decode, merge; sparse or dense by density), with each rank's per-phase medians (``phases_ms``, from
+  ``ExchangeStats.phases``);
+* ``torch_sparse``: ``dist.all_reduce`` of the uncoalesced int64 COO gradient, as DDP does for
+  ``nn.Embedding(sparse=True)``;
+* ``dense``: ``dist.all_reduce`` of the full ``rows x dim`` float32 gradient.
+
+``sweep`` varies the fraction of distinct rows touched (each set drawn by Zipf weight, plus half as many
+duplicate ids), up to every row. Medians over ``steps`` steps after ``warmup``. Torch uses one thread a rank.
+
+Two ways to run the ranks: by default :func:`run_exchange_bench` spawns ``nproc`` processes on this host (gloo over
+127.0.0.1, ``GLOO_SOCKET_IFNAME=lo`` unless set); started by ``torchrun`` (``RANK``, ``WORLD_SIZE`` and
+``MASTER_ADDR`` in the environment) this process is one rank: it joins the group with ``env://`` and runs the
+benchmark itself, so ranks can sit on different hosts (set ``GLOO_SOCKET_IFNAME`` to the interface between them).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import platform
+import queue
+import socket
+import statistics
+import time
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+
+__all__ = ["SWEEP", "VALUES", "ROWS_ENCODINGS", "run_exchange_bench", "rank_main", "under_torchrun", "zipf_ids",
+           "density_ids", "format_text"]
+
+#: Densities of distinct rows that ``sweep`` measures (fractions of ``rows``).
+SWEEP = [0.001, 0.01, 0.03, 0.1, 0.2, 0.4, 0.7, 1.0]
+#: Wire dtypes of the values (:func:`sparsembed.codec.encode`).
+VALUES = ("fp32", "fp16", "bf16")
+#: Row-set encodings ``ours`` may be forced to (``auto``: the codec's choice).
+ROWS_ENCODINGS = ("auto", "index", "bitmap", "roaring")
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
+
+
+def zipf_ids(rng: np.random.Generator, perm: np.ndarray, n: int) -> np.ndarray:
+    """``n`` ids drawn from Zipf(1) over ``len(perm)`` rows, rank k being row ``perm[k]``."""
+    cdf = np.cumsum(1.0 / np.arange(1, perm.shape[0] + 1))
+    return perm[np.searchsorted(cdf, rng.random(n) * cdf[-1])].astype(np.int64)
+
+
+def density_ids(rng: np.random.Generator, perm: np.ndarray, density: float) -> np.ndarray:
+    """About ``density * rows`` distinct rows (Zipf-weighted, without replacement) plus half as many duplicates."""
+    rows = perm.shape[0]
+    k = max(1, round(density * rows))
+    weights = 1.0 / np.arange(1, rows + 1)
+    keys = rng.exponential(size=rows) / weights
+    chosen = perm[np.argpartition(keys, k - 1)[:k]] if k < rows else perm.copy()
+    dups = chosen[np.minimum(rng.zipf(1.5, k // 2) - 1, k - 1)]
+    return rng.permutation(np.concatenate([chosen, dups])).astype(np.int64)
+
+
+def under_torchrun(environ: Any = None) -> bool:
+    """True when ``torchrun`` (or any launcher setting ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``) started us."""
+    environ = os.environ if environ is None else environ
+    return all(environ.get(k) for k in _TORCHRUN_VARS)
+
+
+def _time(dist: Any, torch: Any, fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
+    """Seconds the slowest rank spent in ``fn(*args, **kwargs)`` after a barrier, and ``fn``'s result."""
+    dist.barrier()
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    dist.all_reduce(dt, op=dist.ReduceOp.MAX)  # the step lasts as long as its slowest rank
+    return float(dt), out
+
+
+def rank_main(rank: int, world: int, init_method: str, cfg: dict) -> list[dict]:
+    """One rank of the benchmark: join the gloo group, time every point of ``cfg``, leave the group.
+
+    Returns one entry per point (``cfg["points"]``); the timings are the slowest rank's, so every rank returns
+    the same figures (``phases_ms`` holds every rank's own per-phase medians).
+    """
+    import torch
+    import torch.distributed as dist
+
+    from . import exchange
+    from .sparse import RowSparse
+
+    torch.set_num_threads(1)
+    timeout = timedelta(seconds=cfg.get("collective_timeout", 300))
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world, timeout=timeout)
+    try:
+        return _run_points(rank, world, cfg, torch, dist, exchange, RowSparse)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_points(rank: int, world: int, cfg: dict, torch: Any, dist: Any, exchange: Any, RowSparse: Any) -> list:
+    rows, dim = cfg["rows"], cfg["dim"]
+    perm = np.random.default_rng(cfg["seed"]).permutation(rows)  # the same row ranking on every rank
+    rng = np.random.default_rng([cfg["seed"], rank])
+    results = []
+    dense = torch.zeros(rows, dim)
+    for point in cfg["points"]:
+        grads = []
+        for _ in range(min(4, cfg["steps"])):  # a few different gradients, cycled
+            ids = zipf_ids(rng, perm, point["ids"]) if "ids" in point else density_ids(rng, perm, point["density"])
+            grads.append((torch.from_numpy(ids), torch.randn(ids.shape[0], dim)))
+        times: dict[str, list[float]] = {"ours": [], "torch_sparse": [], "dense": []}
+        phases: dict[str, list[float]] = {}
+        mode, encoding, distinct = "", "", 0
+        for step in range(cfg["warmup"] + cfg["steps"]):
+            ids, vals = grads[step % len(grads)]
+            rs = RowSparse(ids, vals.clone(), rows, check=False)  # coalescing is in place: a fresh copy a step
+            t_ours, (_, stats) = _time(dist, torch, exchange.replicated, rs, rows=cfg["rows_encoding"],
+                                       values=cfg["values"])
+            coo = torch.sparse_coo_tensor(ids[None], vals, (rows, dim), check_invariants=False)
+            t_coo, _ = _time(dist, torch, dist.all_reduce, coo)
+            t_dense = _time(dist, torch, dist.all_reduce, dense)[0]
+            if step >= cfg["warmup"]:
+                times["ours"].append(t_ours)
+                times["torch_sparse"].append(t_coo)
+                times["dense"].append(t_dense)
+                mode, encoding, distinct = stats.mode, stats.encoding, rs.n
+                for k, v in stats.phases.items():
+                    phases.setdefault(k, []).append(v)
+        res = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        mine = {k: round(1e3 * statistics.median(v), 3) for k, v in phases.items()}
+        every: list[Any] = [None] * world
+        dist.all_gather_object(every, mine)  # each rank's own per-phase medians
+        entry = {**point, "distinct_rows": distinct, "mode": mode, "encoding": encoding,
+                 **{f"{k}_ms": v for k, v in res.items()}}
+        results.append({**entry, "phases_ms": every})
+    return results
+
+
+def _spawned_rank(rank: int, world: int, port: int, cfg: dict, out: Any) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    results = rank_main(rank, world, f"tcp://127.0.0.1:{port}", cfg)
+    if rank == 0:
+        out.put(results)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(nproc: int, cfg: dict, timeout: float) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_spawned_rank, args=(r, nproc, port, cfg, out), daemon=True) for r in range(nproc)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:  # a rank that dies leaves the others blocked in a collective: stop at the first death
+            try:
+                return out.get(timeout=1.0)
+            except queue.Empty:
+                failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if failed:
+                    raise RuntimeError(f"bench exchange: a rank failed (exit codes {failed})") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"bench exchange: no result after {timeout:g} s") from None
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+
+
+def _check(nproc: int | None, rows: int, dim: int, ids: int, steps: int, warmup: int, values: str,
+           rows_encoding: str, densities: list[float] | None, timeout: float) -> None:
+    for name, value, low in (("--rows", rows, 1), ("--dim", dim, 1), ("--ids", ids, 0), ("--steps", steps, 1),
+                             ("--warmup", warmup, 0)):
+        if value < low:
+            raise UserError(f"bench exchange: {name} must be >= {low}, got {value}")
+    if nproc is not None and nproc < 1:
+        raise UserError(f"bench exchange: --nproc must be >= 1, got {nproc}")
+    if values not in VALUES:
+        raise UserError(f"bench exchange: --values must be one of {', '.join(VALUES)}, got {values!r}")
+    if rows_encoding not in ROWS_ENCODINGS:
+        raise UserError(f"bench exchange: --rows-encoding must be one of {', '.join(ROWS_ENCODINGS)}, "
+                        f"got {rows_encoding!r}")
+    for d in densities or ():
+        if not 0 < d <= 1:
+            raise UserError(f"bench exchange: each density must be in (0, 1], got {d}")
+    if not timeout > 0:
+        raise UserError(f"bench exchange: --timeout must be > 0, got {timeout}")
+
+
+def run_exchange_bench(
+    nproc: int | None = 2,
+    rows: int = 200000,
+    dim: int = 128,
+    ids: int = 8192,
+    *,
+    steps: int = 25,
+    warmup: int = 5,
+    values: str = "fp32",
+    rows_encoding: str = "auto",
+    sweep: bool = False,
+    densities: list[float] | None = None,
+    seed: int = 0,
+    timeout: float = 1800.0,
+    distributed: bool | None = None,
+) -> dict:
+    """Time our exchange, torch's sparse all_reduce and a dense all_reduce; returns a JSON-ready dict.
+
+    The headline figures (``ours_ms``, ``torch_sparse_ms``, ``dense_ms``: medians over steps of the slowest rank,
+    and the speed-ups) are for ``ids`` Zipf ids a rank; with ``sweep`` (or ``densities``) the dict also holds
+    ``sweep``: one entry per density of distinct rows.
+
+    ``distributed`` (default: :func:`under_torchrun`): this process is one rank of a group launched by torchrun
+    and joins it with ``env://`` (``nproc``, if given, must equal ``WORLD_SIZE``); every rank returns the same
+    dict. Otherwise ``nproc`` ranks (default 2) are spawned on this host and waited for at most ``timeout`` s.
+
+    Raises:
+        UserError: a setting out of range.
+    """
+    _check(nproc, rows, dim, ids, steps, warmup, values, rows_encoding, densities, timeout)
+    if distributed is None:
+        distributed = under_torchrun()
+    points: list[dict] = [{"ids": ids}]
+    if sweep or densities:
+        points += [{"density": d} for d in (densities or SWEEP)]
+    cfg = {"rows": rows, "dim": dim, "seed": seed, "steps": steps, "warmup": warmup, "values": values,
+           "rows_encoding": rows_encoding, "points": points}
+    t0 = time.time()
+    if distributed:
+        world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+        if nproc is not None and nproc != world:
+            raise UserError(f"bench exchange: --nproc {nproc} but torchrun started WORLD_SIZE={world} ranks; "
+                            "drop --nproc under torchrun")
+        cfg["collective_timeout"] = timeout
+        results = rank_main(rank, world, "env://", cfg)
+        launcher = "torchrun"
+    else:
+        world = 2 if nproc is None else nproc
+        results = _spawn(world, cfg, timeout)
+        launcher = "spawn"
+    main = results[0]
+    out = {
+        "nproc": world,
+        "launcher": launcher,
+        "rows": rows,
+        "dim": dim,
+        "ids": ids,
+        "values": values,
+        "rows_encoding": rows_encoding,
+        "steps": steps,
+        "warmup": warmup,
+        "distinct_rows": main["distinct_rows"],
+        "mode": main["mode"],
+        "encoding": main["encoding"],
+        "ours_ms": main["ours_ms"],
+        "torch_sparse_ms": main["torch_sparse_ms"],
+        "dense_ms": main["dense_ms"],
+        "phases_ms": main["phases_ms"],
+        "speedup_vs_torch_sparse": main["torch_sparse_ms"] / main["ours_ms"],
+        "speedup_vs_dense": main["dense_ms"] / main["ours_ms"],
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "seconds": round(time.time() - t0, 1),
+    }
+    out["targets_met"] = out["speedup_vs_torch_sparse"] >= 4 and out["speedup_vs_dense"] >= 30
+    if len(results) > 1:
+        for r in results[1:]:
+            r["never_slower"] = r["ours_ms"] <= min(r["torch_sparse_ms"], r["dense_ms"])
+        out["sweep"] = results[1:]
+    return out
+
+
+def format_text(res: dict) -> str:
+    """The human-readable summary of :func:`run_exchange_bench`'s result."""
+    lines = [
+        f"ours {res['ours_ms']:.2f} ms  torch sparse {res['torch_sparse_ms']:.2f} ms  dense {res['dense_ms']:.2f} ms",
+        f"speed-up: {res['speedup_vs_torch_sparse']:.1f}x vs torch sparse, {res['speedup_vs_dense']:.1f}x vs dense",
+    ]
+    for rank, ph in enumerate(res["phases_ms"]):
+        lines.append(f"rank {rank} phases (ms, medians): " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items()))
+    for r in res.get("sweep", []):
+        lines.append(
+            f"density {r['density']:<6} distinct {r['distinct_rows']:>7} {r['mode']:<6} ours {r['ours_ms']:8.2f}"
+            f"  torch {r['torch_sparse_ms']:8.2f}  dense {r['dense_ms']:8.2f}  never slower: {r['never_slower']}"
+        )
+    return "\n".join(lines)
