@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import launch
 from .errors import DiskFull, UserError
 
 DEFAULTS = {"dim": 100, "window": 5, "negative": 5, "min_count": 5, "sample": 1e-3, "epochs": 5,
@@ -51,6 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also checkpoint every SECONDS, besides each epoch end (600)")
     train.add_argument("--force", action="store_true", help="overwrite a model already in --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--job-tokens", type=int, default=50_000,
+                       help="tokens per job; a data-parallel step runs one job per thread on every rank (50000)")
+    dp = train.add_argument_group("data-parallel (see `sparsembed train --nproc`; under torchrun, one rank each)")
+    dp.add_argument("--nproc", type=int, default=None,
+                    help="run N ranks on this host (gloo over loopback) under torch's elastic launcher")
+    dp.add_argument("--max-restarts", type=int, default=0,
+                    help="with --nproc: restart all ranks from the last checkpoint up to this many times (0)")
+    dp.add_argument("--strategy", choices=["replicated", "sharded"], default="replicated",
+                    help="replicated: every rank sums all changes; sharded: owners sum and send rows back")
+    dp.add_argument("--rows", choices=["auto", "index", "bitmap", "roaring"], default="auto",
+                    help="how a message names its rows (auto: the smallest)")
+    dp.add_argument("--values", choices=["fp32", "fp16"], default="fp32", help="row values on the wire (fp32)")
+    dp.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                    help="a rank that does not answer for SECONDS stops the run, naming it (300)")
 
     export = sub.add_parser("export", help="write the vectors of a trained DIR as text, binary or npy")
     export.add_argument("dir", help="a directory written by `sparsembed train`")
@@ -112,14 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     handler = {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "similar": cmd_similar,
                "demo": cmd_demo, "bench": cmd_bench,
                "report": cmd_report}[args.command]
     try:
         return handler(args) or 0
     except UserError as exc:
-        print(f"sparsembed: error: {exc}", file=sys.stderr)
+        # Every rank of a data-parallel run meets the same bad input; rank 0 says it once. A rank that lost a
+        # peer speaks for itself (rank 0 may be the one that is gone).
+        if launch.rank() == 0 or getattr(exc, "every_rank_reports", False):
+            who = f"rank {launch.rank()}: " if launch.world_size() > 1 else ""
+            print(f"sparsembed: error: {who}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         resume = getattr(exc, "resume_dir", None)
@@ -177,6 +198,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``sparsembed train``: a fresh run into --out, or --resume DIR."""
     from .word2vec import Word2Vec
 
+    if args.nproc is not None and not launch.under_launcher():
+        return _spawn_ranks(args)
+    if launch.under_launcher() and launch.world_size() > 1:
+        return _train_rank(args)
     signals = StopSignals()
     if args.resume:
         if args.corpus or args.out:
@@ -202,6 +227,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
         alpha=args.alpha, min_alpha=args.min_alpha, workers=args.workers, seed=args.seed,
     )
+    model.settings.job_tokens = args.job_tokens
+    model.settings.validate()
     out = Path(args.out)
     created = prepare_out_dir(out, force=args.force)
     try:
@@ -215,6 +242,126 @@ def cmd_train(args: argparse.Namespace) -> int:
             shutil.rmtree(out, ignore_errors=True)
         raise
     return 0
+
+
+def _spawn_ranks(args: argparse.Namespace) -> int:
+    """``train --nproc N``: check what can be checked once, then run the same command as N ranks."""
+    if args.resume:
+        if args.corpus or args.out:
+            raise UserError("--resume DIR takes its corpus and settings from DIR; drop CORPUS and --out")
+        out, created = Path(args.resume), False
+        if not _has_checkpoint(out):
+            raise UserError(f"{out} holds no checkpoint to resume (no {out / 'model' / 'state.json'})")
+    else:
+        if not args.corpus or not args.out:
+            raise UserError("train needs a CORPUS and --out DIR (or --resume DIR)")
+        if not Path(args.corpus).exists():
+            raise UserError(f"corpus {args.corpus} does not exist")
+        out = Path(args.out)
+        created = prepare_out_dir(out, force=args.force)
+    code = 1
+    try:
+        code = launch.spawn(args.nproc, _without_launch_flags(args.argv), max_restarts=args.max_restarts)
+    finally:
+        if code != 0 and created and not _has_checkpoint(out):
+            shutil.rmtree(out, ignore_errors=True)
+    return code
+
+
+def _without_launch_flags(argv: list[str]) -> list[str]:
+    """The command line a rank runs: ours minus the launcher's own flags."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--nproc", "--max-restarts"):
+            skip = True
+            continue
+        if arg.startswith(("--nproc=", "--max-restarts=")):
+            continue
+        kept.append(arg)
+    return kept
+
+
+def _train_rank(args: argparse.Namespace) -> int:
+    """One rank of a data-parallel run (under torchrun or --nproc): same model everywhere, own jobs."""
+    import torch.distributed as dist
+
+    from .distributed import DataParallelTrainer, ExchangeOptions
+    from .word2vec import Word2Vec, default_workers
+
+    options = ExchangeOptions(args.strategy, args.rows, args.values).validate()
+    launch.join(args.timeout)
+    lead = launch.rank() == 0
+    signals = StopSignals()
+    try:
+        resume_dir = Path(args.resume) if args.resume else None
+        if resume_dir is None and launch.restart_count() > 0 and args.out and _has_checkpoint(Path(args.out)):
+            resume_dir = Path(args.out)  # torchrun restarted the group: continue from the last checkpoint
+        if resume_dir is not None:
+            if args.resume and (args.corpus or args.out):
+                raise UserError("--resume DIR takes its corpus and settings from DIR; drop CORPUS and --out")
+            out = resume_dir
+            with _fault_advice(out):
+                model = Word2Vec.load(out, with_corpus=True)
+        else:
+            if not args.corpus or not args.out:
+                raise UserError("train needs a CORPUS and --out DIR (or --resume DIR)")
+            out = Path(args.out)
+            model = Word2Vec(
+                vector_size=args.dim, sg=int(args.model == "skipgram"), window=args.window, negative=args.negative,
+                min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
+                alpha=args.alpha, min_alpha=args.min_alpha, workers=1, seed=args.seed,
+            )
+            model.settings.job_tokens = args.job_tokens
+            _agree_on(lambda: prepare_out_dir(out, force=args.force) if lead else None)
+            with _fault_advice(out):
+                model.build_vocab(args.corpus)
+        model.settings.workers = args.workers or launch.threads_per_rank(default_workers())
+        model.settings.validate()
+        if lead and not args.quiet:
+            print(f"vocabulary: {len(model.vocab)} words from {model.corpus.raw_words} tokens; training "
+                  f"{'skip-gram' if model.settings.sg else 'CBOW'} on {launch.world_size()} ranks x "
+                  f"{model.settings.workers} threads, {options.strategy} exchange", file=sys.stderr)
+        with signals.installed(), _fault_advice(out):
+            signals.armed = True
+            trainer = DataParallelTrainer(model, options)
+            summary = trainer.train(progress=not args.quiet, out=out, checkpoint_every=args.checkpoint_every,
+                                    stop=signals.event)
+            signals.armed = False
+            if summary["interrupted"]:
+                raise Interrupted(signals.signum or signal.SIGINT, out)
+            if lead:
+                model.write_outputs(out)
+                if not args.quiet:
+                    share = summary["exchange_s"] / max(summary["exchange_s"] + summary["compute_s"], 1e-9)
+                    print(f"trained in {summary['seconds']:.1f} s at {summary['words_per_s'] / 1e6:.2f}M words/s "
+                          f"({summary['steps']} steps, exchange {100 * share:.1f}% of step time, "
+                          f"{summary['bytes_sent'] / 1e6:.1f} MB sent by rank 0); vectors in {out / 'vectors.bin'}",
+                          file=sys.stderr)
+            dist.barrier()
+    finally:
+        launch.leave()
+    return 0
+
+
+def _agree_on(action: Any) -> None:
+    """Run ``action`` (on whichever ranks it does something) and make every rank fail if any rank's failed."""
+    import torch
+    import torch.distributed as dist
+
+    error = None
+    try:
+        action()
+    except UserError as exc:
+        error = exc
+    failed = torch.tensor([0.0 if error is None else 1.0])
+    dist.all_reduce(failed)
+    if error is not None:
+        raise error
+    if failed.item() > 0:
+        raise UserError("another rank could not start (see its message)")
 
 
 def _has_checkpoint(out: Path) -> bool:

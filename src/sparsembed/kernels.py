@@ -21,6 +21,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 MAX_EXP = 6.0
+#: Default of train_job's touched-row arrays: no tracking (a single process needs no record of the rows it changed).
+NOT_TRACKED = np.zeros(0, dtype=np.uint8)
 TABLE_SIZE = 1000
 _TABLE_SCALE = TABLE_SIZE / MAX_EXP / 2.0
 
@@ -101,7 +103,8 @@ def job_seed(seed: int, epoch: int, job: int) -> np.uint64:
 
 
 @njit(nogil=True, inline="always")
-def _subsample(ids, first, last, sample_ints, use_sample, kept, state):
+def _subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1):
+    track = touched0.shape[0] > 0
     n = 0
     for t in range(first, last):
         w = ids[t]
@@ -111,18 +114,24 @@ def _subsample(ids, first, last, sample_ints, use_sample, kept, state):
                 continue
         kept[n] = w
         n += 1
+        if track:  # a kept word is a context (input) row and a target (output) row
+            touched0[w] = 1
+            touched1[w] = 1
     return n, state
 
 
 @njit(nogil=True, inline="always")
-def _draw_negatives(syn1, packed, negs, state):
+def _draw_negatives(syn1, packed, negs, state, touched1):
     """Draw the noise rows of the *next* example and prefetch them, so their cache misses overlap this one."""
     n_rows = syn1.shape[0]
+    track = touched1.shape[0] > 0
     for d in range(negs.shape[0]):
         state, bits = _next(state)
         row = _draw_negative(packed, n_rows, bits)
         negs[d] = row
         _prefetch_row(syn1, row)
+        if track:
+            touched1[row] = 1
     return state
 
 
@@ -169,8 +178,13 @@ _FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
 def train_job(
     syn0, syn1, ids, starts, first_sentence, last_sentence, sample_ints, use_sample, packed_alias,
     sg, window, negative, alpha_start, alpha_end, total_tokens, tokens_before, seed, epoch, job, sig, logsig,
+    touched0=NOT_TRACKED, touched1=NOT_TRACKED,
 ):
     """Train sentences ``[first_sentence, last_sentence)`` in place; return (loss, pairs, trained words).
+
+    ``touched0`` / ``touched1`` (uint8, one per row, or empty to skip) get a 1 for every input / output row the
+    job may have changed (a superset: a drawn noise row the kernel skipped is marked too), which is what a
+    data-parallel step must send.
 
     The generator state comes from ``(seed, epoch, job)`` alone, so a job trains the same way whenever it runs.
 
@@ -187,7 +201,7 @@ def train_job(
     state = job_seed(seed, epoch, job)
     # Each example's noise rows are drawn one example ahead (see _draw_negatives); swap the two buffers.
     negs = np.empty((2, negative), dtype=np.int64)
-    state = _draw_negatives(syn1, packed_alias, negs[0], state)
+    state = _draw_negatives(syn1, packed_alias, negs[0], state, touched1)
     example = 0
     loss = 0.0
     pairs = 0
@@ -198,7 +212,7 @@ def train_job(
         first, last = starts[s], starts[s + 1]
         alpha = np.float32(max(alpha_start - slope * done, alpha_end))
         done += last - first
-        n, state = _subsample(ids, first, last, sample_ints, use_sample, kept, state)
+        n, state = _subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1)
         trained += n
         for i in range(n):
             state, bits = _next(state)
@@ -216,7 +230,7 @@ def train_job(
                         continue
                     row = syn0[kept[j]]
                     work[:] = 0.0
-                    state = _draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state)
+                    state = _draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, touched1)
                     loss += _negative_pass(syn1, row, word, work, alpha, negs[example & 1], sig, logsig)
                     example += 1
                     pairs += 1
@@ -236,7 +250,7 @@ def train_job(
                 for k in range(dim):
                     hidden[k] *= inv
                 work[:] = 0.0
-                state = _draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state)
+                state = _draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, touched1)
                 loss += _negative_pass(syn1, hidden, word, work, alpha, negs[example & 1], sig, logsig)
                 example += 1
                 pairs += 1

@@ -1,0 +1,424 @@
+"""Data-parallel word2vec over torch.distributed: every rank trains its own jobs, only touched rows travel.
+
+Training is cut into *steps*. In a step each of the ``world`` ranks runs ``threads`` jobs (consecutive jobs of
+the single-process job order, rank ``r`` taking the ``r``-th group of ``threads``) on its own working copy of
+both matrices, starting from the same *reference* matrices, and the kernel marks every row it may change. Then,
+per matrix, each rank sends the change of its touched rows (``work - reference``) and every rank adds the sum of
+all ranks' changes to the reference and copies it into its working rows:
+
+* ``replicated``: :func:`sparsembed.exchange.replicated` sums the row-sparse changes on every rank (sparse or,
+  above its density threshold, a dense all-reduce), so all replicas hold bit-identical references;
+* ``sharded``: :func:`sparsembed.exchange.sharded` sends each change to the row's owner (a load-balanced
+  :class:`~sparsembed.sharding.ShardMap`, ranges of relabelled rows), the owner adds it to its authoritative
+  rows and sends every rank the fresh values of the rows it touched; rows a rank did not touch stay as it last
+  saw them until it touches them again (parameter-server staleness). Checkpoints and the final vectors gather
+  every owner's rows.
+
+A step therefore equals, on one process, running the step's jobs each from the same start and summing their
+changes: what the deterministic test checks. Because the step's jobs are a prefix of the global job order, a
+checkpoint is the single-process one (epoch, next job), so a run resumes with any number of ranks. The learning
+rate follows the global position: a job of a step of ``k`` concurrent jobs decays ``k`` times as fast as alone.
+
+Everything collective goes through the process group with its timeout; a rank that stops answering is named by
+:mod:`sparsembed.watchdog` when it exists.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import exchange, kernels
+from .errors import UserError
+from .progress import Progress
+from .sharding import ShardMap
+from .sparse import RowSparse
+from .word2vec import Word2Vec, job_boundaries
+
+STRATEGIES = ("replicated", "sharded")
+ROW_ENCODINGS = ("auto", "index", "bitmap", "roaring")
+VALUE_ENCODINGS = ("fp32", "fp16")
+
+
+@dataclass
+class ExchangeOptions:
+    """How a data-parallel step sends its rows (``sparsembed train --strategy/--rows/--values``)."""
+
+    strategy: str = "replicated"
+    rows: str = "auto"
+    values: str = "fp32"
+    mode: str = "auto"  # replicated only: "auto" picks sparse or dense per step and matrix, or force one
+
+    def validate(self) -> ExchangeOptions:
+        """Raise UserError naming the first invalid option; return self."""
+        for value, allowed, flag in ((self.strategy, STRATEGIES, "--strategy"), (self.rows, ROW_ENCODINGS, "--rows"),
+                                     (self.values, VALUE_ENCODINGS, "--values"), (self.mode, exchange.MODES, "mode")):
+            if value not in allowed:
+                raise UserError(f"invalid setting: {flag} must be one of {', '.join(allowed)}, got {value!r}")
+        return self
+
+
+def step_jobs(first_job: int, n_jobs: int, world: int, threads: int, rank: int) -> list[int]:
+    """The jobs ``rank`` runs in the step that starts at ``first_job``: its group of ``threads`` consecutive jobs."""
+    start = first_job + rank * threads
+    return [j for j in range(start, start + threads) if j < n_jobs]
+
+
+def concurrent_schedule(total_tokens: int, tokens_before: int, concurrent: int) -> tuple[int, int]:
+    """``(total_tokens, tokens_before)`` for the kernel so that ``concurrent`` jobs running side by side, each
+    counting only its own tokens, decay the learning rate at the pace of the whole step."""
+    return max(total_tokens // concurrent, 1), tokens_before // concurrent
+
+
+class _Replica:
+    """One matrix of one rank: the working copy the kernel trains, the reference all ranks agree on, the
+    rows touched since the last exchange."""
+
+    def __init__(self, name: str, work: np.ndarray) -> None:
+        self.name = name
+        self.work = work
+        self.ref = work.copy()
+        self.touched = np.zeros(work.shape[0], dtype=np.uint8)
+
+    def change(self) -> RowSparse:
+        """This rank's change since the last exchange, as sorted distinct rows; clears the touched marks."""
+        ids = np.flatnonzero(self.touched)
+        self.touched[:] = 0
+        values = np.empty((ids.shape[0], self.work.shape[1]), dtype=np.float32)
+        _gather_change(self.work, self.ref, ids, values)
+        rs = RowSparse(torch.from_numpy(ids), torch.from_numpy(values), self.work.shape[0], check=False)
+        rs._coalesced = True
+        return rs
+
+    def add(self, total: RowSparse) -> None:
+        """Add the summed change of all ranks to the reference; the working rows take the new reference."""
+        ids = total.ids.numpy()
+        values = total.values.numpy()
+        if ids.shape[0] == self.work.shape[0]:  # every row (a dense exchange): ids are arange(num_rows)
+            self.ref += values
+            self.work[:] = self.ref
+        else:
+            _add_rows(self.ref, self.work, ids, values)
+
+    def refresh(self, ids: np.ndarray, fresh: np.ndarray) -> None:
+        """Rows whose owner sent their current value (sharded): both copies take it."""
+        _set_rows(self.ref, self.work, ids, fresh)
+
+
+@numba.njit(nogil=True, cache=True)
+def _gather_change(work, ref, ids, out):  # pragma: no cover - compiled
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        for k in range(work.shape[1]):
+            out[i, k] = work[r, k] - ref[r, k]
+
+
+@numba.njit(nogil=True, cache=True)
+def _add_rows(ref, work, ids, values):  # pragma: no cover - compiled
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        for k in range(ref.shape[1]):
+            v = ref[r, k] + values[i, k]
+            ref[r, k] = v
+            work[r, k] = v
+
+
+@numba.njit(nogil=True, cache=True)
+def _set_rows(ref, work, ids, values):  # pragma: no cover - compiled
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        for k in range(ref.shape[1]):
+            ref[r, k] = values[i, k]
+            work[r, k] = values[i, k]
+
+
+class _Owners:
+    """Sharded strategy: which rank owns which row, as contiguous ranges of relabelled row ids."""
+
+    def __init__(self, counts: np.ndarray, world: int, step_tokens: int) -> None:
+        self.map = ShardMap.balanced(np.asarray(counts, dtype=np.float64), world, max(step_tokens, 1))
+        self.boundaries = np.asarray(self.map.bounds, dtype=np.int64)
+        self.loads = np.zeros(world, dtype=np.int64)  # rows this rank sent each owner, last step, both matrices
+
+    def exchange(self, replica: _Replica, options: ExchangeOptions, group: Any) -> exchange.ExchangeStats:
+        change = replica.change()
+        rows = change.ids.numpy()
+        new_ids = self.map.relabel(rows)
+        self.loads += np.bincount(self.map.owner(rows), minlength=len(self.loads))
+        order = np.argsort(new_ids, kind="stable")
+        grad = RowSparse(torch.from_numpy(new_ids[order]), change.values[torch.from_numpy(order)],
+                         change.num_rows, check=False)
+        grad._coalesced = True
+
+        def apply_owned(owned: RowSparse) -> None:
+            if owned.n:
+                _add_rows_ref(replica.ref, self.map.restore(owned.ids.numpy()), owned.values.numpy())
+
+        def read_owned(new: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(replica.ref[self.map.restore(new.numpy())])
+
+        fresh, stats = exchange.sharded(grad, self.boundaries, apply_owned, read_owned, rows=options.rows,
+                                        values=options.values, group=group, name=replica.name)
+        replica.refresh(self.map.restore(fresh.ids.numpy()), fresh.values.numpy())
+        return stats
+
+    def consolidate(self, replica: _Replica, group: Any) -> None:
+        """Every rank gets every owner's current rows (a dense all-reduce of the owned parts)."""
+        rank = dist.get_rank(group)
+        mine = self.map.restore(np.arange(self.boundaries[rank], self.boundaries[rank + 1], dtype=np.int64))
+        full = torch.zeros(replica.ref.shape, dtype=torch.float32)
+        full[torch.from_numpy(mine)] = torch.from_numpy(replica.ref[mine])
+        dist.all_reduce(full, group=group)
+        replica.ref[:] = full.numpy()
+        replica.work[:] = replica.ref
+
+
+@numba.njit(nogil=True, cache=True)
+def _add_rows_ref(ref, ids, values):  # pragma: no cover - compiled
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        for k in range(ref.shape[1]):
+            ref[r, k] += values[i, k]
+
+
+class DataParallelTrainer:
+    """Trains a :class:`~sparsembed.word2vec.Word2Vec` whose vocabulary is built, on every rank of ``group``.
+
+    Every rank must hold the same model (vocabulary, matrices, position): the same corpus scanned with the same
+    settings, or the same checkpoint loaded. ``model.settings.workers`` threads run per rank. Rank 0 writes
+    ``out`` (metrics, checkpoints); the caller writes the outputs from rank 0 after :meth:`train`.
+    """
+
+    def __init__(self, model: Word2Vec, options: ExchangeOptions | None = None, group: Any = None) -> None:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise UserError("data-parallel training needs torch.distributed initialized (run under torchrun or "
+                            "sparsembed train --nproc N)")
+        model._require_vocab()
+        if model.corpus is None:
+            raise UserError("the model has no corpus loaded; load it with Word2Vec.load(DIR, with_corpus=True)")
+        self.model = model
+        self.options = (options or ExchangeOptions()).validate()
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        self.replicas = [_Replica("syn0", model.syn0), _Replica("syn1", model.syn1)]
+        self.owners = None
+        if self.options.strategy == "sharded":
+            step_tokens = model.settings.job_tokens * model.settings.workers
+            self.owners = _Owners(model.vocab.counts, self.world, step_tokens)
+        self._check_same_model()
+
+    def _check_same_model(self) -> None:
+        """Fail early, on every rank, when the ranks do not hold the same model."""
+        m = self.model
+        local = torch.tensor([len(m.vocab), m.settings.vector_size, m.position.epoch, m.position.job,
+                              int(m.corpus.sentence_starts[-1]), float(np.float64(m.syn0[:64].sum()))],
+                             dtype=torch.float64)
+        low, high = local.clone(), local.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN, group=self.group)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.group)
+        if not torch.equal(low, high):
+            raise UserError("the ranks do not hold the same model (vocabulary size, dim, position, corpus tokens or "
+                            f"initial rows differ: {low.tolist()} vs {high.tolist()}); give every rank the same "
+                            "corpus, settings and checkpoint")
+
+    # ------------------------------------------------------------------------------------------- training
+    def train(
+        self,
+        progress: bool = True,
+        out: str | Path | None = None,
+        checkpoint_every: float | None = None,
+        report_every: float = 1.0,
+        stop: threading.Event | None = None,
+        stop_after_steps: int | None = None,
+    ) -> dict[str, Any]:
+        """Train the remaining epochs; return the single-process summary plus exchange totals.
+
+        ``stop`` set on any rank ends training on every rank after the current step (then rank 0 checkpoints);
+        ``stop_after_steps`` does the same after that many steps (tests of resumption).
+        """
+        m, s = self.model, self.model.settings
+        corpus = m.corpus
+        per_epoch = int(corpus.sentence_starts[-1])
+        if per_epoch == 0:
+            raise UserError("the corpus has no token from the vocabulary; nothing to train")
+        bounds = job_boundaries(corpus.sentence_starts, s.job_tokens)
+        n_jobs = len(bounds) - 1
+        if m.position.job > n_jobs:
+            raise UserError(f"the saved position (job {m.position.job}) is past the corpus' {n_jobs} jobs; "
+                            "the checkpoint does not belong to this corpus")
+        lead = self.rank == 0
+        out_dir = Path(out) if out is not None else None
+        if out_dir is not None and lead:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        start_fraction = m._fraction(m.position.epoch, int(corpus.sentence_starts[bounds[m.position.job]]))
+        reporter = Progress(corpus.raw_words, s.epochs,
+                            metrics_path=out_dir / "metrics.jsonl" if (out_dir is not None and lead) else None,
+                            every=report_every, quiet=not (progress and lead), start_fraction=start_fraction)
+        tables = m._kernel_tables()
+        per_step = self.world * s.workers
+        started = last_checkpoint = time.perf_counter()
+        totals = {"steps": 0, "bytes_sent": 0, "bytes_recv": 0, "exchange_s": 0.0, "compute_s": 0.0}
+        interrupted = False
+        try:
+            with ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="sparsembed") as pool:
+                while not m.done:
+                    if m.position.job >= n_jobs:
+                        self._end_epoch(reporter, out_dir)
+                        last_checkpoint = time.perf_counter()
+                        continue
+                    first = m.position.job
+                    t0 = time.perf_counter()
+                    results = self._run_jobs(pool, bounds, first, n_jobs, per_step, tables)
+                    t1 = time.perf_counter()
+                    stats = self._exchange()
+                    t2 = time.perf_counter()
+                    want_stop = (stop is not None and stop.is_set()) or (
+                        stop_after_steps is not None and totals["steps"] + 1 >= stop_after_steps)
+                    due = (lead and out_dir is not None and checkpoint_every is not None
+                           and time.perf_counter() - last_checkpoint >= checkpoint_every)
+                    loss, pairs, stop_now, due = self._agree(results, want_stop, due)
+                    self._advance(first, per_step, n_jobs, bounds, loss, pairs)
+                    totals["steps"] += 1
+                    totals["compute_s"] += t1 - t0
+                    totals["exchange_s"] += t2 - t1
+                    totals["bytes_sent"] += sum(st.bytes_sent for st in stats)
+                    totals["bytes_recv"] += sum(st.bytes_recv for st in stats)
+                    self._log_step(reporter, totals["steps"], t1 - t0, t2 - t1, stats, bounds)
+                    if m.position.job >= n_jobs:
+                        self._end_epoch(reporter, out_dir)
+                        last_checkpoint = time.perf_counter()
+                    elif due and out_dir is not None:
+                        self.checkpoint(out_dir)
+                        last_checkpoint = time.perf_counter()
+                    if stop_now:
+                        interrupted = not m.done
+                        break
+            if interrupted and out_dir is not None:
+                self.checkpoint(out_dir)
+            if self.owners is not None:
+                for replica in self.replicas:
+                    self.owners.consolidate(replica, self.group)
+        finally:
+            reporter.close()
+        fraction = m._fraction(m.position.epoch, m._tokens_done(bounds))
+        return {
+            "seconds": time.perf_counter() - started,
+            "words_per_s": reporter.words_per_second(fraction),
+            "epochs": [dict(h) for h in m.history],
+            "interrupted": interrupted,
+            **totals,
+        }
+
+    def _run_jobs(self, pool: ThreadPoolExecutor, bounds: np.ndarray, first: int, n_jobs: int, per_step: int,
+                  tables: dict) -> list[tuple]:
+        m, s = self.model, self.model.settings
+        corpus = m.corpus
+        per_epoch = int(corpus.sentence_starts[-1])
+        epoch = m.position.epoch
+        before = epoch * per_epoch + int(corpus.sentence_starts[bounds[first]])
+        total, before = concurrent_schedule(per_epoch * s.epochs, before, per_step)
+        syn0, syn1 = (r.work for r in self.replicas)
+        t0, t1 = (r.touched for r in self.replicas)
+
+        def run(job: int) -> tuple:
+            return kernels.train_job(
+                syn0, syn1, corpus.ids, corpus.sentence_starts, int(bounds[job]), int(bounds[job + 1]),
+                tables["sample_ints"], s.sample > 0, tables["packed_alias"], s.sg, s.window, s.negative,
+                s.alpha, s.min_alpha, total, before, s.seed, epoch, job, kernels.SIGMOID_TABLE,
+                kernels.LOG_SIGMOID_TABLE, t0, t1,
+            )
+
+        jobs = step_jobs(first, n_jobs, self.world, s.workers, self.rank)
+        return list(pool.map(run, jobs))
+
+    def _exchange(self) -> list[exchange.ExchangeStats]:
+        o = self.options
+        stats = []
+        for replica in self.replicas:
+            if self.owners is not None:
+                if replica is self.replicas[0]:
+                    self.owners.loads[:] = 0
+                stats.append(self.owners.exchange(replica, o, self.group))
+                continue
+            total, st = exchange.replicated(replica.change(), rows=o.rows, values=o.values, mode=o.mode,
+                                            group=self.group, name=replica.name)
+            replica.add(total)
+            stats.append(st)
+        return stats
+
+    def _agree(self, results: list[tuple], want_stop: bool, due: bool) -> tuple[float, int, bool, bool]:
+        """One small all-reduce: the step's loss and pairs over all ranks, and whether any rank wants to stop or
+        rank 0 wants a checkpoint (so every rank takes the same decision)."""
+        vec = torch.tensor([sum(r[0] for r in results), sum(r[1] for r in results), float(want_stop), float(due)],
+                           dtype=torch.float64)
+        dist.all_reduce(vec, group=self.group)
+        loss, pairs, stop_now, due_now = vec.tolist()
+        return loss, int(pairs), stop_now > 0, due_now > 0
+
+    def _advance(self, first: int, per_step: int, n_jobs: int, bounds: np.ndarray, loss: float, pairs: int) -> None:
+        m = self.model
+        if not math.isfinite(loss):
+            fraction = m._fraction(m.position.epoch, m._tokens_done(bounds))
+            raise UserError(f"training diverged in epoch {m.position.epoch + 1} (loss became {loss}) at learning "
+                            f"rate {m._alpha(fraction):.4g}; lower --alpha (e.g. {m.settings.alpha / 4:g})")
+        last = min(first + per_step, n_jobs)
+        starts = m.corpus.sentence_starts
+        m.corpus.release(int(starts[bounds[first]]), int(starts[bounds[last]]))
+        m.position.job = last
+        m.position.epoch_loss += loss
+        m.position.epoch_pairs += pairs
+
+    def _log_step(self, reporter: Progress, step: int, compute_s: float, exchange_s: float,
+                  stats: list[exchange.ExchangeStats], bounds: np.ndarray) -> None:
+        m = self.model
+        fraction = m._fraction(m.position.epoch, m._tokens_done(bounds))
+        if reporter.metrics is not None:
+            dim = m.settings.vector_size
+            dense = sum(2 * (self.world - 1) * r.work.shape[0] * dim * 4 // self.world for r in self.replicas)
+            record = {
+                "step": step, "time": round(time.time(), 3), "epoch": m.position.epoch, "progress": round(fraction, 6),
+                "rank": self.rank, "world": self.world, "strategy": self.options.strategy,
+                "compute_s": round(compute_s, 6), "exchange_s": round(exchange_s, 6),
+                "bytes_sent": sum(st.bytes_sent for st in stats), "bytes_recv": sum(st.bytes_recv for st in stats),
+                "dense_bytes": dense,
+                "matrices": {st.name: {"mode": st.mode, "encoding": st.encoding, "density": round(st.density, 6),
+                                       "rows": st.rows, "bytes_sent": st.bytes_sent, "bytes_recv": st.bytes_recv,
+                                       "seconds": round(st.seconds, 6)} for st in stats},
+            }
+            if self.owners is not None:
+                record["shard_loads"] = [int(x) for x in self.owners.loads]
+            reporter.metrics.write(_json_line(record))
+        reporter.update(fraction, m._alpha(fraction), m._mean_loss(), m.position.epoch)
+
+    def _end_epoch(self, reporter: Progress, out_dir: Path | None) -> None:
+        self.model._end_epoch(reporter)
+        if out_dir is not None:
+            self.checkpoint(out_dir)
+
+    def checkpoint(self, out_dir: Path) -> None:
+        """Rank 0 saves the agreed matrices (the reference; sharded: every owner's rows) as a single-process
+        checkpoint; collective (every rank must call it)."""
+        m = self.model
+        if self.owners is not None:
+            for replica in self.replicas:
+                self.owners.consolidate(replica, self.group)
+        if self.rank == 0:  # after an exchange every working row equals the agreed reference
+            m.save(out_dir)
+        dist.barrier(group=self.group)
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(record) + "\n"

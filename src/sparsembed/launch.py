@@ -1,0 +1,113 @@
+"""Starting data-parallel runs: torchrun's launcher for ``--nproc N``, and joining the group inside a worker.
+
+We do not run processes ourselves: ``sparsembed train --nproc N`` hands the same command line (without
+``--nproc``) to torch's elastic launcher (what ``torchrun --standalone --nproc-per-node N`` runs), with
+``--max-restarts`` passed through. Inside a worker, torchrun's environment (``RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR``...) says which rank this is; :func:`join` initializes gloo with the run's ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import uuid
+from datetime import timedelta
+
+from .errors import UserError
+
+#: Exit code of a worker that found a user error; the launcher passes it on.
+USER_ERROR_EXIT = 2
+
+
+def under_launcher() -> bool:
+    """True inside a process started by torchrun (or ``--nproc``) as one rank of a group."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def rank() -> int:
+    """This process' global rank (0 outside a launcher)."""
+    return int(os.environ.get("RANK", "0")) if under_launcher() else 0
+
+
+def world_size() -> int:
+    """Ranks in the group (1 outside a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if under_launcher() else 1
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this group (``--max-restarts``); 0 on the first attempt."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def threads_per_rank(cores: int) -> int:
+    """Training threads a rank gets by default: its share of the host's cores among the local ranks."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if under_launcher() else 1
+    return max(1, cores // max(local, 1))
+
+
+def join(timeout: float) -> None:
+    """Join the process group described by torchrun's environment (gloo; collectives time out after ``timeout``)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (timeout > 0):
+        raise UserError(f"invalid setting: --timeout must be a positive number of seconds, got {timeout}")
+    # Training threads are ours; torch only runs the exchange's small ops and must not compete with them.
+    torch.set_num_threads(1)
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=timeout))
+
+
+def leave() -> None:
+    """Leave the process group (no-op when not in one)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
+    """Run ``python -m sparsembed ARGV`` as ``nproc`` ranks on this host under torch's elastic launcher.
+
+    Returns the exit code for the command line: 0, :data:`USER_ERROR_EXIT` when a rank reported a user error
+    (it printed the message), else the first failed rank's code.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if nproc < 1 or nproc > 1024:
+        raise UserError(f"invalid setting: --nproc must be an integer in 1..1024, got {nproc}")
+    if max_restarts < 0:
+        raise UserError(f"invalid setting: --max-restarts must be >= 0, got {max_restarts}")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the launcher would set it too, with a warning
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # its per-restart INFO/WARNING lines drown ours
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"sparsembed-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=max_restarts,
+        monitor_interval=0.2, start_method="spawn",
+    )
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "sparsembed", *argv)
+    except ChildFailedError as exc:
+        codes = [failure.exitcode for failure in exc.failures.values()]
+        if USER_ERROR_EXIT in codes:
+            return USER_ERROR_EXIT
+        first = min(exc.failures)
+        failure = exc.failures[first]
+        signal_name = failure.signal_name() if failure.exitcode < 0 else ""
+        reason = f"killed by {signal_name}" if signal_name else f"exit code {failure.exitcode}"
+        print(f"sparsembed: error: rank {first} failed ({reason}) and the run stopped"
+              + (f" after {max_restarts} restarts" if max_restarts else "")
+              + "; see its messages above", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
