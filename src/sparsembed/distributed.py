@@ -89,6 +89,7 @@ class _Replica:
         self.work = work
         self.ref = work.copy()
         self.touched = np.zeros(work.shape[0], dtype=np.uint8)
+        self.dense: torch.Tensor | None = None
 
     def change(self) -> RowSparse:
         """This rank's change since the last exchange, as sorted distinct rows; clears the touched marks."""
@@ -110,6 +111,16 @@ class _Replica:
         else:
             _add_rows(self.ref, self.work, ids, values)
 
+    def exchange_dense(self, group: Any) -> None:
+        """Sum every rank's change of every row with one dense all-reduce, in a buffer kept between steps."""
+        if self.dense is None:
+            self.dense = torch.empty(self.work.shape, dtype=torch.float32)
+        buf = self.dense.numpy()
+        _dense_change(self.work, self.ref, buf)
+        self.touched[:] = 0
+        dist.all_reduce(self.dense, group=group)
+        _apply_dense(self.ref, self.work, buf)
+
     def refresh(self, ids: np.ndarray, fresh: np.ndarray) -> None:
         """Rows whose owner sent their current value (sharded): both copies take it."""
         _set_rows(self.ref, self.work, ids, fresh)
@@ -121,6 +132,22 @@ def _gather_change(work, ref, ids, out):  # pragma: no cover - compiled
         r = ids[i]
         for k in range(work.shape[1]):
             out[i, k] = work[r, k] - ref[r, k]
+
+
+@numba.njit(nogil=True, cache=True)
+def _dense_change(work, ref, out):  # pragma: no cover - compiled
+    for r in range(work.shape[0]):
+        for k in range(work.shape[1]):
+            out[r, k] = work[r, k] - ref[r, k]
+
+
+@numba.njit(nogil=True, cache=True)
+def _apply_dense(ref, work, total):  # pragma: no cover - compiled
+    for r in range(ref.shape[0]):
+        for k in range(ref.shape[1]):
+            v = ref[r, k] + total[r, k]
+            ref[r, k] = v
+            work[r, k] = v
 
 
 @numba.njit(nogil=True, cache=True)
@@ -351,11 +378,34 @@ class DataParallelTrainer:
                     self.owners.loads[:] = 0
                 stats.append(self.owners.exchange(replica, o, self.group))
                 continue
-            total, st = exchange.replicated(replica.change(), rows=o.rows, values=o.values, mode=o.mode,
-                                            group=self.group, name=replica.name)
-            replica.add(total)
-            stats.append(st)
+            stats.append(self._replicated(replica))
         return stats
+
+    def _replicated(self, replica: _Replica) -> exchange.ExchangeStats:
+        """Sparse through :func:`exchange.replicated`, or, when the rows the ranks touched would make the busiest
+        rank receive more than ``exchange.SPARSE_BIAS`` of a dense ring all-reduce, one dense all-reduce of the
+        change (decided from every rank's touched-row count, so all ranks agree)."""
+        o = self.options
+        t0 = time.perf_counter()
+        touched = int(np.count_nonzero(replica.touched))
+        num_rows, dim = replica.work.shape
+        ring = 2 * (self.world - 1) * num_rows * dim * 4 // self.world
+        dense = o.mode == "dense"
+        if o.mode == "auto":
+            counts = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+            dist.all_gather(counts, torch.tensor([touched], dtype=torch.int64), group=self.group)
+            counts = np.array([int(c) for c in counts])
+            row_bytes = dim * (2 if o.values == "fp16" else 4)
+            dense = (int(counts.sum()) - int(counts.min())) * row_bytes > exchange.SPARSE_BIAS * ring
+        if dense:
+            replica.exchange_dense(self.group)
+            return exchange.ExchangeStats(replica.name, "replicated", "dense", "dense", touched / max(num_rows, 1),
+                                          touched, ring, ring, time.perf_counter() - t0)
+        total, st = exchange.replicated(replica.change(), rows=o.rows, values=o.values, mode="sparse",
+                                        group=self.group, name=replica.name)
+        replica.add(total)
+        st.seconds = time.perf_counter() - t0
+        return st
 
     def _agree(self, results: list[tuple], want_stop: bool, due: bool) -> tuple[float, int, bool, bool]:
         """One small all-reduce: the step's loss and pairs over all ranks, and whether any rank wants to stop or

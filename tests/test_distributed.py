@@ -1,0 +1,165 @@
+"""Data-parallel word2vec: 2 gloo ranks against a single-process replay of the same global steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dist_utils import DistPool
+from sparsembed import Word2Vec, kernels
+from sparsembed.demo import generate_corpus
+from sparsembed.distributed import concurrent_schedule, step_jobs
+from sparsembed.formats import read_word2vec
+from sparsembed.word2vec import job_boundaries
+
+SETTINGS = {"vector_size": 16, "epochs": 2, "workers": 1, "seed": 7, "min_count": 2, "window": 3}
+JOB_TOKENS = 700
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("dp") / "corpus.txt"
+    generate_corpus(path, n_tokens=12_000, seed=11)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with DistPool(2, timeout=120.0) as p:
+        yield p
+
+
+def _model(corpus: Path, **overrides) -> Word2Vec:
+    model = Word2Vec(**{**SETTINGS, **overrides})
+    model.settings.job_tokens = JOB_TOKENS
+    model.build_vocab(str(corpus))
+    return model
+
+
+def _train_ranks(corpus: str, strategy: str, mode: str, values: str, stop_after_steps: int | None) -> tuple:
+    """One rank: build the same model, train it data-parallel, return its matrices and summary."""
+    from sparsembed.distributed import DataParallelTrainer, ExchangeOptions
+
+    model = _model(Path(corpus))
+    trainer = DataParallelTrainer(model, ExchangeOptions(strategy=strategy, mode=mode, values=values))
+    summary = trainer.train(progress=False, stop_after_steps=stop_after_steps)
+    return model.syn0.copy(), model.syn1.copy(), summary, model.history
+
+
+def _replay(model: Word2Vec, world: int, max_steps: int | None = None) -> Word2Vec:
+    """Single process: each step runs its ``world`` jobs from the same matrices and adds up their changes."""
+    s = model.settings
+    corpus = model.corpus
+    per_epoch = int(corpus.sentence_starts[-1])
+    bounds = job_boundaries(corpus.sentence_starts, s.job_tokens)
+    n_jobs = len(bounds) - 1
+    tables = model._kernel_tables()
+    steps = 0
+    for epoch in range(s.epochs):
+        for first in range(0, n_jobs, world):
+            before = epoch * per_epoch + int(corpus.sentence_starts[bounds[first]])
+            total, before = concurrent_schedule(per_epoch * s.epochs, before, world)
+            changes = []
+            for rank in range(world):
+                syn0, syn1 = model.syn0.copy(), model.syn1.copy()
+                for job in step_jobs(first, n_jobs, world, 1, rank):
+                    kernels.train_job(
+                        syn0, syn1, corpus.ids, corpus.sentence_starts, int(bounds[job]), int(bounds[job + 1]),
+                        tables["sample_ints"], s.sample > 0, tables["packed_alias"], s.sg, s.window, s.negative,
+                        s.alpha, s.min_alpha, total, before, s.seed, epoch, job, kernels.SIGMOID_TABLE,
+                        kernels.LOG_SIGMOID_TABLE,
+                    )
+                changes.append((syn0 - model.syn0, syn1 - model.syn1))
+            model.syn0 += changes[0][0] + changes[1][0] if world == 2 else sum(c[0] for c in changes)
+            model.syn1 += changes[0][1] + changes[1][1] if world == 2 else sum(c[1] for c in changes)
+            steps += 1
+            if max_steps is not None and steps >= max_steps:
+                return model
+    return model
+
+
+@pytest.mark.parametrize("mode", ["auto", "sparse", "dense"])
+def test_two_ranks_equal_single_process_replay(pool, corpus: Path, mode: str) -> None:
+    results = pool.run(_train_ranks, str(corpus), "replicated", mode, "fp32", None)
+    reference = _replay(_model(corpus), world=2)
+    for syn0, syn1, summary, history in results:
+        np.testing.assert_allclose(syn0, reference.syn0, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(syn1, reference.syn1, rtol=0, atol=1e-6)
+        assert summary["steps"] > 4 and not summary["interrupted"] and len(history) == SETTINGS["epochs"]
+    # Every replica holds the very same matrices.
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    # And the exchange was not a no-op: the replay differs from one process training the jobs one after another.
+    sequential = _model(corpus)
+    sequential.train(progress=False)
+    assert not np.allclose(sequential.syn0, reference.syn0, atol=1e-6)
+
+
+def test_fp16_values_keep_replicas_identical_and_close(pool, corpus: Path) -> None:
+    results = pool.run(_train_ranks, str(corpus), "replicated", "sparse", "fp16", None)
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    reference = _replay(_model(corpus), world=2)
+    # fp16 rounds each step's change (|change| << 1) to 11 bits: the drift stays far below the rows' scale.
+    assert np.max(np.abs(results[0][0] - reference.syn0)) < 1e-3
+    assert np.abs(reference.syn0).max() > 0.05
+
+
+def test_sharded_first_step_equals_replay_and_owners_agree(pool, corpus: Path) -> None:
+    one_step = pool.run(_train_ranks, str(corpus), "sharded", "auto", "fp32", 1)
+    reference = _replay(_model(corpus), world=2, max_steps=1)
+    for syn0, syn1, summary, _ in one_step:
+        assert summary["interrupted"] and summary["steps"] == 1
+        np.testing.assert_allclose(syn0, reference.syn0, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(syn1, reference.syn1, rtol=0, atol=1e-6)
+    full = pool.run(_train_ranks, str(corpus), "sharded", "auto", "fp32", None)
+    np.testing.assert_array_equal(full[0][0], full[1][0])  # every owner's rows gathered at the end
+    losses = [h["mean_loss"] for h in full[0][3]]
+    assert losses[-1] < losses[0] and np.isfinite(full[0][0]).all()
+
+
+def _cli(args: list[str], timeout: float = 180.0) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "sparsembed", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_cli_nproc_writes_single_process_outputs_and_step_metrics(corpus: Path, tmp_path: Path) -> None:
+    argv = ["train", str(corpus), "--nproc", "2", "--workers", "1", "--dim", "16", "--epochs", "2", "--min-count", "2",
+            "--window", "3", "--seed", "7", "--job-tokens", str(JOB_TOKENS), "--quiet"]
+    first = _cli([*argv, "--out", str(tmp_path / "a")])
+    assert first.returncode == 0, first.stderr
+    words, vectors = read_word2vec(tmp_path / "a" / "vectors.bin")
+    reference = _replay(_model(corpus), world=2)
+    assert list(words) == list(reference.vocab.words)
+    np.testing.assert_allclose(vectors, reference.syn0, rtol=0, atol=1e-6)
+    assert (tmp_path / "a" / "vocab.txt").exists() and (tmp_path / "a" / "model" / "state.json").exists()
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "step" in r]
+    assert len(steps) >= 5 and all(r["world"] == 2 for r in steps)
+    for r in steps:
+        assert r["bytes_sent"] > 0 and r["exchange_s"] > 0 and r["dense_bytes"] > 0
+        assert set(r["matrices"]) == {"syn0", "syn1"}
+        assert all(m["encoding"] in ("index", "bitmap", "roaring", "complement", "all", "dense")
+                   for m in r["matrices"].values())
+    # Same command, same bytes.
+    second = _cli([*argv, "--out", str(tmp_path / "b")])
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "a" / "vectors.bin").read_bytes() == (tmp_path / "b" / "vectors.bin").read_bytes()
+
+
+def test_cli_nproc_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    result = _cli(["train", str(empty), "--out", str(tmp_path / "o"), "--nproc", "2", "--quiet"])
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("sparsembed: error:"), result.stderr
+    assert not (tmp_path / "o").exists()
+    missing = _cli(["train", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o"), "--nproc", "2"])
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
