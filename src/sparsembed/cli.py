@@ -286,11 +286,14 @@ def _without_launch_flags(argv: list[str]) -> list[str]:
 
 def _train_rank(args: argparse.Namespace) -> int:
     """One rank of a data-parallel run (under torchrun or --nproc): same model everywhere, own jobs."""
+    import faulthandler
+
     import torch.distributed as dist
 
     from .distributed import DataParallelTrainer, ExchangeOptions
     from .word2vec import Word2Vec, default_workers
 
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a rank is (a hung run's first question)
     options = ExchangeOptions(args.strategy, args.rows, args.values).validate()
     launch.join(args.timeout)
     lead = launch.rank() == 0

@@ -43,6 +43,7 @@ from .errors import UserError
 from .progress import Progress
 from .sharding import ShardMap
 from .sparse import RowSparse
+from .watchdog import PeerWatch
 from .word2vec import Word2Vec, job_boundaries
 
 STRATEGIES = ("replicated", "sharded")
@@ -240,6 +241,10 @@ class DataParallelTrainer:
         self.world = dist.get_world_size(group)
         self.replicas = [_Replica("syn0", model.syn0), _Replica("syn1", model.syn1)]
         self.owners = None
+        timeout = dist.distributed_c10d._get_default_timeout(dist.Backend.GLOO).total_seconds()
+        self.watch = PeerWatch(grace=min(2.0, 0.1 * timeout))
+        self.watch.start_pulse(interval=min(0.5, 0.05 * timeout))
+        self.step = 0  # steps of this session: the same count on every rank, for the watchdog's beats
         if self.options.strategy == "sharded":
             step_tokens = model.settings.job_tokens * model.settings.workers
             self.owners = _Owners(model.vocab.counts, self.world, step_tokens)
@@ -252,8 +257,9 @@ class DataParallelTrainer:
                               int(m.corpus.sentence_starts[-1]), float(np.float64(m.syn0[:64].sum()))],
                              dtype=torch.float64)
         low, high = local.clone(), local.clone()
-        dist.all_reduce(low, op=dist.ReduceOp.MIN, group=self.group)
-        dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.group)
+        with self.watch.guard(0, "the start of training"):
+            dist.all_reduce(low, op=dist.ReduceOp.MIN, group=self.group)
+            dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.group)
         if not torch.equal(low, high):
             raise UserError("the ranks do not hold the same model (vocabulary size, dim, position, corpus tokens or "
                             f"initial rows differ: {low.tolist()} vs {high.tolist()}); give every rank the same "
@@ -305,6 +311,7 @@ class DataParallelTrainer:
                         last_checkpoint = time.perf_counter()
                         continue
                     first = m.position.job
+                    self.step += 1
                     t0 = time.perf_counter()
                     results = self._run_jobs(pool, bounds, first, n_jobs, per_step, tables)
                     t1 = time.perf_counter()
@@ -333,10 +340,10 @@ class DataParallelTrainer:
                         break
             if interrupted and out_dir is not None:
                 self.checkpoint(out_dir)
-            if self.owners is not None:
-                for replica in self.replicas:
-                    self.owners.consolidate(replica, self.group)
+            with self.watch.guard(self.step, "gathering the shards"):
+                self._consolidate()
         finally:
+            self.watch.stop_pulse()
             reporter.close()
         fraction = m._fraction(m.position.epoch, m._tokens_done(bounds))
         return {
@@ -373,12 +380,13 @@ class DataParallelTrainer:
         o = self.options
         stats = []
         for replica in self.replicas:
-            if self.owners is not None:
+            with self.watch.guard(self.step, f"the exchange of {replica.name}"):
+                if self.owners is None:
+                    stats.append(self._replicated(replica))
+                    continue
                 if replica is self.replicas[0]:
                     self.owners.loads[:] = 0
                 stats.append(self.owners.exchange(replica, o, self.group))
-                continue
-            stats.append(self._replicated(replica))
         return stats
 
     def _replicated(self, replica: _Replica) -> exchange.ExchangeStats:
@@ -412,7 +420,8 @@ class DataParallelTrainer:
         rank 0 wants a checkpoint (so every rank takes the same decision)."""
         vec = torch.tensor([sum(r[0] for r in results), sum(r[1] for r in results), float(want_stop), float(due)],
                            dtype=torch.float64)
-        dist.all_reduce(vec, group=self.group)
+        with self.watch.guard(self.step, "the end of the step"):
+            dist.all_reduce(vec, group=self.group)
         loss, pairs, stop_now, due_now = vec.tolist()
         return loss, int(pairs), stop_now > 0, due_now > 0
 
@@ -459,13 +468,16 @@ class DataParallelTrainer:
     def checkpoint(self, out_dir: Path) -> None:
         """Rank 0 saves the agreed matrices (the reference; sharded: every owner's rows) as a single-process
         checkpoint; collective (every rank must call it)."""
-        m = self.model
+        with self.watch.guard(self.step, "a checkpoint"):
+            self._consolidate()
+            if self.rank == 0:  # after an exchange every working row equals the agreed reference
+                self.model.save(out_dir)
+            dist.barrier(group=self.group)
+
+    def _consolidate(self) -> None:
         if self.owners is not None:
             for replica in self.replicas:
                 self.owners.consolidate(replica, self.group)
-        if self.rank == 0:  # after an exchange every working row equals the agreed reference
-            m.save(out_dir)
-        dist.barrier(group=self.group)
 
 
 def _json_line(record: dict[str, Any]) -> str:

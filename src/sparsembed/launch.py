@@ -56,8 +56,16 @@ def join(timeout: float) -> None:
         raise UserError(f"invalid setting: --timeout must be a positive number of seconds, got {timeout}")
     # Training threads are ours; torch only runs the exchange's small ops and must not compete with them.
     torch.set_num_threads(1)
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=timeout))
+    if dist.is_initialized():
+        return
+    # Our own store keys, one namespace per torchrun attempt: a restarted group otherwise shares the agent's store
+    # with the attempt that failed, and gloo can read a dead rank's address from it ("connection refused").
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size(),
+                          is_master=rank() == 0 and not agent_hosts_store, timeout=timedelta(seconds=timeout))
+    store = dist.PrefixStore(f"sparsembed/attempt-{restart_count()}/", store)
+    dist.init_process_group("gloo", store=store, rank=rank(), world_size=world_size(),
+                            timeout=timedelta(seconds=timeout))
 
 
 def leave() -> None:
@@ -90,7 +98,7 @@ def spawn(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the launcher would set it too, with a warning
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
-        logging.getLogger(name).setLevel(logging.ERROR)  # its per-restart INFO/WARNING lines drown ours
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # our one line says which rank failed and how
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"sparsembed-{uuid.uuid4().hex[:12]}",
         rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=max_restarts,
@@ -102,8 +110,9 @@ def spawn(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
         codes = [failure.exitcode for failure in exc.failures.values()]
         if USER_ERROR_EXIT in codes:
             return USER_ERROR_EXIT
-        first = min(exc.failures)
-        failure = exc.failures[first]
+        # The first rank to fail is the cause; ranks the launcher then stopped with SIGTERM are its consequence.
+        ordered = sorted(exc.failures.items(), key=lambda item: (item[1].exitcode == -15, item[1].timestamp, item[0]))
+        first, failure = ordered[0]
         signal_name = failure.signal_name() if failure.exitcode < 0 else ""
         reason = f"killed by {signal_name}" if signal_name else f"exit code {failure.exitcode}"
         print(f"sparsembed: error: rank {first} failed ({reason}) and the run stopped"

@@ -52,6 +52,7 @@ class CollectiveFailed(UserError):
     """
 
     exit_code = 2
+    every_rank_reports = True  # unlike a bad input, which every rank meets alike, each rank says what it saw
 
     def __init__(self, message: str, *, step: int, what: str, detail: str = "") -> None:
         super().__init__(message)
@@ -126,6 +127,8 @@ class PeerWatch:
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         self.prefix = f"{prefix}{attempt}/beat/"
         self.last_beat: int | None = None
+        self._pulse: Any = None
+        self.pulse_interval = 0.5
 
     def _key(self, rank: int) -> str:
         return f"{self.prefix}{rank}"
@@ -135,6 +138,60 @@ class PeerWatch:
         """Record that this rank reached ``step`` (with the wall-clock time)."""
         self.store.set(self._key(self.rank), f"{int(step)} {time.time():.3f}")
         self.last_beat = int(step)
+
+    def start_pulse(self, interval: float = 0.5) -> None:
+        """Beat a counter every ``interval`` seconds from a daemon thread, until :meth:`stop_pulse`.
+
+        The step beats cannot tell a peer that died *inside* a collective (it had reached the step) from one that
+        is alive and waiting like us; the pulse can: a dead or stopped process stops counting, while a live rank's
+        thread goes on while its main thread waits in gloo (which releases the GIL).
+        """
+        import threading
+
+        if self._pulse is not None:
+            return
+        self.pulse_interval = float(interval)
+        stop = threading.Event()
+
+        def run() -> None:
+            count = 0
+            while not stop.wait(self.pulse_interval):
+                count += 1
+                try:
+                    self.store.set(self._pulse_key(self.rank), str(count))
+                except Exception:  # the store went away: the diagnosis will say so
+                    return
+
+        self.store.set(self._pulse_key(self.rank), "0")
+        thread = threading.Thread(target=run, name="sparsembed-pulse", daemon=True)
+        thread.start()
+        self._pulse = (stop, thread)
+
+    def stop_pulse(self) -> None:
+        """Stop the pulse thread (no-op if none)."""
+        if self._pulse is not None:
+            stop, thread = self._pulse
+            stop.set()
+            thread.join(timeout=5.0)
+            self._pulse = None
+
+    def _pulse_key(self, rank: int) -> str:
+        return f"{self.prefix}pulse/{rank}"
+
+    def silent(self) -> list[int]:
+        """Other ranks whose pulse did not move over 3 pulse intervals (dead or stopped); [] without a pulse."""
+        if self._pulse is None:
+            return []
+        others = [r for r in range(self.world) if r != self.rank]
+
+        def read() -> dict[int, bytes | None]:
+            return {r: bytes(self.store.get(self._pulse_key(r))) if self.store.check([self._pulse_key(r)]) else None
+                    for r in others}
+
+        before = read()
+        time.sleep(3 * self.pulse_interval)
+        after = read()
+        return [r for r in others if after[r] is None or after[r] == before[r]]
 
     # -- reading ------------------------------------------------------------------------------------------------
     def seen(self) -> dict[int, tuple[int, float] | None]:
@@ -206,6 +263,16 @@ class PeerWatch:
                 detail=detail,
             )
         if not behind:
+            quiet = self.silent()
+            if quiet:
+                who = f"rank {quiet[0]}" if len(quiet) == 1 else "ranks " + ", ".join(map(str, quiet))
+                return PeerLost(
+                    f"{who} of {self.world} stopped responding during {what} at step {step} (no heartbeat for "
+                    f"{3 * self.pulse_interval:g} s: the process died or hung); the run cannot continue without "
+                    f"{'it' if len(quiet) == 1 else 'them'}: {RESTART_ADVICE}",
+                    ranks=quiet, world=self.world, step=step, what=what, last={r: seen[r] for r in quiet},
+                    detail=detail,
+                )
             return CollectiveFailed(
                 f"{what} failed at step {step} on rank {self.rank} of {self.world} although every rank reached "
                 f"that step (a peer may have died or stalled inside it): {detail}; {RESTART_ADVICE}",

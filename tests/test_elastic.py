@@ -1,0 +1,162 @@
+"""Faults of a data-parallel run on loopback: a rank killed with and without torchrun restarts, a hung rank.
+
+Each run is ``sparsembed train --nproc 2`` (torch's elastic launcher, 2 gloo ranks, 1 thread each, checkpoints
+every 0.2 s). With ``--workers 1`` a data-parallel run is deterministic, so "the job completed as if undisturbed"
+is checked byte for byte against an undisturbed run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sparsembed.demo import generate_corpus
+
+ARGS = ["--nproc", "2", "--workers", "1", "--dim", "24", "--epochs", "3", "--min-count", "2", "--seed", "3",
+        "--job-tokens", "4000", "--checkpoint-every", "0.2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("elastic") / "corpus.txt"
+    generate_corpus(path, n_tokens=400_000, seed=9)
+    return path
+
+
+@pytest.fixture(scope="module")
+def undisturbed(corpus: Path, tmp_path_factory) -> bytes:
+    out = tmp_path_factory.mktemp("undisturbed") / "run"
+    result = _run(["train", str(corpus), "--out", str(out), *ARGS])
+    assert result.returncode == 0, result.stderr
+    return (out / "vectors.bin").read_bytes()
+
+
+def _run(argv: list[str], timeout: float = 240.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sparsembed", *argv], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (the ranks the launcher started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    for pid in _children(launcher):
+        with contextlib.suppress(OSError):
+            env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+            cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+            if f"RANK={rank}".encode() in env and b"-m\0sparsembed" in cmdline:
+                return pid
+    return None
+
+
+def _position(out: Path) -> tuple[int, int] | None:
+    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, KeyError):
+        state = json.loads((out / "model" / "state.json").read_text())
+        return state["meta"]["position"]["epoch"], state["meta"]["position"]["job"]
+    return None
+
+
+def _start_and_hit(corpus: Path, out: Path, extra: list[str], signum: int, rank: int = 1) -> subprocess.Popen:
+    """Start a 2-rank run; once a mid-epoch checkpoint exists, send ``signum`` to rank ``rank``."""
+    proc = subprocess.Popen([sys.executable, "-m", "sparsembed", "train", str(corpus), "--out", str(out), *ARGS,
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"the run ended before it could be hit (exit {proc.returncode}): {err}")
+        position = _position(out)
+        if position is not None and position[0] == 0 and position[1] > 0:
+            pid = _rank_pid(proc.pid, rank)
+            if pid is not None:
+                os.kill(pid, signum)
+                return proc
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError("no mid-epoch checkpoint within 120 s")
+
+
+@contextlib.contextmanager
+def _reaped(proc: subprocess.Popen):
+    """Whatever happens in the block, the launcher and its ranks are gone after it."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            for pid in _children(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.communicate()
+
+
+def _restarts(out: Path) -> int:
+    """How many times rank 0 started logging steps afresh (a session's steps count from 1), and checks that each
+    restart went back at most to where the run had been."""
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    restarts = 0
+    for a, b in zip(steps, steps[1:], strict=False):
+        if b["step"] <= a["step"]:
+            restarts += 1
+            assert b["progress"] <= a["progress"] + 0.05  # resumed from a checkpoint at or before the last step
+    return restarts
+
+
+def test_killed_rank_restarts_from_checkpoint_and_completes(corpus: Path, undisturbed: bytes, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _start_and_hit(corpus, out, ["--max-restarts", "3"], signal.SIGKILL)
+    with _reaped(proc):
+        _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert _restarts(out) >= 1  # it really went back to a checkpoint
+    # Restarted at a step boundary, the run retraces the same steps: the result is the undisturbed one.
+    assert (out / "vectors.bin").read_bytes() == undisturbed
+
+
+def test_killed_rank_without_restarts_stops_cleanly_and_resumes(corpus: Path, undisturbed: bytes,
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _start_and_hit(corpus, out, [], signal.SIGKILL)
+    with _reaped(proc):
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    errors = [line for line in err.splitlines() if line.startswith("sparsembed: error:")]
+    # Rank 0 names the lost rank (its heartbeat stopped), or the launcher does (it saw the rank die first).
+    assert errors and any("rank 1 of 2 stopped responding" in e or "rank 1 failed (killed by SIGKILL)" in e
+                          for e in errors), err
+    assert not (out / "vectors.bin").exists()  # outputs untouched; the last checkpoint stays
+    assert _position(out) is not None
+    resumed = _run(["train", "--resume", str(out), "--nproc", "2", "--workers", "1", "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "vectors.bin").read_bytes() == undisturbed
+
+
+def test_hung_rank_is_named_within_the_timeout(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _start_and_hit(corpus, out, ["--timeout", "4"], signal.SIGSTOP)
+    hung_at = time.monotonic()
+    with _reaped(proc):
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("sparsembed: error:")]
+    assert errors and "rank 1 of 2 stopped responding" in errors[0], err
+    assert not (out / "vectors.bin").exists() and _position(out) is not None
+    # Rank 0 gave up after the 4 s timeout; the launcher then needs a while to reap the stopped rank.
+    assert time.monotonic() - hung_at < 60
