@@ -23,6 +23,8 @@ from typing import Any
 from . import launch
 from .errors import DiskFull, UserError
 
+SINGLE_JOB_TOKENS = 50_000
+DATA_PARALLEL_JOB_TOKENS = 500_000
 DEFAULTS = {"dim": 100, "window": 5, "negative": 5, "min_count": 5, "sample": 1e-3, "epochs": 5,
             "alpha": 0.025, "min_alpha": 1e-4, "seed": 1}
 
@@ -52,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also checkpoint every SECONDS, besides each epoch end (600)")
     train.add_argument("--force", action="store_true", help="overwrite a model already in --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--job-tokens", type=int, default=50_000,
-                       help="tokens per job; a data-parallel step runs one job per thread on every rank (50000)")
+    train.add_argument("--job-tokens", type=int, default=None,
+                       help="tokens per job (50000); a data-parallel step runs one job per thread on every rank, "
+                       "so there it sets how often ranks exchange (default with several ranks: 500000)")
     dp = train.add_argument_group("data-parallel (see `sparsembed train --nproc`; under torchrun, one rank each)")
     dp.add_argument("--nproc", type=int, default=None,
                     help="run N ranks on this host (gloo over loopback) under torch's elastic launcher")
@@ -227,7 +230,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
         alpha=args.alpha, min_alpha=args.min_alpha, workers=args.workers, seed=args.seed,
     )
-    model.settings.job_tokens = args.job_tokens
+    model.settings.job_tokens = args.job_tokens or SINGLE_JOB_TOKENS
     model.settings.validate()
     out = Path(args.out)
     created = prepare_out_dir(out, force=args.force)
@@ -317,7 +320,9 @@ def _train_rank(args: argparse.Namespace) -> int:
                 min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
                 alpha=args.alpha, min_alpha=args.min_alpha, workers=1, seed=args.seed,
             )
-            model.settings.job_tokens = args.job_tokens
+            # Each step exchanges nearly every output row (negative sampling touches most of them), so steps of
+            # 500k tokens per rank keep the exchange near a quarter of the step on 2 ranks (BENCHMARKS.md).
+            model.settings.job_tokens = args.job_tokens or DATA_PARALLEL_JOB_TOKENS
             _agree_on(lambda: prepare_out_dir(out, force=args.force) if lead else None)
             with _fault_advice(out):
                 model.build_vocab(args.corpus)
