@@ -147,6 +147,10 @@ def test_cli_nproc_writes_single_process_outputs_and_step_metrics(corpus: Path, 
         assert set(r["matrices"]) == {"syn0", "syn1"}
         assert all(m["encoding"] in ("index", "bitmap", "roaring", "complement", "all", "dense")
                    for m in r["matrices"].values())
+    # The report plots the logged exchange: bytes per step against the dense equivalent.
+    report = _cli(["report", str(tmp_path / "a")])
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "a" / "report-exchange.png").stat().st_size > 1000
     # Same command, same bytes.
     second = _cli([*argv, "--out", str(tmp_path / "b")])
     assert second.returncode == 0, second.stderr
