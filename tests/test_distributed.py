@@ -167,3 +167,64 @@ def test_cli_nproc_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
     missing = _cli(["train", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o"), "--nproc", "2"])
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def _corrupted_peer_message() -> str:
+    """Rank 1 flips one byte of its encoded message; rank 0 must refuse it with a one-line CodecError."""
+    import torch
+    import torch.distributed as dist
+
+    from sparsembed import exchange
+    from sparsembed.codec import CodecError
+    from sparsembed.errors import UserError
+    from sparsembed.sparse import RowSparse
+
+    original = exchange._RowCodec.encode
+
+    def flipped(self, ids, vals, num_rows=None):
+        buf = original(self, ids, vals, num_rows).copy()
+        buf[buf.shape[0] // 2] ^= 0x40
+        return buf
+
+    if dist.get_rank() == 1:
+        exchange._RowCodec.encode = flipped
+    try:
+        grad = RowSparse(torch.arange(0, 50, 2), torch.ones(25, 8), 1000)
+        exchange.replicated(grad, mode="sparse")
+    except CodecError as exc:
+        assert isinstance(exc, UserError) and "\n" not in str(exc)
+        return f"refused: {exc}"
+    finally:
+        exchange._RowCodec.encode = original
+    return "accepted"
+
+
+def test_corrupted_wire_message_is_refused(pool) -> None:
+    results = pool.run(_corrupted_peer_message)
+    assert results[0].startswith("refused: ") and "checksum" in results[0], results
+    assert results[1] == "accepted"  # its own message never crosses the wire to itself
+
+
+def test_checkpoint_of_two_ranks_resumes_in_one_process(corpus: Path, tmp_path: Path) -> None:
+    """The checkpoint is the single-process one (full matrices, position in the global job order), so a run
+    started on 2 ranks continues with any number of ranks: here, one process."""
+    out = tmp_path / "run"
+    argv = ["train", str(corpus), "--out", str(out), "--nproc", "2", "--workers", "1", "--dim", "16", "--epochs", "2",
+            "--min-count", "2", "--job-tokens", str(JOB_TOKENS), "--quiet"]
+    assert _cli(argv).returncode == 0
+    state = json.loads((out / "model" / "state.json").read_text())
+    state_position = state["meta"]["position"]
+    assert state_position["epoch"] == 2
+    # Rewind the saved position to the middle of epoch 2 (what a checkpoint written there holds, matrices aside).
+    from sparsembed import checkpoint
+
+    arrays, meta = checkpoint.load_checkpoint(out / "model")
+    meta["position"] = {"epoch": 1, "job": 3, "epoch_loss": 0.0, "epoch_pairs": 0}
+    meta["history"] = meta["history"][:1]
+    checkpoint.save_checkpoint(out / "model", arrays, meta)
+    model = Word2Vec.load(out)
+    resumed = _cli(["train", "--resume", str(out), "--workers", "1", "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr
+    words, vectors = read_word2vec(out / "vectors.bin")
+    assert len(words) == len(model.vocab) and np.isfinite(vectors).all()
+    assert json.loads((out / "model" / "state.json").read_text())["meta"]["position"]["epoch"] == 2

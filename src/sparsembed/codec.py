@@ -56,8 +56,11 @@ _COMPRESS = {None: 0, "zstd": 1, "lz4": 2}
 _COMPRESS_BY_CODE = {code: name for name, code in _COMPRESS.items()}
 
 
-class CodecError(ValueError):
-    """A message that cannot be decoded; the text says which check failed."""
+class CodecError(UserError):
+    """A message that cannot be decoded; the text says which check failed (a ValueError, and a UserError so the
+    command line reports it in one line, from whichever rank received it)."""
+
+    every_rank_reports = True
 
 
 def encode(rs: RowSparse, rows: str = "auto", values: str = "fp32", compress: str | None = None) -> bytes:
