@@ -14,7 +14,7 @@ import pytest
 from dist_utils import DistPool
 from sparsembed import Word2Vec, kernels
 from sparsembed.demo import generate_corpus
-from sparsembed.distributed import concurrent_schedule, step_jobs
+from sparsembed.distributed import concurrent_schedule, even_job_tokens, step_jobs
 from sparsembed.formats import read_word2vec
 from sparsembed.word2vec import job_boundaries
 
@@ -33,6 +33,15 @@ def corpus(tmp_path_factory) -> Path:
 def pool():
     with DistPool(2, timeout=120.0) as p:
         yield p
+
+
+@pytest.mark.parametrize(("tokens", "job", "per_step"), [(1_000_000, 50_000, 2), (17_005_207, 500_000, 2),
+                                                          (999, 1000, 3), (10, 1, 4), (123_457, 700, 6)])
+def test_even_job_tokens_fill_every_step(tokens: int, job: int, per_step: int) -> None:
+    even = even_job_tokens(tokens, job, per_step)
+    n_jobs = -(-tokens // even)
+    assert n_jobs % per_step == 0 or n_jobs < per_step or even == 1  # jobs cannot shrink below one token
+    assert even <= job and even >= job / 2 or tokens < per_step * job
 
 
 def _model(corpus: Path, **overrides) -> Word2Vec:
@@ -57,6 +66,7 @@ def _replay(model: Word2Vec, world: int, max_steps: int | None = None) -> Word2V
     s = model.settings
     corpus = model.corpus
     per_epoch = int(corpus.sentence_starts[-1])
+    s.job_tokens = even_job_tokens(per_epoch, s.job_tokens, world)  # what the trainer does at a fresh start
     bounds = job_boundaries(corpus.sentence_starts, s.job_tokens)
     n_jobs = len(bounds) - 1
     tables = model._kernel_tables()
@@ -101,9 +111,11 @@ def test_two_ranks_equal_single_process_replay(pool, corpus: Path, mode: str) ->
     assert not np.allclose(sequential.syn0, reference.syn0, atol=1e-6)
 
 
-def test_fp16_values_keep_replicas_identical_and_close(pool, corpus: Path) -> None:
-    results = pool.run(_train_ranks, str(corpus), "replicated", "sparse", "fp16", None)
+@pytest.mark.parametrize("mode", ["sparse", "dense"])
+def test_fp16_values_keep_replicas_identical_and_close(pool, corpus: Path, mode: str) -> None:
+    results = pool.run(_train_ranks, str(corpus), "replicated", mode, "fp16", None)
     np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
     reference = _replay(_model(corpus), world=2)
     # fp16 rounds each step's change (|change| << 1) to 11 bits: the drift stays far below the rows' scale.
     assert np.max(np.abs(results[0][0] - reference.syn0)) < 1e-3

@@ -81,6 +81,13 @@ def concurrent_schedule(total_tokens: int, tokens_before: int, concurrent: int) 
     return max(total_tokens // concurrent, 1), tokens_before // concurrent
 
 
+def even_job_tokens(tokens_per_epoch: int, job_tokens: int, per_step: int) -> int:
+    """Job size near ``job_tokens`` that cuts an epoch into a multiple of ``per_step`` jobs, so the last step of
+    an epoch keeps every rank busy instead of leaving some idle while the others train."""
+    steps = max(1, -(-tokens_per_epoch // (per_step * job_tokens)))
+    return max(1, -(-tokens_per_epoch // (steps * per_step)))
+
+
 class _Replica:
     """One matrix of one rank: the working copy the kernel trains, the reference all ranks agree on, the
     rows touched since the last exchange."""
@@ -91,6 +98,7 @@ class _Replica:
         self.ref = work.copy()
         self.touched = np.zeros(work.shape[0], dtype=np.uint8)
         self.dense: torch.Tensor | None = None
+        self.dense_half: torch.Tensor | None = None
 
     def change(self) -> RowSparse:
         """This rank's change since the last exchange, as sorted distinct rows; clears the touched marks."""
@@ -112,14 +120,22 @@ class _Replica:
         else:
             _add_rows(self.ref, self.work, ids, values)
 
-    def exchange_dense(self, group: Any) -> None:
-        """Sum every rank's change of every row with one dense all-reduce, in a buffer kept between steps."""
+    def exchange_dense(self, group: Any, half: bool = False) -> None:
+        """Sum every rank's change of every row with one dense all-reduce, in buffers kept between steps;
+        ``half``: the all-reduce runs in float16 (half the bytes; each rank's change rounded once)."""
         if self.dense is None:
             self.dense = torch.empty(self.work.shape, dtype=torch.float32)
         buf = self.dense.numpy()
         _dense_change(self.work, self.ref, buf)
         self.touched[:] = 0
-        dist.all_reduce(self.dense, group=group)
+        if half:
+            if self.dense_half is None:
+                self.dense_half = torch.empty(self.work.shape, dtype=torch.float16)
+            self.dense_half.copy_(self.dense)
+            dist.all_reduce(self.dense_half, group=group)
+            self.dense.copy_(self.dense_half)
+        else:
+            dist.all_reduce(self.dense, group=group)
         _apply_dense(self.ref, self.work, buf)
 
     def refresh(self, ids: np.ndarray, fresh: np.ndarray) -> None:
@@ -241,6 +257,10 @@ class DataParallelTrainer:
         self.world = dist.get_world_size(group)
         self.replicas = [_Replica("syn0", model.syn0), _Replica("syn1", model.syn1)]
         self.owners = None
+        if (model.position.epoch, model.position.job) == (0, 0):  # a fresh run; a resumed one keeps its jobs
+            per_epoch = int(model.corpus.sentence_starts[-1])
+            per_step = self.world * model.settings.workers
+            model.settings.job_tokens = even_job_tokens(per_epoch, model.settings.job_tokens, per_step)
         timeout = dist.distributed_c10d._get_default_timeout(dist.Backend.GLOO).total_seconds()
         self.watch = PeerWatch(grace=min(2.0, 0.1 * timeout))
         self.watch.start_pulse(interval=min(0.5, 0.05 * timeout))
@@ -314,9 +334,9 @@ class DataParallelTrainer:
                     self.step += 1
                     t0 = time.perf_counter()
                     results = self._run_jobs(pool, bounds, first, n_jobs, per_step, tables)
-                    t1 = time.perf_counter()
+                    t1, cpu1 = time.perf_counter(), time.process_time()
                     stats = self._exchange()
-                    t2 = time.perf_counter()
+                    t2, self._exchange_cpu = time.perf_counter(), time.process_time() - cpu1
                     want_stop = (stop is not None and stop.is_set()) or (
                         stop_after_steps is not None and totals["steps"] + 1 >= stop_after_steps)
                     due = (lead and out_dir is not None and checkpoint_every is not None
@@ -406,9 +426,11 @@ class DataParallelTrainer:
             row_bytes = dim * (2 if o.values == "fp16" else 4)
             dense = (int(counts.sum()) - int(counts.min())) * row_bytes > exchange.SPARSE_BIAS * ring
         if dense:
-            replica.exchange_dense(self.group)
+            half = o.values == "fp16"
+            replica.exchange_dense(self.group, half=half)
+            moved = ring // 2 if half else ring
             return exchange.ExchangeStats(replica.name, "replicated", "dense", "dense", touched / max(num_rows, 1),
-                                          touched, ring, ring, time.perf_counter() - t0)
+                                          touched, moved, moved, time.perf_counter() - t0)
         total, st = exchange.replicated(replica.change(), rows=o.rows, values=o.values, mode="sparse",
                                         group=self.group, name=replica.name)
         replica.add(total)
@@ -449,6 +471,7 @@ class DataParallelTrainer:
                 "step": step, "time": round(time.time(), 3), "epoch": m.position.epoch, "progress": round(fraction, 6),
                 "rank": self.rank, "world": self.world, "strategy": self.options.strategy,
                 "compute_s": round(compute_s, 6), "exchange_s": round(exchange_s, 6),
+                "exchange_cpu_s": round(self._exchange_cpu, 6),
                 "bytes_sent": sum(st.bytes_sent for st in stats), "bytes_recv": sum(st.bytes_recv for st in stats),
                 "dense_bytes": dense,
                 "matrices": {st.name: {"mode": st.mode, "encoding": st.encoding, "density": round(st.density, 6),
