@@ -51,12 +51,15 @@ def _model(corpus: Path, **overrides) -> Word2Vec:
     return model
 
 
-def _train_ranks(corpus: str, strategy: str, mode: str, values: str, stop_after_steps: int | None) -> tuple:
+def _train_ranks(corpus: str, strategy: str, mode: str, values: str, stop_after_steps: int | None,
+                 transport: str = "tcp") -> tuple:
     """One rank: build the same model, train it data-parallel, return its matrices and summary."""
     from sparsembed.distributed import DataParallelTrainer, ExchangeOptions
 
     model = _model(Path(corpus))
-    trainer = DataParallelTrainer(model, ExchangeOptions(strategy=strategy, mode=mode, values=values))
+    options = ExchangeOptions(strategy=strategy, mode=mode, values=values, transport=transport)
+    trainer = DataParallelTrainer(model, options)
+    assert trainer.shared == (transport == "auto" and strategy == "replicated") or strategy == "sharded"
     summary = trainer.train(progress=False, stop_after_steps=stop_after_steps)
     return model.syn0.copy(), model.syn1.copy(), summary, model.history
 
@@ -94,9 +97,11 @@ def _replay(model: Word2Vec, world: int, max_steps: int | None = None) -> Word2V
     return model
 
 
-@pytest.mark.parametrize("mode", ["auto", "sparse", "dense"])
-def test_two_ranks_equal_single_process_replay(pool, corpus: Path, mode: str) -> None:
-    results = pool.run(_train_ranks, str(corpus), "replicated", mode, "fp32", None)
+@pytest.mark.parametrize(("transport", "mode"), [("tcp", "auto"), ("tcp", "sparse"), ("tcp", "dense"),
+                                                ("auto", "auto")])
+def test_two_ranks_equal_single_process_replay(pool, corpus: Path, transport: str, mode: str) -> None:
+    """Over gloo (sparse messages, dense all-reduce, or chosen by density) and through shared memory."""
+    results = pool.run(_train_ranks, str(corpus), "replicated", mode, "fp32", None, transport)
     reference = _replay(_model(corpus), world=2)
     for syn0, syn1, summary, history in results:
         np.testing.assert_allclose(syn0, reference.syn0, rtol=0, atol=1e-6)
@@ -157,16 +162,19 @@ def test_cli_nproc_writes_single_process_outputs_and_step_metrics(corpus: Path, 
     for r in steps:
         assert r["bytes_sent"] > 0 and r["exchange_s"] > 0 and r["dense_bytes"] > 0
         assert set(r["matrices"]) == {"syn0", "syn1"}
-        assert all(m["encoding"] in ("index", "bitmap", "roaring", "complement", "all", "dense")
-                   for m in r["matrices"].values())
+        # Both ranks run on this host: the rows go through shared memory.
+        assert all(m["encoding"] == "shm" and m["mode"] == "shm" for m in r["matrices"].values())
     # The report plots the logged exchange: bytes per step against the dense equivalent.
     report = _cli(["report", str(tmp_path / "a")])
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "a" / "report-exchange.png").stat().st_size > 1000
-    # Same command, same bytes.
-    second = _cli([*argv, "--out", str(tmp_path / "b")])
+    # Over gloo instead of shared memory: the same bytes.
+    second = _cli([*argv, "--out", str(tmp_path / "b"), "--transport", "tcp"])
     assert second.returncode == 0, second.stderr
     assert (tmp_path / "a" / "vectors.bin").read_bytes() == (tmp_path / "b" / "vectors.bin").read_bytes()
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    encodings = {m["encoding"] for r in records if "step" in r for m in r["matrices"].values()}
+    assert encodings and encodings <= {"index", "bitmap", "roaring", "complement", "all", "dense"}, encodings
 
 
 def test_cli_nproc_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
@@ -240,3 +248,20 @@ def test_checkpoint_of_two_ranks_resumes_in_one_process(corpus: Path, tmp_path: 
     words, vectors = read_word2vec(out / "vectors.bin")
     assert len(words) == len(model.vocab) and np.isfinite(vectors).all()
     assert json.loads((out / "model" / "state.json").read_text())["meta"]["position"]["epoch"] == 2
+
+
+def _host_check(disabled: bool) -> bool:
+    from sparsembed.shm import one_host
+
+    if disabled:
+        os.environ["SPARSEMBED_SHM"] = "0"
+    try:
+        return one_host()
+    finally:
+        os.environ.pop("SPARSEMBED_SHM", None)
+
+
+def test_shared_memory_only_on_one_host_and_when_allowed(pool) -> None:
+    assert pool.run(_host_check, False) == [True, True]
+    assert pool.run(_host_check, True) == [False, False]
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith("sparsembed-")]  # names never outlive a run

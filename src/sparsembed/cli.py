@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--rows", choices=["auto", "index", "bitmap", "roaring"], default="auto",
                     help="how a message names its rows (auto: the smallest)")
     dp.add_argument("--values", choices=["fp32", "fp16"], default="fp32", help="row values on the wire (fp32)")
+    dp.add_argument("--transport", choices=["auto", "tcp"], default="auto",
+                    help="auto: dense steps of ranks on one host go through shared memory; tcp: always gloo")
     dp.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                     help="a rank that does not answer for SECONDS stops the run, naming it (300)")
 
@@ -297,7 +299,7 @@ def _train_rank(args: argparse.Namespace) -> int:
     from .word2vec import Word2Vec, default_workers
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a rank is (a hung run's first question)
-    options = ExchangeOptions(args.strategy, args.rows, args.values).validate()
+    options = ExchangeOptions(args.strategy, args.rows, args.values, transport=args.transport).validate()
     launch.join(args.timeout)
     lead = launch.rank() == 0
     signals = StopSignals()

@@ -42,6 +42,7 @@ from . import exchange, kernels
 from .errors import UserError
 from .progress import Progress
 from .sharding import ShardMap
+from .shm import HostSlots, one_host
 from .sparse import RowSparse
 from .watchdog import PeerWatch
 from .word2vec import Word2Vec, job_boundaries
@@ -49,6 +50,7 @@ from .word2vec import Word2Vec, job_boundaries
 STRATEGIES = ("replicated", "sharded")
 ROW_ENCODINGS = ("auto", "index", "bitmap", "roaring")
 VALUE_ENCODINGS = ("fp32", "fp16")
+TRANSPORTS = ("auto", "tcp")
 
 
 @dataclass
@@ -59,11 +61,13 @@ class ExchangeOptions:
     rows: str = "auto"
     values: str = "fp32"
     mode: str = "auto"  # replicated only: "auto" picks sparse or dense per step and matrix, or force one
+    transport: str = "auto"  # "auto": shared memory for dense steps when every rank is on this host; "tcp": gloo
 
     def validate(self) -> ExchangeOptions:
         """Raise UserError naming the first invalid option; return self."""
         for value, allowed, flag in ((self.strategy, STRATEGIES, "--strategy"), (self.rows, ROW_ENCODINGS, "--rows"),
-                                     (self.values, VALUE_ENCODINGS, "--values"), (self.mode, exchange.MODES, "mode")):
+                                     (self.values, VALUE_ENCODINGS, "--values"), (self.mode, exchange.MODES, "mode"),
+                                     (self.transport, TRANSPORTS, "--transport")):
             if value not in allowed:
                 raise UserError(f"invalid setting: {flag} must be one of {', '.join(allowed)}, got {value!r}")
         return self
@@ -99,6 +103,7 @@ class _Replica:
         self.touched = np.zeros(work.shape[0], dtype=np.uint8)
         self.dense: torch.Tensor | None = None
         self.dense_half: torch.Tensor | None = None
+        self.scratch: np.ndarray | None = None
 
     def change(self) -> RowSparse:
         """This rank's change since the last exchange, as sorted distinct rows; clears the touched marks."""
@@ -138,6 +143,33 @@ class _Replica:
             dist.all_reduce(self.dense, group=group)
         _apply_dense(self.ref, self.work, buf)
 
+    def exchange_shared(self, slots: HostSlots) -> int:
+        """The exchange through shared memory (ranks on one host); returns this rank's row count.
+
+        Each rank writes its touched rows (sorted ids, then their change) into its slot; after one tiny
+        collective every rank adds all slots into a scratch matrix in rank order, then adds that sum to the
+        reference of every row any rank touched, so every replica gets the same bits, equal to a dense
+        all-reduce's sum. No codec: the bytes never leave the host."""
+        rows, dim = self.work.shape
+        ids = np.flatnonzero(self.touched)
+        n = ids.shape[0]
+        self.touched[:] = 0
+        ids_at, values_at = _slot_layout(rows)
+        mine = slots.slot()
+        mine[ids_at:ids_at + 8 * n].view(np.int64)[:] = ids
+        _gather_change(self.work, self.ref, ids, mine[values_at:values_at + 4 * n * dim].view(np.float32)
+                       .reshape(n, dim))
+        counts = slots.publish(n)
+        if self.scratch is None:
+            self.scratch = np.zeros(self.work.shape, dtype=np.float32)
+        for q in range(slots.world):
+            slot, m = slots.slot(q), int(counts[q])
+            _accumulate(self.scratch, self.touched, slot[ids_at:ids_at + 8 * m].view(np.int64),
+                        slot[values_at:values_at + 4 * m * dim].view(np.float32).reshape(m, dim))
+        slots.advance()
+        _apply_marked(self.ref, self.work, self.scratch, self.touched)
+        return n
+
     def refresh(self, ids: np.ndarray, fresh: np.ndarray) -> None:
         """Rows whose owner sent their current value (sharded): both copies take it."""
         _set_rows(self.ref, self.work, ids, fresh)
@@ -165,6 +197,37 @@ def _apply_dense(ref, work, total):  # pragma: no cover - compiled
             v = ref[r, k] + total[r, k]
             ref[r, k] = v
             work[r, k] = v
+
+
+def _slot_layout(rows: int) -> tuple[int, int]:
+    """Byte offsets of the ids and of the values in a shared-memory slot of a matrix with ``rows`` rows."""
+    return 64, 64 + (8 * rows + 63) // 64 * 64
+
+
+def _slot_bytes(rows: int, dim: int) -> int:
+    return _slot_layout(rows)[1] + 4 * rows * dim
+
+
+@numba.njit(nogil=True, cache=True)
+def _accumulate(scratch, marks, ids, values):  # pragma: no cover - compiled
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        marks[r] = 1
+        for k in range(scratch.shape[1]):
+            scratch[r, k] += values[i, k]
+
+
+@numba.njit(nogil=True, cache=True)
+def _apply_marked(ref, work, scratch, marks):  # pragma: no cover - compiled
+    """Add the summed change to every marked row; clear the scratch rows and the marks for the next step."""
+    for r in range(ref.shape[0]):
+        if marks[r]:
+            for k in range(ref.shape[1]):
+                v = ref[r, k] + scratch[r, k]
+                ref[r, k] = v
+                work[r, k] = v
+                scratch[r, k] = 0.0
+            marks[r] = 0
 
 
 @numba.njit(nogil=True, cache=True)
@@ -257,6 +320,8 @@ class DataParallelTrainer:
         self.world = dist.get_world_size(group)
         self.replicas = [_Replica("syn0", model.syn0), _Replica("syn1", model.syn1)]
         self.owners = None
+        self.shared = self.options.transport == "auto" and one_host(group)
+        self.slots: dict[str, HostSlots] = {}
         if (model.position.epoch, model.position.job) == (0, 0):  # a fresh run; a resumed one keeps its jobs
             per_epoch = int(model.corpus.sentence_starts[-1])
             per_step = self.world * model.settings.workers
@@ -415,8 +480,15 @@ class DataParallelTrainer:
         change (decided from every rank's touched-row count, so all ranks agree)."""
         o = self.options
         t0 = time.perf_counter()
-        touched = int(np.count_nonzero(replica.touched))
         num_rows, dim = replica.work.shape
+        if self.shared:
+            if replica.name not in self.slots:  # collective: every rank creates its slots in the first step
+                self.slots[replica.name] = HostSlots(_slot_bytes(num_rows, dim), self.group)
+            n = replica.exchange_shared(self.slots[replica.name])
+            own = 8 * n + 4 * n * dim
+            return exchange.ExchangeStats(replica.name, "replicated", "shm", "shm", n / max(num_rows, 1), n, own, own,
+                                          time.perf_counter() - t0)
+        touched = int(np.count_nonzero(replica.touched))
         ring = 2 * (self.world - 1) * num_rows * dim * 4 // self.world
         dense = o.mode == "dense"
         if o.mode == "auto":
