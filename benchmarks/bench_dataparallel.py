@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--job-tokens", type=int, nargs="+", default=[1_000_000],
                         help="tokens per job (a data-parallel step = one job per rank)")
     parser.add_argument("--strategy", default="replicated")
+    parser.add_argument("--transports", nargs="+", default=["auto"], choices=["auto", "tcp"],
+                        help="auto: shared memory between ranks of one host; tcp: gloo over loopback")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sparsembed-dp-") as tmp:
         corpus = Path(args.corpus)
@@ -68,8 +70,10 @@ def main(argv: list[str] | None = None) -> None:
             corpus = plain
         configs = {"1 process x 2 threads": ["--workers", "2"]}
         for jt in args.job_tokens:
-            configs[f"2 ranks x 1 thread, {args.strategy}, job {jt}"] = [
-                "--nproc", "2", "--workers", "1", "--job-tokens", str(jt), "--strategy", args.strategy]
+            for transport in args.transports:
+                configs[f"2 ranks x 1 thread, {args.strategy}, job {jt}, transport {transport}"] = [
+                    "--nproc", "2", "--workers", "1", "--job-tokens", str(jt), "--strategy", args.strategy,
+                    "--transport", transport]
         runs: dict[str, list[dict]] = {name: [] for name in configs}
         for _ in range(args.repeats):
             for name, extra in configs.items():

@@ -57,9 +57,12 @@ def _rank() -> int:
 
 
 # -- cases (run on every rank) ------------------------------------------------------------------------------------
-def _case_replicated(seed, rows, values, compress, mode, n, empty_rank):
+def _case_replicated(seed, rows, values, compress, mode, n, empty_rank, transport="tcp"):
     grad = _grad(seed, _rank(), n=n, empty_rank=empty_rank)
-    summed, stats = exchange.replicated(grad, rows=rows, values=values, compress=compress, mode=mode, name="m")
+    summed, stats = exchange.replicated(grad, rows=rows, values=values, compress=compress, mode=mode, name="m",
+                                        transport=transport)
+    if transport == "auto" and stats.mode == "sparse":
+        assert "shm_round" in stats.phases and "eager_round" not in stats.phases  # the ranks share this host
     expect = _expected(seed, n=n, empty_rank=empty_rank)
     tol = TOL[values] if stats.mode == "sparse" else 1e-5
     torch.testing.assert_close(summed.to_dense(), expect, atol=tol, rtol=tol)
@@ -87,7 +90,7 @@ def _case_two_rounds(seed, values, mode):
     try:
         num_rows = 20000  # ~9000 distinct rows a rank: every message is over 64 KiB, even in fp16
         grad = _grad(seed, _rank(), n=12000, empty_rank=1, num_rows=num_rows)
-        summed, stats = exchange.replicated(grad, values=values, mode=mode)
+        summed, stats = exchange.replicated(grad, values=values, mode=mode, transport="tcp")
         expect = _expected(seed, n=12000, empty_rank=1, num_rows=num_rows)
     finally:
         exchange.EAGER_BYTES, exchange.DENSE_BLOCK_BYTES = saved
@@ -189,8 +192,10 @@ def _case_many_steps(seed):
     ],
 )
 @pytest.mark.parametrize("mode", ["sparse", "auto", "dense"])
-def test_replicated_equals_dense_all_reduce(pool, rows, values, compress, mode):
-    out = pool.run(_case_replicated, 11, rows, values, compress, mode, 40, 2)
+@pytest.mark.parametrize("transport", ["tcp", "auto"])
+def test_replicated_equals_dense_all_reduce(pool, rows, values, compress, mode, transport):
+    """Over gloo, and through shared memory (``auto``: the test's ranks share this host)."""
+    out = pool.run(_case_replicated, 11, rows, values, compress, mode, 40, 2, transport)
     assert len({o[0] for o in out}) == 1, "ranks disagree"  # bit-identical sums everywhere
     assert len({o[1] for o in out}) == 1, "ranks took different paths"
     if mode != "auto":

@@ -504,7 +504,7 @@ class DataParallelTrainer:
             return exchange.ExchangeStats(replica.name, "replicated", "dense", "dense", touched / max(num_rows, 1),
                                           touched, moved, moved, time.perf_counter() - t0)
         total, st = exchange.replicated(replica.change(), rows=o.rows, values=o.values, mode="sparse",
-                                        group=self.group, name=replica.name)
+                                        group=self.group, name=replica.name, transport="tcp")
         replica.add(total)
         st.seconds = time.perf_counter() - t0
         return st

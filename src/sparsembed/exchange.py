@@ -65,6 +65,10 @@ MODES = ("auto", "sparse", "dense")
 #: and the dense fallback pays for densifying (benchmarks/bench_exchange.py --sweep, 2 ranks, 200000 x 128:
 #: sparse 35 ms at 20% density, 77 ms at 30%, 114 ms at 40%; the dense fallback ~100-110 ms, bare dense 65-95 ms).
 SPARSE_BIAS = 0.35
+#: With shared memory (ranks on one host) no byte crosses TCP and decoding reads the peers' slots in place, so
+#: sparse stays cheaper up to a much higher share of the dense volume (benchmarks/bench_exchange.py --sweep).
+SHARED_BIAS = 0.8
+TRANSPORTS = ("auto", "tcp")
 _FRAME = struct.Struct("<qqq")  # sharded message: gradient bytes, pull ids (-1: same as gradient), pull bytes
 
 
@@ -236,6 +240,28 @@ def _buffer(tag: str, nbytes: int) -> torch.Tensor:
     return buf[:nbytes]
 
 
+_ONE_HOST: dict[Any, bool] = {}
+_SLOTS: dict[Any, Any] = {}
+
+
+def _host_slots(group: Any, num_rows: int, dim: int) -> Any:
+    """Shared-memory slots for messages of a ``num_rows x dim`` matrix when every rank of ``group`` is on this
+    host, else None. Collective on first use per group and shape (every rank reaches it in the same call)."""
+    from sparsembed import shm
+
+    key = id(group)
+    if key not in _ONE_HOST:
+        _ONE_HOST[key] = shm.one_host(group)
+    if not _ONE_HOST[key]:
+        return None
+    if (key, num_rows, dim) not in _SLOTS:
+        # Bound of a message of distinct rows: header, ids (no encoding takes 8 bytes an id), fp32 values,
+        # and what zstd / lz4 may add to incompressible bytes.
+        raw = codec.HEADER_SIZE + num_rows * (8 + 4 * dim)
+        _SLOTS[key, num_rows, dim] = shm.HostSlots(raw + raw // 64 + 4096, group)
+    return _SLOTS[key, num_rows, dim]
+
+
 def _world(group: Any) -> tuple[int, int]:
     if not dist.is_available() or not dist.is_initialized():
         return 0, 1
@@ -252,6 +278,7 @@ def replicated(
     mode: str = "auto",
     group: Any = None,
     name: str = "",
+    transport: str = "auto",
 ) -> tuple[RowSparse, ExchangeStats]:
     """Sum ``grad`` over all ranks; every rank gets the same coalesced sum.
 
@@ -261,6 +288,8 @@ def replicated(
             rounds each rank's rows once.
         mode: ``"auto"`` picks sparse or dense from the exchanged message sizes; ``"sparse"`` / ``"dense"`` force.
         group: process group (default: the world); without an initialized group this is a local coalesce.
+        transport: ``"auto"``: when every rank of the group is on this host, messages go through shared memory
+            (:mod:`sparsembed.shm`: one tiny collective instead of TCP copies); ``"tcp"``: always gloo.
 
     Returns:
         The summed gradient (when the dense path ran: every row, ``ids = arange(num_rows)``, values a dense
@@ -275,8 +304,11 @@ def replicated(
     if world == 1:
         grad.coalesce_()
         return grad, ExchangeStats(name, "replicated", "sparse", "none", grad.n / max(num_rows, 1), grad.n, 0, 0, 0.0)
+    if transport not in TRANSPORTS:
+        raise UserError(f"exchange: transport must be one of {TRANSPORTS}, got {transport!r}")
     ring = 2 * (world - 1) * num_rows * dim * 4 // world
-    limit = SPARSE_BIAS * ring
+    slots = _host_slots(group, num_rows, dim) if transport == "auto" and mode != "dense" else None
+    limit = (SHARED_BIAS if slots is not None else SPARSE_BIAS) * ring
     # A rank whose own message alone would exceed the limit knows the step goes dense (the busiest rank receives
     # at least every other rank's message): it skips coalescing and encoding, and densifies the raw gradient.
     sure_dense = mode == "dense" or (mode == "auto" and _sure_dense(grad, values, limit))
@@ -293,20 +325,33 @@ def replicated(
         clock.lap("encode")
     if mode == "dense":  # every rank knows: no round at all
         sizes = np.full(world, -1, np.int64)
+    elif slots is not None:
+        if size > slots.capacity:  # cannot happen for a codec message of distinct rows; the dense path is safe
+            size = -1
+        elif msg is not None:
+            slots.slot()[:size] = msg
+        sizes = slots.publish(size)
+        blocks = [slots.slot(r)[: max(int(sizes[r]), 0)] for r in range(world)]
+        clock.lap("shm_round")
     else:
         sizes, blocks = _eager_round(msg, size, rank, world, group, clock)
     busiest = int(sizes.sum()) - int(sizes.min())  # bytes received by the rank that receives most
     use_dense = mode == "dense" or (mode == "auto" and (bool(np.any(sizes < 0)) or busiest > limit))
     density = grad.n / max(num_rows, 1)  # raw rows (duplicates included) when this rank never coalesced
     if use_dense:
+        if slots is not None:
+            slots.advance()
         out = _dense_sum(grad, group)
         clock.lap("dense_all_reduce")
         stats = ExchangeStats(name, "replicated", "dense", "dense", density, grad.n, ring, ring, 0)
     else:
-        blocks = _finish_messages(msg, sizes, blocks, rank, world, group)
-        clock.lap("transfer")
+        if slots is None:
+            blocks = _finish_messages(msg, sizes, blocks, rank, world, group)
+            clock.lap("transfer")
         own = (grad.ids, _as_wire(grad.values, values))
         ids, vals = _decode_merge(rc, blocks, rank, world, own, clock)
+        if slots is not None:
+            slots.advance()  # the result never points into a slot: _decode_merge copies what aliases a block
         out = RowSparse(ids, vals, num_rows, check=False)
         out._coalesced = True
         sent, recv = _gathered_bytes(sizes, rank, world)
