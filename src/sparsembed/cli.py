@@ -24,7 +24,7 @@ from . import launch
 from .errors import DiskFull, UserError
 
 SINGLE_JOB_TOKENS = 50_000
-DATA_PARALLEL_JOB_TOKENS = 500_000
+DATA_PARALLEL_JOB_TOKENS = 250_000
 DEFAULTS = {"dim": 100, "window": 5, "negative": 5, "min_count": 5, "sample": 1e-3, "epochs": 5,
             "alpha": 0.025, "min_alpha": 1e-4, "seed": 1}
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--job-tokens", type=int, default=None,
                        help="tokens per job (50000); a data-parallel step runs one job per thread on every rank, "
-                       "so there it sets how often ranks exchange (default with several ranks: 500000)")
+                       "so there it sets how often ranks exchange (default with several ranks: 250000)")
     dp = train.add_argument_group("data-parallel (see `sparsembed train --nproc`; under torchrun, one rank each)")
     dp.add_argument("--nproc", type=int, default=None,
                     help="run N ranks on this host (gloo over loopback) under torch's elastic launcher")
@@ -322,8 +322,9 @@ def _train_rank(args: argparse.Namespace) -> int:
                 min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
                 alpha=args.alpha, min_alpha=args.min_alpha, workers=1, seed=args.seed,
             )
-            # Each step exchanges nearly every output row (negative sampling touches most of them), so steps of
-            # 500k tokens per rank keep the exchange near a quarter of the step on 2 ranks (BENCHMARKS.md).
+            # Each step exchanges nearly every output row (negative sampling touches most of them): 250k tokens a
+            # rank keeps the exchange near a quarter of the step on one host and stays within a point of 1 process
+            # x 2 threads in analogy accuracy; 500k was faster and 1.3 points worse (BENCHMARKS.md).
             model.settings.job_tokens = args.job_tokens or DATA_PARALLEL_JOB_TOKENS
             _agree_on(lambda: prepare_out_dir(out, force=args.force) if lead else None)
             with _fault_advice(out):
