@@ -125,7 +125,7 @@ def _run_points(rank: int, world: int, cfg: dict, torch: Any, dist: Any, exchang
             ids, vals = grads[step % len(grads)]
             rs = RowSparse(ids, vals.clone(), rows, check=False)  # coalescing is in place: a fresh copy a step
             t_ours, (_, stats) = _time(dist, torch, exchange.replicated, rs, rows=cfg["rows_encoding"],
-                                       values=cfg["values"])
+                                       values=cfg["values"], transport=cfg.get("transport", "auto"))
             coo = torch.sparse_coo_tensor(ids[None], vals, (rows, dim), check_invariants=False)
             t_coo, _ = _time(dist, torch, dist.all_reduce, coo)
             t_dense = _time(dist, torch, dist.all_reduce, dense)[0]
@@ -219,6 +219,7 @@ def run_exchange_bench(
     seed: int = 0,
     timeout: float = 1800.0,
     distributed: bool | None = None,
+    transport: str = "auto",
 ) -> dict:
     """Time our exchange, torch's sparse all_reduce and a dense all_reduce; returns a JSON-ready dict.
 
@@ -239,8 +240,10 @@ def run_exchange_bench(
     points: list[dict] = [{"ids": ids}]
     if sweep or densities:
         points += [{"density": d} for d in (densities or SWEEP)]
+    if transport not in ("auto", "tcp"):
+        raise UserError(f"bench exchange: --transport must be auto or tcp, got {transport!r}")
     cfg = {"rows": rows, "dim": dim, "seed": seed, "steps": steps, "warmup": warmup, "values": values,
-           "rows_encoding": rows_encoding, "points": points}
+           "rows_encoding": rows_encoding, "points": points, "transport": transport}
     t0 = time.time()
     if distributed:
         world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
@@ -263,6 +266,7 @@ def run_exchange_bench(
         "ids": ids,
         "values": values,
         "rows_encoding": rows_encoding,
+        "transport": transport,
         "steps": steps,
         "warmup": warmup,
         "distinct_rows": main["distinct_rows"],
