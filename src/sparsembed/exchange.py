@@ -66,8 +66,10 @@ MODES = ("auto", "sparse", "dense")
 #: sparse 35 ms at 20% density, 77 ms at 30%, 114 ms at 40%; the dense fallback ~100-110 ms, bare dense 65-95 ms).
 SPARSE_BIAS = 0.35
 #: With shared memory (ranks on one host) no byte crosses TCP and decoding reads the peers' slots in place, so
-#: sparse stays cheaper up to a much higher share of the dense volume (benchmarks/bench_exchange.py --sweep).
-SHARED_BIAS = 0.8
+#: sparse stays cheaper up to a higher share of the dense volume, and the dense fallback (densify into the slot,
+#: add the slots) beats gloo's all-reduce (`sparsembed bench exchange --sweep`, 2 ranks, 200000 x 128: sparse 22 ms
+#: at 20% density, 39-52 ms at 40%, 66-68 ms at 70%; dense through shared memory 57 ms; gloo's dense 62-74 ms).
+SHARED_BIAS = 0.55
 TRANSPORTS = ("auto", "tcp")
 _FRAME = struct.Struct("<qqq")  # sharded message: gradient bytes, pull ids (-1: same as gradient), pull bytes
 
@@ -338,9 +340,11 @@ def replicated(
     busiest = int(sizes.sum()) - int(sizes.min())  # bytes received by the rank that receives most
     use_dense = mode == "dense" or (mode == "auto" and (bool(np.any(sizes < 0)) or busiest > limit))
     density = grad.n / max(num_rows, 1)  # raw rows (duplicates included) when this rank never coalesced
-    if use_dense:
-        if slots is not None:
-            slots.advance()
+    if use_dense and slots is not None:
+        out = _dense_sum_shared(grad, slots)
+        clock.lap("dense_shm")
+        stats = ExchangeStats(name, "replicated", "dense", "dense", density, grad.n, ring, ring, 0)
+    elif use_dense:
         out = _dense_sum(grad, group)
         clock.lap("dense_all_reduce")
         stats = ExchangeStats(name, "replicated", "dense", "dense", density, grad.n, ring, ring, 0)
@@ -553,7 +557,7 @@ DENSE_BLOCK_BYTES = 32 << 20
 _DENSE: list[torch.Tensor] = []  # dense fallback matrices, reused once nothing else references them
 
 
-def _dense_matrix(num_rows: int, dim: int) -> torch.Tensor:
+def _dense_matrix(num_rows: int, dim: int, zero: bool = True) -> torch.Tensor:
     """A zeroed float32 ``num_rows x dim`` matrix, reusing a cached one that no caller still holds.
 
     A fresh matrix pays its page faults during the all-reduce (~25 ms for 100 MB here, ``torch.zeros`` ~40 ms
@@ -562,7 +566,7 @@ def _dense_matrix(num_rows: int, dim: int) -> torch.Tensor:
     """
     for buf in _DENSE:
         if buf.shape == (num_rows, dim) and _unshared(buf):
-            return buf.zero_()
+            return buf.zero_() if zero else buf
     buf = torch.from_numpy(np.zeros((num_rows, dim), np.float32))  # calloc: lazily zeroed (huge) pages
     _DENSE.insert(0, buf)
     del _DENSE[2:]
@@ -597,6 +601,27 @@ def _dense_sum(grad: RowSparse, group: Any) -> RowSparse:
             works.append(dist.all_reduce(dense[lo:hi], group=group, async_op=True))
         for w in works:
             w.wait()
+    out = RowSparse(torch.arange(num_rows), dense, num_rows, check=False)
+    out._coalesced = True
+    return out
+
+
+def _dense_sum_shared(grad: RowSparse, slots: Any) -> RowSparse:
+    """The dense fallback through shared memory: each rank densifies its raw gradient into its slot, one tiny
+    collective, then every rank adds all slots in rank order (the same bits everywhere) into its result.
+
+    Uses the slots of the round that decided to go dense (nobody reads those messages), then moves to the
+    other parity."""
+    num_rows, dim = grad.num_rows, grad.dim
+    nbytes = num_rows * dim * 4
+    mats = slots.slots()[:, :nbytes].view(np.float32).reshape(slots.world, num_rows, dim)
+    mine = mats[slots.rank]
+    vals = grad.values.float().numpy() if grad.n else np.zeros((0, dim), np.float32)
+    _densify(mine, grad.ids.numpy(), vals)
+    slots.publish(nbytes)
+    dense = _dense_matrix(num_rows, dim, zero=False)
+    _sum_slots(dense.numpy(), mats)
+    slots.advance()
     out = RowSparse(torch.arange(num_rows), dense, num_rows, check=False)
     out._coalesced = True
     return out
@@ -910,3 +935,25 @@ def _scatter_rows(dense, ids, vals, order, start, stop):  # pragma: no cover - c
         r = ids[p]
         for c in range(dim):
             dense[r, c] += vals[p, c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _densify(dense, ids, vals):  # pragma: no cover - compiled
+    """``dense = 0`` then ``dense[ids[p]] += vals[p]`` in order of appearance (duplicates summed)."""
+    dense[:] = 0.0
+    dim = dense.shape[1]
+    for p in range(ids.shape[0]):
+        r = ids[p]
+        for c in range(dim):
+            dense[r, c] += vals[p, c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _sum_slots(out, mats):  # pragma: no cover - compiled
+    """``out = mats[0] + mats[1] + ...`` (rank order), row by row."""
+    for r in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            total = mats[0, r, c]
+            for q in range(1, mats.shape[0]):
+                total += mats[q, r, c]
+            out[r, c] = total
