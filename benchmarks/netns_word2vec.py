@@ -1,0 +1,216 @@
+"""Data-parallel word2vec across hosts: network namespaces on one machine, each link limited to 1 Gbit/s.
+
+    sudo .venv/bin/python benchmarks/netns_word2vec.py --corpus /tmp/w2v/wiki17m.txt --job-tokens 250000 1000000 \\
+        --repeats 3 --json benchmarks/results/netns_word2vec.json
+
+Root only. Builds 2 "hosts" with ``benchmarks/netns_exchange.py`` (namespaces ``sxe0``, ``sxe1`` on a bridge, every
+veth end under ``tc tbf rate 1gbit``), checks the link with one TCP stream, and for every ``--job-tokens`` J runs
+in each namespace::
+
+    GLOO_SOCKET_IFNAME=sxe{i}n torchrun --nnodes 2 --nproc-per-node 1 --node-rank i --master-addr 10.77.0.1 \\
+        --master-port P -m sparsembed train CORPUS --out OUT --workers 1 --epochs E --job-tokens J \\
+        --transport auto --quiet
+
+Both ranks get the same corpus path and the same ``--out`` (rank 0 writes). ``--transport auto`` uses shared
+memory only when every rank has the same ``/proc/self/ns/net``; here they do not, so the exchange goes over gloo on
+the veth, which the script checks from the step records (no matrix may have encoding ``shm``). Unless ``--no-loopback``,
+the same training also runs on loopback without namespaces for comparison::
+
+    .venv/bin/python -m sparsembed train CORPUS --out OUT2 --nproc 2 --workers 1 --epochs E --job-tokens J \\
+        --transport tcp --quiet
+
+From each run's ``metrics.jsonl`` (rank 0's step records): median compute_s and exchange_s, exchange share
+(sum exchange_s / sum (compute_s + exchange_s)), MB sent per step (median, and per matrix), words/s.
+Namespaces, veths and the bridge are removed on exit, on error and on Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_netns_exchange():  # noqa: ANN202
+    """``benchmarks/netns_exchange.py`` as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("netns_exchange", Path(__file__).with_name("netns_exchange.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+nx = _load_netns_exchange()
+HOSTS = 2
+
+
+def _clean_env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "SPARSEMBED_SHM",
+                "GLOO_SOCKET_IFNAME"):
+        env.pop(var, None)
+    return env
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str, str]]:
+    try:
+        deadline = time.monotonic() + timeout
+        outs = []
+        for p in procs:
+            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            outs.append((p.returncode, out, err))
+        failed = [(i, rc, err.strip().splitlines()[-8:]) for i, (rc, _, err) in enumerate(outs) if rc != 0]
+        if failed:
+            raise RuntimeError(f"training failed: {failed}")
+        return outs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def train_netns(corpus: str, out: Path, epochs: int, job_tokens: int, timeout: float) -> tuple[float, list[str]]:
+    """One training run across the namespaces; its wall seconds and the commands (for the record)."""
+    port = str(29600 + os.getpid() % 1000)
+    torchrun = str(ROOT / ".venv" / "bin" / "torchrun")
+    procs, commands = [], []
+    for i in range(HOSTS):
+        cmd = [torchrun, "--nnodes", str(HOSTS), "--nproc-per-node", "1", "--node-rank", str(i), "--master-addr",
+               f"{nx.SUBNET}.1", "--master-port", port, "-m", "sparsembed", "train", corpus, "--out", str(out),
+               "--workers", "1", "--epochs", str(epochs), "--job-tokens", str(job_tokens), "--transport", "auto",
+               "--quiet"]
+        env = {**_clean_env(), "GLOO_SOCKET_IFNAME": f"{nx.ns(i)}n"}
+        procs.append(subprocess.Popen(["ip", "netns", "exec", nx.ns(i), *cmd], env=env, cwd=ROOT, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
+        commands.append(f"ip netns exec {nx.ns(i)} env GLOO_SOCKET_IFNAME={nx.ns(i)}n " + " ".join([
+            ".venv/bin/torchrun", *cmd[1:]]))
+    t0 = time.perf_counter()
+    _wait(procs, timeout)
+    return time.perf_counter() - t0, commands
+
+
+def train_loopback(corpus: str, out: Path, epochs: int, job_tokens: int, timeout: float) -> tuple[float, list[str]]:
+    cmd = [sys.executable, "-m", "sparsembed", "train", corpus, "--out", str(out), "--nproc", str(HOSTS),
+           "--workers", "1", "--epochs", str(epochs), "--job-tokens", str(job_tokens), "--transport", "tcp",
+           "--quiet"]
+    t0 = time.perf_counter()
+    _wait([subprocess.Popen(cmd, env=_clean_env(), cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)], timeout)
+    return time.perf_counter() - t0, [".venv/bin/python " + " ".join(cmd[1:])]
+
+
+def summarize(metrics: Path) -> dict:
+    """The figures of one run from rank 0's metrics.jsonl."""
+    steps, words = [], None
+    for line in metrics.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if "step" in rec:
+            steps.append(rec)
+        if "words_per_s" in rec:
+            words = rec["words_per_s"]
+    if not steps:
+        raise RuntimeError(f"{metrics}: no step records")
+    compute = [r["compute_s"] for r in steps]
+    exch = [r["exchange_s"] for r in steps]
+    encodings = sorted({m["encoding"] for r in steps for m in r["matrices"].values()})
+    per_matrix = {}
+    for name in steps[0]["matrices"]:
+        per_matrix[name] = {
+            "median_mb_sent": round(statistics.median(r["matrices"][name]["bytes_sent"] for r in steps) / 1e6, 2),
+            "median_density": round(statistics.median(r["matrices"][name]["density"] for r in steps), 3),
+            "median_s": round(statistics.median(r["matrices"][name]["seconds"] for r in steps), 4),
+            "encodings": sorted({r["matrices"][name]["encoding"] for r in steps}),
+        }
+    return {
+        "steps": len(steps),
+        "median_compute_s": round(statistics.median(compute), 4),
+        "median_exchange_s": round(statistics.median(exch), 4),
+        "exchange_share": round(sum(exch) / max(sum(compute) + sum(exch), 1e-9), 4),
+        "median_mb_sent_per_step": round(statistics.median(r["bytes_sent"] for r in steps) / 1e6, 2),
+        "mean_mb_sent_per_step": round(sum(r["bytes_sent"] for r in steps) / len(steps) / 1e6, 2),
+        "words_per_s": words,
+        "encodings": encodings,
+        "matrices": per_matrix,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", required=True, help="text corpus, the same path for both ranks")
+    ap.add_argument("--job-tokens", type=int, nargs="+", default=[250000, 1000000])
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=1, help="runs of every setup and J, interleaved (1)")
+    ap.add_argument("--no-loopback", action="store_true", help="skip the loopback (--nproc 2 --transport tcp) runs")
+    ap.add_argument("--workdir", default=None, help="where the runs' --out directories go (a temporary one)")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds for one training run")
+    ap.add_argument("--json", metavar="FILE", help="also write the results here")
+    ap.add_argument("--cleanup", action="store_true", help="only remove what an earlier run left")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        ap.error("needs root (ip netns, tc)")
+    if args.cleanup:
+        nx.cleanup()
+        return 0
+    corpus = str(Path(args.corpus).resolve())
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="netns_w2v_", dir="/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "corpus": corpus, "epochs": args.epochs,
+                     "cores": os.cpu_count(), "runs": []}
+    ok = True
+    try:
+        with nx.network(HOSTS):
+            results["link_mbit_s"] = round(nx.link_check(), 1)
+            print(f"link {results['link_mbit_s']:.0f} Mbit/s (one TCP stream)", flush=True)
+            for rep, j in ((rep, j) for rep in range(args.repeats) for j in args.job_tokens):
+                out = work / f"netns-j{j}-r{rep}"
+                shutil.rmtree(out, ignore_errors=True)
+                wall, commands = train_netns(corpus, out, args.epochs, j, args.timeout)
+                res = {"setup": "netns 1 Gbit/s, transport auto", "job_tokens": j, "repeat": rep,
+                       "wall_s": round(wall, 1), "commands": commands, **summarize(out / "metrics.jsonl")}
+                res["shm_used"] = "shm" in res["encodings"]
+                ok &= not res["shm_used"]
+                results["runs"].append(res)
+                print(json.dumps({k: v for k, v in res.items() if k != "commands"}), flush=True)
+    except KeyboardInterrupt:
+        print("netns_word2vec: interrupted; namespaces removed", file=sys.stderr)
+        return 130
+    if not args.no_loopback:
+        for rep, j in ((rep, j) for rep in range(args.repeats) for j in args.job_tokens):
+            out = work / f"loopback-j{j}-r{rep}"
+            shutil.rmtree(out, ignore_errors=True)
+            wall, commands = train_loopback(corpus, out, args.epochs, j, args.timeout)
+            res = {"setup": "loopback, transport tcp", "job_tokens": j, "repeat": rep, "wall_s": round(wall, 1),
+                   "commands": commands, **summarize(out / "metrics.jsonl")}
+            results["runs"].append(res)
+            print(json.dumps({k: v for k, v in res.items() if k != "commands"}), flush=True)
+    print(f"{'setup':<34} {'J':>8} {'steps':>5} {'compute':>8} {'exchange':>8} {'share':>6} {'MB/step':>8} "
+          f"{'words/s':>8}")
+    for r in results["runs"]:
+        print(f"{r['setup']:<34} {r['job_tokens']:>8} {r['steps']:>5} {r['median_compute_s']:>8.3f} "
+              f"{r['median_exchange_s']:>8.3f} {r['exchange_share']:>6.1%} {r['median_mb_sent_per_step']:>8.1f} "
+              f"{(r['words_per_s'] or 0) / 1e6:>7.2f}M")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if not ok:
+        print("netns_word2vec: shared memory was used across namespaces", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
