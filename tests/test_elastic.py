@@ -171,3 +171,28 @@ def test_hung_rank_is_named_within_the_timeout(corpus: Path, tmp_path: Path) -> 
     assert not (out / "vectors.bin").exists() and _position(out) is not None
     # Rank 0 gave up after the 4 s timeout; the launcher then needs a while to reap the stopped rank.
     assert time.monotonic() - hung_at < 60
+
+
+def test_ctrl_c_checkpoints_every_rank_then_resumes_byte_identical(corpus: Path, undisturbed: bytes,
+                                                                   tmp_path: Path) -> None:
+    """Ctrl-C at a terminal reaches the launcher and every rank (one process group): the ranks agree to stop
+    after the current step, rank 0 checkpoints and prints one line with the command that resumes."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "sparsembed", "train", str(corpus), "--out", str(out), *ARGS],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with _reaped(proc):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            position = _position(out)
+            if position is not None and position[0] == 0 and position[1] > 0:
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+            time.sleep(0.01)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.startswith("sparsembed:")]
+    assert lines == [f"sparsembed: interrupted; resume with: sparsembed train --resume {out} --nproc 2"], err
+    assert "Traceback" not in err and not (out / "vectors.bin").exists()
+    resumed = _run(["train", "--resume", str(out), "--nproc", "2", "--workers", "1", "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "vectors.bin").read_bytes() == undisturbed

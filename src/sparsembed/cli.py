@@ -151,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         resume = getattr(exc, "resume_dir", None)
-        hint = f"; resume with: sparsembed train --resume {resume}" if resume is not None else ""
-        print(f"sparsembed: interrupted{hint}", file=sys.stderr)
+        hint = f"; resume with: {launch.resume_command(resume)}" if resume is not None else ""
+        if launch.rank() == 0:  # every rank of a data-parallel run got the signal; one says so
+            print(f"sparsembed: interrupted{hint}", file=sys.stderr)
         return 128 + getattr(exc, "signum", signal.SIGINT)
 
 

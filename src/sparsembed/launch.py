@@ -17,6 +17,9 @@ from datetime import timedelta
 
 from .errors import UserError
 
+#: Set for the ranks of ``--nproc N``: how many, so messages can give the command that resumes the same way.
+NPROC_ENV = "SPARSEMBED_NPROC"
+
 #: Exit code of a worker that found a user error; the launcher passes it on.
 USER_ERROR_EXIT = 2
 
@@ -45,6 +48,12 @@ def threads_per_rank(cores: int) -> int:
     """Training threads a rank gets by default: its share of the host's cores among the local ranks."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if under_launcher() else 1
     return max(1, cores // max(local, 1))
+
+
+def resume_command(out: object) -> str:
+    """The command that continues the run saved in ``out``, launched the way this process was."""
+    nproc = os.environ.get(NPROC_ENV) if under_launcher() else None
+    return f"sparsembed train --resume {out}" + (f" --nproc {nproc}" if nproc else "")
 
 
 def join(timeout: float) -> None:
@@ -88,6 +97,7 @@ def spawn(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     Returns the exit code for the command line: 0, :data:`USER_ERROR_EXIT` when a rank reported a user error
     (it printed the message), else the first failed rank's code.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -96,9 +106,11 @@ def spawn(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     if max_restarts < 0:
         raise UserError(f"invalid setting: --max-restarts must be >= 0, got {max_restarts}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the launcher would set it too, with a warning
+    os.environ[NPROC_ENV] = str(nproc)  # so a rank's advice to resume names the same launch
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)  # our one line says which rank failed and how
+    for name in list(logging.Logger.manager.loggerDict):  # torch's modules set up their own loggers at import
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # our one line says which rank failed and how
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"sparsembed-{uuid.uuid4().hex[:12]}",
         rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=max_restarts,
@@ -106,6 +118,10 @@ def spawn(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     )
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "sparsembed", *argv)
+    except SignalException as exc:
+        # Ctrl-C / SIGTERM reached the ranks too: they checkpoint and rank 0 says how to resume; the launcher
+        # stopped them and exits as a signalled command does.
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         codes = [failure.exitcode for failure in exc.failures.values()]
         if USER_ERROR_EXIT in codes:
