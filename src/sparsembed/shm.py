@@ -65,7 +65,7 @@ class HostSlots:
         self.capacity = (int(capacity) + 63) // 64 * 64  # every slot starts on a cache line
         size = 2 * self.world * self.capacity
         name = [f"sparsembed-{uuid.uuid4().hex}" if self.rank == 0 else None]
-        dist.broadcast_object_list(name, src=0, group=group)
+        dist.broadcast_object_list(name, group=group, group_src=0)
         path = os.path.join(SHM_DIR, name[0])
         if self.rank == 0:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
