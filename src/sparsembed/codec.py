@@ -83,15 +83,23 @@ def encode(rs: RowSparse, rows: str = "auto", values: str = "fp32", compress: st
     return b"".join((_HEADER.pack(*fields), id_wire, payload))
 
 
-def encode_array(rs: RowSparse, rows: str = "auto", values: str = "fp32", compress: str | None = None) -> np.ndarray:
-    """Like :func:`encode`, into a fresh writable uint8 numpy array (same bytes).
+def encode_array(rs: RowSparse, rows: str = "auto", values: str = "fp32", compress: str | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """Like :func:`encode`, into a writable uint8 numpy array (same bytes): a fresh one, or the front of ``out``
+    (e.g. a shared-memory slot; ValueError if it is too small), returned as a view of it.
 
     Faster for large messages: numpy's large buffers get huge pages, and the values are copied and
     checksummed in one pass. ``torch.from_numpy`` of the result shares it, e.g. for ``torch.distributed``.
     """
     fields, id_wire, payload = _prepare(rs, rows, values, compress)
     start = HEADER_SIZE + len(id_wire)
-    out = np.empty(start + payload.shape[0], np.uint8)
+    total = start + payload.shape[0]
+    if out is None:
+        out = np.empty(total, np.uint8)
+    elif out.dtype != np.uint8 or out.ndim != 1 or out.shape[0] < total:
+        raise ValueError(f"codec.encode_array: out must be a 1-d uint8 array of at least {total} bytes")
+    else:
+        out = out[:total]
     out[HEADER_SIZE:start] = np.frombuffer(id_wire, np.uint8)
     seed = _checksum(id_wire, _checksum(_HEADER.pack(*fields)[:_SUM_OFFSET], 0))
     fields[-1] = _checksum(payload, seed, out[start:])

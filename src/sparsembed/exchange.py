@@ -162,10 +162,11 @@ class _RowCodec:
     def __init__(self, num_rows: int, dim: int, rows: str, values: str, compress: str | None) -> None:
         self.num_rows, self.dim, self.rows, self.values, self.compress = num_rows, dim, rows, values, compress
 
-    def encode(self, ids: torch.Tensor, vals: torch.Tensor, num_rows: int | None = None) -> np.ndarray:
+    def encode(self, ids: torch.Tensor, vals: torch.Tensor, num_rows: int | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
         rs = RowSparse(ids, vals, self.num_rows if num_rows is None else num_rows, check=False)
         rs._coalesced = True  # callers pass strictly increasing ids
-        return codec.encode_array(rs, self.rows, self.values, self.compress)
+        return codec.encode_array(rs, self.rows, self.values, self.compress, out=out)
 
     def decode(self, buf: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         rs = codec.decode(buf, dtype="wire")
@@ -322,17 +323,13 @@ def replicated(
         if rows == "auto" and 8 * grad.n < num_rows:
             rows = "index"  # what "auto" would pick below 1/8 density, without sizing the other candidates
         rc = _RowCodec(num_rows, dim, rows, values, compress)
-        msg = rc.encode(grad.ids, grad.values)
+        msg = rc.encode(grad.ids, grad.values, out=None if slots is None else slots.slot())  # no copy into a slot
         size = msg.shape[0]
         clock.lap("encode")
     if mode == "dense":  # every rank knows: no round at all
         sizes = np.full(world, -1, np.int64)
     elif slots is not None:
-        if size > slots.capacity:  # cannot happen for a codec message of distinct rows; the dense path is safe
-            size = -1
-        elif msg is not None:
-            slots.slot()[:size] = msg
-        sizes = slots.publish(size)
+        sizes = slots.publish(size)  # the message, if any, was encoded into this rank's slot
         blocks = [slots.slot(r)[: max(int(sizes[r]), 0)] for r in range(world)]
         clock.lap("shm_round")
     else:
