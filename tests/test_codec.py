@@ -241,3 +241,14 @@ def test_compression_bomb_refused():
     fields[4], fields[10] = 1, 1 << 40
     struct.pack_into("<4sBBBBQQIIQQQ", buf, 0, *fields)
     _decode_fails_cleanly(_reseal(buf), match="expand")
+
+
+def test_encode_array_into_a_given_buffer() -> None:
+    rs = RowSparse(torch.tensor([3, 7, 90]), torch.arange(12, dtype=torch.float32).reshape(3, 4), 100)
+    expected = codec.encode(rs)
+    slot = np.full(len(expected) + 50, 0xAB, np.uint8)
+    msg = codec.encode_array(rs, out=slot)
+    assert msg.tobytes() == expected and np.shares_memory(msg, slot)
+    assert (slot[len(expected):] == 0xAB).all()  # nothing written past the message
+    with pytest.raises(ValueError, match="at least"):
+        codec.encode_array(rs, out=np.zeros(len(expected) - 1, np.uint8))
