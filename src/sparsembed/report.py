@@ -74,17 +74,27 @@ def render(directory: str | Path, output: str | Path | None = None) -> list[Path
 
     exchange = [r for r in records if "bytes_sent" in r]
     if exchange:
-        figure, (bytes_axis, shard_axis) = plt.subplots(1, 2, figsize=(11, 4))
+        figure, (bytes_axis, time_axis, shard_axis) = plt.subplots(1, 3, figsize=(16, 4))
         steps = range(len(exchange))
         bytes_axis.plot(steps, [r["bytes_sent"] for r in exchange], label="sent")
         if any("dense_bytes" in r for r in exchange):
             bytes_axis.plot(steps, [r.get("dense_bytes", math.nan) for r in exchange], label="dense equivalent")
         bytes_axis.set(title="bytes per step", xlabel="step", ylabel="bytes", yscale="log")
         bytes_axis.legend()
+        for key, label in (("compute_s", "compute"), ("exchange_s", "exchange")):
+            if any(key in r for r in exchange):
+                time_axis.plot(steps, [r.get(key, math.nan) for r in exchange], label=label)
+        time_axis.set(title="seconds per step", xlabel="step", ylabel="s")
+        if time_axis.lines:
+            time_axis.legend()
         loads = [r["shard_loads"] for r in exchange if isinstance(r.get("shard_loads"), list)]
         if loads:
             shard_axis.bar(range(len(loads[-1])), loads[-1])
-        shard_axis.set(title="rows per shard (last step)", xlabel="shard", ylabel="rows")
+            shard_axis.set_xticks(range(len(loads[-1])))
+        else:
+            shard_axis.text(0.5, 0.5, "no shards logged\n(replicated: every rank holds every row)",
+                            ha="center", va="center", transform=shard_axis.transAxes)
+        shard_axis.set(title="rows sent to each owner (last step)", xlabel="shard", ylabel="rows")
         figure.tight_layout()
         written.append(_save(figure, out_dir / "report-exchange.png"))
         plt.close(figure)
