@@ -6,8 +6,10 @@ both matrices, starting from the same *reference* matrices, and the kernel marks
 per matrix, each rank sends the change of its touched rows (``work - reference``) and every rank adds the sum of
 all ranks' changes to the reference and copies it into its working rows:
 
-* ``replicated``: :func:`sparsembed.exchange.replicated` sums the row-sparse changes on every rank (sparse or,
-  above its density threshold, a dense all-reduce), so all replicas hold bit-identical references;
+* ``replicated``: every rank gets the sum of all changes, so all replicas hold bit-identical references. Ranks
+  on one host write their rows into shared memory (:mod:`sparsembed.shm`) and each adds all slots in rank
+  order; otherwise :func:`sparsembed.exchange.replicated` (sparse codec messages) or, when the touched rows would
+  make that dearer, one dense all-reduce of the change (``transport="tcp"`` forces this gloo path);
 * ``sharded``: :func:`sparsembed.exchange.sharded` sends each change to the row's owner (a load-balanced
   :class:`~sparsembed.sharding.ShardMap`, ranges of relabelled rows), the owner adds it to its authoritative
   rows and sends every rank the fresh values of the rows it touched; rows a rank did not touch stay as it last
@@ -19,8 +21,8 @@ changes: what the deterministic test checks. Because the step's jobs are a prefi
 checkpoint is the single-process one (epoch, next job), so a run resumes with any number of ranks. The learning
 rate follows the global position: a job of a step of ``k`` concurrent jobs decays ``k`` times as fast as alone.
 
-Everything collective goes through the process group with its timeout; a rank that stops answering is named by
-:mod:`sparsembed.watchdog` when it exists.
+Every collective goes through the process group with its timeout, inside a :class:`~sparsembed.watchdog.PeerWatch`
+guard, so a rank that died or hung is named in the error.
 """
 
 from __future__ import annotations
