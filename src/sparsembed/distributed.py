@@ -27,6 +27,7 @@ guard, so a rank that died or hung is named in the error.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -40,14 +41,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import exchange, kernels
+from . import exchange
 from .errors import UserError
 from .progress import Progress
 from .sharding import ShardMap
 from .shm import HostSlots, one_host
 from .sparse import RowSparse
 from .watchdog import PeerWatch
-from .word2vec import Word2Vec, job_boundaries
+from .word2vec import Word2Vec
 
 STRATEGIES = ("replicated", "sharded")
 ROW_ENCODINGS = ("auto", "index", "bitmap", "roaring")
@@ -312,9 +313,7 @@ class DataParallelTrainer:
         if not (dist.is_available() and dist.is_initialized()):
             raise UserError("data-parallel training needs torch.distributed initialized (run under torchrun or "
                             "sparsembed train --nproc N)")
-        model._require_vocab()
-        if model.corpus is None:
-            raise UserError("the model has no corpus loaded; load it with Word2Vec.load(DIR, with_corpus=True)")
+        model._require_corpus()
         self.model = model
         self.options = (options or ExchangeOptions()).validate()
         self.group = group
@@ -368,15 +367,9 @@ class DataParallelTrainer:
         ``stop_after_steps`` does the same after that many steps (tests of resumption).
         """
         m, s = self.model, self.model.settings
+        bounds = m._job_bounds()
         corpus = m.corpus
-        per_epoch = int(corpus.sentence_starts[-1])
-        if per_epoch == 0:
-            raise UserError("the corpus has no token from the vocabulary; nothing to train")
-        bounds = job_boundaries(corpus.sentence_starts, s.job_tokens)
         n_jobs = len(bounds) - 1
-        if m.position.job > n_jobs:
-            raise UserError(f"the saved position (job {m.position.job}) is past the corpus' {n_jobs} jobs; "
-                            "the checkpoint does not belong to this corpus")
         lead = self.rank == 0
         out_dir = Path(out) if out is not None else None
         if out_dir is not None and lead:
@@ -448,17 +441,11 @@ class DataParallelTrainer:
         per_epoch = int(corpus.sentence_starts[-1])
         epoch = m.position.epoch
         before = epoch * per_epoch + int(corpus.sentence_starts[bounds[first]])
-        total, before = concurrent_schedule(per_epoch * s.epochs, before, per_step)
-        syn0, syn1 = (r.work for r in self.replicas)
-        t0, t1 = (r.touched for r in self.replicas)
+        schedule = concurrent_schedule(per_epoch * s.epochs, before, per_step)
+        touched = tuple(r.touched for r in self.replicas)  # the replicas' working copies are the model's matrices
 
         def run(job: int) -> tuple:
-            return kernels.train_job(
-                syn0, syn1, corpus.ids, corpus.sentence_starts, int(bounds[job]), int(bounds[job + 1]),
-                tables["sample_ints"], s.sample > 0, tables["packed_alias"], s.sg, s.window, s.negative,
-                s.alpha, s.min_alpha, total, before, s.seed, epoch, job, kernels.SIGMOID_TABLE,
-                kernels.LOG_SIGMOID_TABLE, t0, t1,
-            )
+            return m._run_job(corpus, bounds, epoch, job, tables, schedule, touched)
 
         jobs = step_jobs(first, n_jobs, self.world, s.workers, self.rank)
         return list(pool.map(run, jobs))
@@ -554,7 +541,7 @@ class DataParallelTrainer:
             }
             if self.owners is not None:
                 record["shard_loads"] = [int(x) for x in self.owners.loads]
-            reporter.metrics.write(_json_line(record))
+            reporter.metrics.write(json.dumps(record) + "\n")
         reporter.update(fraction, m._alpha(fraction), m._mean_loss(), m.position.epoch)
 
     def _end_epoch(self, reporter: Progress, out_dir: Path | None) -> None:
@@ -575,9 +562,3 @@ class DataParallelTrainer:
         if self.owners is not None:
             for replica in self.replicas:
                 self.owners.consolidate(replica, self.group)
-
-
-def _json_line(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record) + "\n"

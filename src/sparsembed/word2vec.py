@@ -207,19 +207,10 @@ class Word2Vec:
         signal handler, say) ends training at the next job boundary: the running jobs finish, a checkpoint
         goes to ``out``, and the summary has ``interrupted: True``.
         """
-        self._require_vocab()
-        if self.corpus is None:
-            raise UserError("the model has no corpus loaded; load it with Word2Vec.load(DIR, with_corpus=True)")
         s = self.settings
+        bounds = self._job_bounds()
         corpus = self.corpus
-        tokens_per_epoch = int(corpus.sentence_starts[-1])
-        if tokens_per_epoch == 0:
-            raise UserError("the corpus has no token from the vocabulary; nothing to train")
-        bounds = job_boundaries(corpus.sentence_starts, s.job_tokens)
         n_jobs = len(bounds) - 1
-        if self.position.job > n_jobs:
-            raise UserError(f"the saved position (job {self.position.job}) is past the corpus' {n_jobs} jobs; "
-                            "the checkpoint does not belong to this corpus")
         out_dir = Path(out) if out is not None else None
         if out_dir is not None:
             try:
@@ -291,16 +282,41 @@ class Word2Vec:
             "packed_alias": kernels.pack_alias(_alias_threshold_u32(threshold), np.asarray(alias)),
         }
 
-    def _run_job(self, corpus: EncodedCorpus, bounds: np.ndarray, epoch: int, job: int, tables: dict) -> tuple:
+    def _require_corpus(self) -> None:
+        self._require_vocab()
+        if self.corpus is None:
+            raise UserError("the model has no corpus loaded; load it with Word2Vec.load(DIR, with_corpus=True)")
+
+    def _job_bounds(self) -> np.ndarray:
+        """The corpus' job boundaries (:func:`job_boundaries`), after checking there is something to train and
+        that the saved position lies within them."""
+        self._require_corpus()
+        starts = self.corpus.sentence_starts
+        if int(starts[-1]) == 0:
+            raise UserError("the corpus has no token from the vocabulary; nothing to train")
+        bounds = job_boundaries(starts, self.settings.job_tokens)
+        n_jobs = len(bounds) - 1
+        if self.position.job > n_jobs:
+            raise UserError(f"the saved position (job {self.position.job}) is past the corpus' {n_jobs} jobs; "
+                            "the checkpoint does not belong to this corpus")
+        return bounds
+
+    def _run_job(self, corpus: EncodedCorpus, bounds: np.ndarray, epoch: int, job: int, tables: dict,
+                 schedule: tuple[int, int] | None = None,
+                 touched: tuple[np.ndarray, np.ndarray] = (kernels.NOT_TRACKED, kernels.NOT_TRACKED)) -> tuple:
+        """Train job ``job`` in place. ``schedule``: the kernel's (total tokens, tokens before) when not this
+        job's own place in the run (data-parallel steps); ``touched``: per-row marks the kernel sets."""
         s = self.settings
         first, last = int(bounds[job]), int(bounds[job + 1])
-        tokens_per_epoch = int(corpus.sentence_starts[-1])
-        before = epoch * tokens_per_epoch + int(corpus.sentence_starts[first])
+        if schedule is None:
+            tokens_per_epoch = int(corpus.sentence_starts[-1])
+            schedule = (tokens_per_epoch * s.epochs, epoch * tokens_per_epoch + int(corpus.sentence_starts[first]))
+        total, before = schedule
         return kernels.train_job(
             self.syn0, self.syn1, corpus.ids, corpus.sentence_starts, first, last,
             tables["sample_ints"], s.sample > 0, tables["packed_alias"], s.sg, s.window, s.negative,
-            s.alpha, s.min_alpha, tokens_per_epoch * s.epochs, before, s.seed, epoch, job,
-            kernels.SIGMOID_TABLE, kernels.LOG_SIGMOID_TABLE,
+            s.alpha, s.min_alpha, total, before, s.seed, epoch, job,
+            kernels.SIGMOID_TABLE, kernels.LOG_SIGMOID_TABLE, *touched,
         )
 
     def _collect(self, done, pending: dict, finished_early: dict, bounds, epoch: int, reporter: Progress) -> None:
