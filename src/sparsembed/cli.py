@@ -210,10 +210,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _spawn_ranks(args)
     if launch.under_launcher() and launch.world_size() > 1:
         return _train_rank(args)
+    _check_run_args(args)
     signals = StopSignals()
     if args.resume:
-        if args.corpus or args.out:
-            raise UserError("--resume DIR takes its corpus and settings from DIR; drop CORPUS and --out")
         out = Path(args.resume)
         with signals.installed(), _fault_advice(out):
             model = Word2Vec.load(out, with_corpus=True)
@@ -228,15 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{out}: training already complete; outputs rewritten", file=sys.stderr)
         return 0
 
-    if not args.corpus or not args.out:
-        raise UserError("train needs a CORPUS and --out DIR (or --resume DIR)")
-    model = Word2Vec(
-        vector_size=args.dim, sg=int(args.model == "skipgram"), window=args.window, negative=args.negative,
-        min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
-        alpha=args.alpha, min_alpha=args.min_alpha, workers=args.workers, seed=args.seed,
-    )
-    model.settings.job_tokens = args.job_tokens or SINGLE_JOB_TOKENS
-    model.settings.validate()
+    model = _new_model(args, args.workers, SINGLE_JOB_TOKENS)
     out = Path(args.out)
     created = prepare_out_dir(out, force=args.force)
     try:
@@ -252,17 +243,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run_args(args: argparse.Namespace) -> None:
+    """A run is either ``--resume DIR`` alone or ``CORPUS --out DIR``."""
+    if args.resume and (args.corpus or args.out):
+        raise UserError("--resume DIR takes its corpus and settings from DIR; drop CORPUS and --out")
+    if not args.resume and (not args.corpus or not args.out):
+        raise UserError("train needs a CORPUS and --out DIR (or --resume DIR)")
+
+
+def _new_model(args: argparse.Namespace, workers: int | None, default_job_tokens: int):
+    """A fresh Word2Vec with the command line's settings (validated), not yet given its corpus."""
+    from .word2vec import Word2Vec
+
+    model = Word2Vec(
+        vector_size=args.dim, sg=int(args.model == "skipgram"), window=args.window, negative=args.negative,
+        min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
+        alpha=args.alpha, min_alpha=args.min_alpha, workers=workers, seed=args.seed,
+    )
+    model.settings.job_tokens = args.job_tokens or default_job_tokens
+    model.settings.validate()
+    return model
+
+
 def _spawn_ranks(args: argparse.Namespace) -> int:
     """``train --nproc N``: check what can be checked once, then run the same command as N ranks."""
+    _check_run_args(args)
     if args.resume:
-        if args.corpus or args.out:
-            raise UserError("--resume DIR takes its corpus and settings from DIR; drop CORPUS and --out")
         out, created = Path(args.resume), False
         if not _has_checkpoint(out):
             raise UserError(f"{out} holds no checkpoint to resume (no {out / 'model' / 'state.json'})")
     else:
-        if not args.corpus or not args.out:
-            raise UserError("train needs a CORPUS and --out DIR (or --resume DIR)")
         if not Path(args.corpus).exists():
             raise UserError(f"corpus {args.corpus} does not exist")
         out = Path(args.out)
@@ -303,6 +313,7 @@ def _train_rank(args: argparse.Namespace) -> int:
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a rank is (a hung run's first question)
     options = ExchangeOptions(args.strategy, args.rows, args.values, transport=args.transport).validate()
+    _check_run_args(args)
     launch.join(args.timeout)
     lead = launch.rank() == 0
     signals = StopSignals()
@@ -311,24 +322,15 @@ def _train_rank(args: argparse.Namespace) -> int:
         if resume_dir is None and launch.restart_count() > 0 and args.out and _has_checkpoint(Path(args.out)):
             resume_dir = Path(args.out)  # torchrun restarted the group: continue from the last checkpoint
         if resume_dir is not None:
-            if args.resume and (args.corpus or args.out):
-                raise UserError("--resume DIR takes its corpus and settings from DIR; drop CORPUS and --out")
             out = resume_dir
             with _fault_advice(out):
                 model = Word2Vec.load(out, with_corpus=True)
         else:
-            if not args.corpus or not args.out:
-                raise UserError("train needs a CORPUS and --out DIR (or --resume DIR)")
             out = Path(args.out)
-            model = Word2Vec(
-                vector_size=args.dim, sg=int(args.model == "skipgram"), window=args.window, negative=args.negative,
-                min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
-                alpha=args.alpha, min_alpha=args.min_alpha, workers=1, seed=args.seed,
-            )
             # Each step exchanges nearly every output row (negative sampling touches most of them): 250k tokens a
             # rank keeps the exchange near a quarter of the step on one host and stays within a point of 1 process
             # x 2 threads in analogy accuracy; 500k was faster and 1.3 points worse (BENCHMARKS.md).
-            model.settings.job_tokens = args.job_tokens or DATA_PARALLEL_JOB_TOKENS
+            model = _new_model(args, 1, DATA_PARALLEL_JOB_TOKENS)
             _agree_on(lambda: prepare_out_dir(out, force=args.force) if lead else None)
             with _fault_advice(out):
                 model.build_vocab(args.corpus)
