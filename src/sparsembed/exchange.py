@@ -614,7 +614,8 @@ def _dense_sum_shared(grad: RowSparse, slots: Any) -> RowSparse:
     mats = slots.slots()[:, :nbytes].view(np.float32).reshape(slots.world, num_rows, dim)
     mine = mats[slots.rank]
     vals = grad.values.float().numpy() if grad.n else np.zeros((0, dim), np.float32)
-    _densify(mine, grad.ids.numpy(), vals)
+    mine[:] = 0.0
+    _scatter_rows(mine, grad.ids.numpy(), vals, np.arange(grad.n), 0, grad.n)  # in order of appearance
     slots.publish(nbytes)
     dense = _dense_matrix(num_rows, dim, zero=False)
     _sum_slots(dense.numpy(), mats)
@@ -929,17 +930,6 @@ def _scatter_rows(dense, ids, vals, order, start, stop):  # pragma: no cover - c
     dim = dense.shape[1]
     for k in range(start, stop):
         p = order[k]
-        r = ids[p]
-        for c in range(dim):
-            dense[r, c] += vals[p, c]
-
-
-@numba.njit(cache=True, nogil=True)
-def _densify(dense, ids, vals):  # pragma: no cover - compiled
-    """``dense = 0`` then ``dense[ids[p]] += vals[p]`` in order of appearance (duplicates summed)."""
-    dense[:] = 0.0
-    dim = dense.shape[1]
-    for p in range(ids.shape[0]):
         r = ids[p]
         for c in range(dim):
             dense[r, c] += vals[p, c]

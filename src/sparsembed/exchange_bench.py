@@ -31,7 +31,6 @@ import multiprocessing as mp
 import os
 import platform
 import queue
-import socket
 import statistics
 import time
 from datetime import timedelta
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
+from .launch import free_port
 
 __all__ = ["SWEEP", "VALUES", "ROWS_ENCODINGS", "run_exchange_bench", "rank_main", "under_torchrun", "zipf_ids",
            "density_ids", "format_text"]
@@ -153,16 +153,10 @@ def _spawned_rank(rank: int, world: int, port: int, cfg: dict, out: Any) -> None
         out.put(results)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(nproc: int, cfg: dict, timeout: float) -> list[dict]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_spawned_rank, args=(r, nproc, port, cfg, out), daemon=True) for r in range(nproc)]
     for p in procs:
         p.start()
