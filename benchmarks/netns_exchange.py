@@ -144,38 +144,59 @@ def link_check(megabytes: int = 64) -> float:
             server.wait()
 
 
-def run_bench(hosts: int, bench_args: list[str], timeout: float) -> tuple[dict, list[str]]:
-    """Start torchrun in every namespace; rank 0's JSON, and the command of host 0 (for the record)."""
-    port = str(29500 + os.getpid() % 1000)
-    torchrun = str(ROOT / ".venv" / "bin" / "torchrun")
-    procs, commands = [], []
-    for i in range(hosts):
-        cmd = [torchrun, "--nnodes", str(hosts), "--nproc-per-node", "1", "--node-rank", str(i), "--master-addr",
-               f"{SUBNET}.1", "--master-port", port, "-m", "sparsembed", "bench", "exchange", *bench_args, "--json"]
-        env = {**os.environ, "GLOO_SOCKET_IFNAME": f"{ns(i)}n", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
-            env.pop(var, None)
-        procs.append(subprocess.Popen(["ip", "netns", "exec", ns(i), *cmd], env=env, cwd=ROOT, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
-        commands.append(f"ip netns exec {ns(i)} env GLOO_SOCKET_IFNAME={ns(i)}n " + " ".join([
-            ".venv/bin/torchrun", *cmd[1:]]))
+def clean_env() -> dict[str, str]:
+    """This environment without another launcher's rank variables (each torchrun sets its own)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "SPARSEMBED_SHM",
+                "GLOO_SOCKET_IFNAME"):
+        env.pop(var, None)
+    return env
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str, str]]:
+    """(returncode, stdout, stderr) of every process within ``timeout`` seconds in all; raises if one failed.
+    Whatever is still running afterwards (on error or timeout) is killed with its process group."""
     try:
         deadline = time.monotonic() + timeout
         outs = []
         for p in procs:
             out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
             outs.append((p.returncode, out, err))
-        failed = [(i, rc, err.strip().splitlines()[-5:]) for i, (rc, _, err) in enumerate(outs) if rc != 0]
+        failed = [(i, rc, err.strip().splitlines()[-8:]) for i, (rc, _, err) in enumerate(outs) if rc != 0]
         if failed:
-            raise RuntimeError(f"torchrun failed on hosts: {failed}")
-        text = outs[0][1]
-        return json.loads(text[text.index("{"):]), commands
+            raise RuntimeError(f"failed on hosts: {failed}")
+        return outs
     finally:
         for p in procs:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+
+
+def torchrun_everywhere(hosts: int, sparsembed_args: list[str], port: str,
+                        timeout: float) -> tuple[list[tuple[int, str, str]], list[str]]:
+    """``torchrun ... -m sparsembed ARGS`` as one rank in every namespace (GLOO_SOCKET_IFNAME its veth); every
+    rank's (returncode, stdout, stderr) and the commands (for the record)."""
+    torchrun = str(ROOT / ".venv" / "bin" / "torchrun")
+    procs, commands = [], []
+    for i in range(hosts):
+        cmd = [torchrun, "--nnodes", str(hosts), "--nproc-per-node", "1", "--node-rank", str(i), "--master-addr",
+               f"{SUBNET}.1", "--master-port", port, "-m", "sparsembed", *sparsembed_args]
+        env = {**clean_env(), "GLOO_SOCKET_IFNAME": f"{ns(i)}n"}
+        procs.append(subprocess.Popen(["ip", "netns", "exec", ns(i), *cmd], env=env, cwd=ROOT, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
+        commands.append(f"ip netns exec {ns(i)} env GLOO_SOCKET_IFNAME={ns(i)}n " + " ".join([
+            ".venv/bin/torchrun", *cmd[1:]]))
+    return wait_all(procs, timeout), commands
+
+
+def run_bench(hosts: int, bench_args: list[str], timeout: float) -> tuple[dict, list[str]]:
+    """Start torchrun in every namespace; rank 0's JSON, and the command of every host (for the record)."""
+    port = str(29500 + os.getpid() % 1000)
+    outs, commands = torchrun_everywhere(hosts, ["bench", "exchange", *bench_args, "--json"], port, timeout)
+    text = outs[0][1]
+    return json.loads(text[text.index("{"):]), commands
 
 
 def summarize(res: dict, hosts: int, rows: int, dim: int) -> dict:

@@ -27,12 +27,10 @@ Namespaces, veths and the bridge are removed on exit, on error and on Ctrl-C / S
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -56,50 +54,13 @@ nx = _load_netns_exchange()
 HOSTS = 2
 
 
-def _clean_env() -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "SPARSEMBED_SHM",
-                "GLOO_SOCKET_IFNAME"):
-        env.pop(var, None)
-    return env
-
-
-def _wait(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str, str]]:
-    try:
-        deadline = time.monotonic() + timeout
-        outs = []
-        for p in procs:
-            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            outs.append((p.returncode, out, err))
-        failed = [(i, rc, err.strip().splitlines()[-8:]) for i, (rc, _, err) in enumerate(outs) if rc != 0]
-        if failed:
-            raise RuntimeError(f"training failed: {failed}")
-        return outs
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-
-
 def train_netns(corpus: str, out: Path, epochs: int, job_tokens: int, timeout: float) -> tuple[float, list[str]]:
     """One training run across the namespaces; its wall seconds and the commands (for the record)."""
     port = str(29600 + os.getpid() % 1000)
-    torchrun = str(ROOT / ".venv" / "bin" / "torchrun")
-    procs, commands = [], []
-    for i in range(HOSTS):
-        cmd = [torchrun, "--nnodes", str(HOSTS), "--nproc-per-node", "1", "--node-rank", str(i), "--master-addr",
-               f"{nx.SUBNET}.1", "--master-port", port, "-m", "sparsembed", "train", corpus, "--out", str(out),
-               "--workers", "1", "--epochs", str(epochs), "--job-tokens", str(job_tokens), "--transport", "auto",
-               "--quiet"]
-        env = {**_clean_env(), "GLOO_SOCKET_IFNAME": f"{nx.ns(i)}n"}
-        procs.append(subprocess.Popen(["ip", "netns", "exec", nx.ns(i), *cmd], env=env, cwd=ROOT, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
-        commands.append(f"ip netns exec {nx.ns(i)} env GLOO_SOCKET_IFNAME={nx.ns(i)}n " + " ".join([
-            ".venv/bin/torchrun", *cmd[1:]]))
+    args = ["train", corpus, "--out", str(out), "--workers", "1", "--epochs", str(epochs), "--job-tokens",
+            str(job_tokens), "--transport", "auto", "--quiet"]
     t0 = time.perf_counter()
-    _wait(procs, timeout)
+    _, commands = nx.torchrun_everywhere(HOSTS, args, port, timeout)
     return time.perf_counter() - t0, commands
 
 
@@ -108,8 +69,8 @@ def train_loopback(corpus: str, out: Path, epochs: int, job_tokens: int, timeout
            "--workers", "1", "--epochs", str(epochs), "--job-tokens", str(job_tokens), "--transport", "tcp",
            "--quiet"]
     t0 = time.perf_counter()
-    _wait([subprocess.Popen(cmd, env=_clean_env(), cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)], timeout)
+    nx.wait_all([subprocess.Popen(cmd, env=nx.clean_env(), cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, start_new_session=True)], timeout)
     return time.perf_counter() - t0, [".venv/bin/python " + " ".join(cmd[1:])]
 
 
