@@ -53,7 +53,8 @@ def one_host(group: Any = None) -> bool:
 
 
 class HostSlots:
-    """``world`` ranks x 2 parities x ``capacity`` bytes in one shared segment (see the module docstring).
+    """``world`` ranks x 2 parities x ``capacity`` bytes in one shared segment (see the module docstring), mapped
+    until the process ends (the exchange keeps its slots for the life of the group).
 
     Collective to create: every rank of ``group`` constructs it with the same ``capacity``.
     """
@@ -103,11 +104,3 @@ class HostSlots:
     def advance(self) -> None:
         """Switch to the other parity: call once per exchange, after reading the peers' slots."""
         self.parity ^= 1
-
-    def close(self) -> None:
-        """Unmap (views into the segment must be gone)."""
-        self._all = None
-        try:
-            self._map.close()
-        except BufferError:  # a view still exists; the mapping goes with the process
-            pass
