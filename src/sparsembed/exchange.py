@@ -357,6 +357,7 @@ def replicated(
         out._coalesced = True
         sent, recv = _gathered_bytes(sizes, rank, world)
         stats = ExchangeStats(name, "replicated", "sparse", rc.encoding(msg), density, grad.n, sent, recv, 0)
+        clock.lap("finish")
     stats.phases = clock.phases
     stats.seconds = clock.total()
     return out, stats

@@ -3,26 +3,36 @@
 Between ranks on one machine, gloo moves every byte through loopback TCP: copied into the kernel by the sender,
 out of it by the receiver, with the CPU doing both. :class:`HostSlots` gives every rank of a group one slot in a
 segment of ``/dev/shm`` mapped by all of them: a rank writes its message (a row block, a dense change) into its
-slot, one tiny collective of ``torch.distributed`` (an all-gather of the sizes, with the group's timeout) says
-that every slot is written, and each rank reads its peers' slots in place. torch.distributed still runs the
-group (launch, rendezvous, timeouts, failure detection); only the payload takes the shorter path.
+slot, says so, and each rank reads its peers' slots in place once every rank has said so.
 
-Two slots per rank, used alternately (step parity): a rank writes slot ``p`` of step ``s + 2`` only after the
-collective of step ``s + 1``, which every rank enters after reading step ``s``, so a slot is never overwritten
-while read, with one collective per exchange.
+"Says so" is a sequence number and a size in the rank's own cache line of the segment, which the peers poll
+(x86-64 keeps stores in order, so a peer that sees the number sees the message). Even a tiny gloo all-gather
+costs 0.3 ms a round on loopback, as much as decoding a 2 MB message; polling costs microseconds when the ranks
+arrive together. torch.distributed still runs the group (launch, rendezvous, every other collective); the wait
+is bounded by the group's timeout and ends at once when a peer's process is gone (the ranks' pids are in the
+segment), raising an error that :class:`sparsembed.watchdog.PeerWatch` turns into one line naming the rank. On
+other architectures (weaker memory ordering), or with ``SPARSEMBED_SHM_SYNC=collective``, the sizes go through
+one tiny all-gather of torch.distributed instead.
 
-Used only when every rank of the group runs on the same host *and* in the same network namespace (hostname, boot
-id and ``/proc/self/ns/net`` agree: ranks in separate namespaces stand for separate hosts in our benchmarks), and
-``SPARSEMBED_SHM`` is not ``0``. The segment's name is removed as soon as every rank has mapped it, so nothing is
-left in ``/dev/shm`` whatever happens to the ranks afterwards.
+Two slots per rank, used alternately (step parity): a rank writes slot ``p`` of step ``s + 2`` only after every
+rank has announced step ``s + 1``, which each does after reading step ``s``, so a slot is never overwritten while
+read.
+
+Used only when every rank of the group runs on the same host *and* in the same network, mount and pid namespaces
+(hostname, boot id and ``/proc/self/ns/{net,mnt,pid}`` agree: ranks in separate network namespaces stand for
+separate hosts in our benchmarks), and ``SPARSEMBED_SHM`` is not ``0``. The segment's name is removed as soon
+as every rank has mapped it, so nothing is left in ``/dev/shm`` whatever happens to the ranks afterwards.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import platform
 import socket
+import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -30,15 +40,25 @@ import torch
 import torch.distributed as dist
 
 SHM_DIR = "/dev/shm"
+LINE = 64  # bytes of one rank's flags: a cache line of its own, holding int64 words at these indices
+_SEQ, _SIZES, _PID = 0, 1, 3  # last announcement, its size (two words, by announcement parity), process id
+#: Seconds of pure polling before a waiting rank starts yielding its core (ranks sharing cores must not starve
+#: the rank they wait for).
+SPIN_SECONDS = 2e-4
+#: Seconds of yielding before a waiting rank sleeps between polls (a long wait must not burn a core).
+YIELD_SECONDS = 5e-3
+#: Seconds between checks that the awaited peers' processes still exist.
+LIVENESS_EVERY = 0.05
 
 
-def _host_identity() -> tuple[str, str, str]:
+def _host_identity() -> tuple[str, ...]:
+    """Equal for two processes that see the same /dev/shm and each other's pids in the same network namespace."""
     try:
         boot = open("/proc/sys/kernel/random/boot_id").read().strip()  # noqa: SIM115
-        netns = os.readlink("/proc/self/ns/net")
+        spaces = tuple(os.readlink(f"/proc/self/ns/{ns}") for ns in ("net", "mnt", "pid"))
     except OSError:
         return socket.gethostname(), "", str(uuid.uuid4())  # unknown: never equal to another rank's
-    return socket.gethostname(), boot, netns
+    return socket.gethostname(), boot, *spaces
 
 
 def one_host(group: Any = None) -> bool:
@@ -52,19 +72,48 @@ def one_host(group: Any = None) -> bool:
     return identity is not None and all(other == identity for other in everyone)
 
 
+def _flag_sync() -> bool:
+    """Whether ranks may announce their slots by polling flags (see the module docstring)."""
+    mode = os.environ.get("SPARSEMBED_SHM_SYNC", "auto")
+    return mode != "collective" and platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _group_timeout(group: Any) -> float:
+    """Seconds the group's collectives wait before failing (the default 30 minutes if torch does not say)."""
+    try:
+        pg = group if group is not None else dist.distributed_c10d._get_default_group()
+        return pg._get_backend(torch.device("cpu")).options._timeout.total_seconds()
+    except Exception:  # private API: fall back to torch's documented default
+        return timedelta(minutes=30).total_seconds()
+
+
+def _alive(pid: int) -> bool:
+    """False once process ``pid`` has exited (a zombie not yet reaped by its launcher counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
 class HostSlots:
     """``world`` ranks x 2 parities x ``capacity`` bytes in one shared segment (see the module docstring), mapped
     until the process ends (the exchange keeps its slots for the life of the group).
 
-    Collective to create: every rank of ``group`` constructs it with the same ``capacity``.
+    Collective to create: every rank of ``group`` constructs it with the same ``capacity``. ``timeout``: seconds
+    :meth:`publish` waits for the peers (default: the group's timeout).
     """
 
-    def __init__(self, capacity: int, group: Any = None) -> None:
+    def __init__(self, capacity: int, group: Any = None, timeout: float | None = None) -> None:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
-        self.capacity = (int(capacity) + 63) // 64 * 64  # every slot starts on a cache line
-        size = 2 * self.world * self.capacity
+        self.capacity = (int(capacity) + LINE - 1) // LINE * LINE  # every slot starts on a cache line
+        self.timeout = _group_timeout(group) if timeout is None else float(timeout)
+        self.flags = _flag_sync()
+        head = self.world * LINE
+        size = head + 2 * self.world * self.capacity
         name = [f"sparsembed-{uuid.uuid4().hex}" if self.rank == 0 else None]
         dist.broadcast_object_list(name, group=group, group_src=0)
         path = os.path.join(SHM_DIR, name[0])
@@ -81,8 +130,12 @@ class HostSlots:
         dist.barrier(group=group)  # everyone has it mapped: the name can go
         if self.rank == 0:
             os.unlink(path)
-        self._all = np.frombuffer(self._map, dtype=np.uint8).reshape(2, self.world, self.capacity)
+        self._lines = np.frombuffer(self._map, dtype=np.int64, count=head // 8).reshape(self.world, LINE // 8)
+        self._all = np.frombuffer(self._map, dtype=np.uint8, offset=head).reshape(2, self.world, self.capacity)
+        self._lines[self.rank, _PID] = os.getpid()
         self.parity = 0
+        self.seq = 0
+        dist.barrier(group=group)  # every pid is written before anyone waits on it
 
     def slot(self, rank: int | None = None) -> np.ndarray:
         """The current step's slot of ``rank`` (default: this rank's, the one to write) as ``capacity`` bytes."""
@@ -97,9 +150,54 @@ class HostSlots:
         returns every rank's count. Collective."""
         if nbytes > self.capacity:
             raise ValueError(f"message of {nbytes} bytes exceeds the slot's {self.capacity}")
-        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
-        dist.all_gather(sizes, torch.tensor([nbytes], dtype=torch.int64), group=self.group)
-        return np.array([int(s) for s in sizes], dtype=np.int64)
+        if not self.flags:
+            sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+            dist.all_gather(sizes, torch.tensor([nbytes], dtype=torch.int64), group=self.group)
+            return np.array([int(s) for s in sizes], dtype=np.int64)
+        self.seq += 1
+        # Sizes alternate between two words by announcement: a peer may announce the next one (never two
+        # ahead: that waits for us) before we have read this one.
+        size = _SIZES + self.seq % 2
+        mine = self._lines[self.rank]
+        mine[size] = nbytes
+        mine[_SEQ] = self.seq  # after the size and the message: x86-64 makes stores visible in program order
+        self._wait(self.seq)
+        return self._lines[:, size].copy()
+
+    def _wait(self, seq: int) -> None:
+        """Poll until every rank has announced ``seq``: spin briefly, then yield the core, then sleep between
+        polls."""
+        seqs = self._lines[:, _SEQ]
+        start = time.perf_counter()
+        while int(seqs.min()) < seq:
+            if time.perf_counter() - start > SPIN_SECONDS:
+                self._wait_yielding(seq, start)
+                return
+
+    def _wait_yielding(self, seq: int, start: float) -> None:
+        seqs = self._lines[:, _SEQ]
+        checked = start
+        while int(seqs.min()) < seq:
+            now = time.perf_counter()
+            if now - start < YIELD_SECONDS:
+                os.sched_yield()
+            else:
+                time.sleep(5e-5)
+            if now - checked < LIVENESS_EVERY:
+                continue
+            checked = now
+            late = [r for r in range(self.world) if seqs[r] < seq]
+            gone = [r for r in late if not _alive(int(self._lines[r, _PID]))]
+            if gone:
+                raise RuntimeError(
+                    f"shared-memory exchange: peer rank {gone[0]} (pid {int(self._lines[gone[0], _PID])}) exited "
+                    f"before announcing its message {seq}"
+                )
+            if now - start > self.timeout:
+                raise RuntimeError(
+                    f"shared-memory exchange: timed out after {self.timeout:g} s waiting for peer rank {late[0]} "
+                    f"to announce its message {seq}"
+                )
 
     def advance(self) -> None:
         """Switch to the other parity: call once per exchange, after reading the peers' slots."""
