@@ -95,7 +95,9 @@ def _train_ranks(opt_name: str, steps: int, fuse: str) -> tuple[dict, list]:
     rank = dist.get_rank()
     model = _model()
     par.DENSE_PATH_MIN_BYTES = 0 if fuse == "fused-dense" else 1 << 20  # small tables may take the dense path
-    pm = parallel(model, fuse=fuse != "unfused")
+    par.SHARED_CAPACITY = 64 if fuse == "fused-shm-grow" else 1 << 20  # too small: all ranks grow their slots
+    tcp = fuse in ("fused-tcp", "fused-overflow")
+    pm = parallel(model, fuse=fuse != "unfused", transport="tcp" if tcp else "auto")
     if fuse == "fused-overflow":
         pm._eager_cap = 64  # every message overflows the first round: the tails take a second one
     opt = OPTS[opt_name](pm)
@@ -126,7 +128,7 @@ def pool():
         yield p
 
 
-@pytest.mark.parametrize("fuse", ["fused", "fused-overflow", "fused-dense", "unfused"])
+@pytest.mark.parametrize("fuse", ["fused", "fused-shm-grow", "fused-tcp", "fused-overflow", "fused-dense", "unfused"])
 @pytest.mark.parametrize("opt_name", sorted(OPTS))
 def test_two_ranks_equal_one_process_on_mean_loss(pool: DistPool, opt_name: str, fuse: str) -> None:
     results = pool.run(_train_ranks, opt_name, 3, fuse)

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sparsembed import exchange
+from sparsembed import exchange, shm
 from sparsembed.errors import UserError
 from sparsembed.exchange import ExchangeStats
 from sparsembed.hashembedding import HashEmbedding
@@ -80,6 +80,8 @@ class ParallelModel:
         mode: row-sparse weights: ``"auto"`` (sparse or dense by density), ``"sparse"`` or ``"dense"``.
         fuse: send every sparse gradient and the small dense ones in one message per peer (one size round, one
             data round per step, see :func:`_fused_sync`; float32 only); ``False``: one exchange per table.
+        transport: ``"auto"``: when every rank is on this host, the fused messages go through shared memory
+            (:mod:`sparsembed.shm`); ``"tcp"``: always gloo.
     """
 
     def __init__(
@@ -91,11 +93,15 @@ class ParallelModel:
         values: str = "fp32",
         mode: str = "auto",
         fuse: bool = True,
+        transport: str = "auto",
     ) -> None:
+        if transport not in exchange.TRANSPORTS:
+            raise UserError(f"parallel: transport must be one of {exchange.TRANSPORTS}, got {transport!r}")
         self.module = module
         self.group, self.bucket_bytes, self.values, self.mode = group, bucket_bytes, values, mode
-        self.fuse = fuse
+        self.fuse, self.transport = fuse, transport
         self._eager_cap = 64 << 10  # fused sync: bytes each rank sends in its first round (grows as needed)
+        self._slots: Any = None  # fused sync through shared memory: HostSlots, False when not on one host
         self.families = families(module)
         self.last_stats: list[ExchangeStats] = []
 
@@ -260,7 +266,7 @@ def _fused_sync(pm: ParallelModel, scale: float) -> list[ExchangeStats]:
         head = 8 * len(mine)
         own_starts = head + np.concatenate([[0], np.cumsum([(m + 7) // 8 * 8 for m in mine])])
         msg = _layout([np.asarray(mine, np.int64).view(np.uint8), flat.numpy().view(np.uint8), *segs], [0, *own_starts])
-        blocks = _eager_gather(pm, msg, rank, world)
+        blocks = _shared_gather(pm, msg) if _on_one_host(pm) else _eager_gather(pm, msg, rank, world)
         lengths = np.stack([b[:head].view(np.int64) for b in blocks])
         padded = (lengths + 7) // 8 * 8
         starts = head + np.concatenate([np.zeros((world, 1), np.int64), np.cumsum(padded, axis=1)], axis=1)
@@ -319,6 +325,36 @@ def _layout(segments: list[np.ndarray], starts: Any) -> np.ndarray:
     return msg
 
 
+def _on_one_host(pm: ParallelModel) -> bool:
+    """Whether the fused messages can go through shared memory (decided once, collectively, on first use)."""
+    if pm._slots is None:
+        pm._slots = pm.transport == "auto" and shm.one_host(pm.group) and shm.HostSlots(SHARED_CAPACITY, pm.group)
+    return pm._slots is not False
+
+
+def _shared_gather(pm: ParallelModel, msg: np.ndarray) -> list[np.ndarray]:
+    """All ranks' messages through shared-memory slots: each rank writes its message into its slot and announces
+    it (:meth:`shm.HostSlots.publish`, microseconds instead of a gloo round). The returned blocks are views of
+    the slots, valid until this rank's next announcement (no peer writes these slots again before it).
+
+    A message larger than the slots is announced as ``-2 - size`` instead; every rank then sees who needs how
+    much, and all replace their slots by larger ones together and announce again.
+    """
+    slots = pm._slots
+    fits = msg.shape[0] <= slots.capacity
+    if fits:
+        slots.slot()[: msg.shape[0]] = msg
+    sizes = slots.publish(msg.shape[0] if fits else -2 - msg.shape[0])
+    if np.any(sizes < -1):
+        slots.advance()
+        needed = int(np.where(sizes < -1, -2 - sizes, sizes).max())
+        pm._slots = shm.HostSlots(needed * 5 // 4, pm.group)
+        return _shared_gather(pm, msg)
+    blocks = [slots.slot(r)[: int(sizes[r])] for r in range(slots.world)]
+    slots.advance()
+    return blocks
+
+
 def _eager_gather(pm: ParallelModel, msg: np.ndarray, rank: int, world: int) -> list[np.ndarray]:
     """All ranks' messages, each starting with its length, without a size round in the steady state.
 
@@ -345,6 +381,10 @@ def _eager_gather(pm: ParallelModel, msg: np.ndarray, rank: int, world: int) -> 
         blocks = [np.concatenate([blocks[r], got2[r, : max(0, int(total[r]) - cap)]]) for r in range(world)]
         pm._eager_cap = (longest * 5 // 4 + 4095) // 4096 * 4096
     return blocks
+
+
+#: Initial bytes of a rank's shared-memory slot for the fused sync (grown to 5/4 of a larger message).
+SHARED_CAPACITY = 1 << 20
 
 
 def _may_go_dense(mode: str, rs: RowSparse, world: int) -> bool:
