@@ -94,9 +94,9 @@ def _train_ranks(opt_name: str, steps: int, fuse: str) -> tuple[dict, list]:
 
     rank = dist.get_rank()
     model = _model()
-    par.DENSE_PATH_MIN_BYTES = 0 if fuse == "fused-dense" else 1 << 20  # small tables may take the dense path
+    par.DENSE_PATH_MIN_BYTES = 0 if fuse.startswith("fused-dense") else 1 << 20  # small tables may take the dense path
     par.SHARED_CAPACITY = 64 if fuse == "fused-shm-grow" else 1 << 20  # too small: all ranks grow their slots
-    tcp = fuse in ("fused-tcp", "fused-overflow")
+    tcp = fuse in ("fused-tcp", "fused-overflow", "fused-dense-tcp")
     pm = parallel(model, fuse=fuse != "unfused", transport="tcp" if tcp else "auto")
     if fuse == "fused-overflow":
         pm._eager_cap = 64  # every message overflows the first round: the tails take a second one
@@ -128,7 +128,10 @@ def pool():
         yield p
 
 
-@pytest.mark.parametrize("fuse", ["fused", "fused-shm-grow", "fused-tcp", "fused-overflow", "fused-dense", "unfused"])
+FUSE_MODES = ["fused", "fused-shm-grow", "fused-tcp", "fused-overflow", "fused-dense", "fused-dense-tcp", "unfused"]
+
+
+@pytest.mark.parametrize("fuse", FUSE_MODES)
 @pytest.mark.parametrize("opt_name", sorted(OPTS))
 def test_two_ranks_equal_one_process_on_mean_loss(pool: DistPool, opt_name: str, fuse: str) -> None:
     results = pool.run(_train_ranks, opt_name, 3, fuse)
@@ -145,7 +148,8 @@ def test_two_ranks_equal_one_process_on_mean_loss(pool: DistPool, opt_name: str,
         assert torch.equal(results[0][0][k], results[1][0][k]), k
     modes = dict(results[0][1])
     assert modes["user"] == "sparse" and modes["item.weight"] == "sparse"
-    assert modes["bag.weight"] == ("dense" if fuse in ("fused-dense", "unfused") else "sparse")  # 6 rows
+    dense_bag = fuse.startswith("fused-dense") or fuse == "unfused"
+    assert modes["bag.weight"] == ("dense" if dense_bag else "sparse")  # 6 rows
 
 
 def _sums(average: bool, fuse: bool) -> list:

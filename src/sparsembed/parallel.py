@@ -248,34 +248,43 @@ def _fused_sync(pm: ParallelModel, scale: float) -> list[ExchangeStats]:
     flat = torch.cat([p.grad.reshape(-1).float() for p in small]) if small else torch.zeros(0)
     mine = [flat.numel() * 4] + [m.shape[0] for m in segs]
     n_hash = len(fam.hashed)
-    if any(_may_go_dense(pm.mode, rs, world) for rs in rows):
+    shared = _on_one_host(pm)
+    if not shared and any(_may_go_dense(pm.mode, rs, world) for rs in rows):
         sizes = _gather_vector(mine, world, rank, pm.group)
         dense_path = [False] * n_hash + [
             _wants_dense(pm.mode, sizes[:, 1 + n_hash + j], rs.num_rows * rs.dim * 4, world)
             for j, rs in enumerate(rows)
         ]
         include = [0] + [1 + f for f in range(len(segs)) if not dense_path[f]]
+        column = {f: k for k, f in enumerate(include)}
         lengths = sizes[:, include]
         padded = (lengths + 7) // 8 * 8
         starts = np.concatenate([np.zeros((world, 1), np.int64), np.cumsum(padded, axis=1)], axis=1)
         msg = _layout([flat.numpy().view(np.uint8)] + [segs[f - 1] for f in include[1:]], starts[rank])
         blocks = _all_gather_bytes(torch.from_numpy(msg), padded.sum(axis=1), rank, world, pm.group)
-    else:  # no table can take the dense path: sizes travel in each message's header, one round in the steady state
-        dense_path = [False] * len(segs)
-        include = list(range(len(segs) + 1))
+    else:  # sizes travel in each message's header: one round in the steady state
         head = 8 * len(mine)
         own_starts = head + np.concatenate([[0], np.cumsum([(m + 7) // 8 * 8 for m in mine])])
         msg = _layout([np.asarray(mine, np.int64).view(np.uint8), flat.numpy().view(np.uint8), *segs], [0, *own_starts])
-        blocks = _shared_gather(pm, msg) if _on_one_host(pm) else _eager_gather(pm, msg, rank, world)
+        blocks = _shared_gather(pm, msg) if shared else _eager_gather(pm, msg, rank, world)
         lengths = np.stack([b[:head].view(np.int64) for b in blocks])
         padded = (lengths + 7) // 8 * 8
         starts = head + np.concatenate([np.zeros((world, 1), np.int64), np.cumsum(padded, axis=1)], axis=1)
+        # through shared memory every segment already arrived; tables the sizes send dense are summed densely
+        dense_path = [False] * n_hash + [
+            shared and _wants_dense(pm.mode, lengths[:, 1 + n_hash + j], rs.num_rows * rs.dim * 4, world,
+                                    exchange.SHARED_BIAS)
+            for j, rs in enumerate(rows)
+        ]
+        include = [0] + [1 + f for f in range(len(segs)) if not dense_path[f]]
+        column = {f: f for f in include}
 
     def segment(r: int, k: int) -> np.ndarray:
         return blocks[r][starts[r, k] : starts[r, k] + lengths[r, k]]
 
     stats: list[ExchangeStats] = []
-    for k, f in enumerate(include[1:], start=1):
+    for f in include[1:]:
+        k = column[f]
         dim = grads[f - 1][1].shape[1]
         got = [_unpack(segment(r, k), dim) for r in range(world)]
         ids, vals = exchange.coalesce_keyed(torch.cat([g[0] for g in got]), torch.cat([g[1] for g in got]))
@@ -449,13 +458,14 @@ def _split_dense(dense: list[tuple[str, nn.Parameter]]) -> tuple[list[nn.Paramet
     return [], params
 
 
-def _wants_dense(mode: str, sizes: np.ndarray, dense_bytes: int, world: int) -> bool:
-    """The same decision on every rank: dense all-reduce when sparse would move too many bytes."""
+def _wants_dense(mode: str, sizes: np.ndarray, dense_bytes: int, world: int, bias: float | None = None) -> bool:
+    """The same decision on every rank: dense all-reduce when sparse would move more than ``bias`` (default
+    :data:`exchange.SPARSE_BIAS`) of a dense ring all-reduce's bytes."""
     if mode != "auto":
         return mode == "dense"
     ring = 2 * (world - 1) * dense_bytes // world
     busiest = int(sizes.sum()) - int(sizes.min())
-    return ring >= DENSE_PATH_MIN_BYTES and busiest > exchange.SPARSE_BIAS * ring
+    return ring >= DENSE_PATH_MIN_BYTES and busiest > (exchange.SPARSE_BIAS if bias is None else bias) * ring
 
 
 def _gather_vector(values: list[int], world: int, rank: int, group: Any) -> np.ndarray:
