@@ -52,20 +52,24 @@ def _model(corpus: Path, **overrides) -> Word2Vec:
 
 
 def _train_ranks(corpus: str, strategy: str, mode: str, values: str, stop_after_steps: int | None,
-                 transport: str = "tcp") -> tuple:
+                 transport: str = "tcp", overlap: bool = False) -> tuple:
     """One rank: build the same model, train it data-parallel, return its matrices and summary."""
     from sparsembed.distributed import DataParallelTrainer, ExchangeOptions
 
     model = _model(Path(corpus))
-    options = ExchangeOptions(strategy=strategy, mode=mode, values=values, transport=transport)
+    options = ExchangeOptions(strategy=strategy, mode=mode, values=values, transport=transport, overlap=overlap)
     trainer = DataParallelTrainer(model, options)
     assert trainer.shared == (transport == "auto" and strategy == "replicated") or strategy == "sharded"
     summary = trainer.train(progress=False, stop_after_steps=stop_after_steps)
     return model.syn0.copy(), model.syn1.copy(), summary, model.history
 
 
-def _replay(model: Word2Vec, world: int, max_steps: int | None = None) -> Word2Vec:
-    """Single process: each step runs its ``world`` jobs from the same matrices and adds up their changes."""
+def _replay(model: Word2Vec, world: int, max_steps: int | None = None, late: bool = False) -> Word2Vec:
+    """Single process: each step runs its ``world`` jobs from the same matrices and adds up their changes.
+
+    ``late`` (the trainer's ``overlap``): rank ``r`` starts a step from the agreed matrices plus its own change
+    of the step before, and the sum of a step's changes joins the agreed matrices one step later (at an epoch's
+    end, at once)."""
     s = model.settings
     corpus = model.corpus
     per_epoch = int(corpus.sentence_starts[-1])
@@ -74,13 +78,15 @@ def _replay(model: Word2Vec, world: int, max_steps: int | None = None) -> Word2V
     n_jobs = len(bounds) - 1
     tables = model._kernel_tables()
     steps = 0
+    pending = [(0.0, 0.0)] * world  # late: each rank's change not yet in the agreed matrices
     for epoch in range(s.epochs):
         for first in range(0, n_jobs, world):
             before = epoch * per_epoch + int(corpus.sentence_starts[bounds[first]])
             total, before = concurrent_schedule(per_epoch * s.epochs, before, world)
             changes = []
             for rank in range(world):
-                syn0, syn1 = model.syn0.copy(), model.syn1.copy()
+                syn0, syn1 = model.syn0 + pending[rank][0], model.syn1 + pending[rank][1]
+                start0, start1 = syn0.copy(), syn1.copy()
                 for job in step_jobs(first, n_jobs, world, 1, rank):
                     kernels.train_job(
                         syn0, syn1, corpus.ids, corpus.sentence_starts, int(bounds[job]), int(bounds[job + 1]),
@@ -88,12 +94,18 @@ def _replay(model: Word2Vec, world: int, max_steps: int | None = None) -> Word2V
                         s.alpha, s.min_alpha, total, before, s.seed, epoch, job, kernels.SIGMOID_TABLE,
                         kernels.LOG_SIGMOID_TABLE,
                     )
-                changes.append((syn0 - model.syn0, syn1 - model.syn1))
+                changes.append((syn0 - start0, syn1 - start1))
+            if late:
+                changes, pending = pending, changes
             model.syn0 += changes[0][0] + changes[1][0] if world == 2 else sum(c[0] for c in changes)
             model.syn1 += changes[0][1] + changes[1][1] if world == 2 else sum(c[1] for c in changes)
             steps += 1
             if max_steps is not None and steps >= max_steps:
                 return model
+        if late:  # the trainer lands the last exchange before the epoch ends
+            model.syn0 += sum(c[0] for c in pending)
+            model.syn1 += sum(c[1] for c in pending)
+            pending = [(0.0, 0.0)] * world
     return model
 
 
@@ -114,6 +126,31 @@ def test_two_ranks_equal_single_process_replay(pool, corpus: Path, transport: st
     sequential = _model(corpus)
     sequential.train(progress=False)
     assert not np.allclose(sequential.syn0, reference.syn0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("transport", "mode"), [("tcp", "auto"), ("tcp", "sparse"), ("tcp", "dense"),
+                                                ("auto", "auto")])
+def test_overlapped_exchange_equals_replay_one_step_late(pool, corpus: Path, transport: str, mode: str) -> None:
+    """With ``overlap`` each rank trains a step before the previous step's sum arrives: the result equals the
+    replay where other ranks' changes land one step late, and differs from the synchronous replay."""
+    results = pool.run(_train_ranks, str(corpus), "replicated", mode, "fp32", None, transport, True)
+    reference = _replay(_model(corpus), world=2, late=True)
+    for syn0, syn1, summary, _ in results:
+        np.testing.assert_allclose(syn0, reference.syn0, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(syn1, reference.syn1, rtol=0, atol=1e-5)
+        assert summary["steps"] > 4 and summary["bytes_sent"] > 0
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    synchronous = _replay(_model(corpus), world=2)
+    assert not np.allclose(synchronous.syn0, reference.syn0, atol=1e-5)
+
+
+def test_overlap_needs_replicated_strategy() -> None:
+    from sparsembed.distributed import ExchangeOptions
+    from sparsembed.errors import UserError
+
+    with pytest.raises(UserError, match="--overlap needs --strategy replicated"):
+        ExchangeOptions(strategy="sharded", overlap=True).validate()
 
 
 @pytest.mark.parametrize("mode", ["sparse", "dense"])

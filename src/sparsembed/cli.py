@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--values", choices=["fp32", "fp16"], default="fp32", help="row values on the wire (fp32)")
     dp.add_argument("--transport", choices=["auto", "tcp"], default="auto",
                     help="auto: dense steps of ranks on one host go through shared memory; tcp: always gloo")
+    dp.add_argument("--overlap", action="store_true",
+                    help="train the next step while this step's rows travel (ranks see each other's changes one "
+                    "step late); for slow links")
     dp.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                     help="a rank that does not answer for SECONDS stops the run, naming it (300)")
 
@@ -312,7 +315,8 @@ def _train_rank(args: argparse.Namespace) -> int:
     from .word2vec import Word2Vec, default_workers
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a rank is (a hung run's first question)
-    options = ExchangeOptions(args.strategy, args.rows, args.values, transport=args.transport).validate()
+    options = ExchangeOptions(args.strategy, args.rows, args.values, transport=args.transport,
+                              overlap=args.overlap).validate()
     _check_run_args(args)
     launch.join(args.timeout)
     lead = launch.rank() == 0

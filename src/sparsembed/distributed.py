@@ -33,6 +33,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from . import exchange
 from .errors import UserError
 from .progress import Progress
 from .sharding import ShardMap
-from .shm import HostSlots, one_host
+from .shm import HostSlots, group_timeout, one_host
 from .sparse import RowSparse
 from .watchdog import PeerWatch
 from .word2vec import Word2Vec
@@ -65,6 +66,7 @@ class ExchangeOptions:
     values: str = "fp32"
     mode: str = "auto"  # replicated only: "auto" picks sparse or dense per step and matrix, or force one
     transport: str = "auto"  # "auto": shared memory for dense steps when every rank is on this host; "tcp": gloo
+    overlap: bool = False  # replicated only: train the next step while this step's changes travel
 
     def validate(self) -> ExchangeOptions:
         """Raise UserError naming the first invalid option; return self."""
@@ -73,6 +75,9 @@ class ExchangeOptions:
                                      (self.transport, TRANSPORTS, "--transport")):
             if value not in allowed:
                 raise UserError(f"invalid setting: {flag} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.overlap and self.strategy != "replicated":
+            raise UserError("invalid setting: --overlap needs --strategy replicated (owners of the sharded strategy "
+                            "send fresh rows back within the step)")
         return self
 
 
@@ -106,7 +111,8 @@ class _Replica:
         self.touched = np.zeros(work.shape[0], dtype=np.uint8)
         self.dense: torch.Tensor | None = None
         self.dense_half: torch.Tensor | None = None
-        self.scratch: np.ndarray | None = None
+        self.scratch: np.ndarray | None = None  # shared memory: the sum of all slots, and which rows it has
+        self.marks: np.ndarray | None = None
 
     def change(self) -> RowSparse:
         """This rank's change since the last exchange, as sorted distinct rows; clears the touched marks."""
@@ -118,24 +124,39 @@ class _Replica:
         rs._coalesced = True
         return rs
 
-    def add(self, total: RowSparse) -> None:
-        """Add the summed change of all ranks to the reference; the working rows take the new reference."""
-        ids = total.ids.numpy()
-        values = total.values.numpy()
-        if ids.shape[0] == self.work.shape[0]:  # every row (a dense exchange): ids are arange(num_rows)
-            self.ref += values
-            self.work[:] = self.ref
+    def add(self, total: RowSparse | torch.Tensor, own: RowSparse | None = None) -> None:
+        """Add the summed change of all ranks (sparse rows, or a dense matrix) to the reference.
+
+        Rows untouched since the change was taken take the new reference; with ``own`` (the change this rank
+        sent, when it went on training while the exchange ran, see ``overlap``) a row touched since keeps its
+        newer change: ``work += total - own``."""
+        if own is not None:
+            _retract(self.work, self.touched, own.ids.numpy(), own.values.numpy())
+        if isinstance(total, torch.Tensor):
+            _apply_dense(self.ref, self.work, self.touched, total.numpy())
         else:
-            _add_rows(self.ref, self.work, ids, values)
+            _add_rows(self.ref, self.work, self.touched, total.ids.numpy(), total.values.numpy())
 
     def exchange_dense(self, group: Any, half: bool = False) -> None:
         """Sum every rank's change of every row with one dense all-reduce, in buffers kept between steps;
         ``half``: the all-reduce runs in float16 (half the bytes; each rank's change rounded once)."""
+        _dense_change(self.work, self.ref, self._dense_buffer().numpy())
+        self.touched[:] = 0
+        self.add(self._all_reduce_dense(group, half))
+
+    def sum_dense(self, own: RowSparse, group: Any, half: bool = False) -> torch.Tensor:
+        """The dense sum over all ranks of their changes, this rank's given as sorted distinct rows."""
+        buf = self._dense_buffer().numpy()
+        buf[:] = 0
+        buf[own.ids.numpy()] = own.values.numpy()
+        return self._all_reduce_dense(group, half)
+
+    def _dense_buffer(self) -> torch.Tensor:
         if self.dense is None:
             self.dense = torch.empty(self.work.shape, dtype=torch.float32)
-        buf = self.dense.numpy()
-        _dense_change(self.work, self.ref, buf)
-        self.touched[:] = 0
+        return self.dense
+
+    def _all_reduce_dense(self, group: Any, half: bool) -> torch.Tensor:
         if half:
             if self.dense_half is None:
                 self.dense_half = torch.empty(self.work.shape, dtype=torch.float16)
@@ -144,34 +165,55 @@ class _Replica:
             self.dense.copy_(self.dense_half)
         else:
             dist.all_reduce(self.dense, group=group)
-        _apply_dense(self.ref, self.work, buf)
+        return self.dense
 
     def exchange_shared(self, slots: HostSlots) -> int:
         """The exchange through shared memory (ranks on one host); returns this rank's row count.
 
-        Each rank writes its touched rows (sorted ids, then their change) into its slot; after one tiny
-        collective every rank adds all slots into a scratch matrix in rank order, then adds that sum to the
+        Each rank writes its touched rows (sorted ids, then their change) into its slot; after one
+        announcement every rank adds all slots into a scratch matrix in rank order, then adds that sum to the
         reference of every row any rank touched, so every replica gets the same bits, equal to a dense
         all-reduce's sum. No codec: the bytes never leave the host."""
+        own = self.put_shared(slots)
+        self.gather_shared(slots, own.n)
+        self.add_shared(own)
+        return own.n
+
+    def put_shared(self, slots: HostSlots) -> RowSparse:
+        """Write this rank's change into its slot; returns it (views of the slot, valid until the next put)."""
         rows, dim = self.work.shape
         ids = np.flatnonzero(self.touched)
         n = ids.shape[0]
         self.touched[:] = 0
         ids_at, values_at = _slot_layout(rows)
         mine = slots.slot()
-        mine[ids_at:ids_at + 8 * n].view(np.int64)[:] = ids
-        _gather_change(self.work, self.ref, ids, mine[values_at:values_at + 4 * n * dim].view(np.float32)
-                       .reshape(n, dim))
+        own_ids = mine[ids_at:ids_at + 8 * n].view(np.int64)
+        own_ids[:] = ids
+        values = mine[values_at:values_at + 4 * n * dim].view(np.float32).reshape(n, dim)
+        _gather_change(self.work, self.ref, ids, values)
+        own = RowSparse(torch.from_numpy(own_ids), torch.from_numpy(values), rows, check=False)
+        own._coalesced = True
+        return own
+
+    def gather_shared(self, slots: HostSlots, n: int) -> np.ndarray:
+        """Announce this rank's ``n`` rows, add every rank's slot into the scratch sum; returns the counts."""
+        rows, dim = self.work.shape
+        ids_at, values_at = _slot_layout(rows)
         counts = slots.publish(n)
         if self.scratch is None:
             self.scratch = np.zeros(self.work.shape, dtype=np.float32)
+            self.marks = np.zeros(rows, dtype=np.uint8)
         for q in range(slots.world):
             slot, m = slots.slot(q), int(counts[q])
-            _accumulate(self.scratch, self.touched, slot[ids_at:ids_at + 8 * m].view(np.int64),
+            _accumulate(self.scratch, self.marks, slot[ids_at:ids_at + 8 * m].view(np.int64),
                         slot[values_at:values_at + 4 * m * dim].view(np.float32).reshape(m, dim))
         slots.advance()
-        _apply_marked(self.ref, self.work, self.scratch, self.touched)
-        return n
+        return counts
+
+    def add_shared(self, own: RowSparse) -> None:
+        """:meth:`add` for the scratch sum of :meth:`gather_shared` (clears it)."""
+        _retract(self.work, self.touched, own.ids.numpy(), own.values.numpy())
+        _apply_marked(self.ref, self.work, self.touched, self.scratch, self.marks)
 
     def refresh(self, ids: np.ndarray, fresh: np.ndarray) -> None:
         """Rows whose owner sent their current value (sharded): both copies take it."""
@@ -194,12 +236,22 @@ def _dense_change(work, ref, out):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _apply_dense(ref, work, total):  # pragma: no cover - compiled
+def _apply_dense(ref, work, touched, total):  # pragma: no cover - compiled
     for r in range(ref.shape[0]):
         for k in range(ref.shape[1]):
             v = ref[r, k] + total[r, k]
             ref[r, k] = v
-            work[r, k] = v
+            work[r, k] = work[r, k] + total[r, k] if touched[r] else v
+
+
+@numba.njit(nogil=True, cache=True)
+def _retract(work, touched, ids, values):  # pragma: no cover - compiled
+    """Take a change this rank sent back out of the rows it touched since: the sum brings it back."""
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        if touched[r]:
+            for k in range(work.shape[1]):
+                work[r, k] -= values[i, k]
 
 
 def _slot_layout(rows: int) -> tuple[int, int]:
@@ -221,26 +273,26 @@ def _accumulate(scratch, marks, ids, values):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _apply_marked(ref, work, scratch, marks):  # pragma: no cover - compiled
+def _apply_marked(ref, work, touched, scratch, marks):  # pragma: no cover - compiled
     """Add the summed change to every marked row; clear the scratch rows and the marks for the next step."""
     for r in range(ref.shape[0]):
         if marks[r]:
             for k in range(ref.shape[1]):
                 v = ref[r, k] + scratch[r, k]
                 ref[r, k] = v
-                work[r, k] = v
+                work[r, k] = work[r, k] + scratch[r, k] if touched[r] else v
                 scratch[r, k] = 0.0
             marks[r] = 0
 
 
 @numba.njit(nogil=True, cache=True)
-def _add_rows(ref, work, ids, values):  # pragma: no cover - compiled
+def _add_rows(ref, work, touched, ids, values):  # pragma: no cover - compiled
     for i in range(ids.shape[0]):
         r = ids[i]
         for k in range(ref.shape[1]):
             v = ref[r, k] + values[i, k]
             ref[r, k] = v
-            work[r, k] = v
+            work[r, k] = work[r, k] + values[i, k] if touched[r] else v
 
 
 @numba.njit(nogil=True, cache=True)
@@ -331,6 +383,13 @@ class DataParallelTrainer:
         self.watch = PeerWatch(grace=min(2.0, 0.1 * timeout))
         self.watch.start_pulse(interval=min(0.5, 0.05 * timeout))
         self.step = 0  # steps of this session: the same count on every rank, for the watchdog's beats
+        # overlap: the exchange of step k runs on its own group, in one background thread, during step k + 1
+        self.async_group = dist.new_group(
+            dist.get_process_group_ranks(group) if group is not None else None, backend="gloo",
+            timeout=timedelta(seconds=group_timeout(group))) if self.options.overlap else None
+        self.mailer: ThreadPoolExecutor | None = None
+        self.in_flight: list[tuple] = []  # (replica, own change, future) of the step being exchanged
+        self.landed: list[exchange.ExchangeStats] = []  # stats of exchanges completed outside a step's record
         if self.options.strategy == "sharded":
             step_tokens = model.settings.job_tokens * model.settings.workers
             self.owners = _Owners(model.vocab.counts, self.world, step_tokens)
@@ -395,7 +454,7 @@ class DataParallelTrainer:
                     t0 = time.perf_counter()
                     results = self._run_jobs(pool, bounds, first, n_jobs, per_step, tables)
                     t1, cpu1 = time.perf_counter(), time.process_time()
-                    stats = self._exchange()
+                    stats = self._exchange_overlapped() if self.async_group is not None else self._exchange()
                     t2, self._exchange_cpu = time.perf_counter(), time.process_time() - cpu1
                     want_stop = (stop is not None and stop.is_set()) or (
                         stop_after_steps is not None and totals["steps"] + 1 >= stop_after_steps)
@@ -410,6 +469,7 @@ class DataParallelTrainer:
                     totals["bytes_recv"] += sum(st.bytes_recv for st in stats)
                     self._log_step(reporter, totals["steps"], t1 - t0, t2 - t1, stats, bounds)
                     if m.position.job >= n_jobs:
+                        self._settle()
                         self._end_epoch(reporter, out_dir)
                         last_checkpoint = time.perf_counter()
                     elif due and out_dir is not None:
@@ -418,13 +478,21 @@ class DataParallelTrainer:
                     if stop_now:
                         interrupted = not m.done
                         break
+            self._settle()
             if interrupted and out_dir is not None:
                 self.checkpoint(out_dir)
             with self.watch.guard(self.step, "gathering the shards"):
                 self._consolidate()
         finally:
+            if self.mailer is not None:  # after an error a collective may still be blocked: do not wait for it
+                self.mailer.shutdown(wait=False, cancel_futures=True)
+                self.mailer, self.in_flight = None, []
             self.watch.stop_pulse()
             reporter.close()
+        for st in self.landed:  # exchanges completed at epoch ends and checkpoints
+            totals["bytes_sent"] += st.bytes_sent
+            totals["bytes_recv"] += st.bytes_recv
+        self.landed = []
         fraction = m._fraction(m.position.epoch, m._tokens_done(bounds))
         return {
             "seconds": time.perf_counter() - started,
@@ -463,33 +531,104 @@ class DataParallelTrainer:
                 stats.append(self.owners.exchange(replica, o, self.group))
         return stats
 
+    def _exchange_overlapped(self) -> list[exchange.ExchangeStats]:
+        """Land the previous step's exchange (wait for it, add the sums), then start this step's in the
+        background: the next step trains while these changes travel. A rank's model therefore lags the other
+        ranks' changes by one step (never its own); every rank adds the same sums to the same reference."""
+        stats = self._land()
+        if self.mailer is None:
+            self.mailer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsembed-exchange")
+        for replica in self.replicas:  # in the same order on every rank: the mailer runs them one by one
+            t0 = time.perf_counter()
+            if self.shared:
+                own = replica.put_shared(self._slots(replica))
+                job = self.mailer.submit(replica.gather_shared, self._slots(replica), own.n)
+            else:
+                own = replica.change()
+                job = self.mailer.submit(self._send, replica, own)
+            self.in_flight.append((replica, own, job, time.perf_counter() - t0))
+        return stats
+
+    def _land(self) -> list[exchange.ExchangeStats]:
+        """Wait for the exchanges in flight and add their sums; [] when none is."""
+        stats = []
+        for replica, own, job, put_s in self.in_flight:
+            t0 = time.perf_counter()
+            with self.watch.guard(self.step, f"the exchange of {replica.name}"):
+                result = job.result()
+            num_rows, dim = replica.work.shape
+            if self.shared:
+                replica.add_shared(own)
+                nbytes = own.n * (8 + 4 * dim)
+                st = exchange.ExchangeStats(replica.name, "replicated", "shm", "shm", own.n / max(num_rows, 1),
+                                            own.n, nbytes, nbytes, 0.0)
+            else:
+                total, st = result
+                replica.add(total, own)
+            st.seconds = put_s + time.perf_counter() - t0  # what the step waited for, not the background work
+            stats.append(st)
+        self.in_flight = []
+        return stats
+
+    def _settle(self) -> None:
+        """Land any exchange in flight (epoch ends, checkpoints, the end): every rank then holds the reference."""
+        if self.in_flight:
+            self.landed += self._land()
+
+    def _send(self, replica: _Replica, own: RowSparse) -> tuple[Any, exchange.ExchangeStats]:
+        """Background thread: the sum over all ranks of their changes, sparse or dense as :meth:`_replicated`."""
+        o = self.options
+        t0 = time.perf_counter()
+        num_rows, dim = replica.work.shape
+        if self._goes_dense(own.n, num_rows, dim, self.async_group):
+            moved = self._ring_bytes(num_rows, dim) // (2 if o.values == "fp16" else 1)
+            total = replica.sum_dense(own, self.async_group, half=o.values == "fp16")
+            st = exchange.ExchangeStats(replica.name, "replicated", "dense", "dense", own.n / max(num_rows, 1),
+                                        own.n, moved, moved, 0.0)
+        else:
+            total, st = exchange.replicated(own, rows=o.rows, values=o.values, mode="sparse",
+                                            group=self.async_group, name=replica.name, transport="tcp")
+        st.phases["background"] = time.perf_counter() - t0
+        return total, st
+
+    def _slots(self, replica: _Replica) -> HostSlots:
+        if replica.name not in self.slots:  # collective: every rank creates its slots in the first step
+            num_rows, dim = replica.work.shape
+            self.slots[replica.name] = HostSlots(_slot_bytes(num_rows, dim), self.group)
+        return self.slots[replica.name]
+
+    def _ring_bytes(self, num_rows: int, dim: int) -> int:
+        return 2 * (self.world - 1) * num_rows * dim * 4 // self.world
+
+    def _goes_dense(self, touched: int, num_rows: int, dim: int, group: Any) -> bool:
+        """Whether this step's change of a matrix goes as one dense all-reduce: forced by ``mode``, or when the
+        rows the ranks touched would make the busiest rank receive more than ``exchange.SPARSE_BIAS`` of a dense
+        ring all-reduce (decided from every rank's touched-row count, so all ranks agree)."""
+        o = self.options
+        if o.mode != "auto":
+            return o.mode == "dense"
+        counts = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+        dist.all_gather(counts, torch.tensor([touched], dtype=torch.int64), group=group)
+        received = sum(int(c) for c in counts) - min(int(c) for c in counts)
+        row_bytes = dim * (2 if o.values == "fp16" else 4)
+        return received * row_bytes > exchange.SPARSE_BIAS * self._ring_bytes(num_rows, dim)
+
     def _replicated(self, replica: _Replica) -> exchange.ExchangeStats:
-        """Sparse through :func:`exchange.replicated`, or, when the rows the ranks touched would make the busiest
-        rank receive more than ``exchange.SPARSE_BIAS`` of a dense ring all-reduce, one dense all-reduce of the
-        change (decided from every rank's touched-row count, so all ranks agree)."""
+        """Sparse through :func:`exchange.replicated`, or one dense all-reduce of the change (:meth:`_goes_dense`);
+        through shared memory when every rank is on this host."""
         o = self.options
         t0 = time.perf_counter()
         num_rows, dim = replica.work.shape
         if self.shared:
-            if replica.name not in self.slots:  # collective: every rank creates its slots in the first step
-                self.slots[replica.name] = HostSlots(_slot_bytes(num_rows, dim), self.group)
-            n = replica.exchange_shared(self.slots[replica.name])
+            n = replica.exchange_shared(self._slots(replica))
             own = 8 * n + 4 * n * dim
             return exchange.ExchangeStats(replica.name, "replicated", "shm", "shm", n / max(num_rows, 1), n, own, own,
                                           time.perf_counter() - t0)
         touched = int(np.count_nonzero(replica.touched))
-        ring = 2 * (self.world - 1) * num_rows * dim * 4 // self.world
-        dense = o.mode == "dense"
-        if o.mode == "auto":
-            counts = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
-            dist.all_gather(counts, torch.tensor([touched], dtype=torch.int64), group=self.group)
-            counts = np.array([int(c) for c in counts])
-            row_bytes = dim * (2 if o.values == "fp16" else 4)
-            dense = (int(counts.sum()) - int(counts.min())) * row_bytes > exchange.SPARSE_BIAS * ring
-        if dense:
+        if self._goes_dense(touched, num_rows, dim, self.group):
             half = o.values == "fp16"
             replica.exchange_dense(self.group, half=half)
-            moved = ring // 2 if half else ring
+            moved = self._ring_bytes(num_rows, dim) // (2 if half else 1)
             return exchange.ExchangeStats(replica.name, "replicated", "dense", "dense", touched / max(num_rows, 1),
                                           touched, moved, moved, time.perf_counter() - t0)
         total, st = exchange.replicated(replica.change(), rows=o.rows, values=o.values, mode="sparse",
@@ -552,6 +691,7 @@ class DataParallelTrainer:
     def checkpoint(self, out_dir: Path) -> None:
         """Rank 0 saves the agreed matrices (the reference; sharded: every owner's rows) as a single-process
         checkpoint; collective (every rank must call it)."""
+        self._settle()
         with self.watch.guard(self.step, "a checkpoint"):
             self._consolidate()
             if self.rank == 0:  # after an exchange every working row equals the agreed reference

@@ -78,7 +78,7 @@ def _flag_sync() -> bool:
     return mode != "collective" and platform.machine().lower() in ("x86_64", "amd64")
 
 
-def _group_timeout(group: Any) -> float:
+def group_timeout(group: Any) -> float:
     """Seconds the group's collectives wait before failing (the default 30 minutes if torch does not say)."""
     try:
         pg = group if group is not None else dist.distributed_c10d._get_default_group()
@@ -110,7 +110,7 @@ class HostSlots:
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
         self.capacity = (int(capacity) + LINE - 1) // LINE * LINE  # every slot starts on a cache line
-        self.timeout = _group_timeout(group) if timeout is None else float(timeout)
+        self.timeout = group_timeout(group) if timeout is None else float(timeout)
         self.flags = _flag_sync()
         head = self.world * LINE
         size = head + 2 * self.world * self.capacity
