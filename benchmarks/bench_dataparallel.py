@@ -1,6 +1,7 @@
 """Data-parallel word2vec end to end: 1 process x 2 threads against 2 ranks x 1 thread on the same cores.
 
-    .venv/bin/python benchmarks/bench_dataparallel.py --corpus ../shared/data/wiki17m.txt.xz --repeats 2
+    .venv/bin/python benchmarks/bench_dataparallel.py --corpus ../shared/data/wiki17m.txt.xz --repeats 2 \
+        [--job-tokens 250000 1000000] [--transports auto tcp] [--variants sync overlap]
 
 Every run is the real command line (``sparsembed train``, CBOW, gensim's defaults, 5 epochs), in alternation
 (single, ranks, single, ranks, ...) so machine noise hits both alike. words/s is rank 0's figure for the whole
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strategy", default="replicated")
     parser.add_argument("--transports", nargs="+", default=["auto"], choices=["auto", "tcp"],
                         help="auto: shared memory between ranks of one host; tcp: gloo over loopback")
+    parser.add_argument("--variants", nargs="+", default=["sync"], choices=["sync", "overlap"],
+                        help="overlap: the ranks run with --overlap (exchange behind the next step)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sparsembed-dp-") as tmp:
         corpus = Path(args.corpus)
@@ -71,9 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         configs = {"1 process x 2 threads": ["--workers", "2"]}
         for jt in args.job_tokens:
             for transport in args.transports:
-                configs[f"2 ranks x 1 thread, {args.strategy}, job {jt}, transport {transport}"] = [
-                    "--nproc", "2", "--workers", "1", "--job-tokens", str(jt), "--strategy", args.strategy,
-                    "--transport", transport]
+                for variant in args.variants:
+                    name = f"2 ranks x 1 thread, {args.strategy}, job {jt}, transport {transport}"
+                    configs[name + (", overlap" if variant == "overlap" else "")] = [
+                        "--nproc", "2", "--workers", "1", "--job-tokens", str(jt), "--strategy", args.strategy,
+                        "--transport", transport] + (["--overlap"] if variant == "overlap" else [])
         runs: dict[str, list[dict]] = {name: [] for name in configs}
         for _ in range(args.repeats):
             for name, extra in configs.items():

@@ -54,20 +54,27 @@ nx = _load_netns_exchange()
 HOSTS = 2
 
 
-def train_netns(corpus: str, out: Path, epochs: int, job_tokens: int, timeout: float) -> tuple[float, list[str]]:
+#: ``--variants``: extra ``sparsembed train`` flags of each variant
+VARIANTS = {"sync": [], "fp16": ["--values", "fp16"], "overlap": ["--overlap"],
+            "overlap-fp16": ["--overlap", "--values", "fp16"]}
+
+
+def train_netns(corpus: str, out: Path, epochs: int, job_tokens: int, timeout: float,
+                extra: list[str] = ()) -> tuple[float, list[str]]:
     """One training run across the namespaces; its wall seconds and the commands (for the record)."""
     port = str(29600 + os.getpid() % 1000)
     args = ["train", corpus, "--out", str(out), "--workers", "1", "--epochs", str(epochs), "--job-tokens",
-            str(job_tokens), "--transport", "auto", "--quiet"]
+            str(job_tokens), "--transport", "auto", "--quiet", *extra]
     t0 = time.perf_counter()
     _, commands = nx.torchrun_everywhere(HOSTS, args, port, timeout)
     return time.perf_counter() - t0, commands
 
 
-def train_loopback(corpus: str, out: Path, epochs: int, job_tokens: int, timeout: float) -> tuple[float, list[str]]:
+def train_loopback(corpus: str, out: Path, epochs: int, job_tokens: int, timeout: float,
+                   extra: list[str] = ()) -> tuple[float, list[str]]:
     cmd = [sys.executable, "-m", "sparsembed", "train", corpus, "--out", str(out), "--nproc", str(HOSTS),
            "--workers", "1", "--epochs", str(epochs), "--job-tokens", str(job_tokens), "--transport", "tcp",
-           "--quiet"]
+           "--quiet", *extra]
     t0 = time.perf_counter()
     nx.wait_all([subprocess.Popen(cmd, env=nx.clean_env(), cwd=ROOT, text=True, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, start_new_session=True)], timeout)
@@ -117,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--job-tokens", type=int, nargs="+", default=[250000, 1000000])
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1, help="runs of every setup and J, interleaved (1)")
+    ap.add_argument("--variants", nargs="+", default=["sync"], choices=sorted(VARIANTS),
+                    help="sync (the default exchange), fp16 (--values fp16), overlap (--overlap), overlap-fp16")
     ap.add_argument("--no-loopback", action="store_true", help="skip the loopback (--nproc 2 --transport tcp) runs")
     ap.add_argument("--workdir", default=None, help="where the runs' --out directories go (a temporary one)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds for one training run")
@@ -138,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         with nx.network(HOSTS):
             results["link_mbit_s"] = round(nx.link_check(), 1)
             print(f"link {results['link_mbit_s']:.0f} Mbit/s (one TCP stream)", flush=True)
-            for rep, j in ((rep, j) for rep in range(args.repeats) for j in args.job_tokens):
-                out = work / f"netns-j{j}-r{rep}"
+            for rep, j, v in ((rep, j, v) for rep in range(args.repeats) for j in args.job_tokens
+                              for v in args.variants):
+                out = work / f"netns-j{j}-{v}-r{rep}"
                 shutil.rmtree(out, ignore_errors=True)
-                wall, commands = train_netns(corpus, out, args.epochs, j, args.timeout)
-                res = {"setup": "netns 1 Gbit/s, transport auto", "job_tokens": j, "repeat": rep,
+                wall, commands = train_netns(corpus, out, args.epochs, j, args.timeout, VARIANTS[v])
+                res = {"setup": f"netns 1 Gbit/s, auto, {v}", "job_tokens": j, "repeat": rep, "variant": v,
                        "wall_s": round(wall, 1), "commands": commands, **summarize(out / "metrics.jsonl")}
                 res["shm_used"] = "shm" in res["encodings"]
                 ok &= not res["shm_used"]
@@ -152,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         print("netns_word2vec: interrupted; namespaces removed", file=sys.stderr)
         return 130
     if not args.no_loopback:
-        for rep, j in ((rep, j) for rep in range(args.repeats) for j in args.job_tokens):
-            out = work / f"loopback-j{j}-r{rep}"
+        for rep, j, v in ((rep, j, v) for rep in range(args.repeats) for j in args.job_tokens for v in args.variants):
+            out = work / f"loopback-j{j}-{v}-r{rep}"
             shutil.rmtree(out, ignore_errors=True)
-            wall, commands = train_loopback(corpus, out, args.epochs, j, args.timeout)
-            res = {"setup": "loopback, transport tcp", "job_tokens": j, "repeat": rep, "wall_s": round(wall, 1),
+            wall, commands = train_loopback(corpus, out, args.epochs, j, args.timeout, VARIANTS[v])
+            res = {"setup": f"loopback, tcp, {v}", "job_tokens": j, "repeat": rep, "variant": v,
+                   "wall_s": round(wall, 1),
                    "commands": commands, **summarize(out / "metrics.jsonl")}
             results["runs"].append(res)
             print(json.dumps({k: v for k, v in res.items() if k != "commands"}), flush=True)

@@ -462,6 +462,10 @@ class DataParallelTrainer:
                            and time.perf_counter() - last_checkpoint >= checkpoint_every)
                     loss, pairs, stop_now, due = self._agree(results, want_stop, due)
                     self._advance(first, per_step, n_jobs, bounds, loss, pairs)
+                    if self.in_flight and (m.position.job >= n_jobs or due or stop_now):
+                        t3 = time.perf_counter()  # an epoch end, a checkpoint or the end: this step's sums land now
+                        stats += self._land()
+                        t2 += time.perf_counter() - t3
                     totals["steps"] += 1
                     totals["compute_s"] += t1 - t0
                     totals["exchange_s"] += t2 - t1
