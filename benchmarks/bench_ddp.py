@@ -102,9 +102,19 @@ def main(argv: list[str] | None = None) -> None:
                 fn, args = train_ours, (cfg,)
             else:
                 fn, args = train_ddp, (cfg, system == "ddp-sparse")
-            t0 = time.perf_counter()
-            res = launch(fn, args, w)
+            crashes = []
+            while True:  # torch's sparse all-reduce on gloo sometimes aborts a worker (heap corruption): count it
+                t0 = time.perf_counter()
+                try:
+                    res = launch(fn, args, w)
+                    break
+                except RuntimeError as exc:
+                    crashes.append(str(exc))
+                    print(f"{system} x {w}: {exc}; retrying", file=sys.stderr, flush=True)
+                    if len(crashes) >= 3:
+                        raise
             res["wall_s"] = time.perf_counter() - t0
+            res["crashes"] = crashes
             res["rmse_over_floor"] = res["rmse"] / res["noise_floor"]
             runs.append(res)
             print(json.dumps(res), flush=True)

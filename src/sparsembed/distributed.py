@@ -20,9 +20,11 @@ A step therefore equals, on one process, running the step's jobs each from the s
 changes: what the deterministic test checks. With ``overlap`` (replicated only) each step's exchange runs in a
 background thread (on its own gloo group, or through shared memory) while the next step trains; its sum lands
 after that step, as ``work += sum - own change`` (:meth:`_Replica.add`), so a rank sees the others' changes one
-step late and its own at once; epoch ends and checkpoints wait for the exchange in flight. Because the step's jobs are a prefix of the global job order, a
-checkpoint is the single-process one (epoch, next job), so a run resumes with any number of ranks. The learning
-rate follows the global position: a job of a step of ``k`` concurrent jobs decays ``k`` times as fast as alone.
+step late and its own at once; epoch ends and checkpoints wait for the exchange in flight.
+
+Because the step's jobs are a prefix of the global job order, a checkpoint is the single-process one (epoch, next
+job), so a run resumes with any number of ranks. The learning rate follows the global position: a job of a step of
+``k`` concurrent jobs decays ``k`` times as fast as alone.
 
 Every collective goes through the process group with its timeout, inside a :class:`~sparsembed.watchdog.PeerWatch`
 guard, so a rank that died or hung is named in the error.
