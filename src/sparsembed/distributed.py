@@ -264,6 +264,14 @@ def _slot_layout(rows: int) -> tuple[int, int]:
     return 64, 64 + (8 * rows + 63) // 64 * 64
 
 
+def _shm_stats(replica: _Replica, n: int) -> exchange.ExchangeStats:
+    """Stats of an exchange through shared memory of ``n`` rows (ids and float32 values, in and out)."""
+    num_rows, dim = replica.work.shape
+    nbytes = n * (8 + 4 * dim)
+    return exchange.ExchangeStats(replica.name, "replicated", "shm", "shm", n / max(num_rows, 1), n, nbytes, nbytes,
+                                  0.0)
+
+
 def _slot_bytes(rows: int, dim: int) -> int:
     return _slot_layout(rows)[1] + 4 * rows * dim
 
@@ -394,7 +402,6 @@ class DataParallelTrainer:
             timeout=timedelta(seconds=group_timeout(group))) if self.options.overlap else None
         self.mailer: ThreadPoolExecutor | None = None
         self.in_flight: list[tuple] = []  # (replica, own change, future) of the step being exchanged
-        self.landed: list[exchange.ExchangeStats] = []  # stats of exchanges completed outside a step's record
         if self.options.strategy == "sharded":
             step_tokens = model.settings.job_tokens * model.settings.workers
             self.owners = _Owners(model.vocab.counts, self.world, step_tokens)
@@ -468,7 +475,9 @@ class DataParallelTrainer:
                     loss, pairs, stop_now, due = self._agree(results, want_stop, due)
                     self._advance(first, per_step, n_jobs, bounds, loss, pairs)
                     if self.in_flight and (m.position.job >= n_jobs or due or stop_now):
-                        t3 = time.perf_counter()  # an epoch end, a checkpoint or the end: this step's sums land now
+                        # an epoch end, a checkpoint or the end: this step's sums land now, so every rank holds
+                        # the reference when it checkpoints or stops (nothing is in flight after this step)
+                        t3 = time.perf_counter()
                         stats += self._land()
                         t2 += time.perf_counter() - t3
                     totals["steps"] += 1
@@ -478,7 +487,6 @@ class DataParallelTrainer:
                     totals["bytes_recv"] += sum(st.bytes_recv for st in stats)
                     self._log_step(reporter, totals["steps"], t1 - t0, t2 - t1, stats, bounds)
                     if m.position.job >= n_jobs:
-                        self._settle()
                         self._end_epoch(reporter, out_dir)
                         last_checkpoint = time.perf_counter()
                     elif due and out_dir is not None:
@@ -487,7 +495,6 @@ class DataParallelTrainer:
                     if stop_now:
                         interrupted = not m.done
                         break
-            self._settle()
             if interrupted and out_dir is not None:
                 self.checkpoint(out_dir)
             with self.watch.guard(self.step, "gathering the shards"):
@@ -498,10 +505,6 @@ class DataParallelTrainer:
                 self.mailer, self.in_flight = None, []
             self.watch.stop_pulse()
             reporter.close()
-        for st in self.landed:  # exchanges completed at epoch ends and checkpoints
-            totals["bytes_sent"] += st.bytes_sent
-            totals["bytes_recv"] += st.bytes_recv
-        self.landed = []
         fraction = m._fraction(m.position.epoch, m._tokens_done(bounds))
         return {
             "seconds": time.perf_counter() - started,
@@ -565,12 +568,9 @@ class DataParallelTrainer:
             t0 = time.perf_counter()
             with self.watch.guard(self.step, f"the exchange of {replica.name}"):
                 result = job.result()
-            num_rows, dim = replica.work.shape
             if self.shared:
                 replica.add_shared(own)
-                nbytes = own.n * (8 + 4 * dim)
-                st = exchange.ExchangeStats(replica.name, "replicated", "shm", "shm", own.n / max(num_rows, 1),
-                                            own.n, nbytes, nbytes, 0.0)
+                st = _shm_stats(replica, own.n)
             else:
                 total, st = result
                 replica.add(total, own)
@@ -579,21 +579,14 @@ class DataParallelTrainer:
         self.in_flight = []
         return stats
 
-    def _settle(self) -> None:
-        """Land any exchange in flight (epoch ends, checkpoints, the end): every rank then holds the reference."""
-        if self.in_flight:
-            self.landed += self._land()
-
     def _send(self, replica: _Replica, own: RowSparse) -> tuple[Any, exchange.ExchangeStats]:
         """Background thread: the sum over all ranks of their changes, sparse or dense as :meth:`_replicated`."""
         o = self.options
         t0 = time.perf_counter()
         num_rows, dim = replica.work.shape
         if self._goes_dense(own.n, num_rows, dim, self.async_group):
-            moved = self._ring_bytes(num_rows, dim) // (2 if o.values == "fp16" else 1)
             total = replica.sum_dense(own, self.async_group, half=o.values == "fp16")
-            st = exchange.ExchangeStats(replica.name, "replicated", "dense", "dense", own.n / max(num_rows, 1),
-                                        own.n, moved, moved, 0.0)
+            st = self._dense_stats(replica, own.n)
         else:
             total, st = exchange.replicated(own, rows=o.rows, values=o.values, mode="sparse",
                                             group=self.async_group, name=replica.name, transport="tcp")
@@ -608,6 +601,13 @@ class DataParallelTrainer:
 
     def _ring_bytes(self, num_rows: int, dim: int) -> int:
         return 2 * (self.world - 1) * num_rows * dim * 4 // self.world
+
+    def _dense_stats(self, replica: _Replica, touched: int) -> exchange.ExchangeStats:
+        """Stats of a dense all-reduce of a matrix's change (ring bytes, halved for fp16 values)."""
+        num_rows, dim = replica.work.shape
+        moved = self._ring_bytes(num_rows, dim) // (2 if self.options.values == "fp16" else 1)
+        return exchange.ExchangeStats(replica.name, "replicated", "dense", "dense", touched / max(num_rows, 1),
+                                      touched, moved, moved, 0.0)
 
     def _goes_dense(self, touched: int, num_rows: int, dim: int, group: Any) -> bool:
         """Whether this step's change of a matrix goes as one dense all-reduce: forced by ``mode``, or when the
@@ -628,21 +628,16 @@ class DataParallelTrainer:
         o = self.options
         t0 = time.perf_counter()
         num_rows, dim = replica.work.shape
-        if self.shared:
-            n = replica.exchange_shared(self._slots(replica))
-            own = 8 * n + 4 * n * dim
-            return exchange.ExchangeStats(replica.name, "replicated", "shm", "shm", n / max(num_rows, 1), n, own, own,
-                                          time.perf_counter() - t0)
         touched = int(np.count_nonzero(replica.touched))
-        if self._goes_dense(touched, num_rows, dim, self.group):
-            half = o.values == "fp16"
-            replica.exchange_dense(self.group, half=half)
-            moved = self._ring_bytes(num_rows, dim) // (2 if half else 1)
-            return exchange.ExchangeStats(replica.name, "replicated", "dense", "dense", touched / max(num_rows, 1),
-                                          touched, moved, moved, time.perf_counter() - t0)
-        total, st = exchange.replicated(replica.change(), rows=o.rows, values=o.values, mode="sparse",
-                                        group=self.group, name=replica.name, transport="tcp")
-        replica.add(total)
+        if self.shared:
+            st = _shm_stats(replica, replica.exchange_shared(self._slots(replica)))
+        elif self._goes_dense(touched, num_rows, dim, self.group):
+            replica.exchange_dense(self.group, half=o.values == "fp16")
+            st = self._dense_stats(replica, touched)
+        else:
+            total, st = exchange.replicated(replica.change(), rows=o.rows, values=o.values, mode="sparse",
+                                            group=self.group, name=replica.name, transport="tcp")
+            replica.add(total)
         st.seconds = time.perf_counter() - t0
         return st
 
@@ -700,7 +695,6 @@ class DataParallelTrainer:
     def checkpoint(self, out_dir: Path) -> None:
         """Rank 0 saves the agreed matrices (the reference; sharded: every owner's rows) as a single-process
         checkpoint; collective (every rank must call it)."""
-        self._settle()
         with self.watch.guard(self.step, "a checkpoint"):
             self._consolidate()
             if self.rank == 0:  # after an exchange every working row equals the agreed reference
