@@ -224,6 +224,11 @@ def test_cli_nproc_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
     missing = _cli(["train", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o"), "--nproc", "2"])
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+    empty.write_text("the cat sat on the mat\n")
+    sharded = _cli(["train", str(empty), "--out", str(tmp_path / "o"), "--nproc", "2", "--strategy", "sharded",
+                    "--overlap"])
+    assert sharded.returncode == 2 and sharded.stderr.startswith("sparsembed: error: invalid setting: --overlap")
+    assert not (tmp_path / "o").exists()
 
 
 def _corrupted_peer_message() -> str:

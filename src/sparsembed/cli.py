@@ -254,6 +254,14 @@ def _check_run_args(args: argparse.Namespace) -> None:
         raise UserError("train needs a CORPUS and --out DIR (or --resume DIR)")
 
 
+def _exchange_options(args: argparse.Namespace):
+    """The data-parallel options of the command line, validated (UserError naming the bad one)."""
+    from .distributed import ExchangeOptions
+
+    return ExchangeOptions(args.strategy, args.rows, args.values, transport=args.transport,
+                           overlap=args.overlap).validate()
+
+
 def _new_model(args: argparse.Namespace, workers: int | None, default_job_tokens: int):
     """A fresh Word2Vec with the command line's settings (validated), not yet given its corpus."""
     from .word2vec import Word2Vec
@@ -271,6 +279,7 @@ def _new_model(args: argparse.Namespace, workers: int | None, default_job_tokens
 def _spawn_ranks(args: argparse.Namespace) -> int:
     """``train --nproc N``: check what can be checked once, then run the same command as N ranks."""
     _check_run_args(args)
+    _exchange_options(args)
     if args.resume:
         out, created = Path(args.resume), False
         if not _has_checkpoint(out):
@@ -311,12 +320,11 @@ def _train_rank(args: argparse.Namespace) -> int:
 
     import torch.distributed as dist
 
-    from .distributed import DataParallelTrainer, ExchangeOptions
+    from .distributed import DataParallelTrainer
     from .word2vec import Word2Vec, default_workers
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a rank is (a hung run's first question)
-    options = ExchangeOptions(args.strategy, args.rows, args.values, transport=args.transport,
-                              overlap=args.overlap).validate()
+    options = _exchange_options(args)
     _check_run_args(args)
     launch.join(args.timeout)
     lead = launch.rank() == 0
