@@ -68,8 +68,8 @@ def _replay(model: Word2Vec, world: int, max_steps: int | None = None, late: boo
     """Single process: each step runs its ``world`` jobs from the same matrices and adds up their changes.
 
     ``late`` (the trainer's ``overlap``): rank ``r`` starts a step from the agreed matrices plus its own change
-    of the step before, and the sum of a step's changes joins the agreed matrices one step later (at an epoch's
-    end, at once)."""
+    of the step before, and the sum of a step's changes joins the agreed matrices one step later (after the last
+    step, at once). With ``max_steps`` the agreed matrices are returned, without the changes still pending."""
     s = model.settings
     corpus = model.corpus
     per_epoch = int(corpus.sentence_starts[-1])
@@ -102,10 +102,9 @@ def _replay(model: Word2Vec, world: int, max_steps: int | None = None, late: boo
             steps += 1
             if max_steps is not None and steps >= max_steps:
                 return model
-        if late:  # the trainer lands the last exchange before the epoch ends
-            model.syn0 += sum(c[0] for c in pending)
-            model.syn1 += sum(c[1] for c in pending)
-            pending = [(0.0, 0.0)] * world
+    if late:  # the trainer lands the last exchange when training ends (an epoch end does not wait for it)
+        model.syn0 += sum(c[0] for c in pending)
+        model.syn1 += sum(c[1] for c in pending)
     return model
 
 
@@ -143,6 +142,50 @@ def test_overlapped_exchange_equals_replay_one_step_late(pool, corpus: Path, tra
     np.testing.assert_array_equal(results[0][1], results[1][1])
     synchronous = _replay(_model(corpus), world=2)
     assert not np.allclose(synchronous.syn0, reference.syn0, atol=1e-5)
+
+
+def _train_overlapped_keeping_checkpoints(corpus: str, out: str, transport: str) -> list[bool]:
+    """One rank: train with ``overlap`` into ``out/run``; rank 0 copies every checkpoint to ``out/kept<i>``.
+    Returns, per checkpoint, whether an exchange was in flight when it was written."""
+    import shutil
+
+    from sparsembed.distributed import DataParallelTrainer, ExchangeOptions
+
+    trainer = DataParallelTrainer(_model(Path(corpus)), ExchangeOptions(transport=transport, overlap=True))
+    write, in_flight = trainer.checkpoint, []
+
+    def keep(out_dir: Path) -> None:
+        in_flight.append(bool(trainer.in_flight))
+        write(out_dir)
+        if trainer.rank == 0:
+            shutil.copytree(out_dir / "model", Path(out) / f"kept{len(in_flight) - 1}")
+
+    trainer.checkpoint = keep
+    trainer.train(progress=False, out=Path(out) / "run")
+    return in_flight
+
+
+@pytest.mark.parametrize("transport", ["tcp", "auto"])
+def test_overlap_checkpoints_the_reference_without_waiting(pool, corpus: Path, tmp_path: Path,
+                                                            transport: str) -> None:
+    """An epoch end with an exchange in flight saves the agreed matrices and the position before the last step
+    (its changes are not in them yet); a run resumed from it trains that step again and loses no pair."""
+    in_flight = pool.run(_train_overlapped_keeping_checkpoints, str(corpus), str(tmp_path), transport)[0]
+    assert in_flight == [True, False]  # epoch 1's end did not wait; the end of training did
+    model = _model(corpus)
+    model.settings.job_tokens = even_job_tokens(int(model.corpus.sentence_starts[-1]), JOB_TOKENS, 2)
+    n_jobs = len(model._job_bounds()) - 1
+    mid = Word2Vec.load(tmp_path / "kept0")
+    assert (mid.position.epoch, mid.position.job, mid.history) == (0, n_jobs - 2, [])
+    # the agreed matrices after the epoch's last step: every change but that step's
+    reference = _replay(_model(corpus), world=2, max_steps=n_jobs // 2, late=True)
+    np.testing.assert_allclose(mid.syn0, reference.syn0, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(mid.syn1, reference.syn1, rtol=0, atol=1e-5)
+    final = Word2Vec.load(tmp_path / "kept1")
+    resumed = Word2Vec.load(tmp_path / "kept0", with_corpus=True)
+    resumed.train(progress=False)
+    assert [h["pairs"] for h in resumed.history] == [h["pairs"] for h in final.history]
+    assert resumed.done and np.isfinite(resumed.syn0).all()
 
 
 def test_overlap_needs_replicated_strategy() -> None:

@@ -20,7 +20,8 @@ A step therefore equals, on one process, running the step's jobs each from the s
 changes: what the deterministic test checks. With ``overlap`` (replicated only) each step's exchange runs in a
 background thread (on its own gloo group, or through shared memory) while the next step trains; its sum lands
 after that step, as ``work += sum - own change`` (:meth:`_Replica.add`), so a rank sees the others' changes one
-step late and its own at once; epoch ends and checkpoints wait for the exchange in flight.
+step late and its own at once. Only the end of training (or a stop) waits for the exchange in flight: an epoch
+end or a checkpoint saves the reference, the state before the last step, while that step's exchange goes on.
 
 Because the step's jobs are a prefix of the global job order, a checkpoint is the single-process one (epoch, next
 job), so a run resumes with any number of ranks. The learning rate follows the global position: a job of a step of
@@ -37,7 +38,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -402,6 +403,7 @@ class DataParallelTrainer:
             timeout=timedelta(seconds=group_timeout(group))) if self.options.overlap else None
         self.mailer: ThreadPoolExecutor | None = None
         self.in_flight: list[tuple] = []  # (replica, own change, future) of the step being exchanged
+        self.agreed: tuple = ()  # (position, history) where the reference stands while an exchange is in flight
         if self.options.strategy == "sharded":
             step_tokens = model.settings.job_tokens * model.settings.workers
             self.owners = _Owners(model.vocab.counts, self.world, step_tokens)
@@ -473,10 +475,13 @@ class DataParallelTrainer:
                     due = (lead and out_dir is not None and checkpoint_every is not None
                            and time.perf_counter() - last_checkpoint >= checkpoint_every)
                     loss, pairs, stop_now, due = self._agree(results, want_stop, due)
+                    # with this step's exchange in flight, the reference stands where training stood before it
+                    self.agreed = (replace(m.position), list(m.history))
                     self._advance(first, per_step, n_jobs, bounds, loss, pairs)
-                    if self.in_flight and (m.position.job >= n_jobs or due or stop_now):
-                        # an epoch end, a checkpoint or the end: this step's sums land now, so every rank holds
-                        # the reference when it checkpoints or stops (nothing is in flight after this step)
+                    last = m.position.job >= n_jobs and m.position.epoch + 1 >= s.epochs
+                    if self.in_flight and (last or stop_now):
+                        # the end: this step's sums land now, so every rank holds the final matrices (epoch ends
+                        # and checkpoints do not wait: they save the reference, see checkpoint)
                         t3 = time.perf_counter()
                         stats += self._land()
                         t2 += time.perf_counter() - t3
@@ -694,10 +699,17 @@ class DataParallelTrainer:
 
     def checkpoint(self, out_dir: Path) -> None:
         """Rank 0 saves the agreed matrices (the reference; sharded: every owner's rows) as a single-process
-        checkpoint; collective (every rank must call it)."""
+        checkpoint; collective (every rank must call it).
+
+        With an exchange in flight (``overlap``) the reference lacks the last step's changes, so the checkpoint
+        is the state before that step (its position and history, :attr:`agreed`): a run resumed from it trains
+        that step again. Saving it does not wait for the exchange, which goes on in the background."""
         with self.watch.guard(self.step, "a checkpoint"):
             self._consolidate()
-            if self.rank == 0:  # after an exchange every working row equals the agreed reference
+            if self.rank == 0 and self.in_flight:
+                position, history = self.agreed
+                self.model.save(out_dir, agreed=(self.replicas[0].ref, self.replicas[1].ref, position, history))
+            elif self.rank == 0:  # after an exchange every working row equals the agreed reference
                 self.model.save(out_dir)
             dist.barrier(group=self.group)
 

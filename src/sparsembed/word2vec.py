@@ -365,11 +365,16 @@ class Word2Vec:
         return self.position.epoch_loss / self.position.epoch_pairs if self.position.epoch_pairs else math.nan
 
     # ------------------------------------------------------------------------------------ saving, resuming
-    def save(self, out: str | os.PathLike) -> None:
-        """Write the full training state to ``out/model`` (atomic; the previous checkpoint survives a crash)."""
+    def save(self, out: str | os.PathLike, agreed: tuple | None = None) -> None:
+        """Write the full training state to ``out/model`` (atomic; the previous checkpoint survives a crash).
+
+        ``agreed``: ``(syn0, syn1, position, history)`` to save instead of the model's own, a state training
+        has already passed (data-parallel training with an exchange in flight saves the matrices every rank
+        agrees on, one step behind its working copies)."""
         self._require_vocab()
         vocab_state = self.vocab.to_state()
-        arrays = {"syn0": self.syn0, "syn1": self.syn1}
+        syn0, syn1, position, history = agreed or (self.syn0, self.syn1, self.position, self.history)
+        arrays = {"syn0": syn0, "syn1": syn1}
         scalars = {}
         for key, value in vocab_state.items():
             if isinstance(value, np.ndarray):
@@ -378,8 +383,8 @@ class Word2Vec:
                 scalars[key] = value
         meta = {
             "settings": dataclasses.asdict(self.settings),
-            "position": dataclasses.asdict(self.position),
-            "history": self.history,
+            "position": dataclasses.asdict(position),
+            "history": history,
             "vocab": scalars,
             "corpus": {"source": self.corpus_source, "fingerprint": self.fingerprint,
                        "tokens": int(self.corpus.sentence_starts[-1]) if self.corpus is not None else None,
