@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="row-set encoding of our messages (auto)")
     exch.add_argument("--transport", default="auto", choices=["auto", "tcp"],
                       help="ours: shared memory when every rank is on this host (auto), or gloo always (tcp)")
+    exch.add_argument("--inputs", default="fresh", choices=["fresh", "settled"],
+                      help="make each method's gradient right before its timed call, in cache as a backward pass "
+                      "leaves it (fresh), or before the barrier and pause (settled)")
     exch.add_argument("--sweep", action="store_true", help="also vary the density of distinct rows up to 100%%")
     exch.add_argument("--densities", help="comma-separated densities in (0, 1] for the sweep (implies --sweep)")
     exch.add_argument("--seed", type=int, default=0)
@@ -536,7 +539,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             ) from None
         res = run_exchange_bench(args.nproc, args.rows, args.dim, args.ids, steps=args.steps, warmup=args.warmup,
                                  values=args.values, rows_encoding=args.rows_encoding, sweep=args.sweep,
-                                 transport=args.transport,
+                                 transport=args.transport, inputs=args.inputs,
                                  densities=densities, seed=args.seed, timeout=args.timeout)
         if res["launcher"] != "torchrun" or os.environ.get("RANK") == "0":  # every rank has the same figures
             print(json.dumps(res, indent=1) if args.json else format_text(res))

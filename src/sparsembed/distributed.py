@@ -117,8 +117,6 @@ class _Replica:
         self.touched = np.zeros(work.shape[0], dtype=np.uint8)
         self.dense: torch.Tensor | None = None
         self.dense_half: torch.Tensor | None = None
-        self.scratch: np.ndarray | None = None  # shared memory: the sum of all slots, and which rows it has
-        self.marks: np.ndarray | None = None
 
     def change(self) -> RowSparse:
         """This rank's change since the last exchange, as sorted distinct rows; clears the touched marks."""
@@ -177,12 +175,11 @@ class _Replica:
         """The exchange through shared memory (ranks on one host); returns this rank's row count.
 
         Each rank writes its touched rows (sorted ids, then their change) into its slot; after one
-        announcement every rank adds all slots into a scratch matrix in rank order, then adds that sum to the
-        reference of every row any rank touched, so every replica gets the same bits, equal to a dense
-        all-reduce's sum. No codec: the bytes never leave the host."""
+        announcement every rank merges all slots, summing each row's changes in rank order, and adds the sum
+        to the reference of every row any rank touched, so every replica gets the same bits, those of the gloo
+        path's sum. No codec: the bytes never leave the host."""
         own = self.put_shared(slots)
-        self.gather_shared(slots, own.n)
-        self.add_shared(own)
+        self.add_shared(slots, slots.publish(own.n), own)
         return own.n
 
     def put_shared(self, slots: HostSlots) -> RowSparse:
@@ -201,25 +198,19 @@ class _Replica:
         own._coalesced = True
         return own
 
-    def gather_shared(self, slots: HostSlots, n: int) -> np.ndarray:
-        """Announce this rank's ``n`` rows, add every rank's slot into the scratch sum; returns the counts."""
+    def add_shared(self, slots: HostSlots, counts: np.ndarray, own: RowSparse | None = None) -> None:
+        """:meth:`add` for the rows every rank announced in its slot (``counts``, from ``slots.publish``), in one
+        pass that merges the slots' sorted ids; then the slots may be written again (``slots.advance``).
+
+        ``own``: as in :meth:`add` (rows this rank touched since its change was taken keep their newer
+        change)."""
         rows, dim = self.work.shape
         ids_at, values_at = _slot_layout(rows)
-        counts = slots.publish(n)
-        if self.scratch is None:
-            self.scratch = np.zeros(self.work.shape, dtype=np.float32)
-            self.marks = np.zeros(rows, dtype=np.uint8)
-        for q in range(slots.world):
-            slot, m = slots.slot(q), int(counts[q])
-            _accumulate(self.scratch, self.marks, slot[ids_at:ids_at + 8 * m].view(np.int64),
-                        slot[values_at:values_at + 4 * m * dim].view(np.float32).reshape(m, dim))
+        every = slots.slots()
+        ids = every[:, ids_at:ids_at + 8 * rows].view(np.int64)
+        values = every[:, values_at:values_at + 4 * rows * dim].view(np.float32).reshape(slots.world, rows, dim)
+        _merge_add(self.ref, self.work, self.touched, ids, values, counts, slots.rank if own is not None else -1)
         slots.advance()
-        return counts
-
-    def add_shared(self, own: RowSparse) -> None:
-        """:meth:`add` for the scratch sum of :meth:`gather_shared` (clears it)."""
-        _retract(self.work, self.touched, own.ids.numpy(), own.values.numpy())
-        _apply_marked(self.ref, self.work, self.touched, self.scratch, self.marks)
 
     def refresh(self, ids: np.ndarray, fresh: np.ndarray) -> None:
         """Rows whose owner sent their current value (sharded): both copies take it."""
@@ -278,25 +269,46 @@ def _slot_bytes(rows: int, dim: int) -> int:
 
 
 @numba.njit(nogil=True, cache=True)
-def _accumulate(scratch, marks, ids, values):  # pragma: no cover - compiled
-    for i in range(ids.shape[0]):
-        r = ids[i]
-        marks[r] = 1
-        for k in range(scratch.shape[1]):
-            scratch[r, k] += values[i, k]
-
-
-@numba.njit(nogil=True, cache=True)
-def _apply_marked(ref, work, touched, scratch, marks):  # pragma: no cover - compiled
-    """Add the summed change to every marked row; clear the scratch rows and the marks for the next step."""
-    for r in range(ref.shape[0]):
-        if marks[r]:
-            for k in range(ref.shape[1]):
-                v = ref[r, k] + scratch[r, k]
+def _merge_add(ref, work, touched, ids, values, counts, own):  # pragma: no cover - compiled
+    """Merge the ranks' sorted rows (``ids[q, :counts[q]]``, ``values[q]``); add each row's sum, in rank order,
+    to ``ref``; ``work`` takes the new reference, or for a row touched since adds the sum less rank ``own``'s
+    part (-1: none), as :func:`_retract` then :func:`_add_rows` would."""
+    world, dim = ids.shape[0], ref.shape[1]
+    pos = np.zeros(world, np.int64)
+    total = np.empty(dim, np.float32)
+    end = ref.shape[0]
+    while True:
+        r = end
+        for q in range(world):
+            if pos[q] < counts[q] and ids[q, pos[q]] < r:
+                r = ids[q, pos[q]]
+        if r == end:
+            return
+        first, mine = True, -1
+        for q in range(world):
+            p = pos[q]
+            if p < counts[q] and ids[q, p] == r:
+                if first:
+                    total[:] = values[q, p]
+                    first = False
+                else:
+                    for k in range(dim):
+                        total[k] += values[q, p, k]
+                if q == own:
+                    mine = p
+                pos[q] = p + 1
+        if touched[r]:
+            if mine >= 0:
+                for k in range(dim):
+                    work[r, k] -= values[own, mine, k]
+            for k in range(dim):
+                ref[r, k] += total[k]
+                work[r, k] += total[k]
+        else:
+            for k in range(dim):
+                v = ref[r, k] + total[k]
                 ref[r, k] = v
-                work[r, k] = work[r, k] + scratch[r, k] if touched[r] else v
-                scratch[r, k] = 0.0
-            marks[r] = 0
+                work[r, k] = v
 
 
 @numba.njit(nogil=True, cache=True)
@@ -559,7 +571,7 @@ class DataParallelTrainer:
             t0 = time.perf_counter()
             if self.shared:
                 own = replica.put_shared(self._slots(replica))
-                job = self.mailer.submit(replica.gather_shared, self._slots(replica), own.n)
+                job = self.mailer.submit(self._slots(replica).publish, own.n)  # announce, wait for the peers
             else:
                 own = replica.change()
                 job = self.mailer.submit(self._send, replica, own)
@@ -574,7 +586,7 @@ class DataParallelTrainer:
             with self.watch.guard(self.step, f"the exchange of {replica.name}"):
                 result = job.result()
             if self.shared:
-                replica.add_shared(own)
+                replica.add_shared(self._slots(replica), result, own)
                 st = _shm_stats(replica, own.n)
             else:
                 total, st = result

@@ -7,7 +7,9 @@
 
 Per step and rank, ``ids`` row ids are drawn from a Zipf(1) law over the rows after a random permutation,
 duplicates included (what one CBOW batch's gradient holds), with ``dim`` random float32 values each. Timed, with a
-barrier before each step and the slowest rank's time kept:
+barrier and a short pause (:data:`SETTLE`) before each call and the slowest rank's time kept; each method's input
+is made after the pause, untimed (``inputs="fresh"``, the default: in cache, as a backward pass leaves it), or
+before the barrier (``"settled"``):
 
 * ``ours``: :func:`sparsembed.exchange.replicated` (coalesce, encode, one eager round of sizes and messages,
   decode, merge; sparse or dense by density), with each rank's per-phase medians (``phases_ms``, from
@@ -34,6 +36,7 @@ import queue
 import statistics
 import time
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -41,8 +44,8 @@ import numpy as np
 from .errors import UserError
 from .launch import free_port
 
-__all__ = ["SWEEP", "VALUES", "ROWS_ENCODINGS", "run_exchange_bench", "rank_main", "under_torchrun", "zipf_ids",
-           "density_ids", "format_text"]
+__all__ = ["SWEEP", "VALUES", "INPUTS", "ROWS_ENCODINGS", "run_exchange_bench", "rank_main", "under_torchrun",
+           "zipf_ids", "density_ids", "format_text"]
 
 #: Densities of distinct rows that ``sweep`` measures (fractions of ``rows``).
 SWEEP = [0.001, 0.01, 0.03, 0.1, 0.2, 0.4, 0.7, 1.0]
@@ -82,13 +85,22 @@ def under_torchrun(environ: Any = None) -> bool:
 SETTLE = 2e-3
 
 
-def _time(dist: Any, torch: Any, fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
-    """Seconds the slowest rank spent in ``fn(*args, **kwargs)`` after a barrier and :data:`SETTLE`, and ``fn``'s
-    result."""
+#: ``--inputs``: when each method's gradient is made, untimed: right before the timed call (``fresh``, as a
+#: backward pass leaves it) or before the barrier and the settling pause (``settled``).
+INPUTS = ("fresh", "settled")
+
+
+def _time(dist: Any, torch: Any, make: Any, fresh: bool, fn: Any, **kwargs: Any) -> tuple[float, Any]:
+    """Seconds the slowest rank spent in ``fn(make(), **kwargs)`` after a barrier and :data:`SETTLE`, and ``fn``'s
+    result. ``fresh``: ``make()`` runs after the pause, untimed, so its output is still in the caches as a
+    gradient just computed is (during the pause other tenants of a shared machine evict it)."""
+    arg = None if fresh else make()
     dist.barrier()
     time.sleep(SETTLE)
+    if fresh:
+        arg = make()
     t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
+    out = fn(arg, **kwargs)
     dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
     dist.all_reduce(dt, op=dist.ReduceOp.MAX)  # the step lasts as long as its slowest rank
     return float(dt), out
@@ -129,19 +141,19 @@ def _run_points(rank: int, world: int, cfg: dict, torch: Any, dist: Any, exchang
         times: dict[str, list[float]] = {"ours": [], "torch_sparse": [], "dense": []}
         phases: dict[str, list[float]] = {}
         mode, encoding, distinct = "", "", 0
+        fresh = cfg.get("inputs", "fresh") == "fresh"
         for step in range(cfg["warmup"] + cfg["steps"]):
             ids, vals = grads[step % len(grads)]
-            rs = RowSparse(ids, vals.clone(), rows, check=False)  # coalescing is in place: a fresh copy a step
-            t_ours, (_, stats) = _time(dist, torch, exchange.replicated, rs, rows=cfg["rows_encoding"],
-                                       values=cfg["values"], transport=cfg.get("transport", "auto"))
-            coo = torch.sparse_coo_tensor(ids[None], vals, (rows, dim), check_invariants=False)
-            t_coo, _ = _time(dist, torch, dist.all_reduce, coo)
-            t_dense = _time(dist, torch, dist.all_reduce, dense)[0]
+            t_ours, (_, stats) = _time(dist, torch, partial(_row_sparse, RowSparse, ids, vals, rows), fresh,
+                                       exchange.replicated, rows=cfg["rows_encoding"], values=cfg["values"],
+                                       transport=cfg.get("transport", "auto"))
+            t_coo, _ = _time(dist, torch, partial(_coo, torch, ids, vals, rows), fresh, dist.all_reduce)
+            t_dense = _time(dist, torch, partial(_same, dense), fresh, dist.all_reduce)[0]
             if step >= cfg["warmup"]:
                 times["ours"].append(t_ours)
                 times["torch_sparse"].append(t_coo)
                 times["dense"].append(t_dense)
-                mode, encoding, distinct = stats.mode, stats.encoding, rs.n
+                mode, encoding, distinct = stats.mode, stats.encoding, stats.rows
                 for k, v in {**stats.phases, "total": stats.seconds}.items():
                     phases.setdefault(k, []).append(v)
         res = {k: 1e3 * statistics.median(v) for k, v in times.items()}
@@ -152,6 +164,20 @@ def _run_points(rank: int, world: int, cfg: dict, torch: Any, dist: Any, exchang
                  **{f"{k}_ms": v for k, v in res.items()}}
         results.append({**entry, "phases_ms": every})
     return results
+
+
+def _row_sparse(cls: Any, ids: Any, vals: Any, rows: int) -> Any:
+    """Our input: a new copy of the values (coalescing is in place)."""
+    return cls(ids, vals.clone(), rows, check=False)
+
+
+def _coo(torch: Any, ids: Any, vals: Any, rows: int) -> Any:
+    """torch's input: the same new copy, as a sparse COO gradient (``nn.Embedding(sparse=True)``'s)."""
+    return torch.sparse_coo_tensor(ids[None], vals.clone(), (rows, vals.shape[1]), check_invariants=False)
+
+
+def _same(x: Any) -> Any:
+    return x
 
 
 def _spawned_rank(rank: int, world: int, port: int, cfg: dict, out: Any) -> None:
@@ -222,6 +248,7 @@ def run_exchange_bench(
     timeout: float = 1800.0,
     distributed: bool | None = None,
     transport: str = "auto",
+    inputs: str = "fresh",
 ) -> dict:
     """Time our exchange, torch's sparse all_reduce and a dense all_reduce; returns a JSON-ready dict.
 
@@ -244,8 +271,10 @@ def run_exchange_bench(
         points += [{"density": d} for d in (densities or SWEEP)]
     if transport not in ("auto", "tcp"):
         raise UserError(f"bench exchange: --transport must be auto or tcp, got {transport!r}")
+    if inputs not in INPUTS:
+        raise UserError(f"bench exchange: --inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
     cfg = {"rows": rows, "dim": dim, "seed": seed, "steps": steps, "warmup": warmup, "values": values,
-           "rows_encoding": rows_encoding, "points": points, "transport": transport}
+           "rows_encoding": rows_encoding, "points": points, "transport": transport, "inputs": inputs}
     t0 = time.time()
     if distributed:
         world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
@@ -269,6 +298,7 @@ def run_exchange_bench(
         "values": values,
         "rows_encoding": rows_encoding,
         "transport": transport,
+        "inputs": inputs,
         "steps": steps,
         "warmup": warmup,
         "distinct_rows": main["distinct_rows"],
