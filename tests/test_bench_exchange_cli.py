@@ -23,10 +23,11 @@ def _env() -> dict[str, str]:
 @pytest.mark.dist
 def test_bench_exchange_json() -> None:
     cmd = [sys.executable, "-m", "sparsembed", "bench", "exchange", "--nproc", "2", "--rows", "2000", "--dim", "8",
-           "--ids", "64", "--steps", "3", "--warmup", "1", "--json"]
+           "--ids", "64", "--steps", "3", "--warmup", "1", "--inputs", "settled", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env())
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
+    assert res["inputs"] == "settled"
     for key in ("ours_ms", "torch_sparse_ms", "dense_ms", "speedup_vs_torch_sparse", "speedup_vs_dense"):
         assert res[key] > 0, key
     assert res["nproc"] == 2 and res["launcher"] == "spawn" and res["rows"] == 2000
@@ -52,6 +53,14 @@ def test_bench_exchange_bad_arguments(args: list[str], message: str, capsys, mon
     err = capsys.readouterr().err
     assert err.startswith("sparsembed: error: bench exchange:") and message in err
     assert err.count("\n") == 1
+
+
+def test_bench_exchange_unknown_inputs_is_refused_before_spawning() -> None:
+    from sparsembed.errors import UserError
+    from sparsembed.exchange_bench import run_exchange_bench
+
+    with pytest.raises(UserError, match="--inputs must be one of fresh, settled"):
+        run_exchange_bench(2, inputs="warm", distributed=False)
 
 
 def test_bench_exchange_bad_choice_exits_2() -> None:
