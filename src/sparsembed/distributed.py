@@ -414,7 +414,7 @@ class DataParallelTrainer:
             dist.get_process_group_ranks(group) if group is not None else None, backend="gloo",
             timeout=timedelta(seconds=group_timeout(group))) if self.options.overlap else None
         self.mailer: ThreadPoolExecutor | None = None
-        self.in_flight: list[tuple] = []  # (replica, own change, future) of the step being exchanged
+        self.in_flight: list[tuple] = []  # (replica, own change, future, seconds to start it) of the last step
         self.agreed: tuple = ()  # (position, history) where the reference stands while an exchange is in flight
         if self.options.strategy == "sharded":
             step_tokens = model.settings.job_tokens * model.settings.workers
@@ -487,8 +487,8 @@ class DataParallelTrainer:
                     due = (lead and out_dir is not None and checkpoint_every is not None
                            and time.perf_counter() - last_checkpoint >= checkpoint_every)
                     loss, pairs, stop_now, due = self._agree(results, want_stop, due)
-                    # with this step's exchange in flight, the reference stands where training stood before it
-                    self.agreed = (replace(m.position), list(m.history))
+                    if self.async_group is not None:  # with this step's exchange in flight, the reference
+                        self.agreed = (replace(m.position), list(m.history))  # stands where training stood before it
                     self._advance(first, per_step, n_jobs, bounds, loss, pairs)
                     last = m.position.job >= n_jobs and m.position.epoch + 1 >= s.epochs
                     if self.in_flight and (last or stop_now):
@@ -645,7 +645,7 @@ class DataParallelTrainer:
         o = self.options
         t0 = time.perf_counter()
         num_rows, dim = replica.work.shape
-        touched = int(np.count_nonzero(replica.touched))
+        touched = 0 if self.shared else int(np.count_nonzero(replica.touched))
         if self.shared:
             st = _shm_stats(replica, replica.exchange_shared(self._slots(replica)))
         elif self._goes_dense(touched, num_rows, dim, self.group):
@@ -686,8 +686,7 @@ class DataParallelTrainer:
         m = self.model
         fraction = m._fraction(m.position.epoch, m._tokens_done(bounds))
         if reporter.metrics is not None:
-            dim = m.settings.vector_size
-            dense = sum(2 * (self.world - 1) * r.work.shape[0] * dim * 4 // self.world for r in self.replicas)
+            dense = sum(self._ring_bytes(*r.work.shape) for r in self.replicas)
             record = {
                 "step": step, "time": round(time.time(), 3), "epoch": m.position.epoch, "progress": round(fraction, 6),
                 "rank": self.rank, "world": self.world, "strategy": self.options.strategy,
