@@ -52,7 +52,7 @@ from . import exchange
 from .errors import UserError
 from .progress import Progress
 from .sharding import ShardMap
-from .shm import HostSlots, group_timeout, one_host
+from .shm import HostMatrix, HostSlots, group_timeout, one_host
 from .sparse import RowSparse
 from .watchdog import PeerWatch
 from .word2vec import Word2Vec
@@ -110,11 +110,12 @@ class _Replica:
     """One matrix of one rank: the working copy the kernel trains, the reference all ranks agree on, the
     rows touched since the last exchange."""
 
-    def __init__(self, name: str, work: np.ndarray) -> None:
+    def __init__(self, name: str, work: np.ndarray, host: HostMatrix | None = None) -> None:
         self.name = name
         self.work = work
-        self.ref = work.copy()
-        self.touched = np.zeros(work.shape[0], dtype=np.uint8)
+        self.host = host  # ranks on one host: the reference and the marks live in shared memory, one reference
+        self.ref = work.copy() if host is None else host.ref
+        self.touched = np.zeros(work.shape[0], dtype=np.uint8) if host is None else host.touched
         self.dense: torch.Tensor | None = None
         self.dense_half: torch.Tensor | None = None
 
@@ -171,19 +172,9 @@ class _Replica:
             dist.all_reduce(self.dense, group=group)
         return self.dense
 
-    def exchange_shared(self, slots: HostSlots) -> int:
-        """The exchange through shared memory (ranks on one host); returns this rank's row count.
-
-        Each rank writes its touched rows (sorted ids, then their change) into its slot; after one
-        announcement every rank merges all slots, summing each row's changes in rank order, and adds the sum
-        to the reference of every row any rank touched, so every replica gets the same bits, those of the gloo
-        path's sum. No codec: the bytes never leave the host."""
-        own = self.put_shared(slots)
-        self.add_shared(slots, slots.publish(own.n), own)
-        return own.n
-
     def put_shared(self, slots: HostSlots) -> RowSparse:
-        """Write this rank's change into its slot; returns it (views of the slot, valid until the next put)."""
+        """Write this rank's change into its slot (``overlap`` through shared memory: the working copy goes on
+        training while the peers read); returns it (views of the slot, valid until the next put)."""
         rows, dim = self.work.shape
         ids = np.flatnonzero(self.touched)
         n = ids.shape[0]
@@ -256,10 +247,11 @@ def _slot_layout(rows: int) -> tuple[int, int]:
     return 64, 64 + (8 * rows + 63) // 64 * 64
 
 
-def _shm_stats(replica: _Replica, n: int) -> exchange.ExchangeStats:
-    """Stats of an exchange through shared memory of ``n`` rows (ids and float32 values, in and out)."""
+def _shm_stats(replica: _Replica, n: int, ids: bool = True) -> exchange.ExchangeStats:
+    """Stats of an exchange through shared memory of ``n`` rows (float32 values, and their ids with ``ids``; the
+    same bytes in and out)."""
     num_rows, dim = replica.work.shape
-    nbytes = n * (8 + 4 * dim)
+    nbytes = n * (8 * ids + 4 * dim)
     return exchange.ExchangeStats(replica.name, "replicated", "shm", "shm", n / max(num_rows, 1), n, nbytes, nbytes,
                                   0.0)
 
@@ -397,9 +389,19 @@ class DataParallelTrainer:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
-        self.replicas = [_Replica("syn0", model.syn0), _Replica("syn1", model.syn1)]
         self.owners = None
-        self.shared = self.options.transport == "auto" and one_host(group)
+        o, world = self.options, dist.get_world_size(group)
+        hosted = o.strategy == "replicated" and not o.overlap  # one host: the matrices live in shared memory
+        shapes = [model.syn0.shape, model.syn1.shape]
+        need = sum(HostMatrix.footprint(*shape, world) if hosted else 2 * world * _slot_bytes(*shape)
+                   for shape in shapes)
+        self.shared = o.transport == "auto" and one_host(group, need=need)
+        if self.shared and hosted:  # the model trains the working copies in shared memory from now on
+            hosts = [HostMatrix(model.syn0, group), HostMatrix(model.syn1, group)]
+            model.syn0, model.syn1 = hosts[0].work, hosts[1].work
+            self.replicas = [_Replica("syn0", model.syn0, hosts[0]), _Replica("syn1", model.syn1, hosts[1])]
+        else:
+            self.replicas = [_Replica("syn0", model.syn0), _Replica("syn1", model.syn1)]
         self.slots: dict[str, HostSlots] = {}
         if (model.position.epoch, model.position.job) == (0, 0):  # a fresh run; a resumed one keeps its jobs
             per_epoch = int(model.corpus.sentence_starts[-1])
@@ -645,9 +647,9 @@ class DataParallelTrainer:
         o = self.options
         t0 = time.perf_counter()
         num_rows, dim = replica.work.shape
-        touched = 0 if self.shared else int(np.count_nonzero(replica.touched))
-        if self.shared:
-            st = _shm_stats(replica, replica.exchange_shared(self._slots(replica)))
+        touched = 0 if replica.host is not None else int(np.count_nonzero(replica.touched))
+        if replica.host is not None:  # summed in place in shared memory
+            st = _shm_stats(replica, replica.host.exchange(), ids=False)
         elif self._goes_dense(touched, num_rows, dim, self.group):
             replica.exchange_dense(self.group, half=o.values == "fp16")
             st = self._dense_stats(replica, touched)

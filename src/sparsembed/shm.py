@@ -35,6 +35,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -61,9 +62,10 @@ def _host_identity() -> tuple[str, ...]:
     return socket.gethostname(), boot, *spaces
 
 
-def one_host(group: Any = None) -> bool:
-    """True when every rank of ``group`` shares this host's memory (collective: every rank must call it)."""
-    if os.environ.get("SPARSEMBED_SHM", "1") == "0" or not os.path.isdir(SHM_DIR):
+def one_host(group: Any = None, need: int = 0) -> bool:
+    """True when every rank of ``group`` shares this host's memory, and /dev/shm has ``need`` bytes free
+    (collective: every rank must call it, with the same ``need``)."""
+    if os.environ.get("SPARSEMBED_SHM", "1") == "0" or not os.path.isdir(SHM_DIR) or shm_room() < need:
         identity: Any = None
     else:
         identity = _host_identity()
@@ -97,23 +99,32 @@ def _alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
-class HostSlots:
-    """``world`` ranks x 2 parities x ``capacity`` bytes in one shared segment (see the module docstring), mapped
-    until the process ends (the exchange keeps its slots for the life of the group).
+def _align(nbytes: int) -> int:
+    return (int(nbytes) + LINE - 1) // LINE * LINE
 
-    Collective to create: every rank of ``group`` constructs it with the same ``capacity``. ``timeout``: seconds
-    :meth:`publish` waits for the peers (default: the group's timeout).
-    """
 
-    def __init__(self, capacity: int, group: Any = None, timeout: float | None = None) -> None:
+def shm_room() -> int:
+    """Bytes free in /dev/shm (0 when it cannot be read): a segment larger than this would fault when written."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+class _Segment:
+    """One flag line per rank, then ``body`` bytes, in a segment of /dev/shm mapped by every rank of ``group``
+    until the process ends; :meth:`publish` announces and waits (see the module docstring). Collective to
+    create."""
+
+    def __init__(self, body: int, group: Any = None, timeout: float | None = None) -> None:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
-        self.capacity = (int(capacity) + LINE - 1) // LINE * LINE  # every slot starts on a cache line
         self.timeout = group_timeout(group) if timeout is None else float(timeout)
         self.flags = _flag_sync()
-        head = self.world * LINE
-        size = head + 2 * self.world * self.capacity
+        self.head = self.world * LINE
+        size = self.head + int(body)
         name = [f"sparsembed-{uuid.uuid4().hex}" if self.rank == 0 else None]
         dist.broadcast_object_list(name, group=group, group_src=0)
         path = os.path.join(SHM_DIR, name[0])
@@ -130,26 +141,18 @@ class HostSlots:
         dist.barrier(group=group)  # everyone has it mapped: the name can go
         if self.rank == 0:
             os.unlink(path)
-        self._lines = np.frombuffer(self._map, dtype=np.int64, count=head // 8).reshape(self.world, LINE // 8)
-        self._all = np.frombuffer(self._map, dtype=np.uint8, offset=head).reshape(2, self.world, self.capacity)
+        self._lines = np.frombuffer(self._map, dtype=np.int64, count=self.head // 8).reshape(self.world, LINE // 8)
         self._lines[self.rank, _PID] = os.getpid()
-        self.parity = 0
         self.seq = 0
         dist.barrier(group=group)  # every pid is written before anyone waits on it
 
-    def slot(self, rank: int | None = None) -> np.ndarray:
-        """The current step's slot of ``rank`` (default: this rank's, the one to write) as ``capacity`` bytes."""
-        return self._all[self.parity, self.rank if rank is None else rank]
-
-    def slots(self) -> np.ndarray:
-        """Every rank's current slot, ``[world, capacity]`` bytes (rank order)."""
-        return self._all[self.parity]
+    def _view(self, shape: tuple[int, ...], dtype: Any, offset: int, strides: tuple[int, ...]) -> np.ndarray:
+        """An array over the body's bytes from ``offset`` on."""
+        return np.ndarray(shape, dtype=dtype, buffer=self._map, offset=self.head + offset, strides=strides)
 
     def publish(self, nbytes: int) -> np.ndarray:
-        """Say this rank's slot holds ``nbytes`` (-1: nothing usable) and wait until every rank has said so;
+        """Say this rank's part holds ``nbytes`` (-1: nothing usable) and wait until every rank has said so;
         returns every rank's count. Collective."""
-        if nbytes > self.capacity:
-            raise ValueError(f"message of {nbytes} bytes exceeds the slot's {self.capacity}")
         if not self.flags:
             sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
             dist.all_gather(sizes, torch.tensor([nbytes], dtype=torch.int64), group=self.group)
@@ -199,6 +202,108 @@ class HostSlots:
                     f"to announce its message {seq}"
                 )
 
+
+class HostSlots(_Segment):
+    """``world`` ranks x 2 parities x ``capacity`` bytes (see the module docstring). Collective to create: every
+    rank of ``group`` constructs it with the same ``capacity``. ``timeout``: seconds :meth:`publish` waits for
+    the peers (default: the group's timeout)."""
+
+    def __init__(self, capacity: int, group: Any = None, timeout: float | None = None) -> None:
+        self.capacity = _align(capacity)  # every slot starts on a cache line
+        world = dist.get_world_size(group)
+        super().__init__(2 * world * self.capacity, group, timeout)
+        self._all = self._view((2, world, self.capacity), np.uint8, 0, (world * self.capacity, self.capacity, 1))
+        self.parity = 0
+
+    def slot(self, rank: int | None = None) -> np.ndarray:
+        """The current step's slot of ``rank`` (default: this rank's, the one to write) as ``capacity`` bytes."""
+        return self._all[self.parity, self.rank if rank is None else rank]
+
+    def slots(self) -> np.ndarray:
+        """Every rank's current slot, ``[world, capacity]`` bytes (rank order)."""
+        return self._all[self.parity]
+
+    def publish(self, nbytes: int) -> np.ndarray:
+        """Say this rank's slot holds ``nbytes`` (-1: nothing usable) and wait until every rank has said so;
+        returns every rank's count. Collective."""
+        if nbytes > self.capacity:
+            raise ValueError(f"message of {nbytes} bytes exceeds the slot's {self.capacity}")
+        return super().publish(nbytes)
+
     def advance(self) -> None:
         """Switch to the other parity: call once per exchange, after reading the peers' slots."""
         self.parity ^= 1
+
+
+#: Rows per block of :class:`HostMatrix`'s parts: 64 rows are a whole number of cache lines of marks and of
+#: float32 rows, so two ranks never write the same line, and blocks dealt in turn balance frequency-sorted rows.
+BLOCK_ROWS = 64
+
+
+class HostMatrix(_Segment):
+    """One matrix trained data-parallel by the ranks of one host: the reference they all agree on (one copy),
+    each rank's working copy and the marks of the rows it touched, all in shared memory.
+
+    :meth:`exchange` is an all-reduce in place: each rank sums every rank's change (``work - reference``) of
+    its part of the rows (blocks of :data:`BLOCK_ROWS`, dealt in turn) in rank order, adds it to the reference
+    and writes the new row into every rank's working copy. Each row is read and written once per rank, instead
+    of every rank copying its change out and merging all of them into its own reference and working copy.
+    Collective to create: every rank passes the same ``matrix`` (this rank's working copy starts as it).
+    """
+
+    def __init__(self, matrix: np.ndarray, group: Any = None, timeout: float | None = None) -> None:
+        rows, dim = matrix.shape
+        world = dist.get_world_size(group)
+        plane, marks = _align(4 * rows * dim), _align(rows)
+        super().__init__(HostMatrix.footprint(rows, dim, world), group, timeout)
+        row = (4 * dim, 4)
+        self.ref = self._view((rows, dim), np.float32, 0, row)
+        self.works = self._view((world, rows, dim), np.float32, plane, (plane, *row))
+        self.marks = self._view((world, rows), np.uint8, (world + 1) * plane, (marks, 1))
+        self.work, self.touched = self.works[self.rank], self.marks[self.rank]
+        self.work[:] = matrix
+        if self.rank == 0:
+            self.ref[:] = matrix
+        dist.barrier(group=group)
+
+    @staticmethod
+    def footprint(rows: int, dim: int, world: int) -> int:
+        """Bytes of shared memory a ``rows x dim`` matrix takes for ``world`` ranks."""
+        return (world + 1) * _align(4 * rows * dim) + world * _align(rows)
+
+    def exchange(self) -> int:
+        """Sum every rank's change of its touched rows into the reference and every working copy (the bits of a
+        gloo sum in rank order); clears the marks. Returns how many rows this rank touched. Collective."""
+        n = int(np.count_nonzero(self.touched))
+        self.publish(n)  # every rank has finished training its copy
+        _reduce_part(self.ref, self.works, self.marks, self.rank, self.world, BLOCK_ROWS)
+        self.publish(n)  # every part is summed: every working copy holds the new reference
+        return n
+
+
+@numba.njit(nogil=True, cache=True)
+def _reduce_part(ref, works, marks, part, parts, block):  # pragma: no cover - compiled
+    """For the rows of blocks ``part``, ``part + parts``, ...: the sum, in rank order, of the changes of the ranks
+    that marked the row, added to ``ref`` and written into every rank's working copy."""
+    world, rows, dim = works.shape
+    total = np.empty(dim, np.float32)
+    for start in range(part * block, rows, parts * block):
+        for r in range(start, min(start + block, rows)):
+            first = True
+            for q in range(world):
+                if marks[q, r]:
+                    marks[q, r] = 0
+                    if first:
+                        for k in range(dim):
+                            total[k] = works[q, r, k] - ref[r, k]
+                        first = False
+                    else:
+                        for k in range(dim):
+                            total[k] += works[q, r, k] - ref[r, k]
+            if first:
+                continue
+            for k in range(dim):
+                ref[r, k] += total[k]
+            for q in range(world):
+                for k in range(dim):
+                    works[q, r, k] = ref[r, k]
