@@ -126,3 +126,80 @@ def test_dead_peer_is_named_at_once() -> None:
     waited, message = out.split(" ", 1)
     assert float(waited) < 2.0, out
     assert "peer rank 1" in message and "exited" in message, out
+
+
+def _host_matrix_steps(rows: int, dim: int, steps: int, sync: str) -> list:
+    """Every step each rank changes some rows of its working copy (a rank may touch none, a row may be touched
+    by one rank, several, or none) and the exchange sums them; returns, per step, the matrices it saw."""
+    import torch.distributed as dist
+
+    from sparsembed import shm
+
+    rank = dist.get_rank()
+    start = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float32)
+    os.environ["SPARSEMBED_SHM_SYNC"] = sync
+    try:
+        host = shm.HostMatrix(start, timeout=60)
+    finally:
+        os.environ.pop("SPARSEMBED_SHM_SYNC")
+    out = []
+    for step in range(steps):
+        rng = np.random.default_rng(100 * step + rank)
+        density = [0.0, 0.02, 0.5, 1.0][(step + rank) % 4]
+        rows_touched = np.flatnonzero(rng.random(rows) < density)
+        host.touched[rows_touched] = 1
+        host.work[rows_touched] += rng.standard_normal((rows_touched.size, dim)).astype(np.float32)
+        mine = (host.work.copy(), host.touched.copy())
+        n = host.exchange()
+        # Only this rank's copy and marks: a peer may already be training its next step.
+        out.append((n, *mine, host.ref.copy(), host.work.copy(), host.touched.copy()))
+    return out
+
+
+def _sum_in_rank_order(ref: np.ndarray, ranks: list) -> np.ndarray:
+    """The reference plus, per row, the changes of the ranks that marked it, added in rank order in float32."""
+    new = ref.copy()
+    for r in range(ref.shape[0]):
+        changes = [work[r] - ref[r] for work, marks in ranks if marks[r]]
+        if changes:
+            total = changes[0].copy()
+            for change in changes[1:]:
+                total += change
+            new[r] = ref[r] + total
+    return new
+
+
+@pytest.mark.parametrize(("world", "rows", "sync"), [(2, 1000, "auto"), (2, 130, "collective"), (3, 333, "auto")])
+def test_host_matrix_sums_in_place_like_gloo_in_rank_order(pool, world: int, rows: int, sync: str) -> None:
+    """The sum of every rank's change lands bit for bit (float32, rank order, only ranks that marked the row)
+    in the reference and in every rank's working copy; marks are cleared; blocks of rows summed by different
+    ranks (rows not a multiple of the block, a block count not a multiple of the ranks)."""
+    if world == pool.world_size:
+        results = pool.run(_host_matrix_steps, rows, 5, 6, sync)
+    else:
+        with DistPool(world) as other:
+            results = other.run(_host_matrix_steps, rows, 5, 6, sync)
+    ref = np.random.default_rng(0).standard_normal((rows, 5)).astype(np.float32)
+    for step in range(6):
+        seen = [r[step] for r in results]
+        assert [s[0] for s in seen] == [int(np.count_nonzero(s[2])) for s in seen]
+        expected = _sum_in_rank_order(ref, [(s[1], s[2]) for s in seen])
+        for _, _, _, new_ref, work, marks in seen:
+            np.testing.assert_array_equal(new_ref, expected)
+            np.testing.assert_array_equal(work, expected)
+            assert not marks.any()
+        ref = expected
+    assert any(s[0] == 0 for r in results for s in r) and any(s[0] == rows for r in results for s in r)
+
+
+def _room_check(need: int) -> bool:
+    from sparsembed.shm import one_host
+
+    return one_host(need=need)
+
+
+def test_no_shared_memory_when_dev_shm_lacks_room(pool) -> None:
+    from sparsembed.shm import shm_room
+
+    assert pool.run(_room_check, 1 << 20) == [True, True]
+    assert pool.run(_room_check, shm_room() + (1 << 40)) == [False, False]

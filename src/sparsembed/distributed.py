@@ -7,9 +7,11 @@ per matrix, each rank sends the change of its touched rows (``work - reference``
 all ranks' changes to the reference and copies it into its working rows:
 
 * ``replicated``: every rank gets the sum of all changes, so all replicas hold bit-identical references. Ranks
-  on one host write their rows into shared memory (:mod:`sparsembed.shm`) and each adds all slots in rank
-  order; otherwise :func:`sparsembed.exchange.replicated` (sparse codec messages) or, when the touched rows would
-  make that dearer, one dense all-reduce of the change (``transport="tcp"`` forces this gloo path);
+  on one host keep one reference and their working copies in shared memory (:class:`sparsembed.shm.HostMatrix`)
+  and each sums its part of the rows, in rank order, into the reference and every working copy (with
+  ``overlap``: each writes its change into a slot, :class:`~sparsembed.shm.HostSlots`, and merges all slots);
+  otherwise :func:`sparsembed.exchange.replicated` (sparse codec messages) or, when the touched rows would make
+  that dearer, one dense all-reduce of the change (``transport="tcp"`` forces this gloo path);
 * ``sharded``: :func:`sparsembed.exchange.sharded` sends each change to the row's owner (a load-balanced
   :class:`~sparsembed.sharding.ShardMap`, ranges of relabelled rows), the owner adds it to its authoritative
   rows and sends every rank the fresh values of the rows it touched; rows a rank did not touch stay as it last

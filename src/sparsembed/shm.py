@@ -14,6 +14,11 @@ segment), raising an error that :class:`sparsembed.watchdog.PeerWatch` turns int
 other architectures (weaker memory ordering), or with ``SPARSEMBED_SHM_SYNC=collective``, the sizes go through
 one tiny all-gather of torch.distributed instead.
 
+:class:`HostMatrix` goes further for a matrix every rank trains (data-parallel word2vec): the agreed reference
+(one copy for the host), each rank's working copy and its marks of touched rows all live in the segment, and an
+exchange is an all-reduce in place: each rank sums its part of the rows over all working copies into the
+reference and writes the result into every working copy, between two announcements.
+
 Two slots per rank, used alternately (step parity): a rank writes slot ``p`` of step ``s + 2`` only after every
 rank has announced step ``s + 1``, which each does after reading step ``s``, so a slot is never overwritten while
 read.
