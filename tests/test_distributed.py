@@ -350,3 +350,28 @@ def test_shared_memory_only_on_one_host_and_when_allowed(pool) -> None:
     assert pool.run(_host_check, False) == [True, True]
     assert pool.run(_host_check, True) == [False, False]
     assert not [p for p in os.listdir("/dev/shm") if p.startswith("sparsembed-")]  # names never outlive a run
+
+
+def _train_with_little_shm(corpus: str) -> tuple:
+    """One rank whose /dev/shm reports 1 kB free: the trainer says so and exchanges over gloo."""
+    import contextlib
+    import io
+
+    from sparsembed import distributed, shm
+    from sparsembed.distributed import DataParallelTrainer, ExchangeOptions
+
+    distributed.shm_room = shm.shm_room = lambda: 1000
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        model = _model(Path(corpus))
+        trainer = DataParallelTrainer(model, ExchangeOptions(transport="auto"))
+        trainer.train(progress=False)
+    return trainer.shared, err.getvalue(), model.syn0.copy()
+
+
+def test_short_dev_shm_falls_back_to_gloo_and_says_so(corpus: Path) -> None:
+    with DistPool(2, timeout=120.0) as pool:  # its own ranks: the patched room must not outlive the test
+        results = pool.run(_train_with_little_shm, str(corpus))
+    assert [r[0] for r in results] == [False, False]
+    assert "/dev/shm has 0 MB free" in results[0][1] and "over gloo" in results[0][1] and not results[1][1]
+    np.testing.assert_allclose(results[0][2], _replay(_model(corpus), world=2).syn0, rtol=0, atol=1e-6)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -54,7 +55,7 @@ from . import exchange
 from .errors import UserError
 from .progress import Progress
 from .sharding import ShardMap
-from .shm import HostMatrix, HostSlots, group_timeout, one_host
+from .shm import HostMatrix, HostSlots, group_timeout, one_host, shm_room
 from .sparse import RowSparse
 from .watchdog import PeerWatch
 from .word2vec import Word2Vec
@@ -397,7 +398,12 @@ class DataParallelTrainer:
         shapes = [model.syn0.shape, model.syn1.shape]
         need = sum(HostMatrix.footprint(*shape, world) if hosted else 2 * world * _slot_bytes(*shape)
                    for shape in shapes)
-        self.shared = o.transport == "auto" and one_host(group, need=need)
+        same_host = o.transport == "auto" and one_host(group)
+        self.shared = same_host and one_host(group, need=need)
+        if same_host and not self.shared and self.rank == 0:
+            print(f"sparsembed: /dev/shm has {shm_room() / 1e6:.0f} MB free, the shared-memory exchange needs "
+                  f"{need / 1e6:.0f} MB: exchanging over gloo instead (give /dev/shm more room, e.g. docker "
+                  "--shm-size, for the faster path)", file=sys.stderr)
         if self.shared and hosted:  # the model trains the working copies in shared memory from now on
             hosts = [HostMatrix(model.syn0, group), HostMatrix(model.syn1, group)]
             model.syn0, model.syn1 = hosts[0].work, hosts[1].work
