@@ -1,7 +1,7 @@
 """Data-parallel word2vec end to end: 1 process x 2 threads against 2 ranks x 1 thread on the same cores.
 
     .venv/bin/python benchmarks/bench_dataparallel.py --corpus ../shared/data/wiki17m.txt.xz --repeats 2 \
-        [--job-tokens 250000 1000000] [--transports auto tcp] [--variants sync overlap]
+        [--job-tokens 250000 1000000] [--transports auto tcp] [--variants sync overlap] [--balances static dynamic]
 
 Every run is the real command line (``sparsembed train``, CBOW, gensim's defaults, 5 epochs), in alternation
 (single, ranks, single, ranks, ...) so machine noise hits both alike. words/s is rank 0's figure for the whole
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="auto: shared memory between ranks of one host; tcp: gloo over loopback")
     parser.add_argument("--variants", nargs="+", default=["sync"], choices=["sync", "overlap"],
                         help="overlap: the ranks run with --overlap (exchange behind the next step)")
+    parser.add_argument("--balances", nargs="+", default=["static"], choices=["static", "dynamic"],
+                        help="dynamic: ranks on one host draw a step's jobs as each becomes free (--balance)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sparsembed-dp-") as tmp:
         corpus = Path(args.corpus)
@@ -75,10 +77,14 @@ def main(argv: list[str] | None = None) -> None:
         for jt in args.job_tokens:
             for transport in args.transports:
                 for variant in args.variants:
-                    name = f"2 ranks x 1 thread, {args.strategy}, job {jt}, transport {transport}"
-                    configs[name + (", overlap" if variant == "overlap" else "")] = [
-                        "--nproc", "2", "--workers", "1", "--job-tokens", str(jt), "--strategy", args.strategy,
-                        "--transport", transport] + (["--overlap"] if variant == "overlap" else [])
+                    for balance in args.balances:
+                        name = f"2 ranks x 1 thread, {args.strategy}, job {jt}, transport {transport}"
+                        name += (", overlap" if variant == "overlap" else "") + (
+                            ", dynamic balance" if balance == "dynamic" else "")
+                        configs[name] = [
+                            "--nproc", "2", "--workers", "1", "--job-tokens", str(jt), "--strategy", args.strategy,
+                            "--transport", transport, "--balance", balance] + (
+                            ["--overlap"] if variant == "overlap" else [])
         runs: dict[str, list[dict]] = {name: [] for name in configs}
         for _ in range(args.repeats):
             for name, extra in configs.items():

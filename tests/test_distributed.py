@@ -375,3 +375,52 @@ def test_short_dev_shm_falls_back_to_gloo_and_says_so(corpus: Path) -> None:
     assert [r[0] for r in results] == [False, False]
     assert "/dev/shm has 0 MB free" in results[0][1] and "over gloo" in results[0][1] and not results[1][1]
     np.testing.assert_allclose(results[0][2], _replay(_model(corpus), world=2).syn0, rtol=0, atol=1e-6)
+
+
+def _train_dynamic(corpus: str, slow_rank: int) -> tuple:
+    """One rank of a ``balance="dynamic"`` run; rank ``slow_rank`` takes 20 ms longer over every job."""
+    import time
+
+    import torch.distributed as dist
+
+    from sparsembed.distributed import DataParallelTrainer, ExchangeOptions
+
+    model = _model(Path(corpus))
+    if dist.get_rank() == slow_rank:
+        run_job = model._run_job
+
+        def slow(*args, **kwargs):
+            time.sleep(0.02)
+            return run_job(*args, **kwargs)
+
+        model._run_job = slow
+    trainer = DataParallelTrainer(model, ExchangeOptions(balance="dynamic"))
+    summary = trainer.train(progress=False)
+    return model.syn0.copy(), model.syn1.copy(), summary, model.history, model.settings.job_tokens
+
+
+def test_dynamic_balance_gives_a_slow_rank_fewer_jobs_and_trains_every_job_once(pool, corpus: Path) -> None:
+    results = pool.run(_train_dynamic, str(corpus), 1)
+    (syn0, syn1, fast, history, job_tokens), (syn0_b, syn1_b, slow, _, _) = results
+    assert job_tokens < JOB_TOKENS  # a step's tokens in DYNAMIC_ROUNDS times as many jobs
+    assert fast["jobs"] > slow["jobs"] and slow["jobs"] > 0 and fast["steps"] == slow["steps"]
+    np.testing.assert_array_equal(syn0, syn0_b)  # the replicas agree, whoever ran which job
+    np.testing.assert_array_equal(syn1, syn1_b)
+    # Every job ran exactly once an epoch: a job's pairs depend only on (seed, epoch, job), so the epochs' pair
+    # counts equal one process training the same jobs.
+    single = _model(corpus)
+    single.settings.job_tokens = job_tokens
+    single.train(progress=False)
+    assert [h["pairs"] for h in history] == [h["pairs"] for h in single.history]
+    assert np.isfinite(syn0).all() and not np.allclose(syn0, _model(corpus).syn0)
+
+
+def test_dynamic_balance_needs_shared_memory_exchange() -> None:
+    from sparsembed.distributed import ExchangeOptions
+    from sparsembed.errors import UserError
+
+    for bad in ({"overlap": True}, {"strategy": "sharded"}, {"transport": "tcp"}):
+        with pytest.raises(UserError, match="--balance dynamic needs"):
+            ExchangeOptions(balance="dynamic", **bad).validate()
+    with pytest.raises(UserError, match="--balance must be one of"):
+        ExchangeOptions(balance="greedy").validate()

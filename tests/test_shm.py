@@ -203,3 +203,35 @@ def test_no_shared_memory_when_dev_shm_lacks_room(pool) -> None:
 
     assert pool.run(_room_check, 1 << 20) == [True, True]
     assert pool.run(_room_check, shm_room() + (1 << 40)) == [False, False]
+
+
+def _draw_all(limits: list[int]) -> list[list[int]]:
+    """Two threads per rank draw from one counter until each limit is reached; returns the numbers drawn."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch.distributed as dist
+
+    from sparsembed import shm
+
+    counter = shm.HostCounter()
+    drawn = []
+    for limit in limits:
+        def draw(_: int, limit: int = limit) -> list[int]:
+            got = []
+            while (number := counter.draw(limit)) is not None:
+                got.append(number)
+            return got
+
+        with ThreadPoolExecutor(2) as pool:
+            drawn.append(sorted(n for got in pool.map(draw, range(2)) for n in got))
+        dist.barrier()  # every rank is done with this limit before anyone draws towards the next
+    return drawn
+
+
+def test_counter_hands_out_each_number_once(pool) -> None:
+    """4 drawers (2 ranks x 2 threads) race for the same numbers: each is drawn exactly once, in every round."""
+    out = pool.run(_draw_all, [3000, 3001, 5000])
+    for i, (low, high) in enumerate([(0, 3000), (3000, 3001), (3001, 5000)]):
+        together = sorted(out[0][i] + out[1][i])
+        assert together == list(range(low, high)), i
+    assert all(out[r][0] for r in range(2))  # both ranks won some draws of the long round

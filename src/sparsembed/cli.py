@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--overlap", action="store_true",
                     help="train the next step while this step's rows travel (ranks see each other's changes one "
                     "step late); for slow links")
+    dp.add_argument("--balance", choices=["static", "dynamic"], default="static",
+                    help="static: each rank trains its own jobs of a step (deterministic); dynamic (ranks on one "
+                    "host): a step's jobs, 4 times smaller, go to whichever rank is free (a slow core holds the "
+                    "others up less; not reproducible)")
     dp.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                     help="a rank that does not answer for SECONDS stops the run, naming it (300)")
 
@@ -262,7 +266,7 @@ def _exchange_options(args: argparse.Namespace):
     from .distributed import ExchangeOptions
 
     return ExchangeOptions(args.strategy, args.rows, args.values, transport=args.transport,
-                           overlap=args.overlap).validate()
+                           overlap=args.overlap, balance=args.balance).validate()
 
 
 def _new_model(args: argparse.Namespace, workers: int | None, default_job_tokens: int):

@@ -55,7 +55,7 @@ from . import exchange
 from .errors import UserError
 from .progress import Progress
 from .sharding import ShardMap
-from .shm import HostMatrix, HostSlots, group_timeout, one_host, shm_room
+from .shm import HostCounter, HostMatrix, HostSlots, group_timeout, one_host, shm_room
 from .sparse import RowSparse
 from .watchdog import PeerWatch
 from .word2vec import Word2Vec
@@ -64,6 +64,9 @@ STRATEGIES = ("replicated", "sharded")
 ROW_ENCODINGS = ("auto", "index", "bitmap", "roaring")
 VALUE_ENCODINGS = ("fp32", "fp16")
 TRANSPORTS = ("auto", "tcp")
+BALANCES = ("static", "dynamic")
+#: Jobs per thread and rank in a step with ``balance="dynamic"``: a rank that finishes early draws more of them.
+DYNAMIC_ROUNDS = 4
 
 
 @dataclass
@@ -76,17 +79,22 @@ class ExchangeOptions:
     mode: str = "auto"  # replicated only: "auto" picks sparse or dense per step and matrix, or force one
     transport: str = "auto"  # "auto": shared memory for dense steps when every rank is on this host; "tcp": gloo
     overlap: bool = False  # replicated only: train the next step while this step's changes travel
+    balance: str = "static"  # "dynamic": ranks on one host draw a step's jobs as each becomes free
 
     def validate(self) -> ExchangeOptions:
         """Raise UserError naming the first invalid option; return self."""
         for value, allowed, flag in ((self.strategy, STRATEGIES, "--strategy"), (self.rows, ROW_ENCODINGS, "--rows"),
                                      (self.values, VALUE_ENCODINGS, "--values"), (self.mode, exchange.MODES, "mode"),
-                                     (self.transport, TRANSPORTS, "--transport")):
+                                     (self.transport, TRANSPORTS, "--transport"), (self.balance, BALANCES,
+                                                                                    "--balance")):
             if value not in allowed:
                 raise UserError(f"invalid setting: {flag} must be one of {', '.join(allowed)}, got {value!r}")
         if self.overlap and self.strategy != "replicated":
             raise UserError("invalid setting: --overlap needs --strategy replicated (owners of the sharded strategy "
                             "send fresh rows back within the step)")
+        if self.balance == "dynamic" and (self.overlap or self.strategy != "replicated" or self.transport != "auto"):
+            raise UserError("invalid setting: --balance dynamic needs --strategy replicated, --transport auto and no "
+                            "--overlap (the ranks draw jobs from a counter in shared memory)")
         return self
 
 
@@ -411,10 +419,18 @@ class DataParallelTrainer:
         else:
             self.replicas = [_Replica("syn0", model.syn0), _Replica("syn1", model.syn1)]
         self.slots: dict[str, HostSlots] = {}
+        # dynamic: a step is the same tokens in DYNAMIC_ROUNDS times as many jobs, drawn by whichever rank is free
+        self.counter = HostCounter(group) if o.balance == "dynamic" and self.shared else None
+        if o.balance == "dynamic" and self.counter is None and self.rank == 0:
+            print("sparsembed: --balance dynamic needs every rank on this host with shared memory: each rank runs "
+                  "its own jobs", file=sys.stderr)
+        self.rounds = DYNAMIC_ROUNDS if self.counter is not None else 1
+        self.drawn = 0  # numbers drawn from the counter in this session's steps (every rank counts them alike)
         if (model.position.epoch, model.position.job) == (0, 0):  # a fresh run; a resumed one keeps its jobs
             per_epoch = int(model.corpus.sentence_starts[-1])
-            per_step = self.world * model.settings.workers
-            model.settings.job_tokens = even_job_tokens(per_epoch, model.settings.job_tokens, per_step)
+            per_step = self.world * model.settings.workers * self.rounds
+            model.settings.job_tokens = even_job_tokens(per_epoch, max(1, model.settings.job_tokens // self.rounds),
+                                                        per_step)
         timeout = dist.distributed_c10d._get_default_timeout(dist.Backend.GLOO).total_seconds()
         self.watch = PeerWatch(grace=min(2.0, 0.1 * timeout))
         self.watch.start_pulse(interval=min(0.5, 0.05 * timeout))
@@ -474,9 +490,9 @@ class DataParallelTrainer:
                             metrics_path=out_dir / "metrics.jsonl" if (out_dir is not None and lead) else None,
                             every=report_every, quiet=not (progress and lead), start_fraction=start_fraction)
         tables = m._kernel_tables()
-        per_step = self.world * s.workers
+        per_step = self.world * s.workers * self.rounds
         started = last_checkpoint = time.perf_counter()
-        totals = {"steps": 0, "bytes_sent": 0, "bytes_recv": 0, "exchange_s": 0.0, "compute_s": 0.0}
+        totals = {"steps": 0, "jobs": 0, "bytes_sent": 0, "bytes_recv": 0, "exchange_s": 0.0, "compute_s": 0.0}
         interrupted = False
         try:
             with ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="sparsembed") as pool:
@@ -508,11 +524,12 @@ class DataParallelTrainer:
                         stats += self._land()
                         t2 += time.perf_counter() - t3
                     totals["steps"] += 1
+                    totals["jobs"] += len(results)
                     totals["compute_s"] += t1 - t0
                     totals["exchange_s"] += t2 - t1
                     totals["bytes_sent"] += sum(st.bytes_sent for st in stats)
                     totals["bytes_recv"] += sum(st.bytes_recv for st in stats)
-                    self._log_step(reporter, totals["steps"], t1 - t0, t2 - t1, stats, bounds)
+                    self._log_step(reporter, totals["steps"], t1 - t0, t2 - t1, stats, bounds, len(results))
                     if m.position.job >= n_jobs:
                         self._end_epoch(reporter, out_dir)
                         last_checkpoint = time.perf_counter()
@@ -543,19 +560,34 @@ class DataParallelTrainer:
 
     def _run_jobs(self, pool: ThreadPoolExecutor, bounds: np.ndarray, first: int, n_jobs: int, per_step: int,
                   tables: dict) -> list[tuple]:
+        """Run this rank's jobs of the step that starts at job ``first``: its own group (static), or as many as
+        its threads draw (dynamic). A job's learning rate starts where the step's round of ``world x threads``
+        concurrent jobs starts, whoever runs it."""
         m, s = self.model, self.model.settings
         corpus = m.corpus
         per_epoch = int(corpus.sentence_starts[-1])
         epoch = m.position.epoch
-        before = epoch * per_epoch + int(corpus.sentence_starts[bounds[first]])
-        schedule = concurrent_schedule(per_epoch * s.epochs, before, per_step)
+        concurrent = self.world * s.workers
         touched = tuple(r.touched for r in self.replicas)  # the replicas' working copies are the model's matrices
 
         def run(job: int) -> tuple:
-            return m._run_job(corpus, bounds, epoch, job, tables, schedule, touched)
+            round_first = first + (job - first) // concurrent * concurrent
+            before = epoch * per_epoch + int(corpus.sentence_starts[bounds[round_first]])
+            return m._run_job(corpus, bounds, epoch, job, tables,
+                              concurrent_schedule(per_epoch * s.epochs, before, concurrent), touched)
 
-        jobs = step_jobs(first, n_jobs, self.world, s.workers, self.rank)
-        return list(pool.map(run, jobs))
+        if self.counter is None:
+            return list(pool.map(run, step_jobs(first, n_jobs, self.world, s.workers, self.rank)))
+        base, count = self.drawn, min(per_step, n_jobs - first)
+        self.drawn += count
+
+        def draw_and_run(_: int) -> list[tuple]:
+            done = []
+            while (number := self.counter.draw(base + count)) is not None:
+                done.append(run(first + number - base))
+            return done
+
+        return [r for thread in pool.map(draw_and_run, range(s.workers)) for r in thread]
 
     def _exchange(self) -> list[exchange.ExchangeStats]:
         o = self.options
@@ -692,14 +724,14 @@ class DataParallelTrainer:
         m.position.epoch_pairs += pairs
 
     def _log_step(self, reporter: Progress, step: int, compute_s: float, exchange_s: float,
-                  stats: list[exchange.ExchangeStats], bounds: np.ndarray) -> None:
+                  stats: list[exchange.ExchangeStats], bounds: np.ndarray, jobs: int) -> None:
         m = self.model
         fraction = m._fraction(m.position.epoch, m._tokens_done(bounds))
         if reporter.metrics is not None:
             dense = sum(self._ring_bytes(*r.work.shape) for r in self.replicas)
             record = {
                 "step": step, "time": round(time.time(), 3), "epoch": m.position.epoch, "progress": round(fraction, 6),
-                "rank": self.rank, "world": self.world, "strategy": self.options.strategy,
+                "rank": self.rank, "world": self.world, "strategy": self.options.strategy, "jobs": jobs,
                 "compute_s": round(compute_s, 6), "exchange_s": round(exchange_s, 6),
                 "exchange_cpu_s": round(self._exchange_cpu, 6),
                 "bytes_sent": sum(st.bytes_sent for st in stats), "bytes_recv": sum(st.bytes_recv for st in stats),

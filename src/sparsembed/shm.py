@@ -31,10 +31,12 @@ as every rank has mapped it, so nothing is left in ``/dev/shm`` whatever happens
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import platform
 import socket
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -122,7 +124,7 @@ class _Segment:
     until the process ends; :meth:`publish` announces and waits (see the module docstring). Collective to
     create."""
 
-    def __init__(self, body: int, group: Any = None, timeout: float | None = None) -> None:
+    def __init__(self, body: int, group: Any = None, timeout: float | None = None, lockable: bool = False) -> None:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
@@ -142,7 +144,9 @@ class _Segment:
         try:
             self._map = mmap.mmap(fd, size)
         finally:
-            os.close(fd)
+            if not lockable:
+                os.close(fd)
+        self._fd = fd if lockable else -1  # each rank's own open file: flock on it excludes the other ranks
         dist.barrier(group=group)  # everyone has it mapped: the name can go
         if self.rank == 0:
             os.unlink(path)
@@ -238,6 +242,30 @@ class HostSlots(_Segment):
     def advance(self) -> None:
         """Switch to the other parity: call once per exchange, after reading the peers' slots."""
         self.parity ^= 1
+
+
+class HostCounter(_Segment):
+    """A counter every rank of one host draws from, each number once (a lock on the segment's file serialises
+    the draws of processes, and a thread lock those of this process's threads): ranks share out work as each
+    becomes free. Collective to create."""
+
+    def __init__(self, group: Any = None) -> None:
+        super().__init__(LINE, group, lockable=True)
+        self._value = self._view((1,), np.int64, 0, (8,))
+        self._threads = threading.Lock()
+
+    def draw(self, limit: int) -> int | None:
+        """The next number, below ``limit``; None when every number below ``limit`` was drawn."""
+        with self._threads:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                value = int(self._value[0])
+                if value >= limit:
+                    return None
+                self._value[0] = value + 1
+                return value
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 #: Rows per block of :class:`HostMatrix`'s parts: 64 rows are a whole number of cache lines of marks and of
