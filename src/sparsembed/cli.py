@@ -347,8 +347,8 @@ def _train_rank(args: argparse.Namespace) -> int:
         else:
             out = Path(args.out)
             # Each step exchanges nearly every output row (negative sampling touches most of them): 250k tokens a
-            # rank keeps the exchange near a quarter of the step on one host and stays within a point of 1 process
-            # x 2 threads in analogy accuracy; 500k was faster and 1.3 points worse (BENCHMARKS.md).
+            # rank keeps the exchange at 11-16% of the step on one host (shared memory) and stays within a point of
+            # 1 process x 2 threads in analogy accuracy; 500k was faster and 1.2-1.3 points worse (BENCHMARKS.md).
             model = _new_model(args, 1, DATA_PARALLEL_JOB_TOKENS)
             _agree_on(lambda: prepare_out_dir(out, force=args.force) if lead else None)
             with _fault_advice(out):

@@ -25,6 +25,12 @@ after that step, as ``work += sum - own change`` (:meth:`_Replica.add`), so a ra
 step late and its own at once. Only the end of training (or a stop) waits for the exchange in flight: an epoch
 end or a checkpoint saves the reference, the state before the last step, while that step's exchange goes on.
 
+With ``balance="dynamic"`` (ranks on one host, synchronous) a step covers the same tokens in ``DYNAMIC_ROUNDS``
+times as many jobs, and the ranks draw them from a shared counter (:class:`~sparsembed.shm.HostCounter`) as each
+becomes free, so a rank slowed by a busy core runs fewer: a rank runs its jobs one after another on its working
+copy, each with the learning rate of its round of ``world x threads`` jobs. The sum is no longer the static
+replay's, since which rank runs which job depends on timing.
+
 Because the step's jobs are a prefix of the global job order, a checkpoint is the single-process one (epoch, next
 job), so a run resumes with any number of ranks. The learning rate follows the global position: a job of a step of
 ``k`` concurrent jobs decays ``k`` times as fast as alone.
