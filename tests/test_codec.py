@@ -252,3 +252,37 @@ def test_encode_array_into_a_given_buffer() -> None:
     assert (slot[len(expected):] == 0xAB).all()  # nothing written past the message
     with pytest.raises(ValueError, match="at least"):
         codec.encode_array(rs, out=np.zeros(len(expected) - 1, np.uint8))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(row_sets(), st.sampled_from(ROWS[:5]), st.sampled_from(list(VALUES)), st.sampled_from(COMPRESS))
+def test_unchecked_message_round_trips_and_only_the_checksum_differs(row_set, rows, values, compress):
+    """``checksum=False`` (shared memory): the same bytes but a zero checksum field; ``verify=False`` reads it back,
+    while the default decode refuses it."""
+    ids, num_rows = row_set
+    rs = RowSparse(torch.from_numpy(ids), torch.randn(ids.shape[0], 3), num_rows)
+    checked = codec.encode_array(rs, rows, values, compress)
+    unchecked = codec.encode_array(rs, rows, values, compress, checksum=False)
+    assert unchecked[48:56].tobytes() == bytes(8)
+    assert unchecked[:48].tobytes() == checked[:48].tobytes() and unchecked[56:].tobytes() == checked[56:].tobytes()
+    out = codec.decode(unchecked, dtype="wire", verify=False)
+    ref = codec.decode(checked, dtype="wire")
+    assert torch.equal(out.ids, ref.ids) and torch.equal(out.values, ref.values)
+    _decode_fails_cleanly(unchecked.tobytes(), match="checksum")  # a real checksum is 0 with odds 2^-64
+
+
+def test_unverified_decode_still_checks_the_structure() -> None:
+    """Skipping the checksum skips nothing else: a bad header field or an out-of-range id is still refused."""
+    for field, value, match in [(0, b"XXXX", "magic"), (9, 1 << 50, "sizes do not add up"), (7, 0, "dim")]:
+        buf = bytearray(_message(np.array([1, 5, 9], np.int64), 20, rows="index")[0])
+        fields = list(struct.unpack_from("<4sBBBBQQIIQQQ", buf))
+        fields[field] = value
+        struct.pack_into("<4sBBBBQQIIQQQ", buf, 0, *fields)
+        with pytest.raises(codec.CodecError, match=match):
+            codec.decode(bytes(buf), verify=False)
+    buf = bytearray(_message(np.array([1, 5, 9], np.int64), 20, rows="index")[0])
+    fields = list(struct.unpack_from("<4sBBBBQQIIQQQ", buf))
+    fields[5] = 6  # 9 is out of range of 6 rows
+    struct.pack_into("<4sBBBBQQIIQQQ", buf, 0, *fields)
+    with pytest.raises(codec.CodecError):
+        codec.decode(bytes(buf), verify=False)

@@ -84,12 +84,14 @@ def encode(rs: RowSparse, rows: str = "auto", values: str = "fp32", compress: st
 
 
 def encode_array(rs: RowSparse, rows: str = "auto", values: str = "fp32", compress: str | None = None,
-                 out: np.ndarray | None = None) -> np.ndarray:
+                 out: np.ndarray | None = None, checksum: bool = True) -> np.ndarray:
     """Like :func:`encode`, into a writable uint8 numpy array (same bytes): a fresh one, or the front of ``out``
     (e.g. a shared-memory slot; ValueError if it is too small), returned as a view of it.
 
     Faster for large messages: numpy's large buffers get huge pages, and the values are copied and
     checksummed in one pass. ``torch.from_numpy`` of the result shares it, e.g. for ``torch.distributed``.
+    ``checksum=False`` leaves the checksum field zero, for a message that never leaves this host's memory
+    (read with ``decode(..., verify=False)``).
     """
     fields, id_wire, payload = _prepare(rs, rows, values, compress)
     start = HEADER_SIZE + len(id_wire)
@@ -101,8 +103,11 @@ def encode_array(rs: RowSparse, rows: str = "auto", values: str = "fp32", compre
     else:
         out = out[:total]
     out[HEADER_SIZE:start] = np.frombuffer(id_wire, np.uint8)
-    seed = _checksum(id_wire, _checksum(_HEADER.pack(*fields)[:_SUM_OFFSET], 0))
-    fields[-1] = _checksum(payload, seed, out[start:])
+    if checksum:
+        seed = _checksum(id_wire, _checksum(_HEADER.pack(*fields)[:_SUM_OFFSET], 0))
+        fields[-1] = _checksum(payload, seed, out[start:])
+    else:
+        out[start:] = payload
     out[:HEADER_SIZE] = np.frombuffer(_HEADER.pack(*fields), np.uint8)
     return out
 
@@ -134,12 +139,14 @@ def _prepare(rs: RowSparse, rows: str, values: str, compress: str | None) -> tup
     return [*fields, len(id_raw), 0], id_wire, payload
 
 
-def decode(buf: Any, dtype: str = "fp32") -> RowSparse:
+def decode(buf: Any, dtype: str = "fp32", verify: bool = True) -> RowSparse:
     """Parse and check one message; returns a coalesced RowSparse (strictly increasing ids).
 
     Args:
         buf: bytes-like (bytes, bytearray, memoryview, uint8 array).
         dtype: ``"fp32"`` (default) returns float32 values; ``"wire"`` keeps the message's dtype.
+        verify: check the checksum; False only for a message that never crossed a wire (written by
+            ``encode_array(..., checksum=False)`` into this host's shared memory): every other check still runs.
 
     Values are a fresh copy, except when no conversion is needed and ``buf`` is writable (a bytearray or
     writable memoryview): then they are a zero-copy view of ``buf``.
@@ -156,7 +163,8 @@ def decode(buf: Any, dtype: str = "fp32") -> RowSparse:
     head = _parse_header(mv)
     magic, version, rcode, dcode, ccode, num_rows, n, dim, _, id_len, id_raw_len, expect = head
     end_ids = HEADER_SIZE + id_len
-    got = _checksum(mv[end_ids:], _checksum(mv[HEADER_SIZE:end_ids], _checksum(mv[:_SUM_OFFSET], 0)))
+    got = _checksum(mv[end_ids:], _checksum(mv[HEADER_SIZE:end_ids], _checksum(mv[:_SUM_OFFSET], 0))) if verify \
+        else expect
     if got != expect:
         raise CodecError(f"codec.decode: checksum mismatch (header {expect:#018x}, message {got:#018x})")
     id_raw = _decompress(mv[HEADER_SIZE:end_ids], _COMPRESS_BY_CODE[ccode], id_raw_len)

@@ -157,19 +157,23 @@ def _to_f32(vals: torch.Tensor) -> torch.Tensor:
 
 
 class _RowCodec:
-    """Messages of rows ``[0, num_rows)`` through :mod:`sparsembed.codec`."""
+    """Messages of rows ``[0, num_rows)`` through :mod:`sparsembed.codec`. ``checked=False``: messages through
+    shared memory, which never cross a wire (the announcement protocol guarantees a peer reads a complete
+    message), go without a checksum; every other check of :func:`codec.decode` still runs."""
 
-    def __init__(self, num_rows: int, dim: int, rows: str, values: str, compress: str | None) -> None:
+    def __init__(self, num_rows: int, dim: int, rows: str, values: str, compress: str | None,
+                 checked: bool = True) -> None:
         self.num_rows, self.dim, self.rows, self.values, self.compress = num_rows, dim, rows, values, compress
+        self.checked = checked
 
     def encode(self, ids: torch.Tensor, vals: torch.Tensor, num_rows: int | None = None,
                out: np.ndarray | None = None) -> np.ndarray:
         rs = RowSparse(ids, vals, self.num_rows if num_rows is None else num_rows, check=False)
         rs._coalesced = True  # callers pass strictly increasing ids
-        return codec.encode_array(rs, self.rows, self.values, self.compress, out=out)
+        return codec.encode_array(rs, self.rows, self.values, self.compress, out=out, checksum=self.checked)
 
     def decode(self, buf: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        rs = codec.decode(buf, dtype="wire")
+        rs = codec.decode(buf, dtype="wire", verify=self.checked)
         return rs.ids, _to_f32(rs.values)
 
     def size(self, ids: torch.Tensor) -> int:
@@ -322,7 +326,7 @@ def replicated(
         clock.lap("coalesce")
         if rows == "auto" and 8 * grad.n < num_rows:
             rows = "index"  # what "auto" would pick below 1/8 density, without sizing the other candidates
-        rc = _RowCodec(num_rows, dim, rows, values, compress)
+        rc = _RowCodec(num_rows, dim, rows, values, compress, checked=slots is None)
         msg = rc.encode(grad.ids, grad.values, out=None if slots is None else slots.slot())  # no copy into a slot
         size = msg.shape[0]
         clock.lap("encode")
