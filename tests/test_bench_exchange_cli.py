@@ -33,6 +33,11 @@ def test_bench_exchange_json() -> None:
     assert res["nproc"] == 2 and res["launcher"] == "spawn" and res["rows"] == 2000
     assert res["mode"] in ("sparse", "dense") and 0 < res["distinct_rows"] <= 64
     assert len(res["phases_ms"]) == 2 and all(ph for ph in res["phases_ms"])
+    # From the last rank's arrival: never longer than the slowest rank's own time, step by step, so in median.
+    span = res["from_last_arrival_ms"]
+    for key in ("ours", "torch_sparse", "dense"):
+        assert 0 < span[key] <= res[f"{key}_ms"] + 1e-9, key
+    assert res["from_last_arrival_speedup"]["vs_torch_sparse"] == pytest.approx(span["torch_sparse"] / span["ours"])
 
 
 @pytest.mark.parametrize(
