@@ -235,3 +235,46 @@ def test_counter_hands_out_each_number_once(pool) -> None:
         together = sorted(out[0][i] + out[1][i])
         assert together == list(range(low, high)), i
     assert all(out[r][0] for r in range(2))  # both ranks won some draws of the long round
+
+
+def _rank_dying_mid_sum(rank: int, port: int, results: mp.Queue) -> None:
+    """Rank 1 announces that it finished training, then exits before announcing its part of the sum."""
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    import torch.distributed as dist
+
+    from sparsembed import shm
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    host = shm.HostMatrix(np.zeros((256, 4), np.float32))
+    host.touched[:] = 1
+    if rank == 1:
+        host.publish(256)
+        os._exit(0)
+    t0 = time.perf_counter()
+    try:
+        host.exchange()
+        results.put("returned")
+    except RuntimeError as exc:
+        results.put(f"{time.perf_counter() - t0:.2f} {exc}" if host.flags else "no flags")
+
+
+def test_peer_dying_during_the_in_place_sum_is_named_at_once() -> None:
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_rank_dying_mid_sum, args=(r, port, results), daemon=True) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        out = results.get(timeout=120)
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    if out == "no flags":
+        pytest.skip("flag announcements need x86-64")
+    waited, message = out.split(" ", 1)
+    assert float(waited) < 2.0, out
+    assert "peer rank 1" in message and "exited" in message and "message 2" in message, out
