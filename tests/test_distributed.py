@@ -272,6 +272,23 @@ def test_cli_nproc_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
                     "--overlap"])
     assert sharded.returncode == 2 and sharded.stderr.startswith("sparsembed: error: invalid setting: --overlap")
     assert not (tmp_path / "o").exists()
+    dynamic = _cli(["train", str(empty), "--out", str(tmp_path / "o"), "--nproc", "2", "--balance", "dynamic",
+                    "--transport", "tcp"])
+    assert dynamic.returncode == 2 and dynamic.stderr.startswith("sparsembed: error: invalid setting: --balance")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_balance_dynamic_trains_and_logs_the_jobs_each_step_ran(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dyn"
+    result = _cli(["train", str(corpus), "--out", str(out), "--nproc", "2", "--workers", "1", "--dim", "16",
+                   "--epochs", "2", "--min-count", "2", "--job-tokens", str(JOB_TOKENS), "--balance", "dynamic",
+                   "--quiet"])
+    assert result.returncode == 0, result.stderr
+    words, vectors = read_word2vec(out / "vectors.bin")
+    assert len(words) == len(_model(corpus).vocab) and np.isfinite(vectors).all()
+    steps = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "step" in r]
+    assert steps and all(0 <= r["jobs"] <= 8 for r in steps)  # 2 ranks x 4 rounds a step, rank 0's share
+    assert sum(r["jobs"] for r in steps) > len(steps)  # more than one job a step: the step was cut into rounds
 
 
 def _corrupted_peer_message() -> str:
