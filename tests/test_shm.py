@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 import time
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -106,12 +107,13 @@ def _dying_rank(rank: int, port: int, results: mp.Queue) -> None:
         results.put(f"{time.perf_counter() - t0:.2f} {exc}" if slots.flags else "no flags")
 
 
-def test_dead_peer_is_named_at_once() -> None:
-    """A peer whose process is gone ends the wait within a fraction of a second, not after the group's timeout."""
+def _survivor_report(rank_main: Any) -> str:
+    """Run ``rank_main(rank, port, results)`` on 2 spawned ranks whose rank 1 exits; returns rank 0's report, the
+    seconds it waited then its error (skips where announcements are not by flags)."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_dying_rank, args=(r, port, results), daemon=True) for r in range(2)]
+    procs = [ctx.Process(target=rank_main, args=(r, port, results), daemon=True) for r in range(2)]
     for p in procs:
         p.start()
     try:
@@ -123,6 +125,12 @@ def test_dead_peer_is_named_at_once() -> None:
                 p.kill()
     if out == "no flags":
         pytest.skip("flag announcements need x86-64")
+    return out
+
+
+def test_dead_peer_is_named_at_once() -> None:
+    """A peer whose process is gone ends the wait within a fraction of a second, not after the group's timeout."""
+    out = _survivor_report(_dying_rank)
     waited, message = out.split(" ", 1)
     assert float(waited) < 2.0, out
     assert "peer rank 1" in message and "exited" in message, out
@@ -260,21 +268,7 @@ def _rank_dying_mid_sum(rank: int, port: int, results: mp.Queue) -> None:
 
 
 def test_peer_dying_during_the_in_place_sum_is_named_at_once() -> None:
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_rank_dying_mid_sum, args=(r, port, results), daemon=True) for r in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        out = results.get(timeout=120)
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    if out == "no flags":
-        pytest.skip("flag announcements need x86-64")
+    out = _survivor_report(_rank_dying_mid_sum)
     waited, message = out.split(" ", 1)
     assert float(waited) < 2.0, out
     assert "peer rank 1" in message and "exited" in message and "message 2" in message, out

@@ -61,7 +61,7 @@ from . import exchange
 from .errors import UserError
 from .progress import Progress
 from .sharding import ShardMap
-from .shm import HostCounter, HostMatrix, HostSlots, group_timeout, one_host, shm_room
+from .shm import HostCounter, HostMatrix, HostSlots, group_timeout, host_status, shm_room
 from .sparse import RowSparse
 from .watchdog import PeerWatch
 from .word2vec import Word2Vec
@@ -407,14 +407,14 @@ class DataParallelTrainer:
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
         self.owners = None
-        o, world = self.options, dist.get_world_size(group)
+        o = self.options
         hosted = o.strategy == "replicated" and not o.overlap  # one host: the matrices live in shared memory
         shapes = [model.syn0.shape, model.syn1.shape]
-        need = sum(HostMatrix.footprint(*shape, world) if hosted else 2 * world * _slot_bytes(*shape)
+        need = sum(HostMatrix.footprint(*shape, self.world) if hosted else 2 * self.world * _slot_bytes(*shape)
                    for shape in shapes)
-        same_host = o.transport == "auto" and one_host(group)
-        self.shared = same_host and one_host(group, need=need)
-        if same_host and not self.shared and self.rank == 0:
+        same_host, room = host_status(group, need) if o.transport == "auto" else (False, False)
+        self.shared = same_host and room
+        if same_host and not room and self.rank == 0:
             print(f"sparsembed: /dev/shm has {shm_room() / 1e6:.0f} MB free, the shared-memory exchange needs "
                   f"{need / 1e6:.0f} MB: exchanging over gloo instead (give /dev/shm more room, e.g. docker "
                   "--shm-size, for the faster path)", file=sys.stderr)

@@ -108,7 +108,7 @@ def _time(dist: Any, torch: Any, make: Any, fresh: bool, fn: Any, **kwargs: Any)
     every = [torch.zeros(2, dtype=torch.float64) for _ in range(dist.get_world_size())]
     dist.all_gather(every, torch.tensor([t0, t1], dtype=torch.float64))
     starts, ends = [float(e[0]) for e in every], [float(e[1]) for e in every]
-    slowest = max(float(e[1] - e[0]) for e in every)  # the step lasts as long as its slowest rank
+    slowest = max(end - start for start, end in zip(starts, ends, strict=True))  # as long as its slowest rank
     return slowest, max(ends) - max(starts), out
 
 

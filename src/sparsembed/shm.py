@@ -69,16 +69,24 @@ def _host_identity() -> tuple[str, ...]:
     return socket.gethostname(), boot, *spaces
 
 
-def one_host(group: Any = None, need: int = 0) -> bool:
-    """True when every rank of ``group`` shares this host's memory, and /dev/shm has ``need`` bytes free
-    (collective: every rank must call it, with the same ``need``)."""
-    if os.environ.get("SPARSEMBED_SHM", "1") == "0" or not os.path.isdir(SHM_DIR) or shm_room() < need:
+def host_status(group: Any = None, need: int = 0) -> tuple[bool, bool]:
+    """``(one host, room)``: whether every rank of ``group`` shares this host's memory (and shared memory is
+    allowed), and whether every rank's /dev/shm has ``need`` bytes free. Collective: every rank calls it with the
+    same ``need``."""
+    if os.environ.get("SPARSEMBED_SHM", "1") == "0" or not os.path.isdir(SHM_DIR):
         identity: Any = None
     else:
         identity = _host_identity()
     everyone: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(everyone, identity, group=group)
-    return identity is not None and all(other == identity for other in everyone)
+    dist.all_gather_object(everyone, (identity, shm_room() >= need), group=group)
+    same = identity is not None and all(other == identity for other, _ in everyone)
+    return same, all(room for _, room in everyone)
+
+
+def one_host(group: Any = None, need: int = 0) -> bool:
+    """True when every rank of ``group`` shares this host's memory, and /dev/shm has ``need`` bytes free
+    (collective: every rank must call it, with the same ``need``)."""
+    return all(host_status(group, need))
 
 
 def _flag_sync() -> bool:
