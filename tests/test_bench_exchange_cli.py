@@ -38,6 +38,20 @@ def test_bench_exchange_json() -> None:
     for key in ("ours", "torch_sparse", "dense"):
         assert 0 < span[key] <= res[f"{key}_ms"] + 1e-9, key
     assert res["from_last_arrival_speedup"]["vs_torch_sparse"] == pytest.approx(span["torch_sparse"] / span["ours"])
+    # Spawned ranks share this host: their starts are lined up through shared memory, so the slowest rank's time
+    # and the time from the last arrival agree within the skew left.
+    assert res["align"] == "auto" and res["aligned_by"] == "shared-memory flags"
+    for key in ("ours", "torch_sparse", "dense"):
+        assert 0 <= res["start_skew_ms"][key] <= res[f"{key}_ms"], key
+
+
+@pytest.mark.dist
+def test_bench_exchange_align_barrier_starts_each_rank_at_its_own_time() -> None:
+    from sparsembed.exchange_bench import run_exchange_bench
+
+    res = run_exchange_bench(2, 2000, 8, 64, steps=2, warmup=1, align="barrier", distributed=False, timeout=120)
+    assert res["align"] == "barrier" and res["aligned_by"] == "barrier"
+    assert set(res["start_skew_ms"]) == {"ours", "torch_sparse", "dense"}
 
 
 @pytest.mark.parametrize(
@@ -60,12 +74,14 @@ def test_bench_exchange_bad_arguments(args: list[str], message: str, capsys, mon
     assert err.count("\n") == 1
 
 
-def test_bench_exchange_unknown_inputs_is_refused_before_spawning() -> None:
+def test_bench_exchange_unknown_inputs_or_align_is_refused_before_spawning() -> None:
     from sparsembed.errors import UserError
     from sparsembed.exchange_bench import run_exchange_bench
 
     with pytest.raises(UserError, match="--inputs must be one of fresh, settled"):
         run_exchange_bench(2, inputs="warm", distributed=False)
+    with pytest.raises(UserError, match="--align must be one of auto, barrier"):
+        run_exchange_bench(2, align="flags", distributed=False)
 
 
 def test_bench_exchange_bad_choice_exits_2() -> None:

@@ -245,6 +245,38 @@ def test_counter_hands_out_each_number_once(pool) -> None:
     assert all(out[r][0] for r in range(2))  # both ranks won some draws of the long round
 
 
+def _barrier_times(rounds: int) -> list[tuple[float, float]]:
+    """Each round one rank (in turn) dawdles 1-3 ms before the barrier; returns (arrival, departure) per round."""
+    import torch.distributed as dist
+
+    from sparsembed import shm
+
+    barrier = shm.HostBarrier()
+    rank = dist.get_rank()
+    times = []
+    for i in range(rounds):
+        dist.barrier()
+        if i % 2 == rank:
+            time.sleep(0.001 * (1 + i % 3))
+        arrived = time.perf_counter()  # one host: every rank reads the same clock
+        barrier.wait()
+        times.append((arrived, time.perf_counter()))
+    return times
+
+
+def test_host_barrier_lets_no_rank_go_before_the_last_arrives(pool) -> None:
+    out = pool.run(_barrier_times, 30)
+    gaps = []
+    for i in range(30):
+        last_arrival = max(out[r][i][0] for r in range(2))
+        departures = [out[r][i][1] for r in range(2)]
+        assert min(departures) >= last_arrival, i
+        gaps.append(max(departures) - min(departures))
+    # Ranks leave together: a gloo barrier on loopback lets them go ~1 ms apart; polled flags, microseconds (the
+    # bound leaves room for a busy test machine descheduling a rank now and then).
+    assert sorted(gaps)[len(gaps) // 2] < 2e-4, gaps
+
+
 def _rank_dying_mid_sum(rank: int, port: int, results: mp.Queue) -> None:
     """Rank 1 announces that it finished training, then exits before announcing its part of the sum."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")

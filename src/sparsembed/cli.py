@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     exch.add_argument("--inputs", default="fresh", choices=["fresh", "settled"],
                       help="make each method's gradient right before its timed call, in cache as a backward pass "
                       "leaves it (fresh), or before the barrier and pause (settled)")
+    exch.add_argument("--align", default="auto", choices=["auto", "barrier"],
+                      help="line up the ranks' starts through shared-memory flags when on one host (auto), or "
+                      "start each rank when its gloo barrier returns (barrier)")
     exch.add_argument("--sweep", action="store_true", help="also vary the density of distinct rows up to 100%%")
     exch.add_argument("--densities", help="comma-separated densities in (0, 1] for the sweep (implies --sweep)")
     exch.add_argument("--seed", type=int, default=0)
@@ -543,7 +546,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             ) from None
         res = run_exchange_bench(args.nproc, args.rows, args.dim, args.ids, steps=args.steps, warmup=args.warmup,
                                  values=args.values, rows_encoding=args.rows_encoding, sweep=args.sweep,
-                                 transport=args.transport, inputs=args.inputs,
+                                 transport=args.transport, inputs=args.inputs, align=args.align,
                                  densities=densities, seed=args.seed, timeout=args.timeout)
         if res["launcher"] != "torchrun" or os.environ.get("RANK") == "0":  # every rank has the same figures
             print(json.dumps(res, indent=1) if args.json else format_text(res))

@@ -7,8 +7,9 @@
 
 Per step and rank, ``ids`` row ids are drawn from a Zipf(1) law over the rows after a random permutation,
 duplicates included (what one CBOW batch's gradient holds), with ``dim`` random float32 values each. Timed, with a
-barrier and a short pause (:data:`SETTLE`) before each call and the slowest rank's time kept (spawned ranks share
-one clock, so they also report ``from_last_arrival_ms``: from the last rank's start to the last rank's end,
+barrier, a short pause (:data:`SETTLE`) and, on one host, a shared-memory barrier (:data:`ALIGN`) before each call
+and the slowest rank's time kept (spawned ranks share one clock, so they also report ``start_skew_ms``, from the
+first rank's start to the last's, and ``from_last_arrival_ms``: from the last rank's start to the last rank's end,
 leaving out the time a rank waits for a peer still starting); each method's input is made after the pause,
 untimed (``inputs="fresh"``, the default: in cache, as a backward pass leaves it), or before the barrier
 (``"settled"``):
@@ -46,7 +47,7 @@ import numpy as np
 from .errors import UserError
 from .launch import free_port
 
-__all__ = ["SWEEP", "VALUES", "INPUTS", "ROWS_ENCODINGS", "run_exchange_bench", "rank_main", "under_torchrun",
+__all__ = ["SWEEP", "VALUES", "INPUTS", "ALIGN", "ROWS_ENCODINGS", "run_exchange_bench", "rank_main", "under_torchrun",
            "zipf_ids", "density_ids", "format_text"]
 
 #: Densities of distinct rows that ``sweep`` measures (fractions of ``rows``).
@@ -87,21 +88,45 @@ def under_torchrun(environ: Any = None) -> bool:
 SETTLE = 2e-3
 
 
+#: ``--align``: how ranks line up their starts right before a timed call. ``auto``: through shared-memory flags
+#: (:class:`sparsembed.shm.HostBarrier`) when every rank is on this host, else nothing more than the barrier;
+#: ``barrier``: never (each rank starts when its barrier, pause and input are done). With ``barrier``, 2 ranks on 2
+#: shared cores start 0.7-1.3 ms apart (median), and every method's slowest-rank time includes that wait: a
+#: property of the harness, not of the exchange, which ``from_last_arrival_ms`` leaves out after the fact.
+ALIGN = ("auto", "barrier")
+
+
+#: Bytes each rank writes to push out of the caches what the previous timed call left, larger than the
+#: last-level cache of common servers (32 MiB on the 2-core machine of BENCHMARKS.md). Without it, each method
+#: would inherit the caches of the one before: ours ran after the dense all-reduce, whose 100 MB leave every
+#: buffer cold, and torch's sparse all-reduce after ours, which leaves them warm.
+EVICT_BYTES = 64 << 20
+
+
+def _evict(buf: np.ndarray) -> None:
+    buf += 1.0
+
+
 #: ``--inputs``: when each method's gradient is made, untimed: right before the timed call (``fresh``, as a
 #: backward pass leaves it) or before the barrier and the settling pause (``settled``).
 INPUTS = ("fresh", "settled")
 
 
-def _time(dist: Any, torch: Any, make: Any, fresh: bool, fn: Any, **kwargs: Any) -> tuple[float, float, Any]:
-    """Seconds the slowest rank spent in ``fn(make(), **kwargs)`` after a barrier and :data:`SETTLE`; seconds from
-    the last rank's start to the last rank's end (clocks of one host); and ``fn``'s result. ``fresh``: ``make()``
-    runs after the pause, untimed, so its output is still in the caches as a gradient just computed is (during the
-    pause other tenants of a shared machine evict it)."""
-    arg = None if fresh else make()
+def _time(dist: Any, torch: Any, make: Any, evict: Any, align: Any, fn: Any, **kwargs: Any
+          ) -> tuple[float, float, float, Any]:
+    """Seconds the slowest rank spent in ``fn(make(), **kwargs)`` after a barrier, :data:`SETTLE` and ``align()``
+    (see :data:`ALIGN`); seconds from the last rank's start to the last rank's end and from the first rank's start
+    to the last rank's start (clocks of one host); and ``fn``'s result. ``evict`` (``inputs="fresh"``): after the
+    pause, ``evict()`` then ``make()`` run untimed, so the caches hold the input, as a backward pass leaves a
+    gradient, and none of what the previous call left (its buffers, its peers' bytes); else (``settled``)
+    ``make()`` runs before the barrier."""
+    arg = None if evict else make()
     dist.barrier()
     time.sleep(SETTLE)
-    if fresh:
+    if evict:
+        evict()
         arg = make()
+    align()
     t0 = time.perf_counter()
     out = fn(arg, **kwargs)
     t1 = time.perf_counter()
@@ -109,7 +134,7 @@ def _time(dist: Any, torch: Any, make: Any, fresh: bool, fn: Any, **kwargs: Any)
     dist.all_gather(every, torch.tensor([t0, t1], dtype=torch.float64))
     starts, ends = [float(e[0]) for e in every], [float(e[1]) for e in every]
     slowest = max(end - start for start, end in zip(starts, ends, strict=True))  # as long as its slowest rank
-    return slowest, max(ends) - max(starts), out
+    return slowest, max(ends) - max(starts), max(starts) - min(starts), out
 
 
 def rank_main(rank: int, world: int, init_method: str, cfg: dict) -> list[dict]:
@@ -135,6 +160,7 @@ def rank_main(rank: int, world: int, init_method: str, cfg: dict) -> list[dict]:
 
 def _run_points(rank: int, world: int, cfg: dict, torch: Any, dist: Any, exchange: Any, RowSparse: Any) -> list:
     rows, dim = cfg["rows"], cfg["dim"]
+    align, aligned_by = _aligner(cfg.get("align", "auto"))
     perm = np.random.default_rng(cfg["seed"]).permutation(rows)  # the same row ranking on every rank
     rng = np.random.default_rng([cfg["seed"], rank])
     results = []
@@ -146,21 +172,23 @@ def _run_points(rank: int, world: int, cfg: dict, torch: Any, dist: Any, exchang
             grads.append((torch.from_numpy(ids), torch.randn(ids.shape[0], dim)))
         times: dict[str, list[float]] = {"ours": [], "torch_sparse": [], "dense": []}
         spans: dict[str, list[float]] = {"ours": [], "torch_sparse": [], "dense": []}
+        skews: dict[str, list[float]] = {"ours": [], "torch_sparse": [], "dense": []}
         phases: dict[str, list[float]] = {}
         mode, encoding, distinct = "", "", 0
-        fresh = cfg.get("inputs", "fresh") == "fresh"
+        evict = partial(_evict, np.ones(EVICT_BYTES // 4, np.float32)) if cfg.get("inputs", "fresh") == "fresh" \
+            else None
         for step in range(cfg["warmup"] + cfg["steps"]):
             ids, vals = grads[step % len(grads)]
-            t_ours, s_ours, (_, stats) = _time(dist, torch, partial(_row_sparse, RowSparse, ids, vals, rows), fresh,
-                                               exchange.replicated, rows=cfg["rows_encoding"], values=cfg["values"],
-                                               transport=cfg.get("transport", "auto"))
-            t_coo, s_coo, _ = _time(dist, torch, partial(_coo, torch, ids, vals, rows), fresh, dist.all_reduce)
-            t_dense, s_dense, _ = _time(dist, torch, partial(_same, dense), fresh, dist.all_reduce)
+            *t_ours, (_, stats) = _time(dist, torch, partial(_row_sparse, RowSparse, ids, vals, rows), evict, align,
+                                        exchange.replicated, rows=cfg["rows_encoding"], values=cfg["values"],
+                                        transport=cfg.get("transport", "auto"))
+            *t_coo, _ = _time(dist, torch, partial(_coo, torch, ids, vals, rows), evict, align, dist.all_reduce)
+            *t_dense, _ = _time(dist, torch, partial(_same, dense), evict, align, dist.all_reduce)
             if step >= cfg["warmup"]:
-                for key, slowest, span in (("ours", t_ours, s_ours), ("torch_sparse", t_coo, s_coo),
-                                           ("dense", t_dense, s_dense)):
+                for key, (slowest, span, skew) in (("ours", t_ours), ("torch_sparse", t_coo), ("dense", t_dense)):
                     times[key].append(slowest)
                     spans[key].append(span)
+                    skews[key].append(skew)
                 mode, encoding, distinct = stats.mode, stats.encoding, stats.rows
                 for k, v in {**stats.phases, "total": stats.seconds}.items():
                     phases.setdefault(k, []).append(v)
@@ -168,11 +196,26 @@ def _run_points(rank: int, world: int, cfg: dict, torch: Any, dist: Any, exchang
         mine = {k: round(1e3 * statistics.median(v), 3) for k, v in phases.items()}
         every: list[Any] = [None] * world
         dist.all_gather_object(every, mine)  # each rank's own per-phase medians
-        entry = {**point, "distinct_rows": distinct, "mode": mode, "encoding": encoding,
+        entry = {**point, "aligned_by": aligned_by, "distinct_rows": distinct, "mode": mode, "encoding": encoding,
                  **{f"{k}_ms": v for k, v in res.items()},
-                 "from_last_arrival_ms": {k: 1e3 * statistics.median(v) for k, v in spans.items()}}
+                 "from_last_arrival_ms": {k: 1e3 * statistics.median(v) for k, v in spans.items()},
+                 "start_skew_ms": {k: 1e3 * statistics.median(v) for k, v in skews.items()}}
         results.append({**entry, "phases_ms": every})
     return results
+
+
+def _aligner(mode: str) -> tuple[Any, str]:
+    """What :func:`_time` calls right before starting the clock (see :data:`ALIGN`), and its name for the output.
+    Collective."""
+    from . import shm
+
+    if mode == "auto" and shm.one_host():
+        return shm.HostBarrier().wait, "shared-memory flags"
+    return _nothing, "barrier"
+
+
+def _nothing() -> None:
+    return None
 
 
 def _row_sparse(cls: Any, ids: Any, vals: Any, rows: int) -> Any:
@@ -258,6 +301,7 @@ def run_exchange_bench(
     distributed: bool | None = None,
     transport: str = "auto",
     inputs: str = "fresh",
+    align: str = "auto",
 ) -> dict:
     """Time our exchange, torch's sparse all_reduce and a dense all_reduce; returns a JSON-ready dict.
 
@@ -282,8 +326,11 @@ def run_exchange_bench(
         raise UserError(f"bench exchange: --transport must be auto or tcp, got {transport!r}")
     if inputs not in INPUTS:
         raise UserError(f"bench exchange: --inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+    if align not in ALIGN:
+        raise UserError(f"bench exchange: --align must be one of {', '.join(ALIGN)}, got {align!r}")
     cfg = {"rows": rows, "dim": dim, "seed": seed, "steps": steps, "warmup": warmup, "values": values,
-           "rows_encoding": rows_encoding, "points": points, "transport": transport, "inputs": inputs}
+           "rows_encoding": rows_encoding, "points": points, "transport": transport, "inputs": inputs,
+           "align": align}
     t0 = time.time()
     if distributed:
         world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
@@ -308,6 +355,8 @@ def run_exchange_bench(
         "rows_encoding": rows_encoding,
         "transport": transport,
         "inputs": inputs,
+        "align": align,
+        "aligned_by": main["aligned_by"],
         "steps": steps,
         "warmup": warmup,
         "distinct_rows": main["distinct_rows"],
@@ -317,6 +366,7 @@ def run_exchange_bench(
         "torch_sparse_ms": main["torch_sparse_ms"],
         "dense_ms": main["dense_ms"],
         "phases_ms": main["phases_ms"],
+        "start_skew_ms": main["start_skew_ms"],
         "speedup_vs_torch_sparse": main["torch_sparse_ms"] / main["ours_ms"],
         "speedup_vs_dense": main["dense_ms"] / main["ours_ms"],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -341,6 +391,9 @@ def format_text(res: dict) -> str:
         f"ours {res['ours_ms']:.2f} ms  torch sparse {res['torch_sparse_ms']:.2f} ms  dense {res['dense_ms']:.2f} ms",
         f"speed-up: {res['speedup_vs_torch_sparse']:.1f}x vs torch sparse, {res['speedup_vs_dense']:.1f}x vs dense",
     ]
+    skew = res["start_skew_ms"]
+    lines.append(f"starts aligned by {res['aligned_by']}: first to last start {skew['ours']:.3f} ms (ours), "
+                 f"{skew['torch_sparse']:.3f} ms (torch sparse), {skew['dense']:.3f} ms (dense), medians")
     if "from_last_arrival_ms" in res:
         span, up = res["from_last_arrival_ms"], res["from_last_arrival_speedup"]
         lines.append(f"from the last rank's arrival: ours {span['ours']:.2f} ms  torch sparse "

@@ -276,6 +276,19 @@ class HostCounter(_Segment):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
+class HostBarrier(_Segment):
+    """A barrier for the ranks of one host through their flag lines: once the last rank arrives, every rank
+    leaves within microseconds (the waiting ranks poll, :data:`SPIN_SECONDS` then yielding), where a gloo barrier
+    on loopback lets one rank go up to a millisecond after the other. Collective to create."""
+
+    def __init__(self, group: Any = None, timeout: float | None = None) -> None:
+        super().__init__(0, group, timeout)
+
+    def wait(self) -> None:
+        """Return once every rank of the group has called :meth:`wait` as often as this one. Collective."""
+        self.publish(0)
+
+
 #: Rows per block of :class:`HostMatrix`'s parts: 64 rows are a whole number of cache lines of marks and of
 #: float32 rows, so two ranks never write the same line, and blocks dealt in turn balance frequency-sorted rows.
 BLOCK_ROWS = 64
