@@ -219,6 +219,32 @@ def test_replicated_auto_goes_dense_at_full_density(pool):
     assert len({o[0] for o in out}) == 1
 
 
+def _case_dense_shared(seed, n):
+    out = _case_replicated(seed, "auto", "fp32", None, "auto", n, 2, "auto")
+    _, stats = exchange.replicated(_grad(seed, _rank(), n=n, empty_rank=2), transport="auto")
+    return (*out, sorted(stats.phases))
+
+
+def test_replicated_auto_goes_dense_through_shared_memory(pool):
+    # Ranks on one host densify into their slots (rows a rank never names are zeros: every row on the empty rank
+    # 2, about a quarter on the others) and add the slots in rank order: the dense sum, the same bits everywhere.
+    out = pool.run(_case_dense_shared, 9, 400)
+    assert {o[1] for o in out} == {"dense"} and len({o[0] for o in out}) == 1
+    assert all({"densify", "dense_round", "dense_sum"} <= set(o[-1]) for o in out)
+
+
+def test_densify_equals_zeroing_then_adding_in_order():
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 50, 120)  # duplicates, and rows nobody names
+    vals = rng.standard_normal((120, 7)).astype(np.float32)
+    want = np.zeros((50, 7), np.float32)
+    for i, row in zip(ids, vals, strict=True):
+        want[i] += row
+    got = np.full((50, 7), np.nan, np.float32)  # whatever the slot held before
+    exchange._densify(got, ids, vals, np.zeros(50, np.uint8))
+    assert np.array_equal(got, want)
+
+
 def test_gloo_accepts_short_message(pool):
     out = pool.run(_case_short_receive)
     for rank, got in enumerate(out):
