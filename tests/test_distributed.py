@@ -394,6 +394,22 @@ def test_short_dev_shm_falls_back_to_gloo_and_says_so(corpus: Path) -> None:
     np.testing.assert_allclose(results[0][2], _replay(_model(corpus), world=2).syn0, rtol=0, atol=1e-6)
 
 
+def _watch_settings(corpus: str) -> tuple[float, float]:
+    from sparsembed.distributed import DataParallelTrainer, ExchangeOptions
+
+    trainer = DataParallelTrainer(_model(Path(corpus)), ExchangeOptions(transport="tcp"))
+    trainer.watch.stop_pulse()
+    return trainer.watch.grace, trainer.timeout
+
+
+def test_watchdog_grace_follows_the_groups_timeout(corpus: Path) -> None:
+    # A group launched with a 5 s timeout (--timeout 5) names a missing rank after 0.5 s, not torch's default
+    # 30 minutes' 2 s: a grace longer than the collectives' timeout would never be reached.
+    with DistPool(2, timeout=60.0, collective_timeout=5.0) as pool:
+        results = pool.run(_watch_settings, str(corpus))
+    assert results == [(0.5, 5.0), (0.5, 5.0)]
+
+
 def _train_dynamic(corpus: str, slow_rank: int) -> tuple:
     """One rank of a ``balance="dynamic"`` run; rank ``slow_rank`` takes 20 ms longer over every job."""
     import time

@@ -437,14 +437,14 @@ class DataParallelTrainer:
             per_step = self.world * model.settings.workers * self.rounds
             model.settings.job_tokens = even_job_tokens(per_epoch, max(1, model.settings.job_tokens // self.rounds),
                                                         per_step)
-        timeout = dist.distributed_c10d._get_default_timeout(dist.Backend.GLOO).total_seconds()
-        self.watch = PeerWatch(grace=min(2.0, 0.1 * timeout))
-        self.watch.start_pulse(interval=min(0.5, 0.05 * timeout))
+        self.timeout = group_timeout(group)  # the group's own, as launched (--timeout), not torch's default
+        self.watch = PeerWatch(grace=min(2.0, 0.1 * self.timeout))
+        self.watch.start_pulse(interval=min(0.5, 0.05 * self.timeout))
         self.step = 0  # steps of this session: the same count on every rank, for the watchdog's beats
         # overlap: the exchange of step k runs on its own group, in one background thread, during step k + 1
         self.async_group = dist.new_group(
             dist.get_process_group_ranks(group) if group is not None else None, backend="gloo",
-            timeout=timedelta(seconds=group_timeout(group))) if self.options.overlap else None
+            timeout=timedelta(seconds=self.timeout)) if self.options.overlap else None
         self.mailer: ThreadPoolExecutor | None = None
         self.in_flight: list[tuple] = []  # (replica, own change, future, seconds to start it) of the last step
         self.agreed: tuple = ()  # (position, history) where the reference stands while an exchange is in flight
