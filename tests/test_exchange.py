@@ -233,6 +233,15 @@ def test_replicated_auto_goes_dense_through_shared_memory(pool):
     assert all({"densify", "dense_round", "dense_sum"} <= set(o[-1]) for o in out)
 
 
+def test_sparse_too_big_counts_what_the_busiest_rank_receives():
+    ring = exchange.ring_bytes(1000, 4)
+    assert ring == 1500  # 2 (P-1)/P of the dense bytes
+    # The busiest rank receives every message but its own: at best it owns the smallest.
+    assert not exchange.sparse_too_big([100, 200, 300, 50], ring, 0.4)  # 600 <= 600
+    assert exchange.sparse_too_big([100, 200, 301, 50], ring, 0.4)
+    assert exchange.ring_bytes(1000, 1) == 0 and not exchange.sparse_too_big([0], 0, 0.4)
+
+
 def test_densify_equals_zeroing_then_adding_in_order():
     rng = np.random.default_rng(3)
     ids = rng.integers(0, 50, 120)  # duplicates, and rows nobody names

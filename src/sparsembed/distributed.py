@@ -665,7 +665,7 @@ class DataParallelTrainer:
         return self.slots[replica.name]
 
     def _ring_bytes(self, num_rows: int, dim: int) -> int:
-        return 2 * (self.world - 1) * num_rows * dim * 4 // self.world
+        return exchange.ring_bytes(num_rows * dim * 4, self.world)
 
     def _dense_stats(self, replica: _Replica, touched: int) -> exchange.ExchangeStats:
         """Stats of a dense all-reduce of a matrix's change (ring bytes, halved for fp16 values)."""
@@ -683,9 +683,9 @@ class DataParallelTrainer:
             return o.mode == "dense"
         counts = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
         dist.all_gather(counts, torch.tensor([touched], dtype=torch.int64), group=group)
-        received = sum(int(c) for c in counts) - min(int(c) for c in counts)
         row_bytes = dim * (2 if o.values == "fp16" else 4)
-        return received * row_bytes > exchange.SPARSE_BIAS * self._ring_bytes(num_rows, dim)
+        sizes = [int(c) * row_bytes for c in counts]
+        return exchange.sparse_too_big(sizes, self._ring_bytes(num_rows, dim), exchange.SPARSE_BIAS)
 
     def _replicated(self, replica: _Replica) -> exchange.ExchangeStats:
         """Sparse through :func:`exchange.replicated`, or one dense all-reduce of the change (:meth:`_goes_dense`);

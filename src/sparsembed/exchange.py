@@ -55,6 +55,8 @@ __all__ = [
     "even_boundaries",
     "key_owner",
     "coalesce_keyed",
+    "ring_bytes",
+    "sparse_too_big",
     "MODES",
 ]
 
@@ -96,6 +98,19 @@ class ExchangeStats:
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON logs."""
         return asdict(self)
+
+
+# -- sparse or dense ----------------------------------------------------------------------------------------------
+def ring_bytes(dense_bytes: int, world: int) -> int:
+    """Bytes each rank sends (and receives) in a ring all-reduce of ``dense_bytes``: ``2 (P-1)/P`` of them."""
+    return 2 * (world - 1) * int(dense_bytes) // max(world, 1)
+
+
+def sparse_too_big(sizes: Any, ring: int, bias: float) -> bool:
+    """The decision every rank takes alike from every rank's message size (bytes): go dense when the busiest rank,
+    the one that receives every message but the smallest, would receive more than ``bias`` times ``ring``."""
+    sizes = np.asarray(sizes, np.int64)
+    return int(sizes.sum()) - int(sizes.min()) > bias * ring
 
 
 # -- owners -------------------------------------------------------------------------------------------------------
@@ -313,9 +328,10 @@ def replicated(
         return grad, ExchangeStats(name, "replicated", "sparse", "none", grad.n / max(num_rows, 1), grad.n, 0, 0, 0.0)
     if transport not in TRANSPORTS:
         raise UserError(f"exchange: transport must be one of {TRANSPORTS}, got {transport!r}")
-    ring = 2 * (world - 1) * num_rows * dim * 4 // world
+    ring = ring_bytes(num_rows * dim * 4, world)
     slots = _host_slots(group, num_rows, dim) if transport == "auto" and mode != "dense" else None
-    limit = (SHARED_BIAS if slots is not None else SPARSE_BIAS) * ring
+    bias = SHARED_BIAS if slots is not None else SPARSE_BIAS
+    limit = bias * ring
     # A rank whose own message alone would exceed the limit knows the step goes dense (the busiest rank receives
     # at least every other rank's message): it skips coalescing and encoding, and densifies the raw gradient.
     sure_dense = mode == "dense" or (mode == "auto" and _sure_dense(grad, values, limit))
@@ -338,8 +354,7 @@ def replicated(
         clock.lap("shm_round")
     else:
         sizes, blocks = _eager_round(msg, size, rank, world, group, clock)
-    busiest = int(sizes.sum()) - int(sizes.min())  # bytes received by the rank that receives most
-    use_dense = mode == "dense" or (mode == "auto" and (bool(np.any(sizes < 0)) or busiest > limit))
+    use_dense = mode == "dense" or (mode == "auto" and (bool(np.any(sizes < 0)) or sparse_too_big(sizes, ring, bias)))
     density = grad.n / max(num_rows, 1)  # raw rows (duplicates included) when this rank never coalesced
     if use_dense and slots is not None:
         out = _dense_sum_shared(grad, slots, clock)
@@ -652,7 +667,7 @@ def dense_all_reduce(
             for t in bucket:
                 t.view(-1).copy_(flat[offset : offset + t.numel()])
                 offset += t.numel()
-    ring = 2 * (world - 1) * total // max(world, 1)
+    ring = ring_bytes(total, world)
     rows = sum(t.shape[0] if t.dim() else 1 for t in tensors)
     return ExchangeStats(name, "dense", "dense", "dense", 1.0, rows, ring, ring, time.perf_counter() - t0)
 

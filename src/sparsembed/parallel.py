@@ -400,7 +400,7 @@ def _may_go_dense(mode: str, rs: RowSparse, world: int) -> bool:
     """Whether :func:`_wants_dense` could say yes for this table, whatever the sizes."""
     if mode != "auto":
         return mode == "dense"
-    return 2 * (world - 1) * rs.num_rows * rs.dim * 4 // world >= DENSE_PATH_MIN_BYTES
+    return exchange.ring_bytes(rs.num_rows * rs.dim * 4, world) >= DENSE_PATH_MIN_BYTES
 
 
 def _pack(ids: torch.Tensor, vals: torch.Tensor) -> np.ndarray:
@@ -463,9 +463,9 @@ def _wants_dense(mode: str, sizes: np.ndarray, dense_bytes: int, world: int, bia
     :data:`exchange.SPARSE_BIAS`) of a dense ring all-reduce's bytes."""
     if mode != "auto":
         return mode == "dense"
-    ring = 2 * (world - 1) * dense_bytes // world
-    busiest = int(sizes.sum()) - int(sizes.min())
-    return ring >= DENSE_PATH_MIN_BYTES and busiest > (exchange.SPARSE_BIAS if bias is None else bias) * ring
+    ring = exchange.ring_bytes(dense_bytes, world)
+    return ring >= DENSE_PATH_MIN_BYTES and exchange.sparse_too_big(
+        sizes, ring, exchange.SPARSE_BIAS if bias is None else bias)
 
 
 def _gather_vector(values: list[int], world: int, rank: int, group: Any) -> np.ndarray:
