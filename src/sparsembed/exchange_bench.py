@@ -11,7 +11,8 @@ barrier, a short pause (:data:`SETTLE`) and, on one host, a shared-memory barrie
 and the slowest rank's time kept (spawned ranks share one clock, so they also report ``start_skew_ms``, from the
 first rank's start to the last's, and ``from_last_arrival_ms``: from the last rank's start to the last rank's end,
 leaving out the time a rank waits for a peer still starting); each method's input is made after the pause,
-untimed (``inputs="fresh"``, the default: in cache, as a backward pass leaves it), or before the barrier
+untimed, once the rank has pushed out of its caches what the previous call left (``inputs="fresh"``, the
+default: only the input in cache, as a backward pass leaves it; :data:`EVICT_BYTES`), or before the barrier
 (``"settled"``):
 
 * ``ours``: :func:`sparsembed.exchange.replicated` (coalesce, encode, one eager round of sizes and messages,
