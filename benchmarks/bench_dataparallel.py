@@ -1,7 +1,8 @@
 """Data-parallel word2vec end to end: 1 process x 2 threads against 2 ranks x 1 thread on the same cores.
 
     .venv/bin/python benchmarks/bench_dataparallel.py --corpus ../shared/data/wiki17m.txt.xz --repeats 2 \
-        [--job-tokens 250000 1000000] [--transports auto tcp] [--variants sync overlap] [--balances static dynamic]
+        [--job-tokens 250000 1000000] [--transports auto tcp] [--variants sync overlap] [--balances static dynamic] \
+        [--seeds 1 2 3]
 
 Every run is the real command line (``sparsembed train``, CBOW, gensim's defaults, 5 epochs), in alternation
 (single, ranks, single, ranks, ...) so machine noise hits both alike. words/s is rank 0's figure for the whole
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="auto: shared memory between ranks of one host; tcp: gloo over loopback")
     parser.add_argument("--variants", nargs="+", default=["sync"], choices=["sync", "overlap"],
                         help="overlap: the ranks run with --overlap (exchange behind the next step)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1],
+                        help="seeds (--seed) each repeat trains every configuration with: accuracy over seeds")
     parser.add_argument("--balances", nargs="+", default=["static"], choices=["static", "dynamic"],
                         help="dynamic: ranks on one host draw a step's jobs as each becomes free (--balance)")
     args = parser.parse_args(argv)
@@ -87,13 +90,14 @@ def main(argv: list[str] | None = None) -> None:
                             ["--overlap"] if variant == "overlap" else [])
         runs: dict[str, list[dict]] = {name: [] for name in configs}
         for _ in range(args.repeats):
-            for name, extra in configs.items():
-                row = _run(corpus, Path(tmp) / "out", extra)
-                runs[name].append(row)
-                print(name, json.dumps(row), file=sys.stderr, flush=True)
+            for seed in args.seeds:
+                for name, extra in configs.items():
+                    row = {"seed": seed, **_run(corpus, Path(tmp) / "out", [*extra, "--seed", str(seed)])}
+                    runs[name].append(row)
+                    print(name, json.dumps(row), file=sys.stderr, flush=True)
     summary = {}
     for name, rows in runs.items():
-        summary[name] = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+        summary[name] = {key: statistics.median(r[key] for r in rows) for key in rows[0] if key != "seed"}
         summary[name]["runs"] = rows
     base = summary["1 process x 2 threads"]
     for row in summary.values():
