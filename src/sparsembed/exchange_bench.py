@@ -167,6 +167,8 @@ def _run_points(rank: int, world: int, cfg: dict, torch: Any, dist: Any, exchang
     rng = np.random.default_rng([cfg["seed"], rank])
     results = []
     dense = torch.zeros(rows, dim)
+    # one buffer for every point and step: a fresh 64 MiB each point would pay its page faults again
+    evict = partial(_evict, np.ones(EVICT_BYTES // 4, np.float32)) if cfg.get("inputs", "fresh") == "fresh" else None
     for point in cfg["points"]:
         grads = []
         for _ in range(min(4, cfg["steps"])):  # a few different gradients, cycled
@@ -177,8 +179,6 @@ def _run_points(rank: int, world: int, cfg: dict, torch: Any, dist: Any, exchang
         skews: dict[str, list[float]] = {"ours": [], "torch_sparse": [], "dense": []}
         phases: dict[str, list[float]] = {}
         mode, encoding, distinct = "", "", 0
-        evict = partial(_evict, np.ones(EVICT_BYTES // 4, np.float32)) if cfg.get("inputs", "fresh") == "fresh" \
-            else None
         for step in range(cfg["warmup"] + cfg["steps"]):
             ids, vals = grads[step % len(grads)]
             *t_ours, (_, stats) = _time(dist, torch, partial(_row_sparse, RowSparse, ids, vals, rows), evict, align,
