@@ -308,8 +308,8 @@ class HostMatrix(_Segment):
     def __init__(self, matrix: np.ndarray, group: Any = None, timeout: float | None = None) -> None:
         rows, dim = matrix.shape
         world = dist.get_world_size(group)
-        plane, marks = _align(4 * rows * dim), _align(rows)
-        super().__init__(HostMatrix.footprint(rows, dim, world), group, timeout)
+        plane, marks, total = HostMatrix._layout(rows, dim, world)
+        super().__init__(total, group, timeout)
         row = (4 * dim, 4)
         self.ref = self._view((rows, dim), np.float32, 0, row)
         self.works = self._view((world, rows, dim), np.float32, plane, (plane, *row))
@@ -323,7 +323,14 @@ class HostMatrix(_Segment):
     @staticmethod
     def footprint(rows: int, dim: int, world: int) -> int:
         """Bytes of shared memory a ``rows x dim`` matrix takes for ``world`` ranks."""
-        return (world + 1) * _align(4 * rows * dim) + world * _align(rows)
+        return HostMatrix._layout(rows, dim, world)[2]
+
+    @staticmethod
+    def _layout(rows: int, dim: int, world: int) -> tuple[int, int, int]:
+        """``(plane, marks, total)``: bytes of one matrix (the reference, then each working copy), of one rank's
+        marks (after the matrices), and of the whole segment."""
+        plane, marks = _align(4 * rows * dim), _align(rows)
+        return plane, marks, (world + 1) * plane + world * marks
 
     def exchange(self) -> int:
         """Sum every rank's change of its touched rows into the reference and every working copy (the bits of a
