@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "step late); for slow links")
     dp.add_argument("--balance", choices=["static", "dynamic"], default="static",
                     help="static: each rank trains its own jobs of a step (deterministic); dynamic (ranks on one "
-                    "host): a step's jobs, 4 times smaller, go to whichever rank is free (a slow core holds the "
+                    "host): a step's jobs, 25 times smaller, go to whichever rank is free (a slow core holds the "
                     "others up less; not reproducible)")
     dp.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                     help="a rank that does not answer for SECONDS stops the run, naming it (300)")

@@ -72,7 +72,9 @@ VALUE_ENCODINGS = ("fp32", "fp16")
 TRANSPORTS = ("auto", "tcp")
 BALANCES = ("static", "dynamic")
 #: Jobs per thread and rank in a step with ``balance="dynamic"``: a rank that finishes early draws more of them.
-DYNAMIC_ROUNDS = 4
+#: Small jobs keep short the wait for the other rank's last job (at J = 250k a job is one 10k-token sentence of
+#: wiki17m); with 4 the step's end waited longer than static steps did (BENCHMARKS.md).
+DYNAMIC_ROUNDS = 25
 
 
 @dataclass
