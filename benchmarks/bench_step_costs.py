@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import lzma
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -156,15 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, nargs="*", default=[5, 25],
                         help="also time dynamic steps cut into 2 x ROUNDS pieces the threads draw as they become free")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="sparsembed-steps-") as tmp:
-        corpus = Path(args.corpus)
-        if corpus.suffix == ".xz":
-            plain = Path(tmp) / corpus.stem
-            with lzma.open(corpus, "rb") as src, open(plain, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            corpus = plain
-        model = Word2Vec(workers=2)
-        model.build_vocab(str(corpus))
+    model = Word2Vec(workers=2)
+    model.build_vocab(args.corpus)  # one untimed scan: the corpus reader streams .xz itself
     model.settings.job_tokens = args.job_tokens
     steps = _Steps(model, args.steps)
     ways = {"hogwild": steps.hogwild, "replicas": lambda: steps.replicas(False),
