@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from sparsembed import codec, rowsets  # noqa: E402
-from sparsembed.sparse import RowSparse  # noqa: E402
+from sparsembed.rows import codec, rowsets  # noqa: E402
+from sparsembed.rows.coalesce import RowSparse  # noqa: E402
 
 DENSITIES = [1e-5, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 0.9, 0.99, 1.0]
 

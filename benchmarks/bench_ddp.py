@@ -1,4 +1,4 @@
-"""Recommender benchmark: ``sparsembed.parallel`` against PyTorch DDP on the same model, data and batches.
+"""Recommender benchmark: ``sparsembed.nn.parallel`` against PyTorch DDP on the same model, data and batches.
 
 Ours: users in a HashEmbedding over 2^40 ids, items ``nn.Embedding(sparse=True)``, ``pm.sync()``, sparsembed's
 lazy Adam. DDP: users in an ``nn.Embedding`` over compact indices (DDP cannot hold a 2^40 table), items the

@@ -1,6 +1,6 @@
 """Benchmark the sparse gradient exchange (issue 4) against what PyTorch does, on gloo over loopback.
 
-A thin wrapper of ``sparsembed bench exchange`` (:mod:`sparsembed.exchange_bench`, where the logic and its
+A thin wrapper of ``sparsembed bench exchange`` (:mod:`sparsembed.bench.exchange`, where the logic and its
 description live); the same options::
 
     .venv/bin/python benchmarks/bench_exchange.py --nproc 2 --rows 200000 --dim 128 --ids 8192 --json
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from sparsembed.exchange_bench import SWEEP, density_ids, run_exchange_bench, zipf_ids  # noqa: E402
+from sparsembed.bench.exchange import SWEEP, density_ids, run_exchange_bench, zipf_ids  # noqa: E402
 
 __all__ = ["SWEEP", "density_ids", "main", "run_exchange_bench", "zipf_ids"]
 

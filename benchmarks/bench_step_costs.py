@@ -11,8 +11,8 @@ of ``--job-tokens`` tokens, trained three ways on 2 threads, in alternation (so 
 * ``replicas``: each thread trains its own copy with touched-row marks, and the threads wait for each other at the
   end of each step: a rank's compute in ``--nproc 2 --workers 1``, without the exchange;
 * ``replicas + sum``: the same, then after each step the in-place sum of both copies' changes
-  (:func:`sparsembed.shm._reduce_part` on each thread's half of the rows, the copies laid out as
-  :class:`~sparsembed.shm.HostMatrix` lays them out): what a step of 2 ranks on one host computes, without process
+  (:func:`sparsembed.comm.shm._reduce_part` on each thread's half of the rows, the copies laid out as
+  :class:`~sparsembed.comm.shm.HostMatrix` lays them out): what a step of 2 ranks on one host computes, without process
   boundaries or waiting on flags.
 
 ``hogwild / (replicas + sum)`` is then the words/s ratio the synchronous replicated step could reach on these
@@ -38,9 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from sparsembed import kernels  # noqa: E402
-from sparsembed.shm import BLOCK_ROWS, _reduce_part  # noqa: E402
-from sparsembed.word2vec import Word2Vec, job_boundaries  # noqa: E402
+from sparsembed.comm.shm import BLOCK_ROWS, _reduce_part  # noqa: E402
+from sparsembed.word2vec import kernels  # noqa: E402
+from sparsembed.word2vec.model import Word2Vec, job_boundaries  # noqa: E402
 
 
 class _Steps:

@@ -67,7 +67,7 @@ def evaluate(vectors: str) -> dict:
     """
     from gensim.test.utils import datapath
 
-    from sparsembed.vectors import Vectors
+    from sparsembed.word2vec.vectors import Vectors
 
     kv = Vectors.load_word2vec_format(vectors, binary=True)
     result = kv.evaluate(analogies=datapath("questions-words.txt"), pairs=[datapath("wordsim353.tsv")],

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sparsembed.launch import free_port
+from sparsembed.dataparallel.launch import free_port
 
 __all__ = ["DistPool", "free_port"]
 

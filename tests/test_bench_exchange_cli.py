@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from sparsembed.bench.exchange import under_torchrun
 from sparsembed.cli import main
-from sparsembed.exchange_bench import under_torchrun
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
 
@@ -47,7 +47,7 @@ def test_bench_exchange_json() -> None:
 
 @pytest.mark.dist
 def test_bench_exchange_align_barrier_starts_each_rank_at_its_own_time() -> None:
-    from sparsembed.exchange_bench import run_exchange_bench
+    from sparsembed.bench.exchange import run_exchange_bench
 
     res = run_exchange_bench(2, 2000, 8, 64, steps=2, warmup=1, align="barrier", distributed=False, timeout=120)
     assert res["align"] == "barrier" and res["aligned_by"] == "barrier"
@@ -75,8 +75,8 @@ def test_bench_exchange_bad_arguments(args: list[str], message: str, capsys, mon
 
 
 def test_bench_exchange_unknown_inputs_or_align_is_refused_before_spawning() -> None:
+    from sparsembed.bench.exchange import run_exchange_bench
     from sparsembed.errors import UserError
-    from sparsembed.exchange_bench import run_exchange_bench
 
     with pytest.raises(UserError, match="--inputs must be one of fresh, settled"):
         run_exchange_bench(2, inputs="warm", distributed=False)

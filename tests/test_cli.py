@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sparsembed.cli import main
-from sparsembed.demo import generate_corpus, write_analogies
+from sparsembed.word2vec.demo import generate_corpus, write_analogies
 
 FAST = ["--dim", "24", "--epochs", "2", "--workers", "1", "--min-count", "3", "--quiet"]
 
@@ -61,7 +61,7 @@ def test_resume_after_stop_gives_identical_vectors(corpus: Path, trained: Path, 
 
 @pytest.mark.parametrize("fmt", ["text", "binary", "npy"])
 def test_export(trained: Path, tmp_path: Path, fmt: str, capsys) -> None:
-    from sparsembed.formats import read_npy, read_word2vec
+    from sparsembed.word2vec.formats import read_npy, read_word2vec
 
     target = tmp_path / f"v.{fmt}"
     assert main(["export", str(trained), "--format", fmt, "--output", str(target)]) == 0

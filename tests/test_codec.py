@@ -11,9 +11,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparsembed import codec, rowsets
 from sparsembed.errors import UserError
-from sparsembed.sparse import RowSparse
+from sparsembed.rows import codec, rowsets
+from sparsembed.rows.coalesce import RowSparse
 
 ROWS = ["auto", "index", "complement", "bitmap", "roaring", "all"]
 VALUES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -12,15 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparsembed.corpus import (
+from sparsembed.errors import UserError
+from sparsembed.word2vec.corpus import (
     EncodedCorpus,
     corpus_files,
     corpus_fingerprint,
     encode_corpus,
     scan_corpus,
 )
-from sparsembed.errors import UserError
-from sparsembed.vocab import Vocab, build_vocab
+from sparsembed.word2vec.vocab import Vocab, build_vocab
 
 
 def reference_sentences(data: bytes, max_len: int = 10_000) -> list[list[bytes]]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sparsembed import demo
 from sparsembed.errors import UserError
+from sparsembed.word2vec import demo
 
 
 def _parse_questions(path: Path) -> dict[str, list[list[str]]]:

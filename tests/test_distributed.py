@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from dist_utils import DistPool
-from sparsembed import Word2Vec, kernels
-from sparsembed.demo import generate_corpus
-from sparsembed.distributed import DYNAMIC_ROUNDS, concurrent_schedule, even_job_tokens, step_jobs
-from sparsembed.formats import read_word2vec
-from sparsembed.word2vec import job_boundaries
+from sparsembed import Word2Vec
+from sparsembed.dataparallel.trainer import DYNAMIC_ROUNDS, concurrent_schedule, even_job_tokens, step_jobs
+from sparsembed.word2vec import kernels
+from sparsembed.word2vec.demo import generate_corpus
+from sparsembed.word2vec.formats import read_word2vec
+from sparsembed.word2vec.model import job_boundaries
 
 SETTINGS = {"vector_size": 16, "epochs": 2, "workers": 1, "seed": 7, "min_count": 2, "window": 3}
 JOB_TOKENS = 700
@@ -54,7 +55,7 @@ def _model(corpus: Path, **overrides) -> Word2Vec:
 def _train_ranks(corpus: str, strategy: str, mode: str, values: str, stop_after_steps: int | None,
                  transport: str = "tcp", overlap: bool = False) -> tuple:
     """One rank: build the same model, train it data-parallel, return its matrices and summary."""
-    from sparsembed.distributed import DataParallelTrainer, ExchangeOptions
+    from sparsembed.dataparallel.trainer import DataParallelTrainer, ExchangeOptions
 
     model = _model(Path(corpus))
     options = ExchangeOptions(strategy=strategy, mode=mode, values=values, transport=transport, overlap=overlap)
@@ -149,7 +150,7 @@ def _train_overlapped_keeping_checkpoints(corpus: str, out: str, transport: str)
     Returns, per checkpoint, whether an exchange was in flight when it was written."""
     import shutil
 
-    from sparsembed.distributed import DataParallelTrainer, ExchangeOptions
+    from sparsembed.dataparallel.trainer import DataParallelTrainer, ExchangeOptions
 
     trainer = DataParallelTrainer(_model(Path(corpus)), ExchangeOptions(transport=transport, overlap=True))
     write, in_flight = trainer.checkpoint, []
@@ -189,7 +190,7 @@ def test_overlap_checkpoints_the_reference_without_waiting(pool, corpus: Path, t
 
 
 def test_overlap_needs_replicated_strategy() -> None:
-    from sparsembed.distributed import ExchangeOptions
+    from sparsembed.dataparallel.trainer import ExchangeOptions
     from sparsembed.errors import UserError
 
     with pytest.raises(UserError, match="--overlap needs --strategy replicated"):
@@ -297,10 +298,10 @@ def _corrupted_peer_message() -> str:
     import torch
     import torch.distributed as dist
 
-    from sparsembed import exchange
-    from sparsembed.codec import CodecError
+    from sparsembed.comm import exchange
     from sparsembed.errors import UserError
-    from sparsembed.sparse import RowSparse
+    from sparsembed.rows.coalesce import RowSparse
+    from sparsembed.rows.codec import CodecError
 
     original = exchange._RowCodec.encode
 
@@ -339,7 +340,7 @@ def test_checkpoint_of_two_ranks_resumes_in_one_process(corpus: Path, tmp_path: 
     state_position = state["meta"]["position"]
     assert state_position["epoch"] == 2
     # Rewind the saved position to the middle of epoch 2 (what a checkpoint written there holds, matrices aside).
-    from sparsembed import checkpoint
+    from sparsembed.word2vec import checkpoint
 
     arrays, meta = checkpoint.load_checkpoint(out / "model")
     meta["position"] = {"epoch": 1, "job": 3, "epoch_loss": 0.0, "epoch_pairs": 0}
@@ -354,7 +355,7 @@ def test_checkpoint_of_two_ranks_resumes_in_one_process(corpus: Path, tmp_path: 
 
 
 def _host_check(disabled: bool) -> bool:
-    from sparsembed.shm import one_host
+    from sparsembed.comm.shm import one_host
 
     if disabled:
         os.environ["SPARSEMBED_SHM"] = "0"
@@ -375,8 +376,9 @@ def _train_with_little_shm(corpus: str) -> tuple:
     import contextlib
     import io
 
-    from sparsembed import distributed, shm
-    from sparsembed.distributed import DataParallelTrainer, ExchangeOptions
+    from sparsembed.comm import shm
+    from sparsembed.dataparallel import trainer as distributed
+    from sparsembed.dataparallel.trainer import DataParallelTrainer, ExchangeOptions
 
     distributed.shm_room = shm.shm_room = lambda: 1000
     err = io.StringIO()
@@ -396,7 +398,7 @@ def test_short_dev_shm_falls_back_to_gloo_and_says_so(corpus: Path) -> None:
 
 
 def _watch_settings(corpus: str) -> tuple[float, float]:
-    from sparsembed.distributed import DataParallelTrainer, ExchangeOptions
+    from sparsembed.dataparallel.trainer import DataParallelTrainer, ExchangeOptions
 
     trainer = DataParallelTrainer(_model(Path(corpus)), ExchangeOptions(transport="tcp"))
     trainer.watch.stop_pulse()
@@ -417,7 +419,7 @@ def _train_dynamic(corpus: str, slow_rank: int) -> tuple:
 
     import torch.distributed as dist
 
-    from sparsembed.distributed import DataParallelTrainer, ExchangeOptions
+    from sparsembed.dataparallel.trainer import DataParallelTrainer, ExchangeOptions
 
     model = _model(Path(corpus))
     if dist.get_rank() == slow_rank:
@@ -450,7 +452,7 @@ def test_dynamic_balance_gives_a_slow_rank_fewer_jobs_and_trains_every_job_once(
 
 
 def test_dynamic_balance_needs_shared_memory_exchange() -> None:
-    from sparsembed.distributed import ExchangeOptions
+    from sparsembed.dataparallel.trainer import ExchangeOptions
     from sparsembed.errors import UserError
 
     for bad in ({"overlap": True}, {"strategy": "sharded"}, {"transport": "tcp"}):

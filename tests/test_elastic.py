@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsembed.demo import generate_corpus
+from sparsembed.word2vec.demo import generate_corpus
 
 INTERVAL = 0.05  # seconds between checkpoints: several in every epoch, however fast this machine trains
 ARGS = ["--nproc", "2", "--workers", "1", "--dim", "24", "--epochs", "3", "--min-count", "2", "--seed", "3",

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from dist_utils import DistPool
-from sparsembed import exchange
+from sparsembed.comm import exchange
 from sparsembed.errors import UserError
-from sparsembed.families import DenseParam, RowSparseParam, SparseParam, initial_rows
-from sparsembed.sparse import RowSparse
+from sparsembed.nn.families import DenseParam, RowSparseParam, SparseParam, initial_rows
+from sparsembed.rows.coalesce import RowSparse
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(120)]
 

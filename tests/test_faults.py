@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparsembed import Word2Vec, checkpoint, formats, fsutil, vocab
+from sparsembed import Word2Vec, fsutil
 from sparsembed.cli import main
-from sparsembed.demo import generate_corpus
 from sparsembed.errors import DiskFull
+from sparsembed.word2vec import checkpoint, formats, vocab
+from sparsembed.word2vec.demo import generate_corpus
 
 # Quick settings for the in-process cases (a few tenths of a second per run).
 FAST = {"dim": 16, "epochs": 2, "workers": 1, "min_count": 3, "seed": 7}
@@ -404,7 +405,7 @@ def test_full_disk_before_any_checkpoint(corpus: Path, tmp_path: Path, monkeypat
 
 
 def test_full_disk_while_logging_metrics(stopped: Path, monkeypatch, capsys) -> None:
-    from sparsembed import progress
+    from sparsembed.word2vec import progress
 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -7,7 +7,7 @@ import pytest
 from gensim.models import KeyedVectors
 
 from sparsembed.errors import UserError
-from sparsembed.formats import (
+from sparsembed.word2vec.formats import (
     read_fvocab,
     read_npy,
     read_word2vec,

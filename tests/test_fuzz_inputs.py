@@ -22,9 +22,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sparsembed import Word2Vec, checkpoint
-from sparsembed.corpus import scan_corpus
+from sparsembed import Word2Vec
 from sparsembed.errors import UserError
+from sparsembed.word2vec import checkpoint
+from sparsembed.word2vec.corpus import scan_corpus
 
 # ------------------------------------------------------------------------------------------------- corpus
 WORDS = [b"a", b"b", b"ab", b"the", b"x" * 40, "\u00e9t\u00e9".encode(), "\u65e5\u672c".encode(), "\U0001f600".encode()]

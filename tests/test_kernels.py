@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from sparsembed import kernels
+from sparsembed.word2vec import kernels
 
 MASK = (1 << 64) - 1
 

@@ -1,4 +1,4 @@
-"""sparsembed.optim against torch's optimizers: same formulas on dense tensors, SparseAdam's lazy rule on rows."""
+"""sparsembed.nn.optim against torch's optimizers: same formulas on dense tensors, SparseAdam's lazy rule on rows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 
 from sparsembed import optim
 from sparsembed.errors import UserError
-from sparsembed.hashembedding import HashEmbedding
+from sparsembed.nn.hashembedding import HashEmbedding
 
 
 class Small(nn.Module):

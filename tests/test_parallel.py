@@ -1,4 +1,4 @@
-"""sparsembed.parallel: 2 gloo ranks on half a batch each equal 1 process on the mean loss, for every family."""
+"""sparsembed.nn.parallel: 2 gloo ranks on half a batch each equal 1 process on the mean loss, for every family."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from torch import nn
 
 from dist_utils import DistPool
 from sparsembed import optim
-from sparsembed.hashembedding import HashEmbedding
-from sparsembed.parallel import families, parallel
+from sparsembed.nn.hashembedding import HashEmbedding
+from sparsembed.nn.parallel import families, parallel
 
 DIM = 4
 BIG = 1 << 40  # user id space
@@ -90,7 +90,7 @@ def _train_ranks(opt_name: str, steps: int, fuse: str) -> tuple[dict, list]:
     """Runs on each rank: its half of every batch, sync, step."""
     import torch.distributed as dist
 
-    from sparsembed import parallel as par
+    from sparsembed.nn import parallel as par
 
     rank = dist.get_rank()
     model = _model()
@@ -236,8 +236,14 @@ def test_checkpoint_resumes_identically() -> None:
 def test_package_exports() -> None:
     import sparsembed
 
-    assert isinstance(sparsembed.parallel(Net()), sparsembed.parallel.ParallelModel)  # module and function
+    assert isinstance(sparsembed.parallel(Net()), sparsembed.ParallelModel)
     assert sparsembed.HashEmbedding is HashEmbedding
+    assert sparsembed.optim.SGD is optim.SGD
+    public = [name for name in dir(sparsembed) if not name.startswith("_")]
+    assert {"Word2Vec", "Vectors", "parallel", "ParallelModel", "HashEmbedding", "RowSparse", "optim",
+            "UserError"} <= set(public)
+    for name in public:
+        assert getattr(sparsembed, name) is not None, name
 
 
 def test_single_process_sync_is_a_local_coalesce() -> None:

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsembed.errors import UserError
-from sparsembed.sharding import (
+from sparsembed.comm.sharding import (
     SCHEMES,
     ShardMap,
     bench_shards,
@@ -19,6 +18,7 @@ from sparsembed.sharding import (
     measure_loads,
     observed_loads,
 )
+from sparsembed.errors import UserError
 
 
 def _zipf_counts(num_rows: int, s: float = 1.0) -> np.ndarray:

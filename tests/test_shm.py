@@ -25,7 +25,7 @@ def _announce(sync: str, steps: int) -> list[int]:
     every peer's size and bytes; rank 1 sometimes dawdles, so rank 0 runs ahead into the next announcement."""
     import torch.distributed as dist
 
-    from sparsembed import shm
+    from sparsembed.comm import shm
 
     os.environ["SPARSEMBED_SHM_SYNC"] = sync
     try:
@@ -61,7 +61,7 @@ def _late_peer(timeout: float) -> str:
     """Rank 1 announces only after rank 0 gave up waiting for it."""
     import torch.distributed as dist
 
-    from sparsembed import shm
+    from sparsembed.comm import shm
 
     slots = shm.HostSlots(64, timeout=timeout)
     if not slots.flags:
@@ -92,7 +92,7 @@ def _dying_rank(rank: int, port: int, results: mp.Queue) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     import torch.distributed as dist
 
-    from sparsembed import shm
+    from sparsembed.comm import shm
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=timedelta(seconds=60))
@@ -141,7 +141,7 @@ def _host_matrix_steps(rows: int, dim: int, steps: int, sync: str) -> list:
     by one rank, several, or none) and the exchange sums them; returns, per step, the matrices it saw."""
     import torch.distributed as dist
 
-    from sparsembed import shm
+    from sparsembed.comm import shm
 
     rank = dist.get_rank()
     start = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float32)
@@ -201,13 +201,13 @@ def test_host_matrix_sums_in_place_like_gloo_in_rank_order(pool, world: int, row
 
 
 def _room_check(need: int) -> bool:
-    from sparsembed.shm import one_host
+    from sparsembed.comm.shm import one_host
 
     return one_host(need=need)
 
 
 def test_no_shared_memory_when_dev_shm_lacks_room(pool) -> None:
-    from sparsembed.shm import shm_room
+    from sparsembed.comm.shm import shm_room
 
     assert pool.run(_room_check, 1 << 20) == [True, True]
     assert pool.run(_room_check, shm_room() + (1 << 40)) == [False, False]
@@ -219,7 +219,7 @@ def _draw_all(limits: list[int]) -> list[list[int]]:
 
     import torch.distributed as dist
 
-    from sparsembed import shm
+    from sparsembed.comm import shm
 
     counter = shm.HostCounter()
     drawn = []
@@ -249,7 +249,7 @@ def _barrier_times(rounds: int) -> list[tuple[float, float]]:
     """Each round one rank (in turn) dawdles 1-3 ms before the barrier; returns (arrival, departure) per round."""
     import torch.distributed as dist
 
-    from sparsembed import shm
+    from sparsembed.comm import shm
 
     barrier = shm.HostBarrier()
     rank = dist.get_rank()
@@ -282,7 +282,7 @@ def _rank_dying_mid_sum(rank: int, port: int, results: mp.Queue) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     import torch.distributed as dist
 
-    from sparsembed import shm
+    from sparsembed.comm import shm
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=timedelta(seconds=60))

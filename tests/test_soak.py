@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from dist_utils import DistPool
-from sparsembed import exchange
-from sparsembed.sparse import RowSparse
+from sparsembed.comm import exchange
+from sparsembed.rows.coalesce import RowSparse
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(180)]
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsembed.sparse import RowSparse
+from sparsembed.rows.coalesce import RowSparse
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

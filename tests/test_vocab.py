@@ -9,9 +9,9 @@ import pytest
 from gensim.models import Word2Vec
 from gensim.models.word2vec import LineSentence
 
-from sparsembed.corpus import scan_corpus
 from sparsembed.errors import UserError
-from sparsembed.vocab import Vocab, alias_draw, build_vocab
+from sparsembed.word2vec.corpus import scan_corpus
+from sparsembed.word2vec.vocab import Vocab, alias_draw, build_vocab
 
 logging.getLogger("gensim").setLevel(logging.WARNING)
 

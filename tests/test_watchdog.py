@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from dist_utils import free_port
+from sparsembed.dataparallel.watchdog import CollectiveFailed, PeerLost, PeerWatch, summarize_error
 from sparsembed.errors import UserError
-from sparsembed.watchdog import CollectiveFailed, PeerLost, PeerWatch, summarize_error
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(90)]
 

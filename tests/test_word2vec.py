@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from sparsembed import Word2Vec
-from sparsembed.demo import generate_corpus, write_analogies
 from sparsembed.errors import UserError
-from sparsembed.word2vec import Settings, job_boundaries
+from sparsembed.word2vec.demo import generate_corpus, write_analogies
+from sparsembed.word2vec.model import Settings, job_boundaries
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import launch
-from .errors import DiskFull, UserError
+from sparsembed.dataparallel import launch
+from sparsembed.errors import DiskFull, UserError
 
 SINGLE_JOB_TOKENS = 50_000
 DATA_PARALLEL_JOB_TOKENS = 250_000
@@ -217,7 +217,7 @@ class StopSignals:
 # ------------------------------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     """``sparsembed train``: a fresh run into --out, or --resume DIR."""
-    from .word2vec import Word2Vec
+    from sparsembed.word2vec.model import Word2Vec
 
     if args.nproc is not None and not launch.under_launcher():
         return _spawn_ranks(args)
@@ -266,7 +266,7 @@ def _check_run_args(args: argparse.Namespace) -> None:
 
 def _exchange_options(args: argparse.Namespace):
     """The data-parallel options of the command line, validated (UserError naming the bad one)."""
-    from .distributed import ExchangeOptions
+    from sparsembed.dataparallel.trainer import ExchangeOptions
 
     return ExchangeOptions(args.strategy, args.rows, args.values, transport=args.transport,
                            overlap=args.overlap, balance=args.balance).validate()
@@ -274,7 +274,7 @@ def _exchange_options(args: argparse.Namespace):
 
 def _new_model(args: argparse.Namespace, workers: int | None, default_job_tokens: int):
     """A fresh Word2Vec with the command line's settings (validated), not yet given its corpus."""
-    from .word2vec import Word2Vec
+    from sparsembed.word2vec.model import Word2Vec
 
     model = Word2Vec(
         vector_size=args.dim, sg=int(args.model == "skipgram"), window=args.window, negative=args.negative,
@@ -330,8 +330,8 @@ def _train_rank(args: argparse.Namespace) -> int:
 
     import torch.distributed as dist
 
-    from .distributed import DataParallelTrainer
-    from .word2vec import Word2Vec, default_workers
+    from sparsembed.dataparallel.trainer import DataParallelTrainer
+    from sparsembed.word2vec.model import Word2Vec, default_workers
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a rank is (a hung run's first question)
     options = _exchange_options(args)
@@ -471,7 +471,7 @@ def prepare_out_dir(out: Path, force: bool) -> bool:
 # ------------------------------------------------------------------------------------------ vector tools
 def load_vectors(path: str):
     """Vectors from a word2vec file, or from ``DIR/vectors.bin`` of a training directory."""
-    from .vectors import Vectors
+    from sparsembed.word2vec.vectors import Vectors
 
     target = Path(path)
     if target.is_dir():
@@ -483,8 +483,8 @@ def load_vectors(path: str):
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``sparsembed export DIR --format text|binary|npy``."""
-    from .formats import write_npy, write_word2vec
-    from .word2vec import Word2Vec
+    from sparsembed.word2vec.formats import write_npy, write_word2vec
+    from sparsembed.word2vec.model import Word2Vec
 
     directory = Path(args.dir)
     model = Word2Vec.load(directory)
@@ -525,7 +525,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``sparsembed report DIR``: plots from DIR/metrics.jsonl."""
-    from .report import render
+    from sparsembed.word2vec.report import render
 
     for path in render(args.dir, args.output):
         print(path)
@@ -537,7 +537,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "exchange":  # also one rank under torchrun (RANK, WORLD_SIZE, MASTER_ADDR): rank 0 prints
         import os
 
-        from .exchange_bench import format_text, run_exchange_bench
+        from sparsembed.bench.exchange import format_text, run_exchange_bench
 
         try:
             densities = [float(d) for d in args.densities.split(",")] if args.densities else None
@@ -551,7 +551,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if res["launcher"] != "torchrun" or os.environ.get("RANK") == "0":  # every rank has the same figures
             print(json.dumps(res, indent=1) if args.json else format_text(res))
         return 0
-    from .sharding import SCHEMES, bench_shards
+    from sparsembed.comm.sharding import SCHEMES, bench_shards
 
     result = bench_shards(args.corpus, args.shards, args.step_tokens, seed=args.seed, min_count=args.min_count,
                           replicate_top=args.replicate_top)
@@ -565,8 +565,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``sparsembed demo``: generated corpus with planted analogies, trained and evaluated."""
-    from .demo import run_demo
-    from .word2vec import default_workers
+    from sparsembed.word2vec.demo import run_demo
+    from sparsembed.word2vec.model import default_workers
 
     workers = args.workers or default_workers()
     run_demo(out_dir=args.out, model=args.model, workers=workers, seed=args.seed, n_tokens=args.tokens)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import DiskFull, UserError
+from sparsembed.errors import DiskFull, UserError
 
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 

@@ -2,12 +2,12 @@
 
 :func:`parallel` sorts a module's trainable state into three families, each exchanged its own way:
 
-* :class:`~sparsembed.hashembedding.HashEmbedding` tables: sparse-stored, keyed gradient
-  (:func:`sparsembed.exchange.replicated_keyed`); every worker ends up creating and updating the same rows.
+* :class:`~sparsembed.nn.hashembedding.HashEmbedding` tables: sparse-stored, keyed gradient
+  (:func:`sparsembed.comm.exchange.replicated_keyed`); every worker ends up creating and updating the same rows.
 * weights of ``nn.Embedding`` / ``nn.EmbeddingBag`` with ``sparse=True``: dense-stored, sparse-sent; torch's
-  sparse COO gradient becomes a :class:`~sparsembed.sparse.RowSparse` (:func:`sparsembed.exchange.replicated`,
+  sparse COO gradient becomes a :class:`~sparsembed.rows.coalesce.RowSparse` (:func:`sparsembed.comm.exchange.replicated`,
   which falls back to a dense all-reduce when the rows touched are too many to be worth sending sparsely).
-* every other parameter: dense, bucketed ``all_reduce`` (:func:`sparsembed.exchange.dense_all_reduce`).
+* every other parameter: dense, bucketed ``all_reduce`` (:func:`sparsembed.comm.exchange.dense_all_reduce`).
 
 After ``loss.backward()``, :meth:`ParallelModel.sync` replaces every gradient by its average over the workers
 (like DDP; ``average=False`` sums). Every rank makes the same collectives in the same order whatever it touched:
@@ -17,9 +17,7 @@ Without an initialized process group ``sync`` only coalesces (a world of one).
 
 from __future__ import annotations
 
-import sys
 import time
-import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +26,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sparsembed import exchange, shm
+from sparsembed.comm import exchange, shm
+from sparsembed.comm.exchange import ExchangeStats
 from sparsembed.errors import UserError
-from sparsembed.exchange import ExchangeStats
-from sparsembed.hashembedding import HashEmbedding
-from sparsembed.sparse import RowSparse
+from sparsembed.nn.hashembedding import HashEmbedding
+from sparsembed.rows.coalesce import RowSparse
 
 __all__ = ["ParallelModel", "Families", "families", "parallel"]
 
@@ -81,7 +79,7 @@ class ParallelModel:
         fuse: send every sparse gradient and the small dense ones in one message per peer (one size round, one
             data round per step, see :func:`_fused_sync`; float32 only); ``False``: one exchange per table.
         transport: ``"auto"``: when every rank is on this host, the fused messages go through shared memory
-            (:mod:`sparsembed.shm`); ``"tcp"``: always gloo.
+            (:mod:`sparsembed.comm.shm`); ``"tcp"``: always gloo.
     """
 
     def __init__(
@@ -212,15 +210,6 @@ def parallel(module: nn.Module, **kwargs: Any) -> ParallelModel:
     return ParallelModel(module, **kwargs)
 
 
-class _CallableModule(types.ModuleType):
-    """Importing this module makes ``sparsembed.parallel`` the module object, shadowing the function the
-    package exports under the same name; a callable module keeps ``sparsembed.parallel(model)`` working."""
-
-    def __call__(self, module: nn.Module, **kwargs: Any) -> ParallelModel:
-        return parallel(module, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 
 # -- fused exchange -----------------------------------------------------------------------------------------------

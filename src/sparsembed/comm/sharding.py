@@ -31,7 +31,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from .errors import UserError
+from sparsembed.errors import UserError
 
 SCHEMES = ("contiguous", "permuted", "balanced")
 PRIOR_STEPS = 20.0  # weight, in steps, of the model prior in observed_loads: a row seen in no step keeps ~1% of it
@@ -430,7 +430,7 @@ def bench_shards(corpus_path: str | os.PathLike, shards: int, step_tokens: int, 
     other way round; the worse of the two) and ``counts_only_max_over_mean`` (LPT by ``expected_loads``, no corpus
     pass). ``replicate_top`` rows are replicated in ``balanced`` only.
     """
-    from .corpus import scan_corpus  # the map itself needs no corpus reader
+    from sparsembed.word2vec.corpus import scan_corpus  # the map itself needs no corpus reader
 
     step_tokens = _check_step_tokens(step_tokens)
     vocab, corpus = scan_corpus(corpus_path, min_count=min_count)

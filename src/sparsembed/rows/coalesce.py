@@ -13,7 +13,7 @@ import numba
 import numpy as np
 import torch
 
-from sparsembed.rowsets import _strictly_increasing
+from sparsembed.rows.rowsets import _strictly_increasing
 
 __all__ = ["RowSparse", "VALUE_DTYPES"]
 

@@ -4,12 +4,12 @@ A model may mix all three; each knows its exchange and applies plain SGD (``para
 
 * :class:`DenseParam`: dense tensors, gradients summed by a bucketed ``all_reduce``.
 * :class:`RowSparseParam`: a dense ``num_rows x dim`` matrix whose gradient is a
-  :class:`~sparsembed.sparse.RowSparse`; exchanged ``"replicated"`` (every worker applies the summed rows) or
+  :class:`~sparsembed.rows.coalesce.RowSparse`; exchanged ``"replicated"`` (every worker applies the summed rows) or
   ``"sharded"`` (owners apply, workers get fresh copies of the rows they touched or ask for).
 * :class:`SparseParam`: a hash table keyed by arbitrary int64 ids; a row is created on first touch with
   :func:`initial_rows` ``(seed, id)``, so every worker creates the same row for the same id without talking.
 
-Named ``...Param`` so they do not clash with :class:`sparsembed.sparse.RowSparse`, the gradient type.
+Named ``...Param`` so they do not clash with :class:`sparsembed.rows.coalesce.RowSparse`, the gradient type.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import numba
 import numpy as np
 import torch
 
-from sparsembed import exchange
+from sparsembed.comm import exchange
+from sparsembed.comm.exchange import ExchangeStats
 from sparsembed.errors import UserError
-from sparsembed.exchange import ExchangeStats
-from sparsembed.sparse import RowSparse
+from sparsembed.rows.coalesce import RowSparse
 
 __all__ = ["DenseParam", "RowSparseParam", "SparseParam", "initial_rows", "STRATEGIES"]
 
@@ -65,7 +65,7 @@ class RowSparseParam:
         strategy: ``"replicated"``: all workers apply the same summed gradient, replicas stay identical.
             ``"sharded"``: the owner of each row (``boundaries``, default even contiguous ranges) applies it and
             sends fresh copies back; a worker's replica is current for the rows it touched or pulled.
-        rows, values, compress: message encoding (:func:`sparsembed.codec.encode`).
+        rows, values, compress: message encoding (:func:`sparsembed.rows.codec.encode`).
         mode: replicated only: ``"auto"`` (sparse or dense by density), ``"sparse"`` or ``"dense"``.
     """
 
@@ -164,7 +164,7 @@ class SparseParam:
         """Exchange the gradient ``grad [n, dim]`` of rows ``keys [n]`` (duplicates allowed) and apply SGD.
 
         Replicated: every worker creates and updates every row any worker touched. Sharded: owners
-        (:func:`sparsembed.exchange.key_owner`) apply, workers refresh the rows they touched or ``pull``.
+        (:func:`sparsembed.comm.exchange.key_owner`) apply, workers refresh the rows they touched or ``pull``.
         """
         if self.strategy == "replicated":
             k, summed, stats = exchange.replicated_keyed(keys, grad, values=self.values, group=group, name=self.name)

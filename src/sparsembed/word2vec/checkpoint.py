@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .fsutil import atomic_write
+from sparsembed.errors import UserError
+from sparsembed.fsutil import atomic_write
 
 FORMAT = "sparsembed-checkpoint"
 VERSION = 1

@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .fsutil import atomic_write
+from sparsembed.errors import UserError
+from sparsembed.fsutil import atomic_write
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -1,12 +1,12 @@
 """HashEmbedding: an ``nn.Module`` embedding over arbitrary int64 ids, rows stored in a hash table.
 
-Rows are created on first touch with :func:`sparsembed.families.initial_rows` of ``(seed, id)``, so every worker
+Rows are created on first touch with :func:`sparsembed.nn.families.initial_rows` of ``(seed, id)``, so every worker
 creates the same row for the same id without talking: a 2^40 id space costs memory only for the ids seen.
 ``forward`` returns a tensor autograd flows into; after ``backward`` the module holds a keyed sparse gradient
-(touched ids and their row gradients) that :meth:`sparsembed.parallel.ParallelModel.sync` exchanges and the
-optimizers of :mod:`sparsembed.optim` apply. Cold rows can be evicted (:meth:`HashEmbedding.evict`).
+(touched ids and their row gradients) that :meth:`sparsembed.nn.parallel.ParallelModel.sync` exchanges and the
+optimizers of :mod:`sparsembed.nn.optim` apply. Cold rows can be evicted (:meth:`HashEmbedding.evict`).
 
-The table has no ``nn.Parameter``: torch optimizers and DDP cannot see it, :mod:`sparsembed.optim` can.
+The table has no ``nn.Parameter``: torch optimizers and DDP cannot see it, :mod:`sparsembed.nn.optim` can.
 Optimizer state of its rows (Adagrad sums, Adam moments) lives in the table beside the rows, so it is evicted
 with them and saved in the module's ``state_dict`` (as extra state, in key order).
 """
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparsembed.comm.exchange import coalesce_keyed
 from sparsembed.errors import UserError
-from sparsembed.exchange import coalesce_keyed
-from sparsembed.families import _KeyTable, initial_rows
+from sparsembed.nn.families import _KeyTable, initial_rows
 
 __all__ = ["HashEmbedding"]
 

@@ -1,10 +1,10 @@
 """Gradient exchange: sum row-sparse gradients over data-parallel workers, sending only the rows a step touched.
 
-Two strategies, each for row ids in ``[0, num_rows)`` (:class:`~sparsembed.sparse.RowSparse`, dense storage) and
+Two strategies, each for row ids in ``[0, num_rows)`` (:class:`~sparsembed.rows.coalesce.RowSparse`, dense storage) and
 for arbitrary int64 keys (hash-table storage, "keyed"):
 
 * **replicated** (:func:`replicated`, :func:`replicated_keyed`): every worker coalesces its gradient and encodes
-  it once (:mod:`sparsembed.codec`), then sends every peer one frame with ``isend`` / ``irecv``: its message size
+  it once (:mod:`sparsembed.rows.codec`), then sends every peer one frame with ``isend`` / ``irecv``: its message size
   and, up to ``EAGER_BYTES`` per peer, the message itself (receivers post the full capacity; gloo accepts a
   shorter message), so one round, not a size swap plus a message round, moves every message that fits; larger
   ones finish in a second round of known sizes (gloo's ``all_gather`` needs equal sizes, i.e. padding, and its
@@ -41,9 +41,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sparsembed import codec, rowsets
 from sparsembed.errors import UserError
-from sparsembed.sparse import RowSparse
+from sparsembed.rows import codec, rowsets
+from sparsembed.rows.coalesce import RowSparse
 
 __all__ = [
     "ExchangeStats",
@@ -172,7 +172,7 @@ def _to_f32(vals: torch.Tensor) -> torch.Tensor:
 
 
 class _RowCodec:
-    """Messages of rows ``[0, num_rows)`` through :mod:`sparsembed.codec`. ``checked=False``: messages through
+    """Messages of rows ``[0, num_rows)`` through :mod:`sparsembed.rows.codec`. ``checked=False``: messages through
     shared memory, which never cross a wire (the announcement protocol guarantees a peer reads a complete
     message), go without a checksum; every other check of :func:`codec.decode` still runs."""
 
@@ -269,7 +269,7 @@ _SLOTS: dict[Any, Any] = {}
 def _host_slots(group: Any, num_rows: int, dim: int) -> Any:
     """Shared-memory slots for messages of a ``num_rows x dim`` matrix when every rank of ``group`` is on this
     host, else None. Collective on first use per group and shape (every rank reaches it in the same call)."""
-    from sparsembed import shm
+    from sparsembed.comm import shm
 
     key = id(group)
     if key not in _ONE_HOST:
@@ -306,12 +306,12 @@ def replicated(
 
     Args:
         grad: this rank's gradient, any ids order, duplicates allowed (coalesced in place on the sparse path).
-        rows, values, compress: message encoding (see :func:`sparsembed.codec.encode`); ``values="fp16"``
+        rows, values, compress: message encoding (see :func:`sparsembed.rows.codec.encode`); ``values="fp16"``
             rounds each rank's rows once.
         mode: ``"auto"`` picks sparse or dense from the exchanged message sizes; ``"sparse"`` / ``"dense"`` force.
         group: process group (default: the world); without an initialized group this is a local coalesce.
         transport: ``"auto"``: when every rank of the group is on this host, messages go through shared memory
-            (:mod:`sparsembed.shm`: one tiny collective instead of TCP copies); ``"tcp"``: always gloo.
+            (:mod:`sparsembed.comm.shm`: one tiny collective instead of TCP copies); ``"tcp"``: always gloo.
 
     Returns:
         The summed gradient (when the dense path ran: every row, ``ids = arange(num_rows)``, values a dense

@@ -29,8 +29,8 @@ from typing import Union
 import numba
 import numpy as np
 
-from .errors import UserError
-from .vocab import Vocab, rows_by_frequency
+from sparsembed.errors import UserError
+from sparsembed.word2vec.vocab import Vocab, rows_by_frequency
 
 Source = Union[str, "os.PathLike[str]", Iterable[Iterable[str]]]
 

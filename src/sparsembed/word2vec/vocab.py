@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numba
 import numpy as np
 
-from .errors import UserError
-from .fsutil import atomic_write
+from sparsembed.errors import UserError
+from sparsembed.fsutil import atomic_write
 
 _U32_MAX = 2**32 - 1
 
@@ -210,6 +210,6 @@ def build_vocab(source, min_count: int = 5, max_vocab: int | None = None, *,
     sentence that leaves more than max_vocab distinct words, drop those counted < min_reduce times, then
     min_reduce += 1 (starting at 1). ``block_size`` (bytes per read) exists for tests.
     """
-    from .corpus import BLOCK_SIZE, count_vocab
+    from sparsembed.word2vec.corpus import BLOCK_SIZE, count_vocab
 
     return count_vocab(source, min_count, max_vocab, max_sentence_len, block_size or BLOCK_SIZE)

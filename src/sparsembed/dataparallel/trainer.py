@@ -7,13 +7,13 @@ per matrix, each rank sends the change of its touched rows (``work - reference``
 all ranks' changes to the reference and copies it into its working rows:
 
 * ``replicated``: every rank gets the sum of all changes, so all replicas hold bit-identical references. Ranks
-  on one host keep one reference and their working copies in shared memory (:class:`sparsembed.shm.HostMatrix`)
+  on one host keep one reference and their working copies in shared memory (:class:`sparsembed.comm.shm.HostMatrix`)
   and each sums its part of the rows, in rank order, into the reference and every working copy (with
-  ``overlap``: each writes its change into a slot, :class:`~sparsembed.shm.HostSlots`, and merges all slots);
-  otherwise :func:`sparsembed.exchange.replicated` (sparse codec messages) or, when the touched rows would make
+  ``overlap``: each writes its change into a slot, :class:`~sparsembed.comm.shm.HostSlots`, and merges all slots);
+  otherwise :func:`sparsembed.comm.exchange.replicated` (sparse codec messages) or, when the touched rows would make
   that dearer, one dense all-reduce of the change (``transport="tcp"`` forces this gloo path);
-* ``sharded``: :func:`sparsembed.exchange.sharded` sends each change to the row's owner (a load-balanced
-  :class:`~sparsembed.sharding.ShardMap`, ranges of relabelled rows), the owner adds it to its authoritative
+* ``sharded``: :func:`sparsembed.comm.exchange.sharded` sends each change to the row's owner (a load-balanced
+  :class:`~sparsembed.comm.sharding.ShardMap`, ranges of relabelled rows), the owner adds it to its authoritative
   rows and sends every rank the fresh values of the rows it touched; rows a rank did not touch stay as it last
   saw them until it touches them again (parameter-server staleness). Checkpoints and the final vectors gather
   every owner's rows.
@@ -26,7 +26,7 @@ step late and its own at once. Only the end of training (or a stop) waits for th
 end or a checkpoint saves the reference, the state before the last step, while that step's exchange goes on.
 
 With ``balance="dynamic"`` (ranks on one host, synchronous) a step covers the same tokens in ``DYNAMIC_ROUNDS``
-times as many jobs, and the ranks draw them from a shared counter (:class:`~sparsembed.shm.HostCounter`) as each
+times as many jobs, and the ranks draw them from a shared counter (:class:`~sparsembed.comm.shm.HostCounter`) as each
 becomes free, so a rank slowed by a busy core runs fewer: a rank runs its jobs one after another on its working
 copy, each with the learning rate of its round of ``world x threads`` jobs. The sum is no longer the static
 replay's, since which rank runs which job depends on timing.
@@ -35,7 +35,7 @@ Because the step's jobs are a prefix of the global job order, a checkpoint is th
 job), so a run resumes with any number of ranks. The learning rate follows the global position: a job of a step of
 ``k`` concurrent jobs decays ``k`` times as fast as alone.
 
-Every collective goes through the process group with its timeout, inside a :class:`~sparsembed.watchdog.PeerWatch`
+Every collective goes through the process group with its timeout, inside a :class:`~sparsembed.dataparallel.watchdog.PeerWatch`
 guard, so a rank that died or hung is named in the error.
 """
 
@@ -57,14 +57,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import exchange
-from .errors import UserError
-from .progress import Progress
-from .sharding import ShardMap
-from .shm import HostCounter, HostMatrix, HostSlots, group_timeout, host_status, shm_room
-from .sparse import RowSparse
-from .watchdog import PeerWatch
-from .word2vec import Word2Vec
+from sparsembed.comm import exchange
+from sparsembed.comm.sharding import ShardMap
+from sparsembed.comm.shm import HostCounter, HostMatrix, HostSlots, group_timeout, host_status, shm_room
+from sparsembed.dataparallel.watchdog import PeerWatch
+from sparsembed.errors import UserError
+from sparsembed.rows.coalesce import RowSparse
+from sparsembed.word2vec.model import Word2Vec
+from sparsembed.word2vec.progress import Progress
 
 STRATEGIES = ("replicated", "sharded")
 ROW_ENCODINGS = ("auto", "index", "bitmap", "roaring")
@@ -391,7 +391,7 @@ def _add_rows_ref(ref, ids, values):  # pragma: no cover - compiled
 
 
 class DataParallelTrainer:
-    """Trains a :class:`~sparsembed.word2vec.Word2Vec` whose vocabulary is built, on every rank of ``group``.
+    """Trains a :class:`~sparsembed.word2vec.model.Word2Vec` whose vocabulary is built, on every rank of ``group``.
 
     Every rank must hold the same model (vocabulary, matrices, position): the same corpus scanned with the same
     settings, or the same checkpoint loaded. ``model.settings.workers`` threads run per rank. Rank 0 writes

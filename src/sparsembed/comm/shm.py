@@ -10,7 +10,7 @@ slot, says so, and each rank reads its peers' slots in place once every rank has
 costs 0.3 ms a round on loopback, as much as decoding a 2 MB message; polling costs microseconds when the ranks
 arrive together. torch.distributed still runs the group (launch, rendezvous, every other collective); the wait
 is bounded by the group's timeout and ends at once when a peer's process is gone (the ranks' pids are in the
-segment), raising an error that :class:`sparsembed.watchdog.PeerWatch` turns into one line naming the rank. On
+segment), raising an error that :class:`sparsembed.dataparallel.watchdog.PeerWatch` turns into one line naming the rank. On
 other architectures (weaker memory ordering), or with ``SPARSEMBED_SHM_SYNC=collective``, the sizes go through
 one tiny all-gather of torch.distributed instead.
 

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .fsutil import atomic_write
+from sparsembed.errors import UserError
+from sparsembed.fsutil import atomic_write
 
 # Hyperparameters the demo trains with: gensim's defaults, spelled out (the corpus needs nothing special;
 # gensim reaches 100% planted-analogy accuracy with them on the default corpus, CBOW and skip-gram).
@@ -390,7 +390,7 @@ def planted_queries(seed: int = 0) -> list[str]:
 
 def _default_train(corpus_path: str, sg: int, workers: int, seed: int) -> Any:
     """Train with sparsembed's own trainer on the demo hyperparameters."""
-    from . import Word2Vec
+    from sparsembed import Word2Vec
 
     return Word2Vec(corpus_path, sg=sg, workers=workers, seed=seed, **DEMO_PARAMS)
 

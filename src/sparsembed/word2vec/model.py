@@ -1,7 +1,7 @@
 """The word2vec trainer: settings, training state, the job loop, checkpoints, resume.
 
 The trainer owns everything needed to continue training (both matrices, vocabulary, the schedule position);
-the trained vectors are handed out as a separate :class:`~sparsembed.vectors.Vectors` (``model.wv``), as in
+the trained vectors are handed out as a separate :class:`~sparsembed.word2vec.vectors.Vectors` (``model.wv``), as in
 gensim. Work is cut into *jobs* of whole sentences; ``workers`` threads run the compiled kernel on jobs
 side by side while this thread hands out jobs, reports progress and writes checkpoints between jobs.
 """
@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint, kernels
-from .corpus import EncodedCorpus, corpus_fingerprint, encode_corpus, scan_corpus
-from .errors import UserError
-from .progress import Progress
-from .vocab import Vocab
+from sparsembed.errors import UserError
+from sparsembed.word2vec import checkpoint, kernels
+from sparsembed.word2vec.corpus import EncodedCorpus, corpus_fingerprint, encode_corpus, scan_corpus
+from sparsembed.word2vec.progress import Progress
+from sparsembed.word2vec.vocab import Vocab
 
 
 def default_workers() -> int:
@@ -174,8 +174,8 @@ class Word2Vec:
 
     @property
     def wv(self):
-        """The trained input vectors as :class:`~sparsembed.vectors.Vectors` (rows shared, not copied)."""
-        from .vectors import Vectors
+        """The trained input vectors as :class:`~sparsembed.word2vec.vectors.Vectors` (rows shared, not copied)."""
+        from sparsembed.word2vec.vectors import Vectors
 
         self._require_vocab()
         return Vectors(self.vocab.words, self.syn0, self.vocab.counts)
@@ -448,7 +448,7 @@ class Word2Vec:
 
     def write_outputs(self, out: str | os.PathLike) -> None:
         """``out/vectors.bin`` (word2vec binary, rows by descending frequency) and ``out/vocab.txt``."""
-        from .formats import write_word2vec
+        from sparsembed.word2vec.formats import write_word2vec
 
         out = Path(out)
         for name in ("vectors.bin", "vocab.txt"):

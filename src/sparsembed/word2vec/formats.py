@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import UserError
-from .fsutil import atomic_write
+from sparsembed.errors import UserError
+from sparsembed.fsutil import atomic_write
 
 logger = logging.getLogger(__name__)
 

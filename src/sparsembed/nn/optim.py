@@ -1,7 +1,7 @@
 """Optimizers that update only the rows a step touched: :class:`SGD`, :class:`Adagrad` and a lazy :class:`Adam`.
 
-They take the model (or its :class:`~sparsembed.parallel.ParallelModel`) rather than a parameter list, because a
-:class:`~sparsembed.hashembedding.HashEmbedding` has no ``nn.Parameter``. Per family:
+They take the model (or its :class:`~sparsembed.nn.parallel.ParallelModel`) rather than a parameter list, because a
+:class:`~sparsembed.nn.hashembedding.HashEmbedding` has no ``nn.Parameter``. Per family:
 
 * dense parameters: the whole tensor, as torch's optimizers do (the same formulas and defaults);
 * sparse embedding weights (sparse COO gradient) and HashEmbedding tables: only the rows in the gradient, and
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sparsembed.errors import UserError
-from sparsembed.parallel import ParallelModel, families
+from sparsembed.nn.parallel import ParallelModel, families
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "Adam"]
 

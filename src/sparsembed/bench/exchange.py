@@ -15,7 +15,7 @@ untimed, once the rank has pushed out of its caches what the previous call left 
 default: only the input in cache, as a backward pass leaves it; :data:`EVICT_BYTES`), or before the barrier
 (``"settled"``):
 
-* ``ours``: :func:`sparsembed.exchange.replicated` (coalesce, encode, one eager round of sizes and messages,
+* ``ours``: :func:`sparsembed.comm.exchange.replicated` (coalesce, encode, one eager round of sizes and messages,
   decode, merge; sparse or dense by density), with each rank's per-phase medians (``phases_ms``, from
   ``ExchangeStats.phases``);
 * ``torch_sparse``: ``dist.all_reduce`` of the uncoalesced int64 COO gradient, as DDP does for
@@ -45,15 +45,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .launch import free_port
+from sparsembed.dataparallel.launch import free_port
+from sparsembed.errors import UserError
 
 __all__ = ["SWEEP", "VALUES", "INPUTS", "ALIGN", "ROWS_ENCODINGS", "run_exchange_bench", "rank_main", "under_torchrun",
            "zipf_ids", "density_ids", "format_text"]
 
 #: Densities of distinct rows that ``sweep`` measures (fractions of ``rows``).
 SWEEP = [0.001, 0.01, 0.03, 0.1, 0.2, 0.4, 0.7, 1.0]
-#: Wire dtypes of the values (:func:`sparsembed.codec.encode`).
+#: Wire dtypes of the values (:func:`sparsembed.rows.codec.encode`).
 VALUES = ("fp32", "fp16", "bf16")
 #: Row-set encodings ``ours`` may be forced to (``auto``: the codec's choice).
 ROWS_ENCODINGS = ("auto", "index", "bitmap", "roaring")
@@ -90,7 +90,7 @@ SETTLE = 2e-3
 
 
 #: ``--align``: how ranks line up their starts right before a timed call. ``auto``: through shared-memory flags
-#: (:class:`sparsembed.shm.HostBarrier`) when every rank is on this host, else nothing more than the barrier;
+#: (:class:`sparsembed.comm.shm.HostBarrier`) when every rank is on this host, else nothing more than the barrier;
 #: ``barrier``: never (each rank starts when its barrier, pause and input are done). With ``barrier``, 2 ranks on 2
 #: shared cores started 0.03-0.87 ms apart before our exchange and ~1.4 ms apart before torch's (medians of 8 runs),
 #: and every method's slowest-rank time includes that wait: a property of the harness, not of the exchange (which
@@ -148,8 +148,8 @@ def rank_main(rank: int, world: int, init_method: str, cfg: dict) -> list[dict]:
     import torch
     import torch.distributed as dist
 
-    from . import exchange
-    from .sparse import RowSparse
+    from sparsembed.comm import exchange
+    from sparsembed.rows.coalesce import RowSparse
 
     torch.set_num_threads(1)
     timeout = timedelta(seconds=cfg.get("collective_timeout", 300))
@@ -209,7 +209,7 @@ def _run_points(rank: int, world: int, cfg: dict, torch: Any, dist: Any, exchang
 def _aligner(mode: str) -> tuple[Any, str]:
     """What :func:`_time` calls right before starting the clock (see :data:`ALIGN`), and its name for the output.
     Collective."""
-    from . import shm
+    from sparsembed.comm import shm
 
     if mode == "auto" and shm.one_host():
         return shm.HostBarrier().wait, "shared-memory flags"

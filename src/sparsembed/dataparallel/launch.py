@@ -15,7 +15,7 @@ import sys
 import uuid
 from datetime import timedelta
 
-from .errors import UserError
+from sparsembed.errors import UserError
 
 #: Set for the ranks of ``--nproc N``: how many, so messages can give the command that resumes the same way.
 NPROC_ENV = "SPARSEMBED_NPROC"

@@ -1,6 +1,6 @@
-"""Wire format for row-sparse gradients: one checked, versioned message per :class:`~sparsembed.sparse.RowSparse`.
+"""Wire format for row-sparse gradients: one checked, versioned message per :class:`~sparsembed.rows.coalesce.RowSparse`.
 
-A message is a 56-byte little-endian header, the row-id section (one :mod:`sparsembed.rowsets` encoding,
+A message is a 56-byte little-endian header, the row-id section (one :mod:`sparsembed.rows.rowsets` encoding,
 optionally zstd / lz4 compressed) and the values, ``n x dim`` rows in the wire dtype::
 
     offset  size  field
@@ -34,9 +34,9 @@ import numba
 import numpy as np
 import torch
 
-from sparsembed import rowsets
 from sparsembed.errors import UserError
-from sparsembed.sparse import RowSparse
+from sparsembed.rows import rowsets
+from sparsembed.rows.coalesce import RowSparse
 
 __all__ = ["CodecError", "encode", "encode_array", "decode", "header", "MAGIC", "VERSION", "HEADER_SIZE"]
 

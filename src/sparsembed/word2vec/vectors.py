@@ -17,8 +17,8 @@ from typing import Any
 import numba
 import numpy as np
 
-from . import formats
-from .errors import UserError
+from sparsembed.errors import UserError
+from sparsembed.word2vec import formats
 
 logger = logging.getLogger(__name__)
 
