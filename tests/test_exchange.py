@@ -16,8 +16,9 @@ import torch
 from dist_utils import DistPool
 from sparsembed.comm import exchange
 from sparsembed.errors import UserError
-from sparsembed.nn.families import DenseParam, RowSparseParam, SparseParam, initial_rows
+from sparsembed.nn.families import DenseParam, RowSparseParam, SparseParam
 from sparsembed.rows.coalesce import RowSparse
+from sparsembed.rows.keytable import initial_rows
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(120)]
 

@@ -44,6 +44,7 @@ import torch.distributed as dist
 from sparsembed.errors import UserError
 from sparsembed.rows import codec, rowsets
 from sparsembed.rows.coalesce import RowSparse
+from sparsembed.rows.keytable import splitmix64
 
 __all__ = [
     "ExchangeStats",
@@ -121,12 +122,7 @@ def even_boundaries(num_rows: int, world: int) -> np.ndarray:
 
 def key_owner(keys: np.ndarray, world: int) -> np.ndarray:
     """Owner rank of each int64 key: a splitmix64 hash mod ``world`` (spreads sequential and strided keys)."""
-    z = keys.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        z += np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z ^= z >> np.uint64(31)
+    z = splitmix64(keys)
     return (z % np.uint64(world)).astype(np.int64)
 
 
@@ -183,8 +179,7 @@ class _RowCodec:
 
     def encode(self, ids: torch.Tensor, vals: torch.Tensor, num_rows: int | None = None,
                out: np.ndarray | None = None) -> np.ndarray:
-        rs = RowSparse(ids, vals, self.num_rows if num_rows is None else num_rows, check=False)
-        rs._coalesced = True  # callers pass strictly increasing ids
+        rs = RowSparse.from_sorted(ids, vals, self.num_rows if num_rows is None else num_rows)
         return codec.encode_array(rs, self.rows, self.values, self.compress, out=out, checksum=self.checked)
 
     def decode(self, buf: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,8 +214,7 @@ class _KeyCodec:
 
     def encode(self, keys: torch.Tensor, vals: torch.Tensor) -> np.ndarray:
         n = keys.shape[0]
-        rs = RowSparse(torch.arange(n), vals, n, check=False)
-        rs._coalesced = True
+        rs = RowSparse.from_sorted(torch.arange(n), vals, n)
         msg = codec.encode_array(rs, "all", self.values)
         out = np.empty(8 + 8 * n + msg.shape[0], np.uint8)
         out[:8] = np.frombuffer(struct.pack("<q", n), np.uint8)
@@ -371,8 +365,7 @@ def replicated(
         ids, vals = _decode_merge(rc, blocks, rank, world, own, clock)
         if slots is not None:
             slots.advance()  # the result never points into a slot: _decode_merge copies what aliases a block
-        out = RowSparse(ids, vals, num_rows, check=False)
-        out._coalesced = True
+        out = RowSparse.from_sorted(ids, vals, num_rows)
         sent, recv = _gathered_bytes(sizes, rank, world)
         stats = ExchangeStats(name, "replicated", "sparse", rc.encoding(msg), density, grad.n, sent, recv, 0)
         clock.lap("finish")
@@ -617,8 +610,7 @@ def _dense_sum(grad: RowSparse, group: Any) -> RowSparse:
             works.append(dist.all_reduce(dense[lo:hi], group=group, async_op=True))
         for w in works:
             w.wait()
-    out = RowSparse(torch.arange(num_rows), dense, num_rows, check=False)
-    out._coalesced = True
+    out = RowSparse.from_sorted(torch.arange(num_rows), dense, num_rows)
     return out
 
 
@@ -641,8 +633,7 @@ def _dense_sum_shared(grad: RowSparse, slots: Any, clock: _Clock) -> RowSparse:
     _sum_slots(dense.numpy(), mats)
     slots.advance()
     clock.lap("dense_sum")
-    out = RowSparse(torch.arange(num_rows), dense, num_rows, check=False)
-    out._coalesced = True
+    out = RowSparse.from_sorted(torch.arange(num_rows), dense, num_rows)
     return out
 
 
@@ -738,8 +729,7 @@ def sharded(
 
     def owned(local: tuple[torch.Tensor, torch.Tensor]) -> None:
         ids, vals = rc.coalesce(*local) if local[0].numel() else local
-        owned_rs = RowSparse(ids + int(b[rank]), vals, num_rows, check=False)
-        owned_rs._coalesced = True
+        owned_rs = RowSparse.from_sorted(ids + int(b[rank]), vals, num_rows)
         apply_owned(owned_rs)
 
     def unframe(buf: np.ndarray) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -748,8 +738,7 @@ def sharded(
     read = lambda i: read_owned(i + int(b[rank]))  # noqa: E731
     fresh, sent, recv = _owner_round(msgs, pulled, unframe, owned, read, dim, group)
     fresh_ids = grad.ids if pull_ids is None else pull_ids
-    out = RowSparse(fresh_ids, fresh, num_rows, check=False)
-    out._coalesced = True
+    out = RowSparse.from_sorted(fresh_ids, fresh, num_rows)
     stats = ExchangeStats(name, "sharded", "sparse", enc, grad.n / max(num_rows, 1), grad.n, sent, recv, 0.0)
     stats.seconds = time.perf_counter() - t0
     return out, stats

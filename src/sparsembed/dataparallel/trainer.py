@@ -144,8 +144,7 @@ class _Replica:
         self.touched[:] = 0
         values = np.empty((ids.shape[0], self.work.shape[1]), dtype=np.float32)
         _gather_change(self.work, self.ref, ids, values)
-        rs = RowSparse(torch.from_numpy(ids), torch.from_numpy(values), self.work.shape[0], check=False)
-        rs._coalesced = True
+        rs = RowSparse.from_sorted(torch.from_numpy(ids), torch.from_numpy(values), self.work.shape[0])
         return rs
 
     def add(self, total: RowSparse | torch.Tensor, own: RowSparse | None = None) -> None:
@@ -204,8 +203,7 @@ class _Replica:
         own_ids[:] = ids
         values = mine[values_at:values_at + 4 * n * dim].view(np.float32).reshape(n, dim)
         _gather_change(self.work, self.ref, ids, values)
-        own = RowSparse(torch.from_numpy(own_ids), torch.from_numpy(values), rows, check=False)
-        own._coalesced = True
+        own = RowSparse.from_sorted(torch.from_numpy(own_ids), torch.from_numpy(values), rows)
         return own
 
     def add_shared(self, slots: HostSlots, counts: np.ndarray, own: RowSparse | None = None) -> None:
@@ -355,9 +353,8 @@ class _Owners:
         new_ids = self.map.relabel(rows)
         self.loads += np.bincount(self.map.owner(rows), minlength=len(self.loads))
         order = np.argsort(new_ids, kind="stable")
-        grad = RowSparse(torch.from_numpy(new_ids[order]), change.values[torch.from_numpy(order)],
-                         change.num_rows, check=False)
-        grad._coalesced = True
+        grad = RowSparse.from_sorted(torch.from_numpy(new_ids[order]), change.values[torch.from_numpy(order)],
+                         change.num_rows)
 
         def apply_owned(owned: RowSparse) -> None:
             if owned.n:

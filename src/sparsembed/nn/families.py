@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 import torch
 
@@ -24,6 +23,7 @@ from sparsembed.comm import exchange
 from sparsembed.comm.exchange import ExchangeStats
 from sparsembed.errors import UserError
 from sparsembed.rows.coalesce import RowSparse
+from sparsembed.rows.keytable import KeyTable, initial_rows
 
 __all__ = ["DenseParam", "RowSparseParam", "SparseParam", "initial_rows", "STRATEGIES"]
 
@@ -145,7 +145,7 @@ class SparseParam:
             raise UserError(f"SparseParam {name!r}: dim must be >= 1, got {dim}")
         self.dim, self.seed, self.strategy, self.values, self.name = dim, int(seed), strategy, values, name
         self.init_scale = 0.5 / dim if init_scale is None else float(init_scale)
-        self._table = _KeyTable(capacity)
+        self._table = KeyTable(capacity)
         self._rows = torch.empty(max(capacity, 16), dim, dtype=torch.float32)
 
     def __len__(self) -> int:
@@ -195,87 +195,3 @@ class SparseParam:
             new_slots = slots[created]
             self._rows[torch.from_numpy(new_slots)] = initial_rows(k[created], self.dim, self.seed, self.init_scale)
         return torch.from_numpy(slots)
-
-
-def initial_rows(keys: Any, dim: int, seed: int, scale: float) -> torch.Tensor:
-    """Rows ``[n, dim]``, uniform in ``[-scale, scale)``, a pure function of ``(seed, key, column)``."""
-    k = np.ascontiguousarray(np.asarray(keys), dtype=np.int64)
-    out = np.empty((k.shape[0], dim), np.float32)
-    _fill_initial(k, np.uint64(seed & 0xFFFFFFFFFFFFFFFF), np.float32(scale), out)
-    return torch.from_numpy(out)
-
-
-class _KeyTable:
-    """Open-addressing int64 key -> slot table (linear probing, load <= 1/2); slots are creation order."""
-
-    def __init__(self, capacity: int) -> None:
-        cap = 1 << max(4, int(2 * max(capacity, 1) - 1).bit_length())
-        self.keys = np.zeros(cap, np.int64)
-        self.slots = np.zeros(cap, np.int64)
-        self.used = np.zeros(cap, np.uint8)
-        self.slot_keys = np.zeros(cap // 2, np.int64)
-        self.size = 0
-
-    def find_or_insert(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Slots of ``keys`` and a mask of those created by this call."""
-        if 2 * (self.size + keys.shape[0]) > self.keys.shape[0]:
-            self._grow(self.size + keys.shape[0])
-        slots = np.empty(keys.shape[0], np.int64)
-        created = np.zeros(keys.shape[0], np.bool_)
-        table = (self.keys, self.slots, self.used, self.slot_keys)
-        self.size = int(_find_or_insert(*table, self.size, keys, slots, created))
-        return slots, created
-
-    def _grow(self, need: int) -> None:
-        cap = 1 << int(2 * need).bit_length()
-        old = self.slot_keys[: self.size].copy()
-        self.keys = np.zeros(cap, np.int64)
-        self.slots = np.zeros(cap, np.int64)
-        self.used = np.zeros(cap, np.uint8)
-        self.slot_keys = np.zeros(cap // 2, np.int64)
-        slots = np.empty(old.shape[0], np.int64)
-        created = np.zeros(old.shape[0], np.bool_)
-        _find_or_insert(self.keys, self.slots, self.used, self.slot_keys, 0, old, slots, created)
-
-
-# -- compiled kernels ---------------------------------------------------------------------------------------------
-@numba.njit(cache=True, nogil=True, inline="always")
-def _mix(z):  # pragma: no cover - compiled
-    """splitmix64 finalizer on a uint64."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-@numba.njit(cache=True, nogil=True)
-def _find_or_insert(tkeys, tslots, used, slot_keys, size, keys, out, created):  # pragma: no cover - compiled
-    mask = np.uint64(tkeys.shape[0] - 1)
-    for i in range(keys.shape[0]):
-        k = keys[i]
-        h = _mix(np.uint64(k) + np.uint64(0x9E3779B97F4A7C15)) & mask
-        while True:
-            if used[h] == 0:
-                used[h] = 1
-                tkeys[h] = k
-                tslots[h] = size
-                slot_keys[size] = k
-                out[i] = size
-                created[i] = True
-                size += 1
-                break
-            if tkeys[h] == k:
-                out[i] = tslots[h]
-                break
-            h = (h + np.uint64(1)) & mask
-    return size
-
-
-@numba.njit(cache=True, nogil=True)
-def _fill_initial(keys, seed, scale, out):  # pragma: no cover - compiled
-    base = _mix(seed + np.uint64(0x632BE59BD9B4E019))
-    for i in range(keys.shape[0]):
-        kh = _mix(base ^ (np.uint64(keys[i]) * np.uint64(0x9E3779B97F4A7C15)))
-        for c in range(out.shape[1]):
-            z = _mix(kh + np.uint64(c + 1) * np.uint64(0x9E3779B97F4A7C15))
-            u = np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-            out[i, c] = np.float32((2.0 * u - 1.0) * scale)

@@ -1,6 +1,6 @@
 """HashEmbedding: an ``nn.Module`` embedding over arbitrary int64 ids, rows stored in a hash table.
 
-Rows are created on first touch with :func:`sparsembed.nn.families.initial_rows` of ``(seed, id)``, so every worker
+Rows are created on first touch with :func:`sparsembed.rows.keytable.initial_rows` of ``(seed, id)``, so every worker
 creates the same row for the same id without talking: a 2^40 id space costs memory only for the ids seen.
 ``forward`` returns a tensor autograd flows into; after ``backward`` the module holds a keyed sparse gradient
 (touched ids and their row gradients) that :meth:`sparsembed.nn.parallel.ParallelModel.sync` exchanges and the
@@ -21,7 +21,7 @@ from torch import nn
 
 from sparsembed.comm.exchange import coalesce_keyed
 from sparsembed.errors import UserError
-from sparsembed.nn.families import _KeyTable, initial_rows
+from sparsembed.rows.keytable import KeyTable, initial_rows
 
 __all__ = ["HashEmbedding"]
 
@@ -60,7 +60,7 @@ class HashEmbedding(nn.Module):
         self._grad: tuple[torch.Tensor, torch.Tensor] | None = None  # set by sync(): the exchanged gradient
 
     def _reset(self, capacity: int) -> None:
-        self._table = _KeyTable(capacity)
+        self._table = KeyTable(capacity)
         self._rows = torch.empty(capacity, self.dim, dtype=torch.float32)
         self._state: dict[str, torch.Tensor] = {}
         self._last = np.zeros(capacity, np.int64)  # update count when each row was last updated or created

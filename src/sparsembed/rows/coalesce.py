@@ -70,6 +70,14 @@ class RowSparse:
         self.num_rows: int = int(num_rows)
         self._coalesced = False
 
+    @classmethod
+    def from_sorted(cls, ids: Any, values: Any, num_rows: int) -> RowSparse:
+        """A RowSparse of ids the caller promises strictly increasing and in range (an exchange's result, a
+        replica's touched rows): no checks, and already coalesced."""
+        rs = cls(ids, values, num_rows, check=False)
+        rs._coalesced = True
+        return rs
+
     # -- shape ------------------------------------------------------------------------------------------------
     @property
     def n(self) -> int:

@@ -1,4 +1,5 @@
-"""Wire format for row-sparse gradients: one checked, versioned message per :class:`~sparsembed.rows.coalesce.RowSparse`.
+"""Wire format for row-sparse gradients: one checked, versioned message per
+:class:`~sparsembed.rows.coalesce.RowSparse`.
 
 A message is a 56-byte little-endian header, the row-id section (one :mod:`sparsembed.rows.rowsets` encoding,
 optionally zstd / lz4 compressed) and the values, ``n x dim`` rows in the wire dtype::
@@ -28,6 +29,7 @@ ids unsorted, repeated or out of range.
 from __future__ import annotations
 
 import struct
+from enum import Enum
 from typing import Any
 
 import numba
@@ -38,7 +40,7 @@ from sparsembed.errors import UserError
 from sparsembed.rows import rowsets
 from sparsembed.rows.coalesce import RowSparse
 
-__all__ = ["CodecError", "encode", "encode_array", "decode", "header", "MAGIC", "VERSION", "HEADER_SIZE"]
+__all__ = ["CodecError", "Values", "encode", "encode_array", "decode", "header", "MAGIC", "VERSION", "HEADER_SIZE"]
 
 MAGIC = b"SPRW"
 VERSION = 1
@@ -50,7 +52,35 @@ MAX_ROWS = 1 << 48
 MAX_DIM = 1 << 24
 MAX_EXPANSION = 256
 
-_DTYPES = {"fp32": (0, torch.float32, 4), "fp16": (1, torch.float16, 2), "bf16": (2, torch.bfloat16, 2)}
+
+
+class Values(str, Enum):
+    """How row values travel: the closed set of wire value types, each with its header code, torch dtype and
+    width in bytes (the one table of value widths)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+    @property
+    def code(self) -> int:
+        """The header's value-dtype byte."""
+        return _VALUE_TYPES[self][0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype of a decoded value."""
+        return _VALUE_TYPES[self][1]
+
+    @property
+    def width(self) -> int:
+        """Bytes per value on the wire."""
+        return _VALUE_TYPES[self][2]
+
+
+_VALUE_TYPES = {Values.FP32: (0, torch.float32, 4), Values.FP16: (1, torch.float16, 2),
+                Values.BF16: (2, torch.bfloat16, 2)}
+_DTYPES = {v.value: (v.code, v.dtype, v.width) for v in Values}
 _DTYPE_BY_CODE = {code: name for name, (code, _, _) in _DTYPES.items()}
 _COMPRESS = {None: 0, "zstd": 1, "lz4": 2}
 _COMPRESS_BY_CODE = {code: name for name, code in _COMPRESS.items()}
@@ -182,8 +212,7 @@ def decode(buf: Any, dtype: str = "fp32", verify: bool = True) -> RowSparse:
         vals = torch.from_numpy(raw.view(np.float16).astype(np.float32))
     else:
         vals = torch.from_numpy((raw.astype(np.uint32) << 16).view(np.float32))
-    out = RowSparse(torch.from_numpy(ids), vals, num_rows, check=False)
-    out._coalesced = True
+    out = RowSparse.from_sorted(torch.from_numpy(ids), vals, num_rows)
     return out
 
 
