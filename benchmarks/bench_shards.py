@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from sparsembed.comm.sharding import SCHEMES, bench_shards  # noqa: E402
+from sparsembed.bench.shards import bench_shards  # noqa: E402
+from sparsembed.comm.sharding import SCHEMES  # noqa: E402
 
 TITLE = "## Shard balance under Zipf (issue 4)"
 DATE = "2026-11-24"

@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sparsembed.comm.shm import BLOCK_ROWS, _reduce_part  # noqa: E402
 from sparsembed.word2vec import kernels  # noqa: E402
-from sparsembed.word2vec.model import Word2Vec, job_boundaries  # noqa: E402
+from sparsembed.word2vec.model import Word2Vec  # noqa: E402
+from sparsembed.word2vec.schedule import job_boundaries  # noqa: E402
 
 
 class _Steps:
@@ -48,10 +49,10 @@ class _Steps:
 
     def __init__(self, model: Word2Vec, steps: int) -> None:
         self.model = model
-        bounds = model._job_bounds()
+        bounds = model.schedule().bounds
         self.steps = min(steps, (len(bounds) - 1) // 2)
         self.step_bounds = bounds[:2 * self.steps + 1:2]  # sentences: step k is [step_bounds[k], step_bounds[k+1])
-        self.tables = model._kernel_tables()
+        self.tables = model.kernel_tables()
         self.tokens = int(model.corpus.sentence_starts[self.step_bounds[-1]])
         self.base = (model.syn0.copy(), model.syn1.copy())
         self.pool = ThreadPoolExecutor(2)

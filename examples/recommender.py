@@ -1,10 +1,10 @@
-"""Recommender on a synthetic interaction log, trained data-parallel with ``sparsembed.nn.parallel``.
+"""Recommender on a synthetic interaction log, trained data-parallel with ``sparsembed.parallel``.
 
 The log is generated: users and items drawn from shifted Zipf laws (a few heavy users and blockbuster items, a
 long tail), ratings ``<p_u, q_i> + noise`` with planted rank-``rank`` factors and Gaussian noise of known
 standard deviation, so the best achievable test RMSE (the noise floor) is known. User ids are scattered over a
-2^40 id space and embedded by a :class:`sparsembed.nn.hashembedding.HashEmbedding` (no vocabulary pass, no dense
-table); items by an ``nn.Embedding(sparse=True)``; a global bias is the dense family.
+2^40 id space and embedded by a :class:`sparsembed.HashEmbedding` (the hashed family: no vocabulary pass, no dense
+table); items by an ``nn.Embedding(sparse=True)`` (the sparse family); a global bias is the dense family.
 
 Each worker takes its half of every global batch, so 1 and 2 workers see the same batches and end with the same
 parameters (up to float rounding)::
@@ -30,9 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sparsembed import optim
-from sparsembed.nn.hashembedding import HashEmbedding
-from sparsembed.nn.parallel import parallel
+from sparsembed import HashEmbedding, optim, parallel
 
 ID_SPACE = 1 << 40
 

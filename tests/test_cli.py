@@ -186,3 +186,11 @@ def test_report_renders_png(trained: Path, tmp_path: Path, capsys) -> None:
     (damaged / "metrics.jsonl").write_text('{"elapsed_s": 1, "loss": 2}\n{not json\n')
     assert "metrics.jsonl:2" in _run_failing(["report", str(damaged)], capsys)
     assert not (damaged / "report-training.png").exists()
+
+
+def test_parsing_the_command_line_loads_no_torch() -> None:
+    """The parser's closed sets come from modules that load no torch, so `sparsembed --help` and one-process
+    commands do not pay for it."""
+    code = "import sys; from sparsembed.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -15,12 +15,13 @@ from hypothesis import strategies as st
 from sparsembed.errors import UserError
 from sparsembed.word2vec.corpus import (
     EncodedCorpus,
+    build_vocab,
     corpus_files,
     corpus_fingerprint,
     encode_corpus,
     scan_corpus,
 )
-from sparsembed.word2vec.vocab import Vocab, build_vocab
+from sparsembed.word2vec.vocab import Vocab
 
 
 def reference_sentences(data: bytes, max_len: int = 10_000) -> list[list[bytes]]:

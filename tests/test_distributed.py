@@ -13,11 +13,11 @@ import pytest
 
 from dist_utils import DistPool
 from sparsembed import Word2Vec
-from sparsembed.dataparallel.trainer import DYNAMIC_ROUNDS, concurrent_schedule, even_job_tokens, step_jobs
+from sparsembed.dataparallel.options import DYNAMIC_ROUNDS, even_job_tokens, step_jobs
 from sparsembed.word2vec import kernels
 from sparsembed.word2vec.demo import generate_corpus
 from sparsembed.word2vec.formats import read_word2vec
-from sparsembed.word2vec.model import job_boundaries
+from sparsembed.word2vec.schedule import concurrent_schedule, job_boundaries
 
 SETTINGS = {"vector_size": 16, "epochs": 2, "workers": 1, "seed": 7, "min_count": 2, "window": 3}
 JOB_TOKENS = 700
@@ -55,7 +55,8 @@ def _model(corpus: Path, **overrides) -> Word2Vec:
 def _train_ranks(corpus: str, strategy: str, mode: str, values: str, stop_after_steps: int | None,
                  transport: str = "tcp", overlap: bool = False) -> tuple:
     """One rank: build the same model, train it data-parallel, return its matrices and summary."""
-    from sparsembed.dataparallel.trainer import DataParallelTrainer, ExchangeOptions
+    from sparsembed.dataparallel.options import ExchangeOptions
+    from sparsembed.dataparallel.trainer import DataParallelTrainer
 
     model = _model(Path(corpus))
     options = ExchangeOptions(strategy=strategy, mode=mode, values=values, transport=transport, overlap=overlap)
@@ -77,7 +78,7 @@ def _replay(model: Word2Vec, world: int, max_steps: int | None = None, late: boo
     s.job_tokens = even_job_tokens(per_epoch, s.job_tokens, world)  # what the trainer does at a fresh start
     bounds = job_boundaries(corpus.sentence_starts, s.job_tokens)
     n_jobs = len(bounds) - 1
-    tables = model._kernel_tables()
+    tables = model.kernel_tables()
     steps = 0
     pending = [(0.0, 0.0)] * world  # late: each rank's change not yet in the agreed matrices
     for epoch in range(s.epochs):
@@ -88,7 +89,7 @@ def _replay(model: Word2Vec, world: int, max_steps: int | None = None, late: boo
             for rank in range(world):
                 syn0, syn1 = model.syn0 + pending[rank][0], model.syn1 + pending[rank][1]
                 start0, start1 = syn0.copy(), syn1.copy()
-                for job in step_jobs(first, n_jobs, world, 1, rank):
+                for job in step_jobs(first, n_jobs, 1, rank):
                     kernels.train_job(
                         syn0, syn1, corpus.ids, corpus.sentence_starts, int(bounds[job]), int(bounds[job + 1]),
                         tables["sample_ints"], s.sample > 0, tables["packed_alias"], s.sg, s.window, s.negative,
@@ -150,7 +151,8 @@ def _train_overlapped_keeping_checkpoints(corpus: str, out: str, transport: str)
     Returns, per checkpoint, whether an exchange was in flight when it was written."""
     import shutil
 
-    from sparsembed.dataparallel.trainer import DataParallelTrainer, ExchangeOptions
+    from sparsembed.dataparallel.options import ExchangeOptions
+    from sparsembed.dataparallel.trainer import DataParallelTrainer
 
     trainer = DataParallelTrainer(_model(Path(corpus)), ExchangeOptions(transport=transport, overlap=True))
     write, in_flight = trainer.checkpoint, []
@@ -175,7 +177,7 @@ def test_overlap_checkpoints_the_reference_without_waiting(pool, corpus: Path, t
     assert in_flight == [True, False]  # epoch 1's end did not wait; the end of training did
     model = _model(corpus)
     model.settings.job_tokens = even_job_tokens(int(model.corpus.sentence_starts[-1]), JOB_TOKENS, 2)
-    n_jobs = len(model._job_bounds()) - 1
+    n_jobs = model.schedule().n_jobs
     mid = Word2Vec.load(tmp_path / "kept0")
     assert (mid.position.epoch, mid.position.job, mid.history) == (0, n_jobs - 2, [])
     # the agreed matrices after the epoch's last step: every change but that step's
@@ -190,7 +192,7 @@ def test_overlap_checkpoints_the_reference_without_waiting(pool, corpus: Path, t
 
 
 def test_overlap_needs_replicated_strategy() -> None:
-    from sparsembed.dataparallel.trainer import ExchangeOptions
+    from sparsembed.dataparallel.options import ExchangeOptions
     from sparsembed.errors import UserError
 
     with pytest.raises(UserError, match="--overlap needs --strategy replicated"):
@@ -298,12 +300,13 @@ def _corrupted_peer_message() -> str:
     import torch
     import torch.distributed as dist
 
-    from sparsembed.comm import exchange
+    from sparsembed.comm import messages
+    from sparsembed.comm.replicated import replicated
     from sparsembed.errors import UserError
     from sparsembed.rows.coalesce import RowSparse
     from sparsembed.rows.codec import CodecError
 
-    original = exchange._RowCodec.encode
+    original = messages.RowMessages.encode
 
     def flipped(self, ids, vals, num_rows=None, out=None):
         buf = original(self, ids, vals, num_rows, out=out)
@@ -311,15 +314,15 @@ def _corrupted_peer_message() -> str:
         return buf
 
     if dist.get_rank() == 1:
-        exchange._RowCodec.encode = flipped
+        messages.RowMessages.encode = flipped
     try:
         grad = RowSparse(torch.arange(0, 50, 2), torch.ones(25, 8), 1000)
-        exchange.replicated(grad, mode="sparse", transport="tcp")  # shared memory skips the checksum: no wire
+        replicated(grad, mode="sparse", transport="tcp")  # shared memory skips the checksum: no wire
     except CodecError as exc:
         assert isinstance(exc, UserError) and "\n" not in str(exc)
         return f"refused: {exc}"
     finally:
-        exchange._RowCodec.encode = original
+        messages.RowMessages.encode = original
     return "accepted"
 
 
@@ -378,7 +381,8 @@ def _train_with_little_shm(corpus: str) -> tuple:
 
     from sparsembed.comm import shm
     from sparsembed.dataparallel import trainer as distributed
-    from sparsembed.dataparallel.trainer import DataParallelTrainer, ExchangeOptions
+    from sparsembed.dataparallel.options import ExchangeOptions
+    from sparsembed.dataparallel.trainer import DataParallelTrainer
 
     distributed.shm_room = shm.shm_room = lambda: 1000
     err = io.StringIO()
@@ -398,7 +402,8 @@ def test_short_dev_shm_falls_back_to_gloo_and_says_so(corpus: Path) -> None:
 
 
 def _watch_settings(corpus: str) -> tuple[float, float]:
-    from sparsembed.dataparallel.trainer import DataParallelTrainer, ExchangeOptions
+    from sparsembed.dataparallel.options import ExchangeOptions
+    from sparsembed.dataparallel.trainer import DataParallelTrainer
 
     trainer = DataParallelTrainer(_model(Path(corpus)), ExchangeOptions(transport="tcp"))
     trainer.watch.stop_pulse()
@@ -419,17 +424,18 @@ def _train_dynamic(corpus: str, slow_rank: int) -> tuple:
 
     import torch.distributed as dist
 
-    from sparsembed.dataparallel.trainer import DataParallelTrainer, ExchangeOptions
+    from sparsembed.dataparallel.options import ExchangeOptions
+    from sparsembed.dataparallel.trainer import DataParallelTrainer
 
     model = _model(Path(corpus))
     if dist.get_rank() == slow_rank:
-        run_job = model._run_job
+        run_job = model.run_job
 
         def slow(*args, **kwargs):
             time.sleep(0.02)
             return run_job(*args, **kwargs)
 
-        model._run_job = slow
+        model.run_job = slow
     trainer = DataParallelTrainer(model, ExchangeOptions(balance="dynamic"))
     summary = trainer.train(progress=False)
     return model.syn0.copy(), model.syn1.copy(), summary, model.history, model.settings.job_tokens
@@ -452,7 +458,7 @@ def test_dynamic_balance_gives_a_slow_rank_fewer_jobs_and_trains_every_job_once(
 
 
 def test_dynamic_balance_needs_shared_memory_exchange() -> None:
-    from sparsembed.dataparallel.trainer import ExchangeOptions
+    from sparsembed.dataparallel.options import ExchangeOptions
     from sparsembed.errors import UserError
 
     for bad in ({"overlap": True}, {"strategy": "sharded"}, {"transport": "tcp"}):

@@ -14,7 +14,11 @@ import pytest
 import torch
 
 from dist_utils import DistPool
-from sparsembed.comm import exchange
+from sparsembed.comm import dense, policy, transport
+from sparsembed.comm.fused import FusedExchange, Segment
+from sparsembed.comm.messages import RowMessages
+from sparsembed.comm.replicated import replicated
+from sparsembed.comm.sharded import even_boundaries, key_owner, sharded
 from sparsembed.errors import UserError
 from sparsembed.nn.families import DenseParam, RowSparseParam, SparseParam
 from sparsembed.rows.coalesce import RowSparse
@@ -60,7 +64,7 @@ def _rank() -> int:
 # -- cases (run on every rank) ------------------------------------------------------------------------------------
 def _case_replicated(seed, rows, values, compress, mode, n, empty_rank, transport="tcp"):
     grad = _grad(seed, _rank(), n=n, empty_rank=empty_rank)
-    summed, stats = exchange.replicated(grad, rows=rows, values=values, compress=compress, mode=mode, name="m",
+    summed, stats = replicated(grad, rows=rows, values=values, compress=compress, mode=mode, name="m",
                                         transport=transport)
     if transport == "auto" and stats.mode == "sparse":
         assert "shm_round" in stats.phases and "eager_round" not in stats.phases  # the ranks share this host
@@ -86,15 +90,15 @@ def _case_short_receive():
 def _case_two_rounds(seed, values, mode):
     """Messages larger than the eager frame (its 64 KiB floor) finish in a second round; auto goes dense here,
     densifying the raw gradient in many row blocks."""
-    saved = exchange.EAGER_BYTES, exchange.DENSE_BLOCK_BYTES
-    exchange.EAGER_BYTES, exchange.DENSE_BLOCK_BYTES = 0, 4096
+    saved = transport.EAGER_BYTES, dense.DENSE_BLOCK_BYTES
+    transport.EAGER_BYTES, dense.DENSE_BLOCK_BYTES = 0, 4096
     try:
         num_rows = 20000  # ~9000 distinct rows a rank: every message is over 64 KiB, even in fp16
         grad = _grad(seed, _rank(), n=12000, empty_rank=1, num_rows=num_rows)
-        summed, stats = exchange.replicated(grad, values=values, mode=mode, transport="tcp")
+        summed, stats = replicated(grad, values=values, mode=mode, transport="tcp")
         expect = _expected(seed, n=12000, empty_rank=1, num_rows=num_rows)
     finally:
-        exchange.EAGER_BYTES, exchange.DENSE_BLOCK_BYTES = saved
+        transport.EAGER_BYTES, dense.DENSE_BLOCK_BYTES = saved
     tol = TOL[values] if stats.mode == "sparse" else 1e-5
     torch.testing.assert_close(summed.to_dense(), expect, atol=tol, rtol=tol)
     assert stats.mode == "dense" or stats.bytes_recv > 64 << 10
@@ -114,7 +118,7 @@ def _case_sharded(seed, boundaries, pull_kind, values):
     tol = TOL[values]
     fresh = touched if pull is None else torch.from_numpy(pull)
     torch.testing.assert_close(weight[fresh], expect[fresh], atol=tol, rtol=tol)
-    b = exchange.even_boundaries(ROWS, WORLD) if boundaries is None else boundaries
+    b = even_boundaries(ROWS, WORLD) if boundaries is None else boundaries
     mine = slice(int(b[rank]), int(b[rank + 1]))
     torch.testing.assert_close(weight[mine], expect[mine], atol=tol, rtol=tol)  # the owner is always current
     assert stats.strategy == "sharded" and stats.bytes_sent >= 0
@@ -222,7 +226,7 @@ def test_replicated_auto_goes_dense_at_full_density(pool):
 
 def _case_dense_shared(seed, n):
     out = _case_replicated(seed, "auto", "fp32", None, "auto", n, 2, "auto")
-    _, stats = exchange.replicated(_grad(seed, _rank(), n=n, empty_rank=2), transport="auto")
+    _, stats = replicated(_grad(seed, _rank(), n=n, empty_rank=2), transport="auto")
     return (*out, sorted(stats.phases))
 
 
@@ -235,12 +239,12 @@ def test_replicated_auto_goes_dense_through_shared_memory(pool):
 
 
 def test_sparse_too_big_counts_what_the_busiest_rank_receives():
-    ring = exchange.ring_bytes(1000, 4)
+    ring = policy.ring_bytes(1000, 4)
     assert ring == 1500  # 2 (P-1)/P of the dense bytes
     # The busiest rank receives every message but its own: at best it owns the smallest.
-    assert not exchange.sparse_too_big([100, 200, 300, 50], ring, 0.4)  # 600 <= 600
-    assert exchange.sparse_too_big([100, 200, 301, 50], ring, 0.4)
-    assert exchange.ring_bytes(1000, 1) == 0 and not exchange.sparse_too_big([0], 0, 0.4)
+    assert not policy.sparse_too_big([100, 200, 300, 50], ring, 0.4)  # 600 <= 600
+    assert policy.sparse_too_big([100, 200, 301, 50], ring, 0.4)
+    assert policy.ring_bytes(1000, 1) == 0 and not policy.sparse_too_big([0], 0, 0.4)
 
 
 def test_densify_equals_zeroing_then_adding_in_order():
@@ -251,7 +255,7 @@ def test_densify_equals_zeroing_then_adding_in_order():
     for i, row in zip(ids, vals, strict=True):
         want[i] += row
     got = np.full((50, 7), np.nan, np.float32)  # whatever the slot held before
-    exchange._densify(got, ids, vals, np.zeros(50, np.uint8))
+    dense._densify(got, ids, vals, np.zeros(50, np.uint8))
     assert np.array_equal(got, want)
 
 
@@ -302,7 +306,7 @@ def test_repeated_steps(pool):
 # -- single process -----------------------------------------------------------------------------------------------
 def test_single_process_is_local_coalesce():
     grad = RowSparse(torch.tensor([3, 1, 3]), torch.ones(3, 2), 5)
-    summed, stats = exchange.replicated(grad)
+    summed, stats = replicated(grad)
     assert summed.ids.tolist() == [1, 3] and summed.values[1].tolist() == [2.0, 2.0]
     assert stats.bytes_sent == 0 and stats.as_dict()["strategy"] == "replicated"
 
@@ -310,9 +314,9 @@ def test_single_process_is_local_coalesce():
 def test_bad_arguments():
     grad = RowSparse(torch.tensor([1]), torch.ones(1, 2), 5)
     with pytest.raises(UserError):
-        exchange.replicated(grad, mode="fast")
+        replicated(grad, mode="fast")
     with pytest.raises(UserError):
-        exchange.sharded(grad, [0, 3], lambda rs: None, lambda ids: ids)
+        sharded(grad, [0, 3], lambda rs: None, lambda ids: ids)
     with pytest.raises(UserError):
         RowSparseParam(torch.zeros(5, 2), strategy="gossip")
     with pytest.raises(UserError):
@@ -327,7 +331,7 @@ def test_initial_rows_are_a_function_of_seed_and_key():
 
 
 def test_key_owner_spreads_keys():
-    owners = exchange.key_owner(np.arange(3000, dtype=np.int64) * 4, 3)
+    owners = key_owner(np.arange(3000, dtype=np.int64) * 4, 3)
     assert set(np.bincount(owners, minlength=3).tolist()) <= set(range(900, 1100))
 
 
@@ -337,5 +341,20 @@ def test_predicted_message_size_is_exact(rows, values):
     rng = np.random.default_rng(0)
     for density in [0.0, 0.01, 0.3, 0.7, 1.0]:
         ids = torch.from_numpy(np.flatnonzero(rng.random(ROWS) < density).astype(np.int64))
-        rc = exchange._RowCodec(ROWS, DIM, rows, values, None)
+        rc = RowMessages(ROWS, DIM, rows, values, None)
         assert rc.size(ids) == rc.encode(ids, torch.randn(ids.shape[0], DIM)).shape[0]
+
+
+@pytest.mark.parametrize("mode", ["auto", "sparse", "dense"])
+def test_fused_table_may_go_dense_from_its_ring_bytes_alone(mode):
+    """Whether the fused sync needs the sizes first: exactly when a dense path is possible for some sizes, i.e.
+    forced, or (auto) when the table's ring all-reduce reaches the minimum."""
+    fx = FusedExchange(transport="tcp")
+    for num_rows, dim, world, floor in [(0, 4, 2, 0), (1000, 8, 2, 1 << 20), (40000, 16, 3, 1 << 20),
+                                        (40000, 16, 2, 0), (10, 1, 8, 64), (10, 1, 8, 63)]:
+        fx.dense_path_min_bytes = floor
+        table = Segment("t", torch.zeros(0, dtype=torch.int64), torch.zeros(0, dim), num_rows)
+        want = mode == "dense" or (mode == "auto" and policy.ring_bytes(num_rows * dim * 4, world) >= floor)
+        assert fx._may_go_dense(policy.Mode(mode), table, world) == want
+        keys = Segment("k", torch.zeros(0, dtype=torch.int64), torch.zeros(0, dim))
+        assert not fx._may_go_dense(policy.Mode(mode), keys, world)  # keys have no dense form

@@ -10,8 +10,10 @@ from torch import nn
 
 from dist_utils import DistPool
 from sparsembed import optim
+from sparsembed.errors import UserError
+from sparsembed.nn.families import DenseParam, Family, RowSparseParam, SparseParam, families
 from sparsembed.nn.hashembedding import HashEmbedding
-from sparsembed.nn.parallel import families, parallel
+from sparsembed.nn.parallel import parallel
 
 DIM = 4
 BIG = 1 << 40  # user id space
@@ -90,16 +92,14 @@ def _train_ranks(opt_name: str, steps: int, fuse: str) -> tuple[dict, list]:
     """Runs on each rank: its half of every batch, sync, step."""
     import torch.distributed as dist
 
-    from sparsembed.nn import parallel as par
-
     rank = dist.get_rank()
     model = _model()
-    par.DENSE_PATH_MIN_BYTES = 0 if fuse.startswith("fused-dense") else 1 << 20  # small tables may take the dense path
-    par.SHARED_CAPACITY = 64 if fuse == "fused-shm-grow" else 1 << 20  # too small: all ranks grow their slots
     tcp = fuse in ("fused-tcp", "fused-overflow", "fused-dense-tcp")
     pm = parallel(model, fuse=fuse != "unfused", transport="tcp" if tcp else "auto")
+    pm.fused.dense_path_min_bytes = 0 if fuse.startswith("fused-dense") else 1 << 20  # small tables may go dense
+    pm.fused.shared_capacity = 64 if fuse == "fused-shm-grow" else 1 << 20  # too small: all ranks grow their slots
     if fuse == "fused-overflow":
-        pm._eager_cap = 64  # every message overflows the first round: the tails take a second one
+        pm.fused.eager_capacity = 64  # every message overflows the first round: the tails take a second one
     opt = OPTS[opt_name](pm)
     modes = []
     for step in range(steps):
@@ -174,11 +174,35 @@ def test_average_false_sums(pool: DistPool, fuse: bool) -> None:
     assert avg[3].abs().sum() > 0  # side: used on rank 0 only, its rows still reach rank 1
 
 
+def _unfused_phases(transport: str) -> dict:
+    import torch.distributed as dist
+
+    model = _model()
+    pm = parallel(model, fuse=False, transport=transport)
+    _loss(pm, _batch(0, dist.get_rank())).backward()
+    return {s.name: sorted(s.phases) for s in pm.sync()}
+
+
+def test_unfused_tcp_never_uses_shared_memory(pool: DistPool) -> None:
+    auto, tcp = (pool.run(_unfused_phases, t)[0] for t in ("auto", "tcp"))
+    for name in ("item.weight", "bag.weight", "side.weight"):
+        assert any(p.startswith("shm") for p in auto[name]), (name, auto[name])  # the ranks share this host
+        assert tcp[name] and not any(p.startswith("shm") for p in tcp[name]), (name, tcp[name])
+
+
 def test_families_classify_every_parameter() -> None:
     fam = families(Net())
     assert [n for n, _ in fam.hashed] == ["user", "tags"]
     assert [n for n, _ in fam.sparse] == ["item.weight", "bag.weight", "side.weight"]
     assert [n for n, _ in fam.dense] == ["head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"]
+    assert fam[Family.HASHED] is fam.hashed and fam["sparse"] is fam.sparse and fam[Family.DENSE] is fam.dense
+
+
+def test_bad_settings_are_refused_at_construction() -> None:
+    for bad in ({"transport": "udp"}, {"mode": "fast"}):
+        with pytest.raises(UserError, match="invalid setting: parallel"):
+            parallel(Net(), **bad)
+    assert parallel(Net(), mode="dense", transport="tcp").mode == "dense"  # strings and members alike
 
 
 def test_hash_rows_are_a_function_of_seed_and_id() -> None:
@@ -188,6 +212,15 @@ def test_hash_rows_are_a_function_of_seed_and_id() -> None:
     assert torch.equal(a.lookup(ids), b.lookup(ids.flip(0)).flip(0))
     assert not torch.equal(a.lookup(ids), HashEmbedding(DIM, seed=4).lookup(ids))
     assert a(ids.view(3, 1)).shape == (3, 1, DIM)
+
+
+def test_hashed_family_is_one_table() -> None:
+    """HashEmbedding and the standalone SparseParam keep their rows alike: same rows, same creation order."""
+    ids = torch.arange(100) * 1_000_003 - 50
+    emb, param = HashEmbedding(DIM, seed=5, capacity=4), SparseParam(DIM, seed=5, init_scale=DIM**-0.5, capacity=4)
+    assert torch.equal(emb.lookup(ids), param.lookup(ids))
+    assert torch.equal(emb.keys(), torch.from_numpy(param.keys()))
+    assert [c.family for c in (SparseParam, RowSparseParam, DenseParam)] == [Family.HASHED, Family.SPARSE, Family.DENSE]
 
 
 def test_forward_past_capacity_grows_storage() -> None:

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparsembed.bench.shards import bench_shards
 from sparsembed.comm.sharding import (
     SCHEMES,
     ShardMap,
-    bench_shards,
     expected_loads,
     load_summary,
     measure_loads,

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from dist_utils import DistPool
-from sparsembed.comm import exchange
+from sparsembed.comm.replicated import replicated
+from sparsembed.comm.sharded import even_boundaries, sharded
 from sparsembed.rows.coalesce import RowSparse
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(180)]
@@ -99,7 +100,7 @@ def _rss_mb() -> float:
 def _case_soak(seed: int, steps: int) -> dict:
     dist = torch.distributed
     rank = dist.get_rank()
-    b = exchange.even_boundaries(ROWS, WORLD)
+    b = even_boundaries(ROWS, WORLD)
     lo, hi = int(b[rank]), int(b[rank + 1])
     weight = torch.zeros(ROWS, DIM)  # sharded steps: owned rows exact, others as last pulled
     reference = torch.zeros(ROWS, DIM)  # the weight a dense all_reduce trainer would hold
@@ -119,7 +120,7 @@ def _case_soak(seed: int, steps: int) -> dict:
         try:
             if plan["strategy"].startswith("replicated"):
                 mode = plan["strategy"].split("-")[1]
-                summed, stats = exchange.replicated(
+                summed, stats = replicated(
                     grad, rows=plan["rows"], compress=plan["compress"], mode=mode, name=f"soak{step}",
                     transport="tcp" if step % 2 else "auto",  # gloo and shared memory in turn
                 )
@@ -138,7 +139,7 @@ def _case_soak(seed: int, steps: int) -> dict:
                     "few": np.random.default_rng([seed, step, 9]).choice(ROWS, 7, replace=False),
                     "all": np.arange(ROWS),
                 }[plan["pull"]]
-                fresh, stats = exchange.sharded(
+                fresh, stats = sharded(
                     grad,
                     b,
                     apply_owned,

@@ -11,7 +11,8 @@ from gensim.test.utils import datapath
 from scipy import stats
 
 from sparsembed.errors import UserError
-from sparsembed.word2vec.vectors import UnknownWordError, Vectors, _average_ranks
+from sparsembed.word2vec.evaluate import _average_ranks
+from sparsembed.word2vec.vectors import UnknownWordError, Vectors
 
 SECTIONS = ("capital-common-countries", "family", "gram3-comparative", "gram7-past-tense")
 PER_SECTION = 120

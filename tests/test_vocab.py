@@ -10,8 +10,8 @@ from gensim.models import Word2Vec
 from gensim.models.word2vec import LineSentence
 
 from sparsembed.errors import UserError
-from sparsembed.word2vec.corpus import scan_corpus
-from sparsembed.word2vec.vocab import Vocab, alias_draw, build_vocab
+from sparsembed.word2vec.corpus import build_vocab, scan_corpus
+from sparsembed.word2vec.vocab import Vocab, alias_draw
 
 logging.getLogger("gensim").setLevel(logging.WARNING)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 from sparsembed import Word2Vec
 from sparsembed.errors import UserError
 from sparsembed.word2vec.demo import generate_corpus, write_analogies
-from sparsembed.word2vec.model import Settings, job_boundaries
+from sparsembed.word2vec.model import TrainingState
+from sparsembed.word2vec.schedule import job_boundaries
+from sparsembed.word2vec.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +136,33 @@ def test_job_boundaries_cover_whole_sentences() -> None:
     assert bounds[0] == 0 and bounds[-1] == 5 and np.all(np.diff(bounds) > 0)
     assert job_boundaries(starts, 1000).tolist() == [0, 5]
     assert job_boundaries(starts, 1).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_public_training_steps_replay_train_exactly(planted, tmp_path: Path) -> None:
+    """A training loop's steps are public (the data-parallel trainer drives them): running every job in order
+    through them gives train()'s matrices and history bit for bit, and save_state of a snapshot taken before the
+    last epoch is the checkpoint a run stopped there would have written."""
+    corpus, _ = planted
+    whole = Word2Vec(corpus, **_small())
+    model = Word2Vec(**_small())
+    model.build_vocab(corpus)
+    schedule, tables = model.schedule(), model.kernel_tables()
+    reporter = model.reporter(schedule, quiet=True)
+    earlier = None
+    while not model.done:
+        if model.position.epoch == model.settings.epochs - 1 and earlier is None:
+            earlier = TrainingState(model.syn0.copy(), model.syn1.copy(), replace(model.position),
+                                    list(model.history))
+        for job in range(model.position.job, schedule.n_jobs):
+            loss, pairs, _ = model.run_job(schedule, model.position.epoch, job, tables)
+            model.advance(schedule, job + 1, float(loss), int(pairs))
+        model.end_epoch(schedule, reporter)
+    np.testing.assert_array_equal(whole.syn0, model.syn0)
+    np.testing.assert_array_equal(whole.syn1, model.syn1)
+    assert whole.history == model.history
+    model.save_state(tmp_path, earlier)
+    resumed = Word2Vec.load(tmp_path, with_corpus=True)
+    assert (resumed.position.epoch, resumed.position.job) == (model.settings.epochs - 1, 0)
+    resumed.train(progress=False)
+    np.testing.assert_array_equal(whole.syn0, resumed.syn0)
+    assert whole.history == resumed.history

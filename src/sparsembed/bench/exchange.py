@@ -1,4 +1,4 @@
-"""Benchmark the sparse gradient exchange (issue 4) against what PyTorch does, on gloo: ``sparsembed bench exchange``.
+"""Benchmark the sparse gradient exchange against what PyTorch does, on gloo: ``sparsembed bench exchange``.
 
     sparsembed bench exchange --nproc 2 --rows 200000 --dim 128 --ids 8192 --json
     sparsembed bench exchange --sweep --json
@@ -15,7 +15,7 @@ untimed, once the rank has pushed out of its caches what the previous call left 
 default: only the input in cache, as a backward pass leaves it; :data:`EVICT_BYTES`), or before the barrier
 (``"settled"``):
 
-* ``ours``: :func:`sparsembed.comm.exchange.replicated` (coalesce, encode, one eager round of sizes and messages,
+* ``ours``: :func:`sparsembed.comm.replicated.replicated` (coalesce, encode, one eager round of sizes and messages,
   decode, merge; sparse or dense by density), with each rank's per-phase medians (``phases_ms``, from
   ``ExchangeStats.phases``);
 * ``torch_sparse``: ``dist.all_reduce`` of the uncoalesced int64 COO gradient, as DDP does for
@@ -45,16 +45,15 @@ from typing import Any
 
 import numpy as np
 
+from sparsembed.comm.policy import Transport
 from sparsembed.dataparallel.launch import free_port
 from sparsembed.errors import UserError
 
-__all__ = ["SWEEP", "VALUES", "INPUTS", "ALIGN", "ROWS_ENCODINGS", "run_exchange_bench", "rank_main", "under_torchrun",
+__all__ = ["SWEEP", "INPUTS", "ALIGN", "ROWS_ENCODINGS", "run_exchange_bench", "rank_main", "under_torchrun",
            "zipf_ids", "density_ids", "format_text"]
 
 #: Densities of distinct rows that ``sweep`` measures (fractions of ``rows``).
 SWEEP = [0.001, 0.01, 0.03, 0.1, 0.2, 0.4, 0.7, 1.0]
-#: Wire dtypes of the values (:func:`sparsembed.rows.codec.encode`).
-VALUES = ("fp32", "fp16", "bf16")
 #: Row-set encodings ``ours`` may be forced to (``auto``: the codec's choice).
 ROWS_ENCODINGS = ("auto", "index", "bitmap", "roaring")
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
@@ -84,22 +83,23 @@ def under_torchrun(environ: Any = None) -> bool:
 
 
 #: Seconds every rank sleeps between the barrier and a timed call. Right after a large all-reduce, one rank of
-#: a gloo barrier returns ~1.2 ms after the other (median, 2 ranks on 2 cores; 0.06 ms with this pause, 0.01 ms
-#: without the all-reduce): without it every method's time would include that lag.
+#: a gloo barrier returns well after the other, and this pause absorbs the lag (measured, see BENCHMARKS.md):
+#: without it every method's time would include it.
 SETTLE = 2e-3
 
 
 #: ``--align``: how ranks line up their starts right before a timed call. ``auto``: through shared-memory flags
 #: (:class:`sparsembed.comm.shm.HostBarrier`) when every rank is on this host, else nothing more than the barrier;
-#: ``barrier``: never (each rank starts when its barrier, pause and input are done). With ``barrier``, 2 ranks on 2
-#: shared cores started 0.03-0.87 ms apart before our exchange and ~1.4 ms apart before torch's (medians of 8 runs),
+#: ``barrier``: never (each rank starts when its barrier, pause and input are done). With ``barrier``, ranks on
+#: shared cores start apart by a good part of a sparse exchange's time, more before torch's calls than before ours,
 #: and every method's slowest-rank time includes that wait: a property of the harness, not of the exchange (which
-#: ``from_last_arrival_ms`` leaves out after the fact); with the flags, 0.03 ms.
+#: ``from_last_arrival_ms`` leaves out after the fact); the flags line them up far closer (measured, see
+#: BENCHMARKS.md).
 ALIGN = ("auto", "barrier")
 
 
 #: Bytes each rank writes to push out of the caches what the previous timed call left, larger than the
-#: last-level cache of common servers (32 MiB on the 2-core machine of BENCHMARKS.md). Without it, each method
+#: last-level cache of common servers. Without it, each method
 #: would inherit the caches of the one before: ours ran after the dense all-reduce, whose 100 MB leave every
 #: buffer cold, and torch's sparse all-reduce after ours, which leaves them warm.
 EVICT_BYTES = 64 << 20
@@ -148,19 +148,19 @@ def rank_main(rank: int, world: int, init_method: str, cfg: dict) -> list[dict]:
     import torch
     import torch.distributed as dist
 
-    from sparsembed.comm import exchange
+    from sparsembed.comm.replicated import replicated
     from sparsembed.rows.coalesce import RowSparse
 
     torch.set_num_threads(1)
     timeout = timedelta(seconds=cfg.get("collective_timeout", 300))
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world, timeout=timeout)
     try:
-        return _run_points(rank, world, cfg, torch, dist, exchange, RowSparse)
+        return _run_points(rank, world, cfg, torch, dist, replicated, RowSparse)
     finally:
         dist.destroy_process_group()
 
 
-def _run_points(rank: int, world: int, cfg: dict, torch: Any, dist: Any, exchange: Any, RowSparse: Any) -> list:
+def _run_points(rank: int, world: int, cfg: dict, torch: Any, dist: Any, replicated: Any, RowSparse: Any) -> list:
     rows, dim = cfg["rows"], cfg["dim"]
     align, aligned_by = _aligner(cfg.get("align", "auto"))
     perm = np.random.default_rng(cfg["seed"]).permutation(rows)  # the same row ranking on every rank
@@ -182,7 +182,7 @@ def _run_points(rank: int, world: int, cfg: dict, torch: Any, dist: Any, exchang
         for step in range(cfg["warmup"] + cfg["steps"]):
             ids, vals = grads[step % len(grads)]
             *t_ours, (_, stats) = _time(dist, torch, partial(_row_sparse, RowSparse, ids, vals, rows), evict, align,
-                                        exchange.replicated, rows=cfg["rows_encoding"], values=cfg["values"],
+                                        replicated, rows=cfg["rows_encoding"], values=cfg["values"],
                                         transport=cfg.get("transport", "auto"))
             *t_coo, _ = _time(dist, torch, partial(_coo, torch, ids, vals, rows), evict, align, dist.all_reduce)
             *t_dense, _ = _time(dist, torch, partial(_same, dense), evict, align, dist.all_reduce)
@@ -274,8 +274,11 @@ def _check(nproc: int | None, rows: int, dim: int, ids: int, steps: int, warmup:
             raise UserError(f"bench exchange: {name} must be >= {low}, got {value}")
     if nproc is not None and nproc < 1:
         raise UserError(f"bench exchange: --nproc must be >= 1, got {nproc}")
-    if values not in VALUES:
-        raise UserError(f"bench exchange: --values must be one of {', '.join(VALUES)}, got {values!r}")
+    from sparsembed.rows.codec import Values  # torch loads only once a benchmark runs
+
+    allowed = [v.value for v in Values]
+    if values not in allowed:
+        raise UserError(f"bench exchange: --values must be one of {', '.join(allowed)}, got {values!r}")
     if rows_encoding not in ROWS_ENCODINGS:
         raise UserError(f"bench exchange: --rows-encoding must be one of {', '.join(ROWS_ENCODINGS)}, "
                         f"got {rows_encoding!r}")
@@ -324,12 +327,7 @@ def run_exchange_bench(
     points: list[dict] = [{"ids": ids}]
     if sweep or densities:
         points += [{"density": d} for d in (densities or SWEEP)]
-    if transport not in ("auto", "tcp"):
-        raise UserError(f"bench exchange: --transport must be auto or tcp, got {transport!r}")
-    if inputs not in INPUTS:
-        raise UserError(f"bench exchange: --inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
-    if align not in ALIGN:
-        raise UserError(f"bench exchange: --align must be one of {', '.join(ALIGN)}, got {align!r}")
+    _check_choices(transport, inputs, align)
     cfg = {"rows": rows, "dim": dim, "seed": seed, "steps": steps, "warmup": warmup, "values": values,
            "rows_encoding": rows_encoding, "points": points, "transport": transport, "inputs": inputs,
            "align": align}
@@ -346,21 +344,36 @@ def run_exchange_bench(
         world = 2 if nproc is None else nproc
         results = _spawn(world, cfg, timeout)
         launcher = "spawn"
+    return _summary(results, cfg, world, launcher, ids, t0)
+
+
+def _check_choices(transport: str, inputs: str, align: str) -> None:
+    if transport not in [t.value for t in Transport]:
+        raise UserError(f"bench exchange: --transport must be {' or '.join(t.value for t in Transport)}, "
+                        f"got {transport!r}")
+    if inputs not in INPUTS:
+        raise UserError(f"bench exchange: --inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+    if align not in ALIGN:
+        raise UserError(f"bench exchange: --align must be one of {', '.join(ALIGN)}, got {align!r}")
+
+
+def _summary(results: list[dict], cfg: dict, world: int, launcher: str, ids: int, t0: float) -> dict:
+    """:func:`run_exchange_bench`'s dict from every point's results (the headline point first)."""
     main = results[0]
     out = {
         "nproc": world,
         "launcher": launcher,
-        "rows": rows,
-        "dim": dim,
+        "rows": cfg["rows"],
+        "dim": cfg["dim"],
         "ids": ids,
-        "values": values,
-        "rows_encoding": rows_encoding,
-        "transport": transport,
-        "inputs": inputs,
-        "align": align,
+        "values": cfg["values"],
+        "rows_encoding": cfg["rows_encoding"],
+        "transport": cfg["transport"],
+        "inputs": cfg["inputs"],
+        "align": cfg["align"],
         "aligned_by": main["aligned_by"],
-        "steps": steps,
-        "warmup": warmup,
+        "steps": cfg["steps"],
+        "warmup": cfg["warmup"],
         "distinct_rows": main["distinct_rows"],
         "mode": main["mode"],
         "encoding": main["encoding"],

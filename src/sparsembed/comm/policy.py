@@ -2,7 +2,7 @@
 
 Sending a matrix's touched rows pays per byte more than a dense all-reduce does (coalescing, encoding, sends,
 decoding, merging), and a dense all-reduce pays for every row whatever was touched. Every replicated path (the
-codec exchange of :mod:`sparsembed.comm.replicated`, the fused sync of :mod:`sparsembed.nn.parallel`, the
+codec exchange of :mod:`sparsembed.comm.replicated`, the fused sync of :mod:`sparsembed.comm.fused`, the
 data-parallel word2vec trainer) asks :func:`goes_dense` the same question from every rank's message size, so all
 ranks of a step take the same decision. The biases were measured with ``sparsembed bench exchange --sweep``
 (BENCHMARKS.md).

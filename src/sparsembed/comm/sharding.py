@@ -20,12 +20,12 @@ parameter-server message (sorted unique keys plus values) does. Optionally the h
 they get the first new ids, belong to no shard (owner -1) and are meant for a dense all-reduce.
 
 ``measure_loads`` cuts the in-vocabulary token stream (``EncodedCorpus.ids``: OOV dropped, no subsampling,
-sentence ends ignored) into consecutive steps of T tokens and counts each shard's distinct rows per step.
+sentence ends ignored) into consecutive steps of T tokens and counts each shard's distinct rows per step; the
+maps compared on a corpus are :mod:`sparsembed.bench.shards`'s (``sparsembed bench shards``).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numba
@@ -35,8 +35,6 @@ from sparsembed.errors import UserError
 
 SCHEMES = ("contiguous", "permuted", "balanced")
 PRIOR_STEPS = 20.0  # weight, in steps, of the model prior in observed_loads: a row seen in no step keeps ~1% of it
-HOT_LOAD = 0.99  # a row touched by at least this fraction of steps is a replication candidate
-_HELDOUT_BLOCK_STEPS = 64  # held-out check: fit on even blocks of this many steps, measure on odd ones (and back)
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -124,7 +122,8 @@ def _check_shards(shards: int, rows: int) -> int:
     return int(shards)
 
 
-def _check_step_tokens(step_tokens: int) -> int:
+def check_step_tokens(step_tokens: int) -> int:
+    """``step_tokens`` as an int; a :class:`UserError` unless it is a positive integer."""
     if isinstance(step_tokens, bool) or not isinstance(step_tokens, (int, np.integer)) or step_tokens < 1:
         raise UserError(f"step_tokens must be a positive integer, got {step_tokens!r}")
     return int(step_tokens)
@@ -143,7 +142,7 @@ def _steps(ids: np.ndarray, step_tokens: int, offset: int = 0) -> int:
 
 def expected_loads(counts: np.ndarray, step_tokens: int) -> np.ndarray:
     """Probability that a step of ``step_tokens`` independent tokens touches each row: 1 - (1 - p)^T."""
-    step_tokens = _check_step_tokens(step_tokens)
+    step_tokens = check_step_tokens(step_tokens)
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 1 or (counts < 0).any() or not np.isfinite(counts).all():
         raise UserError("counts must be a 1-d array of non-negative finite numbers")
@@ -163,7 +162,7 @@ def observed_loads(ids: np.ndarray, counts: np.ndarray, step_tokens: int, offset
     in each half-octave band of counts by observed / expected over that band (the burstiness correction), so
     rows seen in few steps are not taken as never touched.
     """
-    step_tokens = _check_step_tokens(step_tokens)
+    step_tokens = check_step_tokens(step_tokens)
     counts = np.asarray(counts, dtype=np.int64)
     ids = np.ascontiguousarray(ids)
     steps = _steps(ids, step_tokens, offset)
@@ -384,7 +383,7 @@ def measure_loads(shard_map: ShardMap, ids: np.ndarray, step_tokens: int,
 
     Steps are ``ids[offset:]`` cut every ``step_tokens`` tokens; a last partial step is dropped.
     """
-    step_tokens = _check_step_tokens(step_tokens)
+    step_tokens = check_step_tokens(step_tokens)
     ids = np.ascontiguousarray(ids)
     if ids.size and (ids.min() < 0 or ids.max() >= shard_map.num_rows):
         raise UserError(f"token ids must lie in [0, {shard_map.num_rows}) for this shard map")
@@ -405,83 +404,14 @@ def load_summary(loads: np.ndarray) -> dict[str, float]:
     step_mean = loads.mean(axis=1)
     busy = step_mean > 0
     return {
-        "max_over_mean": _ratio(per_shard.max(), per_shard.mean()),
+        "max_over_mean": max_over_mean(per_shard),
         "step_max_over_mean": float((loads.max(axis=1)[busy] / step_mean[busy]).mean()) if busy.any() else 1.0,
         "mean_rows_per_step": float(per_shard.mean()),
         "max_rows_per_step": float(per_shard.max()),
     }
 
 
-def _ratio(top: float, mean: float) -> float:
+def max_over_mean(values: np.ndarray) -> float:
+    """The largest of ``values`` over their mean (1.0 when the mean is 0): the imbalance of a per-shard quantity."""
+    top, mean = np.max(values), np.mean(values)
     return float(top / mean) if mean > 0 else 1.0
-
-
-# ----------------------------------------------------------------------------------------------- benchmark
-
-
-def bench_shards(corpus_path: str | os.PathLike, shards: int, step_tokens: int, seed: int = 0,
-                 min_count: int = 5, replicate_top: int = 0) -> dict[str, Any]:
-    """Max/mean shard load for the ``contiguous``, ``permuted`` and ``balanced`` maps of a corpus (JSON-able).
-
-    Every scheme is measured on the same steps (``measure_loads`` at offset 0) and also under the independent-
-    token model (``model_max_over_mean``, the figure an issue quoting expected loads gives). ``balanced`` is fitted
-    by ``observed_loads`` on the steps shifted by half a step (so fit and measurement steps do not coincide);
-    it also reports ``heldout_max_over_mean`` (fit on even blocks of 64 steps, measured on the odd ones and the
-    other way round; the worse of the two) and ``counts_only_max_over_mean`` (LPT by ``expected_loads``, no corpus
-    pass). ``replicate_top`` rows are replicated in ``balanced`` only.
-    """
-    from sparsembed.word2vec.corpus import scan_corpus  # the map itself needs no corpus reader
-
-    step_tokens = _check_step_tokens(step_tokens)
-    vocab, corpus = scan_corpus(corpus_path, min_count=min_count)
-    ids, counts = np.ascontiguousarray(corpus.ids), vocab.counts
-    num_rows = len(counts)
-    fit_offset = step_tokens // 2 if len(ids) >= 2 * step_tokens else 0
-    model = expected_loads(counts, step_tokens)
-    maps = {
-        "contiguous": ShardMap.contiguous(num_rows, shards),
-        "permuted": ShardMap.permuted(num_rows, shards, seed),
-        "balanced": ShardMap.from_loads(observed_loads(ids, counts, step_tokens, fit_offset), shards, replicate_top),
-    }
-    result: dict[str, Any] = {}
-    for name, shard_map in maps.items():
-        loads, replicated = measure_loads(shard_map, ids, step_tokens)
-        rows = shard_map.rows_per_shard()
-        result[name] = {**load_summary(loads),
-                        "model_max_over_mean": _ratio(*_max_mean(shard_map.per_shard(model))),
-                        "rows_max_over_mean": _ratio(*_max_mean(rows)),
-                        "rows_min": int(rows.min()), "rows_max": int(rows.max()),
-                        "replicated_rows": shard_map.replicated,
-                        "replicated_rows_per_step": float(replicated.mean())}
-    counts_only = ShardMap.from_loads(model, shards, replicate_top)
-    result["balanced"]["counts_only_max_over_mean"] = load_summary(measure_loads(counts_only, ids, step_tokens)[0])[
-        "max_over_mean"]
-    result["balanced"]["heldout_max_over_mean"] = _heldout(ids, counts, shards, step_tokens, replicate_top)
-    result["balanced"]["hot_rows"] = int((observed_loads(ids, counts, step_tokens) >= HOT_LOAD).sum())
-    result.update({"corpus": str(corpus_path), "shards": int(shards), "step_tokens": step_tokens, "seed": int(seed),
-                   "min_count": int(min_count), "replicate_top": int(replicate_top), "rows": num_rows,
-                   "tokens": int(len(ids)), "steps": int(len(ids) // step_tokens),
-                   "distinct_rows_per_step": float(result["contiguous"]["mean_rows_per_step"] * shards),
-                   "model_distinct_rows_per_step": float(model.sum())})
-    return result
-
-
-def _max_mean(values: np.ndarray) -> tuple[float, float]:
-    return float(np.max(values)), float(np.mean(values))
-
-
-def _heldout(ids: np.ndarray, counts: np.ndarray, shards: int, step_tokens: int,
-             replicate_top: int) -> float | None:
-    """Worst max/mean of a balanced map fitted on one half of the blocks of steps and measured on the other."""
-    block = _HELDOUT_BLOCK_STEPS * step_tokens
-    blocks = len(ids) // block
-    if blocks < 2:
-        return None  # too short a corpus for two halves of whole blocks
-    stacked = ids[: blocks * block].reshape(blocks, block)
-    worst = 0.0
-    for fit, held in ((0, 1), (1, 0)):
-        shard_map = ShardMap.from_loads(observed_loads(stacked[fit::2].ravel(), counts, step_tokens), shards,
-                                        replicate_top)
-        loads, _ = measure_loads(shard_map, stacked[held::2].ravel(), step_tokens)
-        worst = max(worst, load_summary(loads)["max_over_mean"])
-    return worst

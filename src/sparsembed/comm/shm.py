@@ -7,12 +7,12 @@ slot, says so, and each rank reads its peers' slots in place once every rank has
 
 "Says so" is a sequence number and a size in the rank's own cache line of the segment, which the peers poll
 (x86-64 keeps stores in order, so a peer that sees the number sees the message). Even a tiny gloo all-gather
-costs 0.3 ms a round on loopback, as much as decoding a 2 MB message; polling costs microseconds when the ranks
-arrive together. torch.distributed still runs the group (launch, rendezvous, every other collective); the wait
-is bounded by the group's timeout and ends at once when a peer's process is gone (the ranks' pids are in the
-segment), raising an error that :class:`sparsembed.dataparallel.watchdog.PeerWatch` turns into one line naming the rank. On
-other architectures (weaker memory ordering), or with ``SPARSEMBED_SHM_SYNC=collective``, the sizes go through
-one tiny all-gather of torch.distributed instead.
+costs about as much as decoding a megabyte-sized message; polling costs microseconds when the ranks arrive
+together (measured, see BENCHMARKS.md). torch.distributed still runs the group (launch, rendezvous, every other
+collective); the wait is bounded by the group's timeout and ends at once when a peer's process is gone (the
+ranks' pids are in the segment), raising an error that :class:`sparsembed.dataparallel.watchdog.PeerWatch` turns
+into one line naming the rank. On other architectures (weaker memory ordering), or with
+``SPARSEMBED_SHM_SYNC=collective``, the sizes go through one tiny all-gather of torch.distributed instead.
 
 :class:`HostMatrix` goes further for a matrix every rank trains (data-parallel word2vec): the agreed reference
 (one copy for the host), each rank's working copy and its marks of touched rows all live in the segment, and an
@@ -279,7 +279,7 @@ class HostCounter(_Segment):
 class HostBarrier(_Segment):
     """A barrier for the ranks of one host through their flag lines: once the last rank arrives, every rank
     leaves within microseconds (the waiting ranks poll, :data:`SPIN_SECONDS` then yielding), where a gloo barrier
-    on loopback lets one rank go up to a millisecond after the other. Collective to create."""
+    on loopback lets one rank go much later than the other (measured, see BENCHMARKS.md). Collective to create."""
 
     def __init__(self, group: Any = None, timeout: float | None = None) -> None:
         super().__init__(0, group, timeout)

@@ -9,11 +9,11 @@ one-line :class:`PeerLost` that names the ranks behind::
     watch = PeerWatch()  # the default group's store, rank and world size
     for step in ...:
         with watch.guard(step, "exchange of syn0"):  # beats `step`, then runs the collectives
-            summed, stats = exchange.replicated(grad, name="syn0")
+            summed, stats = replicated(grad, name="syn0")
 
 Under ``torchrun`` the store is the elastic agent's, so it outlives a rank; with ``init_method="tcp://..."`` it is
 hosted by rank 0, and when rank 0 is the one lost the others report that the store went with it. A beat is one
-``store.set`` of a few bytes (well under a millisecond on loopback), made at most once per step.
+``store.set`` of a few bytes, made at most once per step.
 
 Limits: a peer that died *after* beating the step (inside the collective) is not behind, so the error is then a
 :class:`CollectiveFailed` that quotes gloo's message; reads of a store whose host is stopped (not dead) wait up to

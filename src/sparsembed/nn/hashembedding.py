@@ -1,7 +1,8 @@
 """HashEmbedding: an ``nn.Module`` embedding over arbitrary int64 ids, rows stored in a hash table.
 
-Rows are created on first touch with :func:`sparsembed.rows.keytable.initial_rows` of ``(seed, id)``, so every worker
-creates the same row for the same id without talking: a 2^40 id space costs memory only for the ids seen.
+The module form of the hash-stored family: its rows are a :class:`~sparsembed.rows.keytable.KeyedRows`, created
+on first touch as :func:`~sparsembed.rows.keytable.initial_rows` of ``(seed, id)``, so every worker creates the
+same row for the same id without talking: a 2^40 id space costs memory only for the ids seen.
 ``forward`` returns a tensor autograd flows into; after ``backward`` the module holds a keyed sparse gradient
 (touched ids and their row gradients) that :meth:`sparsembed.nn.parallel.ParallelModel.sync` exchanges and the
 optimizers of :mod:`sparsembed.nn.optim` apply. Cold rows can be evicted (:meth:`HashEmbedding.evict`).
@@ -15,15 +16,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from sparsembed.comm.exchange import coalesce_keyed
+from sparsembed.comm.messages import coalesce_keyed
 from sparsembed.errors import UserError
-from sparsembed.rows.keytable import KeyTable, initial_rows
+from sparsembed.rows.keytable import KeyedRows
 
 __all__ = ["HashEmbedding"]
+
+#: The column of :class:`KeyedRows` holding each row's update count when it was last updated or created (not an
+#: identifier, so no optimizer state name can collide with it).
+_LAST = "last update"
 
 
 class HashEmbedding(nn.Module):
@@ -60,21 +64,27 @@ class HashEmbedding(nn.Module):
         self._grad: tuple[torch.Tensor, torch.Tensor] | None = None  # set by sync(): the exchanged gradient
 
     def _reset(self, capacity: int) -> None:
-        self._table = KeyTable(capacity)
-        self._rows = torch.empty(capacity, self.dim, dtype=torch.float32)
-        self._state: dict[str, torch.Tensor] = {}
-        self._last = np.zeros(capacity, np.int64)  # update count when each row was last updated or created
+        self._keyed = KeyedRows(self.dim, seed=self.seed, scale=self.init_scale, capacity=capacity)
+        self._keyed.column(_LAST, (), torch.int64)
+        self._state_names: list[str] = []  # optimizer state columns, in creation order
         self.updates = 0
+
+    @property
+    def _last(self) -> torch.Tensor:
+        return self._keyed.columns[_LAST]
+
+    def _optimizer_state(self) -> dict[str, torch.Tensor]:
+        return {name: self._keyed.columns[name] for name in self._state_names}
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, rows={len(self)}, seed={self.seed}, max_idle={self.max_idle}"
 
     def __len__(self) -> int:
-        return self._table.size
+        return len(self._keyed)
 
     def keys(self) -> torch.Tensor:
         """Every id held, in creation order."""
-        return torch.from_numpy(self._table.slot_keys[: self._table.size].copy())
+        return torch.from_numpy(self._keyed.keys())
 
     # -- lookup -------------------------------------------------------------------------------------------------
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -83,7 +93,7 @@ class HashEmbedding(nn.Module):
         flat = ids.reshape(-1).to(torch.int64)
         uniq, inverse = torch.unique(flat, return_inverse=True)
         slots = self.slots(uniq)  # first: it may replace the row storage
-        rows = self._rows.index_select(0, slots)
+        rows = self.weight_storage.index_select(0, slots)
         if torch.is_grad_enabled():
             rows.requires_grad_(True)  # a leaf per call: backward leaves the summed row gradients in rows.grad
             self._pending.append((uniq, rows))
@@ -96,47 +106,27 @@ class HashEmbedding(nn.Module):
 
     def slots(self, keys: torch.Tensor) -> torch.Tensor:
         """Storage slots of ``keys``, creating (and initializing) rows for ids seen for the first time."""
-        k = np.ascontiguousarray(keys.numpy(), dtype=np.int64)
-        slots, created = self._table.find_or_insert(k)
-        if self._table.size > self._rows.shape[0]:
-            self._grow(max(self._table.size, 2 * self._rows.shape[0]))
-        if created.any():
-            new = torch.from_numpy(slots[created])
-            self._rows[new] = initial_rows(k[created], self.dim, self.seed, self.init_scale)
-            for s in self._state.values():
-                s[new] = 0.0
-            self._last[slots[created]] = self.updates
-        return torch.from_numpy(slots)
-
-    def _grow(self, capacity: int) -> None:
-        n = self._rows.shape[0]
-        rows = torch.empty(capacity, self.dim, dtype=torch.float32)
-        rows[:n] = self._rows
-        self._rows = rows
-        for name, s in self._state.items():
-            grown = torch.zeros(capacity, self.dim, dtype=s.dtype)
-            grown[:n] = s
-            self._state[name] = grown
-        last = np.zeros(capacity, np.int64)
-        last[:n] = self._last
-        self._last = last
+        slots, new = self._keyed.find_or_create(keys)
+        if new.numel():
+            self._last[new] = self.updates
+        return slots
 
     # -- storage the optimizers update ----------------------------------------------------------------------------
     @property
     def weight_storage(self) -> torch.Tensor:
         """Row storage ``[capacity, dim]`` indexed by :meth:`slots` (slots past ``len(self)`` are garbage)."""
-        return self._rows
+        return self._keyed.rows
 
     def state_rows(self, name: str) -> torch.Tensor:
         """Per-row optimizer state ``name`` aligned with :attr:`weight_storage`, zero for rows never updated."""
-        if name not in self._state:
-            self._state[name] = torch.zeros_like(self._rows)
-        return self._state[name]
+        if name not in self._state_names:
+            self._state_names.append(name)
+        return self._keyed.column(name)
 
     def updated(self, slots: torch.Tensor) -> None:
         """Called by an optimizer after it updated ``slots``: marks them warm, counts the update, evicts."""
         self.updates += 1
-        self._last[slots.numpy()] = self.updates
+        self._last[slots] = self.updates
         if self.max_idle is not None and self.updates % self.max_idle == 0:
             self.evict(self.max_idle)
 
@@ -147,24 +137,22 @@ class HashEmbedding(nn.Module):
         dropped = int(n - keep.sum())
         if dropped:
             self._load(
-                self.keys()[torch.from_numpy(keep)],
-                self._rows[:n][torch.from_numpy(keep)],
-                {k: v[:n][torch.from_numpy(keep)] for k, v in self._state.items()},
+                self.keys()[keep],
+                self.weight_storage[:n][keep],
+                {k: v[:n][keep] for k, v in self._optimizer_state().items()},
                 self._last[:n][keep],
                 self.updates,
             )
         return dropped
 
-    def _load(self, keys: torch.Tensor, rows: torch.Tensor, state: dict, last: np.ndarray, updates: int) -> None:
+    def _load(self, keys: torch.Tensor, rows: torch.Tensor, state: dict, last: torch.Tensor, updates: int) -> None:
         """Replace the whole table by ``keys`` with these rows, state and last-update counts."""
         n = keys.shape[0]
         self._reset(max(2 * n, 16))
-        slots, _ = self._table.find_or_insert(np.ascontiguousarray(keys.numpy(), dtype=np.int64))
-        order = torch.from_numpy(slots)  # fresh table: slots are 0..n-1 in this order, but say so explicitly
-        self._rows[order] = rows.float()
+        order = self._keyed.put(keys, rows)  # fresh table: slots are 0..n-1 in this order, but say so explicitly
         for name, s in state.items():
             self.state_rows(name)[order] = s.float()
-        self._last[slots] = last
+        self._last[order] = torch.as_tensor(last, dtype=torch.int64)
         self.updates = int(updates)
 
     # -- gradient -------------------------------------------------------------------------------------------------
@@ -196,16 +184,15 @@ class HashEmbedding(nn.Module):
         n = len(self)
         keys = self.keys()
         order = torch.argsort(keys)
-        idx = order.numpy()
         return {
             "keys": keys[order],
-            "weight": self._rows[:n][order].clone(),
-            "state": {k: v[:n][order].clone() for k, v in self._state.items()},
-            "last": torch.from_numpy(self._last[:n][idx].copy()),
+            "weight": self.weight_storage[:n][order].clone(),
+            "state": {k: v[:n][order].clone() for k, v in self._optimizer_state().items()},
+            "last": self._last[:n][order].clone(),
             "updates": self.updates,
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`get_extra_state` saved."""
-        self._load(state["keys"], state["weight"], state["state"], state["last"].numpy(), state["updates"])
+        self._load(state["keys"], state["weight"], state["state"], state["last"], state["updates"])
         self.zero_grad()

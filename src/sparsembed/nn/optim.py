@@ -1,11 +1,13 @@
 """Optimizers that update only the rows a step touched: :class:`SGD`, :class:`Adagrad` and a lazy :class:`Adam`.
 
 They take the model (or its :class:`~sparsembed.nn.parallel.ParallelModel`) rather than a parameter list, because a
-:class:`~sparsembed.nn.hashembedding.HashEmbedding` has no ``nn.Parameter``. Per family:
+:class:`~sparsembed.nn.hashembedding.HashEmbedding` has no ``nn.Parameter``, and walk the same
+:func:`~sparsembed.nn.families.families` as the ``ParallelModel``. Per family:
 
-* dense parameters: the whole tensor, as torch's optimizers do (the same formulas and defaults);
-* sparse embedding weights (sparse COO gradient) and HashEmbedding tables: only the rows in the gradient, and
-  only their optimizer state (lazy: an untouched row's Adam moments do not decay, as in ``torch.optim.SparseAdam``).
+* dense: the whole tensor, as torch's optimizers do (the same formulas and defaults);
+* sparse (sparse embedding weights, sparse COO gradient) and hashed (HashEmbedding tables): only the rows in the
+  gradient, and only their optimizer state (lazy: an untouched row's Adam moments do not decay, as in
+  ``torch.optim.SparseAdam``).
 
 State checkpoints with the model: dense and sparse-weight state in :meth:`Optimizer.state_dict`; the state of
 HashEmbedding rows lives beside the rows (evicted with them) and is saved in the model's ``state_dict``.
@@ -20,7 +22,8 @@ import torch
 from torch import nn
 
 from sparsembed.errors import UserError
-from sparsembed.nn.parallel import ParallelModel, families
+from sparsembed.nn.families import families
+from sparsembed.nn.parallel import ParallelModel
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "Adam"]
 
@@ -35,7 +38,7 @@ class Optimizer:
         if lr <= 0:
             raise UserError(f"{type(self).__name__}: lr must be > 0, got {lr}")
         module = model.module if isinstance(model, ParallelModel) else model
-        self.families = families(module)
+        self.families = families(module)  # the classification ParallelModel uses, in the same order
         self.lr = float(lr)
         self.steps = 0
         self.state: dict[str, dict[str, torch.Tensor]] = {}

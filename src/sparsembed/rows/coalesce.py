@@ -13,7 +13,7 @@ import numba
 import numpy as np
 import torch
 
-from sparsembed.rows.rowsets import _strictly_increasing
+from sparsembed.rows.rowsets import strictly_increasing
 
 __all__ = ["RowSparse", "VALUE_DTYPES"]
 
@@ -101,7 +101,7 @@ class RowSparse:
     def is_coalesced(self) -> bool:
         """True when ids are strictly increasing (checked once, then remembered until ids change)."""
         if not self._coalesced:
-            self._coalesced = bool(_strictly_increasing(self.ids.numpy()))
+            self._coalesced = bool(strictly_increasing(self.ids.numpy()))
         return self._coalesced
 
     # -- coalescing -------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ optionally zstd / lz4 compressed) and the values, ``n x dim`` rows in the wire d
         48     8  checksum of everything else: header[:48], id section, values
 
 The checksum is a 64-bit xxHash64-style hash (4 multiply-rotate lanes, not bit-compatible with xxh64), chained
-over the three parts. It runs at memory speed, where zlib's CRC-32 (~2-4 GB/s) would cap the round trip.
+over the three parts. It runs at memory speed, where zlib's CRC-32 would cap the round trip (measured, see
+BENCHMARKS.md). Compressing the id section is :mod:`sparsembed.rows.compress`'s.
 
 :func:`decode` checks every field and length before it allocates anything and raises :class:`CodecError` on
 any malformed input: truncation, bad magic / version / codes, checksum mismatch, sizes that do not add up,
@@ -37,21 +38,23 @@ import numpy as np
 import torch
 
 from sparsembed.errors import UserError
+from sparsembed.rows import compress as compression
 from sparsembed.rows import rowsets
 from sparsembed.rows.coalesce import RowSparse
+from sparsembed.rows.compress import MAX_EXPANSION
 
-__all__ = ["CodecError", "Values", "encode", "encode_array", "decode", "header", "MAGIC", "VERSION", "HEADER_SIZE"]
+__all__ = ["CodecError", "Values", "value_type", "encode", "encode_array", "decode", "header", "MAGIC", "VERSION",
+           "HEADER_SIZE", "MAX_EXPANSION"]
 
 MAGIC = b"SPRW"
 VERSION = 1
 _HEADER = struct.Struct("<4sBBBBQQIIQQQ")
 HEADER_SIZE = _HEADER.size
 _SUM_OFFSET = 48
-#: Sanity limits: rows addressable by the format, widest row, and the most a compressed id section may expand.
+#: Sanity limits: rows addressable by the format and the widest row (and :data:`MAX_EXPANSION`, the most a
+#: compressed id section may expand, from :mod:`sparsembed.rows.compress`).
 MAX_ROWS = 1 << 48
 MAX_DIM = 1 << 24
-MAX_EXPANSION = 256
-
 
 
 class Values(str, Enum):
@@ -82,8 +85,6 @@ _VALUE_TYPES = {Values.FP32: (0, torch.float32, 4), Values.FP16: (1, torch.float
                 Values.BF16: (2, torch.bfloat16, 2)}
 _DTYPES = {v.value: (v.code, v.dtype, v.width) for v in Values}
 _DTYPE_BY_CODE = {code: name for name, (code, _, _) in _DTYPES.items()}
-_COMPRESS = {None: 0, "zstd": 1, "lz4": 2}
-_COMPRESS_BY_CODE = {code: name for name, code in _COMPRESS.items()}
 
 
 class CodecError(UserError):
@@ -91,6 +92,13 @@ class CodecError(UserError):
     command line reports it in one line, from whichever rank received it)."""
 
     every_rank_reports = True
+
+
+def value_type(values: str) -> Values:
+    """The wire value type named ``values``; a :class:`UserError` naming the allowed ones otherwise."""
+    if values not in _DTYPES:
+        raise UserError(f"codec.encode: values must be one of {sorted(_DTYPES)}, got {values!r}")
+    return Values(values)
 
 
 def encode(rs: RowSparse, rows: str = "auto", values: str = "fp32", compress: str | None = None) -> bytes:
@@ -144,9 +152,8 @@ def encode_array(rs: RowSparse, rows: str = "auto", values: str = "fp32", compre
 
 def _prepare(rs: RowSparse, rows: str, values: str, compress: str | None) -> tuple[list, bytes, np.ndarray]:
     """Header fields (checksum 0), id section and value bytes of a message."""
-    if values not in _DTYPES:
-        raise UserError(f"codec.encode: values must be one of {sorted(_DTYPES)}, got {values!r}")
-    if compress not in _COMPRESS:
+    value_type(values)
+    if compress not in compression.CODES:
         raise UserError(f"codec.encode: compress must be None, 'zstd' or 'lz4', got {compress!r}")
     if rows != "auto" and rows not in rowsets.ENCODINGS:
         raise UserError(f"codec.encode: rows must be 'auto' or one of {sorted(rowsets.ENCODINGS)}, got {rows!r}")
@@ -161,11 +168,11 @@ def _prepare(rs: RowSparse, rows: str, values: str, compress: str | None) -> tup
         id_raw = enc.encode(ids, num_rows)
     except rowsets.RowSetError as e:
         raise UserError(f"codec.encode: {e}") from None
-    id_wire, comp = _compress(id_raw, compress)
+    id_wire, comp = compression.compress(id_raw, compress)
     dcode, torch_dtype, _ = _DTYPES[values]
     vals = rs.values.to(torch_dtype).contiguous()
     payload = (vals.view(torch.int16) if torch_dtype == torch.bfloat16 else vals).numpy().reshape(-1).view(np.uint8)
-    fields = [MAGIC, VERSION, enc.code, dcode, _COMPRESS[comp], num_rows, rs.n, rs.dim, 0, len(id_wire)]
+    fields = [MAGIC, VERSION, enc.code, dcode, compression.CODES[comp], num_rows, rs.n, rs.dim, 0, len(id_wire)]
     return [*fields, len(id_raw), 0], id_wire, payload
 
 
@@ -197,7 +204,10 @@ def decode(buf: Any, dtype: str = "fp32", verify: bool = True) -> RowSparse:
         else expect
     if got != expect:
         raise CodecError(f"codec.decode: checksum mismatch (header {expect:#018x}, message {got:#018x})")
-    id_raw = _decompress(mv[HEADER_SIZE:end_ids], _COMPRESS_BY_CODE[ccode], id_raw_len)
+    try:
+        id_raw = compression.decompress(mv[HEADER_SIZE:end_ids], compression.METHODS[ccode], id_raw_len)
+    except compression.CompressError as e:
+        raise CodecError(f"codec.decode: {e}") from None
     try:
         ids = rowsets.get(rcode).decode(id_raw, n, num_rows)
     except rowsets.RowSetError as e:
@@ -223,7 +233,7 @@ def header(buf: Any) -> dict[str, Any]:
     d = dict(zip(names, _parse_header(memoryview(buf).cast("B")), strict=True))
     d["rows"] = rowsets.get(d["rows"]).name
     d["dtype"] = _DTYPE_BY_CODE[d["dtype"]]
-    d["compress"] = _COMPRESS_BY_CODE[d["compress"]]
+    d["compress"] = compression.METHODS[d["compress"]]
     return d
 
 
@@ -240,7 +250,7 @@ def _parse_header(mv: memoryview) -> tuple:
         raise CodecError(f"codec.decode: unknown row-set encoding code {rcode}")
     if dcode not in _DTYPE_BY_CODE:
         raise CodecError(f"codec.decode: unknown value dtype code {dcode}")
-    if ccode not in _COMPRESS_BY_CODE:
+    if ccode not in compression.METHODS:
         raise CodecError(f"codec.decode: unknown compression code {ccode}")
     if reserved:
         raise CodecError(f"codec.decode: reserved header field is {reserved}, expected 0")
@@ -260,46 +270,6 @@ def _parse_header(mv: memoryview) -> tuple:
     if ccode and id_raw_len > MAX_EXPANSION * id_len + 4096:
         raise CodecError(f"codec.decode: id section would expand {id_len} -> {id_raw_len} bytes")
     return head
-
-
-def _compress(raw: bytes, method: str | None) -> tuple[bytes, str | None]:
-    if method is None or not raw:
-        return raw, None
-    if method == "zstd":
-        import zstandard
-
-        out = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(raw)
-    else:
-        import lz4.block
-
-        out = lz4.block.compress(raw, store_size=False)
-    # Keep it only if smaller, and within what decode accepts as a plausible expansion.
-    if len(out) >= len(raw) or len(raw) > MAX_EXPANSION * len(out) + 4096:
-        return raw, None
-    return out, method
-
-
-def _decompress(data: memoryview, method: str | None, raw_len: int) -> bytes | memoryview:
-    if method is None:
-        return data
-    try:
-        if method == "zstd":
-            import zstandard
-
-            if zstandard.frame_content_size(data) != raw_len:
-                raise CodecError("codec.decode: zstd frame size disagrees with the header")
-            out = zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_len)
-        else:
-            import lz4.block
-
-            out = lz4.block.decompress(data, uncompressed_size=raw_len)
-    except CodecError:
-        raise
-    except Exception as e:  # zstd / lz4 raise their own types on corrupt frames
-        raise CodecError(f"codec.decode: corrupt {method} id section ({e})") from None
-    if len(out) != raw_len:
-        raise CodecError(f"codec.decode: {method} id section gave {len(out)} bytes, header says {raw_len}")
-    return out
 
 
 # -- checksum -----------------------------------------------------------------------------------------------------

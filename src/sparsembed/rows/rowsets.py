@@ -19,7 +19,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["ENCODINGS", "RowSetError", "choose", "get", "Index", "Complement", "Bitmap", "Roaring", "All"]
+__all__ = ["ENCODINGS", "RowSetError", "choose", "get", "strictly_increasing", "Index", "Complement", "Bitmap",
+           "Roaring", "All"]
 
 #: Ids per Rice block; each block spends one byte on its parameter.
 BLOCK = 256
@@ -34,7 +35,7 @@ class RowSetError(ValueError):
 def _check_ids(ids: np.ndarray, n: int, num_rows: int, what: str) -> np.ndarray:
     if ids.shape[0] != n:
         raise RowSetError(f"{what}: header says {n} rows, section holds {ids.shape[0]}")
-    if n and (ids[0] < 0 or ids[-1] >= num_rows or not _strictly_increasing(ids)):
+    if n and (ids[0] < 0 or ids[-1] >= num_rows or not strictly_increasing(ids)):
         raise RowSetError(f"{what}: ids not strictly increasing within [0, {num_rows})")
     return ids
 
@@ -292,7 +293,8 @@ def choose(ids: np.ndarray, num_rows: int) -> type:
 
 # -- compiled kernels ---------------------------------------------------------------------------------------------
 @numba.njit(cache=True, nogil=True)
-def _strictly_increasing(a):  # pragma: no cover - compiled
+def strictly_increasing(a):  # pragma: no cover - compiled
+    """Whether the 1-d array ``a`` is strictly increasing (a valid row set: sorted, no repeats)."""
     for i in range(1, a.shape[0]):
         if a[i] <= a[i - 1]:
             return False

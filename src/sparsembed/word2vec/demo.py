@@ -1,6 +1,7 @@
+# Over 500 lines: the generated language (word lists, planted groups, topics) and the demo that checks it are one story.
 """The built-in corpus behind ``make demo``: generated text with analogies planted by construction.
 
-No downloads: :func:`generate_corpus` writes a few million tokens of synthetic text in a couple of seconds,
+No downloads: :func:`generate_corpus` writes a few million tokens of synthetic text in seconds,
 and :func:`write_analogies` writes the questions that hold in it by construction, in the
 ``questions-words.txt`` format that ``evaluate_word_analogies`` reads.
 
@@ -144,11 +145,8 @@ def _pseudo_words(rng: np.random.Generator, n: int, taken: set[str], closed: boo
     return out
 
 
-@lru_cache(maxsize=8)
-def _world(seed: int) -> _World:
-    """Build (and cache) the seed's vocabulary, planted groups, topics and frequencies."""
-    rng = np.random.default_rng([seed, 0x5EED])
-    taken: set[str] = set(_FUNCTION_WORDS) | {w for pair in _GENDER_PAIRS for w in pair}
+def _groups(rng: np.random.Generator, taken: set[str]) -> list[_Group]:
+    """The planted groups of a world, their stems drawn from ``rng`` (which ``taken`` keeps apart)."""
 
     def stems(n: int) -> list[str]:
         # Derived forms (stem + suffix) must not collide with anything else either.
@@ -161,7 +159,7 @@ def _world(seed: int) -> _World:
                     out.append(stem)
         return out
 
-    groups = [
+    return [
         _Group(
             "gender",
             ("male", "female"),
@@ -194,40 +192,23 @@ def _world(seed: int) -> _World:
         ),
     ]
 
+
+@lru_cache(maxsize=8)
+def _world(seed: int) -> _World:
+    """Build (and cache) the seed's vocabulary, planted groups, topics and frequencies."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    taken: set[str] = set(_FUNCTION_WORDS) | {w for pair in _GENDER_PAIRS for w in pair}
+
+    groups = _groups(rng, taken)
+
     background = list(_FUNCTION_WORDS)
     background += _pseudo_words(rng, _N_BACKGROUND - len(background), taken, closed=False)
     ranks = np.arange(1, _N_BACKGROUND + 1, dtype=np.float64)
     zipf = ranks**-_ZIPF_S
     background_cdf = np.cumsum(zipf / zipf.sum())
 
-    planted, concept, attribute, weight = [], [], [], []
-    n_concepts = n_attributes = 0
-    for group in groups:
-        n_c, n_a = len(group.words), len(group.attributes)
-        # Concepts vary in frequency (log-uniform over a factor 3), forms of one concept less so, like text.
-        c_weight = np.exp(rng.uniform(np.log(0.6), np.log(1.8), size=n_c))
-        a_weight = np.exp(rng.uniform(np.log(0.8), np.log(1.25), size=(n_c, n_a)))
-        for i, forms in enumerate(group.words):
-            for j, word in enumerate(forms):
-                planted.append(word)
-                concept.append(n_concepts + i)
-                attribute.append(n_attributes + j)
-                weight.append(c_weight[i] * a_weight[i, j])
-        n_concepts += n_c
-        n_attributes += n_a
-
-    assert _TOPIC_BAND[0] > len(_FUNCTION_WORDS)
-    attribute_topics = rng.integers(*_TOPIC_BAND, size=(n_attributes, _TOPIC_SIZE))
-    # A word in both a concept's topic and one of its attributes' would co-occur with that planted word
-    # twice as often as any other and show up among its neighbours: concept topics avoid the group's
-    # attribute-topic words (a loop over the 5 groups).
-    concept_topics = np.empty((n_concepts, _TOPIC_SIZE), dtype=np.int64)
-    c0 = a0 = 0
-    for group in groups:
-        n_c, n_a = len(group.words), len(group.attributes)
-        allowed = np.setdiff1d(np.arange(*_TOPIC_BAND), attribute_topics[a0 : a0 + n_a])
-        concept_topics[c0 : c0 + n_c] = rng.choice(allowed, size=(n_c, _TOPIC_SIZE))
-        c0, a0 = c0 + n_c, a0 + n_a
+    planted, concept, attribute, weight = _planted(groups, rng)
+    concept_topics, attribute_topics = _topics(groups, rng)
 
     vocab = np.array(background + planted, dtype=object)
     if len(set(vocab.tolist())) != len(vocab):  # pragma: no cover - guarded by ``taken`` above
@@ -244,6 +225,45 @@ def _world(seed: int) -> _World:
         attribute_topics=attribute_topics,
         background_cdf=background_cdf,
     )
+
+
+def _planted(groups: list[_Group], rng: np.random.Generator) -> tuple[list[str], list[int], list[int], list[float]]:
+    """Every planted word with its global concept and attribute index and its relative frequency."""
+    planted, concept, attribute, weight = [], [], [], []
+    n_concepts = n_attributes = 0
+    for group in groups:
+        n_c, n_a = len(group.words), len(group.attributes)
+        # Concepts vary in frequency (log-uniform over a factor 3), forms of one concept less so, like text.
+        c_weight = np.exp(rng.uniform(np.log(0.6), np.log(1.8), size=n_c))
+        a_weight = np.exp(rng.uniform(np.log(0.8), np.log(1.25), size=(n_c, n_a)))
+        for i, forms in enumerate(group.words):
+            for j, word in enumerate(forms):
+                planted.append(word)
+                concept.append(n_concepts + i)
+                attribute.append(n_attributes + j)
+                weight.append(c_weight[i] * a_weight[i, j])
+        n_concepts += n_c
+        n_attributes += n_a
+    return planted, concept, attribute, weight
+
+
+def _topics(groups: list[_Group], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Background word ids of every concept's and every attribute's topic."""
+    assert _TOPIC_BAND[0] > len(_FUNCTION_WORDS)
+    n_concepts = sum(len(group.words) for group in groups)
+    n_attributes = sum(len(group.attributes) for group in groups)
+    attribute_topics = rng.integers(*_TOPIC_BAND, size=(n_attributes, _TOPIC_SIZE))
+    # A word in both a concept's topic and one of its attributes' would co-occur with that planted word
+    # twice as often as any other and show up among its neighbours: concept topics avoid the group's
+    # attribute-topic words (a loop over the 5 groups).
+    concept_topics = np.empty((n_concepts, _TOPIC_SIZE), dtype=np.int64)
+    c0 = a0 = 0
+    for group in groups:
+        n_c, n_a = len(group.words), len(group.attributes)
+        allowed = np.setdiff1d(np.arange(*_TOPIC_BAND), attribute_topics[a0 : a0 + n_a])
+        concept_topics[c0 : c0 + n_c] = rng.choice(allowed, size=(n_c, _TOPIC_SIZE))
+        c0, a0 = c0 + n_c, a0 + n_a
+    return concept_topics, attribute_topics
 
 
 def _allocate(weights: np.ndarray, total: int, rng: np.random.Generator, floor: int = 5) -> np.ndarray:
@@ -417,6 +437,29 @@ def _section_figures(sections: list[dict]) -> tuple[dict[str, float], dict[str, 
     return acc, n
 
 
+def _show_neighbours(wv: Any, seed: int, say: Callable[[str], None]) -> dict[str, list[tuple[str, float]]]:
+    """Say and return the nearest neighbours of a few planted words."""
+    neighbours: dict[str, list[tuple[str, float]]] = {}
+    say("\nnearest neighbours:")
+    for word in planted_queries(seed):
+        near = [(str(w), float(s)) for w, s in wv.most_similar(word, topn=6)]
+        neighbours[word] = near
+        say(f"  {word:>14}: " + ", ".join(f"{w} {s:.2f}" for w, s in near))
+    return neighbours
+
+
+def _show_analogies(wv: Any, questions: Path, say: Callable[[str], None]
+                    ) -> tuple[float, dict[str, float], dict[str, int]]:
+    """Say and return the planted-analogy accuracy: in total, and per section with its question count."""
+    score, sections = _analogy_score(wv.evaluate_word_analogies(str(questions)))
+    acc, sizes = _section_figures([s for s in sections if s["section"] != "Total accuracy"])
+    say("\nplanted-analogy accuracy:")
+    for name in acc:
+        say(f"  {name:<30} {acc[name]:7.1%}  ({sizes[name]} questions)")
+    say(f"  {'total':<30} {float(score):7.1%}")
+    return score, acc, sizes
+
+
 def run_demo(
     out_dir: str | os.PathLike | None = None,
     model: str = "cbow",
@@ -432,8 +475,8 @@ def run_demo(
     removed afterwards. ``model``: ``"cbow"`` or ``"skipgram"``. ``train(corpus_path, sg, workers, seed)``
     returns a model with ``.wv`` (gensim-compatible ``most_similar`` / ``evaluate_word_analogies``);
     ``None`` means :class:`sparsembed.Word2Vec` with :data:`DEMO_PARAMS`. ``n_tokens``: corpus size,
-    default 3 M for CBOW and 1.5 M for skip-gram (which costs ~3× more per token and needs fewer tokens
-    for the same accuracy), so either trains in well under a minute on 2 cores. ``log`` receives each
+    default 3 M for CBOW and 1.5 M for skip-gram (which costs more per token and needs fewer tokens for the
+    same accuracy), so both train in about the same time. ``log`` receives each
     printed line (default: print to stdout).
 
     Returns ``{"model", "n_tokens", "n_questions", "generate_seconds", "train_seconds", "accuracy",
@@ -470,19 +513,8 @@ def run_demo(
         say(f"trained in {t_train:.1f} s")
         wv = trained.wv
 
-        neighbours: dict[str, list[tuple[str, float]]] = {}
-        say("\nnearest neighbours:")
-        for word in planted_queries(seed):
-            near = [(str(w), float(s)) for w, s in wv.most_similar(word, topn=6)]
-            neighbours[word] = near
-            say(f"  {word:>14}: " + ", ".join(f"{w} {s:.2f}" for w, s in near))
-
-        score, sections = _analogy_score(wv.evaluate_word_analogies(str(questions)))
-        acc, sizes = _section_figures([s for s in sections if s["section"] != "Total accuracy"])
-        say("\nplanted-analogy accuracy:")
-        for name in acc:
-            say(f"  {name:<30} {acc[name]:7.1%}  ({sizes[name]} questions)")
-        say(f"  {'total':<30} {float(score):7.1%}")
+        neighbours = _show_neighbours(wv, seed, say)
+        score, acc, sizes = _show_analogies(wv, questions, say)
         return {
             "model": model,
             "n_tokens": n_tokens,

@@ -1,9 +1,12 @@
-"""The word2vec trainer: settings, training state, the job loop, checkpoints, resume.
+"""The word2vec model: settings, training state, the single-process job loop, checkpoints, resume.
 
-The trainer owns everything needed to continue training (both matrices, vocabulary, the schedule position);
+The model owns everything needed to continue training (both matrices, vocabulary, the schedule position);
 the trained vectors are handed out as a separate :class:`~sparsembed.word2vec.vectors.Vectors` (``model.wv``), as in
-gensim. Work is cut into *jobs* of whole sentences; ``workers`` threads run the compiled kernel on jobs
-side by side while this thread hands out jobs, reports progress and writes checkpoints between jobs.
+gensim. Work is cut into *jobs* of whole sentences (:mod:`sparsembed.word2vec.schedule`); ``workers`` threads run
+the compiled kernel on jobs side by side while this thread hands out jobs, reports progress and writes checkpoints
+between jobs. The steps of a training loop are public methods (:meth:`Word2Vec.schedule`,
+:meth:`~Word2Vec.run_job`, :meth:`~Word2Vec.advance`, :meth:`~Word2Vec.end_epoch`, :meth:`~Word2Vec.save_state`), so
+another loop, the data-parallel trainer's, drives the same model.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,93 +27,49 @@ from sparsembed.errors import UserError
 from sparsembed.word2vec import checkpoint, kernels
 from sparsembed.word2vec.corpus import EncodedCorpus, corpus_fingerprint, encode_corpus, scan_corpus
 from sparsembed.word2vec.progress import Progress
+from sparsembed.word2vec.schedule import Position, Schedule
+from sparsembed.word2vec.settings import Settings, default_workers, is_int
 from sparsembed.word2vec.vocab import Vocab
 
-
-def default_workers() -> int:
-    """The cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+if TYPE_CHECKING:
+    from sparsembed.word2vec.vectors import Vectors
 
 
 @dataclass
-class Settings:
-    """Hyper-parameters; the defaults are gensim's (``Word2Vec()``), negative sampling only."""
+class TrainingState:
+    """What training changes and a checkpoint saves besides the settings, vocabulary and corpus: both matrices,
+    the position and the per-epoch history. :meth:`Word2Vec.snapshot` gives the model's own (no copies); a caller
+    holding an earlier, agreed state (the data-parallel trainer while an exchange is in flight) builds one."""
 
-    sg: int = 0
-    vector_size: int = 100
-    window: int = 5
-    negative: int = 5
-    min_count: int = 5
-    max_vocab: int | None = None
-    sample: float = 1e-3
-    epochs: int = 5
-    alpha: float = 0.025
-    min_alpha: float = 1e-4
-    workers: int = dataclasses.field(default_factory=default_workers)
-    seed: int = 1
-    max_sentence_len: int = 10_000
-    job_tokens: int = 50_000
-
-    def validate(self) -> Settings:
-        """Raise UserError naming the first invalid setting; return self."""
-        checks = [
-            (self.sg in (0, 1), "sg (model) must be 0 (cbow) or 1 (skipgram)"),
-            (_is_int(self.vector_size) and 1 <= self.vector_size <= 100_000, "--dim must be an integer in 1..100000"),
-            (_is_int(self.window) and 1 <= self.window <= 1000, "--window must be an integer in 1..1000"),
-            (_is_int(self.negative) and 1 <= self.negative <= 1000,
-             "--negative must be an integer in 1..1000 (only negative sampling is supported)"),
-            (_is_int(self.min_count) and self.min_count >= 1, "--min-count must be an integer >= 1"),
-            (self.max_vocab is None or (_is_int(self.max_vocab) and self.max_vocab >= 1),
-             "--max-vocab must be an integer >= 1"),
-            (_finite(self.sample) and 0 <= self.sample < 1, "--sample must be in [0, 1) (0 disables subsampling)"),
-            (_is_int(self.epochs) and 1 <= self.epochs <= 100_000, "--epochs must be an integer >= 1"),
-            (_finite(self.alpha) and 0 < self.alpha <= 10, "--alpha must be a number in (0, 10]"),
-            (_finite(self.min_alpha) and 0 <= self.min_alpha <= self.alpha, "--min-alpha must be in [0, alpha]"),
-            (_is_int(self.workers) and 1 <= self.workers <= 1024, "--workers must be an integer in 1..1024"),
-            (_is_int(self.seed) and 0 <= self.seed < 2**63, "--seed must be an integer in 0..2^63-1"),
-            (_is_int(self.max_sentence_len) and self.max_sentence_len >= 1, "max_sentence_len must be >= 1"),
-            (_is_int(self.job_tokens) and self.job_tokens >= 1, "job_tokens must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"invalid setting: {message}")
-        return self
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value)
-
-
-def job_boundaries(sentence_starts: np.ndarray, job_tokens: int) -> np.ndarray:
-    """Sentence indices cutting the corpus into jobs of about ``job_tokens`` tokens (whole sentences).
-
-    Job ``k`` is sentences ``[b[k], b[k+1])``. The cut depends on the corpus alone, never on the number of
-    threads, so a run and its resumption see the same jobs.
-    """
-    n_sentences = len(sentence_starts) - 1
-    if n_sentences <= 0:
-        return np.zeros(1, dtype=np.int64)
-    targets = np.arange(job_tokens, int(sentence_starts[-1]), job_tokens, dtype=np.int64)
-    cuts = np.searchsorted(sentence_starts, targets, side="left")
-    inner = np.unique(cuts[(cuts > 0) & (cuts < n_sentences)])
-    return np.concatenate(([0], inner, [n_sentences])).astype(np.int64)
+    syn0: np.ndarray
+    syn1: np.ndarray
+    position: Position
+    history: list[dict[str, Any]]
 
 
 @dataclass
-class Position:
-    """Where training stands: the next job to run, and the loss summed so far in the current epoch."""
+class TrainingRun:
+    """What the steps of one training call share (:meth:`Word2Vec.train`'s, or another loop's that drives the
+    model's public steps): the schedule, the kernel's tables, the reporter, where and how often to checkpoint, and
+    the event that asks to stop."""
 
-    epoch: int = 0
-    job: int = 0
-    epoch_loss: float = 0.0
-    epoch_pairs: int = 0
+    schedule: Schedule
+    tables: dict[str, np.ndarray]
+    reporter: Progress
+    out_dir: Path | None
+    checkpoint_every: float | None
+    stop: threading.Event | None
+    last_checkpoint: float
+    interrupted: bool = False
+
+    def stop_requested(self) -> bool:
+        """Whether ``stop`` is set."""
+        return self.stop is not None and self.stop.is_set()
+
+    def checkpoint_due(self) -> bool:
+        """Whether ``checkpoint_every`` seconds have passed since the last checkpoint (never without ``out_dir``)."""
+        return (self.out_dir is not None and self.checkpoint_every is not None
+                and time.perf_counter() - self.last_checkpoint >= self.checkpoint_every)
 
 
 class Word2Vec:
@@ -173,7 +132,7 @@ class Word2Vec:
         self.history = []
 
     @property
-    def wv(self):
+    def wv(self) -> Vectors:
         """The trained input vectors as :class:`~sparsembed.word2vec.vectors.Vectors` (rows shared, not copied)."""
         from sparsembed.word2vec.vectors import Vectors
 
@@ -207,74 +166,103 @@ class Word2Vec:
         signal handler, say) ends training at the next job boundary: the running jobs finish, a checkpoint
         goes to ``out``, and the summary has ``interrupted: True``.
         """
-        s = self.settings
-        bounds = self._job_bounds()
-        corpus = self.corpus
-        n_jobs = len(bounds) - 1
+        schedule = self.schedule()
         out_dir = Path(out) if out is not None else None
         if out_dir is not None:
             try:
                 out_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise UserError(f"cannot create {out_dir}: {exc.strerror}; choose a writable --out") from exc
-        reporter = Progress(
-            corpus.raw_words, s.epochs, metrics_path=out_dir / "metrics.jsonl" if out_dir else None,
-            every=report_every, quiet=not progress,
-            start_fraction=self._fraction(self.position.epoch, int(corpus.sentence_starts[bounds[self.position.job]])),
-        )
-        tables = self._kernel_tables()
+        reporter = self.reporter(schedule, out_dir / "metrics.jsonl" if out_dir else None, report_every,
+                                 quiet=not progress)
+        tables = self.kernel_tables()
         started = time.perf_counter()
-        last_checkpoint = started
-        jobs_run = 0
-        interrupted = False
+        run = _Run(schedule, tables, reporter, out_dir, checkpoint_every, stop, last_checkpoint=started,
+                   stop_after_jobs=stop_after_jobs)
         try:
-            with ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="sparsembed") as pool:
+            with ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="sparsembed") as pool:
                 while not self.done:
-                    epoch = self.position.epoch
-                    next_job = self.position.job
-                    pending: dict[Future, int] = {}
-                    finished_early: dict[int, tuple] = {}
-                    stopping = False
-                    while True:
-                        if stop is not None and stop.is_set():
-                            interrupted = stopping = True
-                        while not stopping and next_job < n_jobs and len(pending) < s.workers:
-                            future = pool.submit(self._run_job, corpus, bounds, epoch, next_job, tables)
-                            pending[future] = next_job
-                            next_job += 1
-                            jobs_run += 1
-                            stopping = stop_after_jobs is not None and jobs_run >= stop_after_jobs
-                        if not pending:
-                            break
-                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        self._collect(done, pending, finished_early, bounds, epoch, reporter)
-                        due = (out_dir is not None and checkpoint_every is not None
-                               and time.perf_counter() - last_checkpoint >= checkpoint_every)
-                        if due or stopping or (stop is not None and stop.is_set()):
-                            # A checkpoint must describe a complete prefix of jobs: let the running ones finish.
-                            self._collect(wait(pending).done, pending, finished_early, bounds, epoch, reporter)
-                        if due:
-                            self.save(out_dir)
-                            last_checkpoint = time.perf_counter()
-                    if stopping:
+                    if self._train_epoch(pool, run):
                         break
-                    self._end_epoch(reporter)
+                    self.end_epoch(schedule, reporter)
                     if out_dir is not None:
                         self.save(out_dir)
-                        last_checkpoint = time.perf_counter()
-            if interrupted and out_dir is not None:
+                        run.last_checkpoint = time.perf_counter()
+            if run.interrupted and out_dir is not None:
                 self.save(out_dir)
         finally:
             reporter.close()
         seconds = time.perf_counter() - started
         return {
             "seconds": seconds,
-            "words_per_s": reporter.words_per_second(self._fraction(self.position.epoch, self._tokens_done(bounds))),
+            "words_per_s": reporter.words_per_second(schedule.progress(self.position)),
             "epochs": [dict(h) for h in self.history],
-            "interrupted": interrupted,
+            "interrupted": run.interrupted,
         }
 
-    def _kernel_tables(self) -> dict[str, Any]:
+    def _train_epoch(self, pool: ThreadPoolExecutor, run: _Run) -> bool:
+        """Run the current epoch's remaining jobs, ``workers`` at a time, checkpointing when due; return whether
+        training stops inside the epoch (``stop`` or ``stop_after_jobs``)."""
+        epoch, next_job = self.position.epoch, self.position.job
+        pending: dict[Future, int] = {}
+        finished_early: dict[int, tuple] = {}
+        stopping = False
+        while True:
+            if run.stop_requested():
+                run.interrupted = stopping = True
+            while not stopping and next_job < run.schedule.n_jobs and len(pending) < self.settings.workers:
+                pending[pool.submit(self.run_job, run.schedule, epoch, next_job, run.tables)] = next_job
+                next_job += 1
+                run.jobs_run += 1
+                stopping = run.stop_after_jobs is not None and run.jobs_run >= run.stop_after_jobs
+            if not pending:
+                return stopping
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            self._collect(done, pending, finished_early, run)
+            due = run.checkpoint_due()
+            if due or stopping or run.stop_requested():
+                # A checkpoint must describe a complete prefix of jobs: let the running ones finish.
+                self._collect(wait(pending).done, pending, finished_early, run)
+            if due:
+                self.save(run.out_dir)
+                run.last_checkpoint = time.perf_counter()
+
+    def _collect(self, done, pending: dict, finished_early: dict, run: _Run) -> None:
+        """Account finished jobs in job order, so the position only ever moves over a complete prefix."""
+        for future in done:
+            job = pending.pop(future)
+            finished_early[job] = future.result()
+            self.corpus.release(*run.schedule.tokens(job, job + 1))
+        while self.position.job in finished_early:
+            loss, pairs, _trained = finished_early.pop(self.position.job)
+            self.advance(run.schedule, self.position.job + 1, float(loss), int(pairs))
+        self.report(run.schedule, run.reporter)
+
+    # -------------------------------------------------------------- the steps of a training loop, public
+    def require_corpus(self) -> None:
+        """Raise UserError unless the model has a vocabulary and a corpus to train on."""
+        self._require_vocab()
+        if self.corpus is None:
+            raise UserError("the model has no corpus loaded; load it with Word2Vec.load(DIR, with_corpus=True)")
+
+    def schedule(self) -> Schedule:
+        """The run's :class:`~sparsembed.word2vec.schedule.Schedule` over the loaded corpus (jobs of
+        ``settings.job_tokens``), after checking there is something to train and that the position lies within
+        its jobs."""
+        self.require_corpus()
+        starts = self.corpus.sentence_starts
+        if int(starts[-1]) == 0:
+            raise UserError("the corpus has no token from the vocabulary; nothing to train")
+        s = self.settings
+        schedule = Schedule(starts, s.job_tokens, s.epochs, s.alpha, s.min_alpha)
+        if self.position.job > schedule.n_jobs:
+            raise UserError(f"the saved position (job {self.position.job}) is past the corpus' {schedule.n_jobs} "
+                            "jobs; the checkpoint does not belong to this corpus")
+        return schedule
+
+    def kernel_tables(self) -> dict[str, np.ndarray]:
+        """What the kernel draws from, built once per training session: ``sample_ints`` (subsampling thresholds)
+        and ``packed_alias`` (the noise distribution)."""
         s = self.settings
         threshold, alias = self.vocab.noise_alias(0.75)
         return {
@@ -282,99 +270,78 @@ class Word2Vec:
             "packed_alias": kernels.pack_alias(_alias_threshold_u32(threshold), np.asarray(alias)),
         }
 
-    def _require_corpus(self) -> None:
-        self._require_vocab()
-        if self.corpus is None:
-            raise UserError("the model has no corpus loaded; load it with Word2Vec.load(DIR, with_corpus=True)")
+    def reporter(self, schedule: Schedule, metrics_path: Path | None = None, every: float = 1.0,
+                 quiet: bool = False) -> Progress:
+        """A progress reporter for training on from the current position (its words/s count this session's)."""
+        return Progress(self.corpus.raw_words, self.settings.epochs, metrics_path=metrics_path, every=every,
+                        quiet=quiet, start_fraction=schedule.progress(self.position))
 
-    def _job_bounds(self) -> np.ndarray:
-        """The corpus' job boundaries (:func:`job_boundaries`), after checking there is something to train and
-        that the saved position lies within them."""
-        self._require_corpus()
-        starts = self.corpus.sentence_starts
-        if int(starts[-1]) == 0:
-            raise UserError("the corpus has no token from the vocabulary; nothing to train")
-        bounds = job_boundaries(starts, self.settings.job_tokens)
-        n_jobs = len(bounds) - 1
-        if self.position.job > n_jobs:
-            raise UserError(f"the saved position (job {self.position.job}) is past the corpus' {n_jobs} jobs; "
-                            "the checkpoint does not belong to this corpus")
-        return bounds
+    def run_job(self, schedule: Schedule, epoch: int, job: int, tables: dict[str, np.ndarray],
+                decay: tuple[int, int] | None = None,
+                touched: tuple[np.ndarray, np.ndarray] = (kernels.NOT_TRACKED, kernels.NOT_TRACKED),
+                ) -> tuple[float, int, int]:
+        """Train job ``job`` of epoch ``epoch`` in place, without the GIL (threads run jobs side by side); return
+        (loss, pairs, trained words). The position does not move (:meth:`advance` does).
 
-    def _run_job(self, corpus: EncodedCorpus, bounds: np.ndarray, epoch: int, job: int, tables: dict,
-                 schedule: tuple[int, int] | None = None,
-                 touched: tuple[np.ndarray, np.ndarray] = (kernels.NOT_TRACKED, kernels.NOT_TRACKED)) -> tuple:
-        """Train job ``job`` in place. ``schedule``: the kernel's (total tokens, tokens before) when not this
-        job's own place in the run (data-parallel steps); ``touched``: per-row marks the kernel sets."""
+        Args:
+            schedule: :meth:`schedule`; tables: :meth:`kernel_tables`.
+            decay: the kernel's ``(total tokens, tokens before)`` when the job does not run alone in its place of
+                the run (:meth:`Schedule.decay` with ``concurrent``); by default its own place.
+            touched: per-row marks (uint8) the kernel sets for each matrix's rows it may change.
+        """
         s = self.settings
-        first, last = int(bounds[job]), int(bounds[job + 1])
-        if schedule is None:
-            tokens_per_epoch = int(corpus.sentence_starts[-1])
-            schedule = (tokens_per_epoch * s.epochs, epoch * tokens_per_epoch + int(corpus.sentence_starts[first]))
-        total, before = schedule
+        total, before = schedule.decay(epoch, job) if decay is None else decay
+        corpus = self.corpus
         return kernels.train_job(
-            self.syn0, self.syn1, corpus.ids, corpus.sentence_starts, first, last,
-            tables["sample_ints"], s.sample > 0, tables["packed_alias"], s.sg, s.window, s.negative,
-            s.alpha, s.min_alpha, total, before, s.seed, epoch, job,
+            self.syn0, self.syn1, corpus.ids, corpus.sentence_starts, int(schedule.bounds[job]),
+            int(schedule.bounds[job + 1]), tables["sample_ints"], s.sample > 0, tables["packed_alias"], s.sg,
+            s.window, s.negative, s.alpha, s.min_alpha, total, before, s.seed, epoch, job,
             kernels.SIGMOID_TABLE, kernels.LOG_SIGMOID_TABLE, *touched,
         )
 
-    def _collect(self, done, pending: dict, finished_early: dict, bounds, epoch: int, reporter: Progress) -> None:
-        """Account finished jobs in job order, so the position only ever moves over a complete prefix."""
-        starts = self.corpus.sentence_starts
-        for future in done:
-            job = pending.pop(future)
-            finished_early[job] = future.result()
-            self.corpus.release(int(starts[bounds[job]]), int(starts[bounds[job + 1]]))
-        while self.position.job in finished_early:
-            loss, pairs, _trained = finished_early.pop(self.position.job)
-            if not math.isfinite(loss):
-                raise UserError(
-                    f"training diverged in epoch {epoch + 1} (loss became {loss}) at learning rate "
-                    f"{self._alpha(self._fraction(epoch, self._tokens_done(bounds))):.4g}; "
-                    f"lower --alpha (e.g. {self.settings.alpha / 4:g})"
-                )
-            self.position.epoch_loss += float(loss)
-            self.position.epoch_pairs += int(pairs)
-            self.position.job += 1
-        fraction = self._fraction(epoch, self._tokens_done(bounds))
-        reporter.update(fraction, self._alpha(fraction), self._mean_loss(), epoch)
+    def advance(self, schedule: Schedule, job: int, loss: float, pairs: int) -> None:
+        """Move the position to job ``job`` of the current epoch, adding the loss and pairs of the jobs it passes;
+        a UserError (raised before moving) when the loss is not finite: training diverged."""
+        if not math.isfinite(loss):
+            rate = schedule.alpha(schedule.progress(self.position))
+            raise UserError(f"training diverged in epoch {self.position.epoch + 1} (loss became {loss}) at learning "
+                            f"rate {rate:.4g}; lower --alpha (e.g. {self.settings.alpha / 4:g})")
+        self.position.job = job
+        self.position.epoch_loss += loss
+        self.position.epoch_pairs += pairs
 
-    def _end_epoch(self, reporter: Progress) -> None:
+    def report(self, schedule: Schedule, reporter: Progress) -> None:
+        """Progress at the current position (``reporter`` decides whether it is time to show it)."""
+        fraction = schedule.progress(self.position)
+        reporter.update(fraction, schedule.alpha(fraction), self.position.mean_loss, self.position.epoch)
+
+    def end_epoch(self, schedule: Schedule, reporter: Progress) -> None:
+        """Close the current epoch: its loss goes to :attr:`history`, the position to the next epoch's start, and
+        ``reporter`` reports it at once."""
         epoch = self.position.epoch
         record = {"epoch": epoch + 1, "loss": self.position.epoch_loss, "pairs": self.position.epoch_pairs,
-                  "mean_loss": self._mean_loss()}
+                  "mean_loss": self.position.mean_loss}
         self.history.append(record)
         self.position = Position(epoch=epoch + 1)
-        fraction = self._fraction(epoch + 1, 0)
-        reporter.update(fraction, self._alpha(fraction), record["mean_loss"], epoch, force=True,
+        fraction = schedule.fraction(epoch + 1, 0)
+        reporter.update(fraction, schedule.alpha(fraction), record["mean_loss"], epoch, force=True,
                         epoch_loss=record["loss"], epoch_pairs=record["pairs"])
 
-    def _tokens_done(self, bounds: np.ndarray) -> int:
-        return int(self.corpus.sentence_starts[bounds[min(self.position.job, len(bounds) - 1)]])
-
-    def _fraction(self, epoch: int, tokens_in_epoch: int) -> float:
-        per_epoch = max(int(self.corpus.sentence_starts[-1]), 1)
-        return min((epoch * per_epoch + tokens_in_epoch) / (per_epoch * self.settings.epochs), 1.0)
-
-    def _alpha(self, fraction: float) -> float:
-        s = self.settings
-        return max(s.alpha - (s.alpha - s.min_alpha) * fraction, s.min_alpha)
-
-    def _mean_loss(self) -> float:
-        return self.position.epoch_loss / self.position.epoch_pairs if self.position.epoch_pairs else math.nan
-
     # ------------------------------------------------------------------------------------ saving, resuming
-    def save(self, out: str | os.PathLike, agreed: tuple | None = None) -> None:
-        """Write the full training state to ``out/model`` (atomic; the previous checkpoint survives a crash).
+    def snapshot(self) -> TrainingState:
+        """The model's own training state: its matrices, position and history themselves, not copies."""
+        return TrainingState(self.syn0, self.syn1, self.position, self.history)
 
-        ``agreed``: ``(syn0, syn1, position, history)`` to save instead of the model's own, a state training
-        has already passed (data-parallel training with an exchange in flight saves the matrices every rank
-        agrees on, one step behind its working copies)."""
+    def save(self, out: str | os.PathLike) -> None:
+        """Write the full training state to ``out/model`` (atomic; the previous checkpoint survives a crash)."""
+        self.save_state(out, self.snapshot())
+
+    def save_state(self, out: str | os.PathLike, state: TrainingState) -> None:
+        """Write ``state`` with this model's settings, vocabulary and corpus as the checkpoint in ``out/model``,
+        atomically as :meth:`save` does; ``state`` may be one training has already passed."""
         self._require_vocab()
         vocab_state = self.vocab.to_state()
-        syn0, syn1, position, history = agreed or (self.syn0, self.syn1, self.position, self.history)
-        arrays = {"syn0": syn0, "syn1": syn1}
+        arrays = {"syn0": state.syn0, "syn1": state.syn1}
         scalars = {}
         for key, value in vocab_state.items():
             if isinstance(value, np.ndarray):
@@ -383,8 +350,8 @@ class Word2Vec:
                 scalars[key] = value
         meta = {
             "settings": dataclasses.asdict(self.settings),
-            "position": dataclasses.asdict(position),
-            "history": history,
+            "position": dataclasses.asdict(state.position),
+            "history": state.history,
             "vocab": scalars,
             "corpus": {"source": self.corpus_source, "fingerprint": self.fingerprint,
                        "tokens": int(self.corpus.sentence_starts[-1]) if self.corpus is not None else None,
@@ -424,7 +391,7 @@ class Word2Vec:
         self.syn0, self.syn1 = arrays["syn0"], arrays["syn1"]
         self.position = Position(**meta["position"])
         p = self.position
-        if not (_is_int(p.epoch) and _is_int(p.job) and 0 <= p.epoch <= self.settings.epochs and p.job >= 0):
+        if not (is_int(p.epoch) and is_int(p.job) and 0 <= p.epoch <= self.settings.epochs and p.job >= 0):
             raise ValueError(f"position {p} is out of range")
         self.history = list(meta.get("history", []))
         self.corpus_source = meta["corpus"]["source"]
@@ -457,6 +424,14 @@ class Word2Vec:
                 stale.unlink(missing_ok=True)
         write_word2vec(out / "vectors.bin", self.vocab.words, self.syn0, binary=True)
         self.vocab.save_fvocab(out / "vocab.txt")
+
+
+@dataclass
+class _Run(TrainingRun):
+    """One call of :meth:`Word2Vec.train`."""
+
+    stop_after_jobs: int | None = None
+    jobs_run: int = 0
 
 
 def _alias_threshold_u32(threshold: np.ndarray) -> np.ndarray:

@@ -201,15 +201,3 @@ def rows_by_frequency(counts: np.ndarray, min_count: int, word_at: Callable[[int
                         f"{word_at(top)!r} occurs {int(counts[top])} times); lower --min-count")
     return kept[np.lexsort((-kept, -counts[kept]))]
 
-
-def build_vocab(source, min_count: int = 5, max_vocab: int | None = None, *,
-                max_sentence_len: int = 10_000, block_size: int | None = None) -> Vocab:
-    """Count a corpus (path or iterable of token lists) and keep words occurring >= min_count times.
-
-    ``max_vocab`` bounds memory while counting, with gensim's ``max_vocab_size`` semantics: after any
-    sentence that leaves more than max_vocab distinct words, drop those counted < min_reduce times, then
-    min_reduce += 1 (starting at 1). ``block_size`` (bytes per read) exists for tests.
-    """
-    from sparsembed.word2vec.corpus import BLOCK_SIZE, count_vocab
-
-    return count_vocab(source, min_count, max_vocab, max_sentence_len, block_size or BLOCK_SIZE)

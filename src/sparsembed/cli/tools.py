@@ -1,0 +1,122 @@
+"""The commands around training: export, eval, similar, report, bench, demo.
+
+Each loads what it needs when it runs, so the command line starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sparsembed.errors import UserError
+
+if TYPE_CHECKING:
+    from sparsembed.word2vec.vectors import Vectors
+
+
+def load_vectors(path: str) -> Vectors:
+    """Vectors from a word2vec file, or from ``DIR/vectors.bin`` of a training directory."""
+    from sparsembed.word2vec.vectors import Vectors
+
+    target = Path(path)
+    if target.is_dir():
+        target = target / "vectors.bin"
+    if not target.is_file():
+        raise UserError(f"no vectors at {path}: give a word2vec file or a directory written by `sparsembed train`")
+    return Vectors.load_word2vec_format(target)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``sparsembed export DIR --format text|binary|npy``."""
+    from sparsembed.word2vec.formats import write_npy, write_word2vec
+    from sparsembed.word2vec.model import Word2Vec
+
+    directory = Path(args.dir)
+    model = Word2Vec.load(directory)
+    suffix = {"text": ".txt", "binary": ".bin", "npy": ".npy"}[args.format]
+    target = Path(args.output) if args.output else directory / f"vectors{suffix}"
+    if args.format == "npy":
+        write_npy(target.with_suffix("") if target.suffix == ".npy" else target, model.vocab.words, model.syn0)
+    else:
+        write_word2vec(target, model.vocab.words, model.syn0, binary=args.format == "binary")
+    print(target)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``sparsembed eval VECTORS --analogies FILE --pairs FILE...`` → JSON on stdout."""
+    if not args.analogies and not args.pairs:
+        raise UserError("eval needs --analogies FILE and/or --pairs FILE...")
+    if args.restrict_vocab < 1:
+        raise UserError("--restrict-vocab must be >= 1")
+    vectors = load_vectors(args.vectors)
+    result: dict[str, Any] = vectors.evaluate(analogies=args.analogies, pairs=args.pairs,
+                                              restrict_vocab=args.restrict_vocab)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    """``sparsembed similar VECTORS WORD -n 10``."""
+    if args.n < 1:
+        raise UserError("-n must be >= 1")
+    vectors = load_vectors(args.vectors)
+    if args.word not in vectors:
+        raise UserError(f"'{args.word}' is not in the vocabulary of {args.vectors}")
+    for word, score in vectors.most_similar(args.word, topn=args.n):
+        print(f"{word}\t{score:.4f}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``sparsembed report DIR``: plots from DIR/metrics.jsonl."""
+    from sparsembed.word2vec.report import render
+
+    for path in render(args.dir, args.output):
+        print(path)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``sparsembed bench shards CORPUS --shards S --step-tokens T [--json]``, ``sparsembed bench exchange ...``."""
+    if args.bench == "exchange":  # also one rank under torchrun (RANK, WORLD_SIZE, MASTER_ADDR): rank 0 prints
+        import os
+
+        from sparsembed.bench.exchange import format_text, run_exchange_bench
+
+        try:
+            densities = [float(d) for d in args.densities.split(",")] if args.densities else None
+        except ValueError:
+            raise UserError(f"bench exchange: --densities takes numbers separated by commas, got {args.densities!r}"
+                            ) from None
+        res = run_exchange_bench(args.nproc, args.rows, args.dim, args.ids, steps=args.steps, warmup=args.warmup,
+                                 values=args.values, rows_encoding=args.rows_encoding, sweep=args.sweep,
+                                 transport=args.transport, inputs=args.inputs, align=args.align,
+                                 densities=densities, seed=args.seed, timeout=args.timeout)
+        if res["launcher"] != "torchrun" or os.environ.get("RANK") == "0":  # every rank has the same figures
+            print(json.dumps(res, indent=1) if args.json else format_text(res))
+        return 0
+    from sparsembed.bench.shards import bench_shards
+    from sparsembed.comm.sharding import SCHEMES
+
+    result = bench_shards(args.corpus, args.shards, args.step_tokens, seed=args.seed, min_count=args.min_count,
+                          replicate_top=args.replicate_top)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for scheme in SCHEMES:
+            print(f"{scheme:>10}: max/mean load {result[scheme]['max_over_mean']:.4f}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``sparsembed demo``: generated corpus with planted analogies, trained and evaluated."""
+    from sparsembed.word2vec.demo import run_demo
+    from sparsembed.word2vec.settings import default_workers
+
+    workers = args.workers or default_workers()
+    run_demo(out_dir=args.out, model=args.model, workers=workers, seed=args.seed, n_tokens=args.tokens)
+    return 0
+

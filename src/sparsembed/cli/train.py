@@ -1,0 +1,326 @@
+"""``sparsembed train``: a fresh run or ``--resume``, in one process or as one rank of several, and its output.
+
+One process trains with :meth:`Word2Vec.train <sparsembed.word2vec.model.Word2Vec.train>`; ``--nproc N`` hands the
+command line to torch's launcher (:mod:`sparsembed.dataparallel.launch`), and each rank it starts trains with the
+:class:`~sparsembed.dataparallel.trainer.DataParallelTrainer`. :class:`StopSignals` turns Ctrl-C or SIGTERM into a
+stop at the next job boundary and a checkpoint; :func:`prepare_out_dir` and the fault advice make sure a failed run
+leaves either nothing or a checkpoint to resume from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sparsembed.dataparallel import launch
+from sparsembed.dataparallel.options import ExchangeOptions
+from sparsembed.errors import DiskFull, UserError
+
+SINGLE_JOB_TOKENS = 50_000
+#: Each step exchanges nearly every output row (negative sampling touches most of them): fewer, larger steps keep
+#: the exchange a small share of the step, and larger still cost analogy accuracy (measured, see BENCHMARKS.md).
+DATA_PARALLEL_JOB_TOKENS = 250_000
+
+
+class Interrupted(KeyboardInterrupt):
+    """Stopped by SIGINT or SIGTERM; ``resume_dir`` is set when a checkpoint there can continue the run."""
+
+    def __init__(self, signum: int, resume_dir: Path | None = None) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+        self.resume_dir = resume_dir
+
+
+class StopSignals:
+    """SIGINT / SIGTERM handling for ``train``: while armed, a signal asks the trainer to stop at a job boundary.
+
+    Outside the training loop (scanning the corpus, writing outputs), or on a second signal, it raises
+    :class:`Interrupted` at once: every file is written atomically, so stopping anywhere damages nothing.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self.armed = False
+
+    def handle(self, signum: int, _frame: Any) -> None:
+        """The signal handler (runs in the main thread, between bytecodes)."""
+        first = self.signum is None
+        self.signum = signum
+        if self.armed and first:
+            self.event.set()
+            return
+        raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        """Handle SIGINT and SIGTERM inside the block (only the main thread may; elsewhere, do nothing)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``sparsembed train``: a fresh run into --out, or --resume DIR."""
+    from sparsembed.word2vec.model import Word2Vec
+
+    if args.nproc is not None and not launch.under_launcher():
+        return _spawn_ranks(args)
+    if launch.under_launcher() and launch.world_size() > 1:
+        return _train_rank(args)
+    _check_run_args(args)
+    signals = StopSignals()
+    if args.resume:
+        out = Path(args.resume)
+        with signals.installed(), _fault_advice(out):
+            model = Word2Vec.load(out, with_corpus=True)
+            if args.workers is not None:
+                model.settings.workers = args.workers
+                model.settings.validate()
+            finished_before = model.done
+            if not finished_before:
+                _train_and_report(model, out, args, signals)
+            model.write_outputs(out)
+        if finished_before:  # said only once it is true: a failed write must leave one line, the error
+            print(f"{out}: training already complete; outputs rewritten", file=sys.stderr)
+        return 0
+
+    model = _new_model(args, args.workers, SINGLE_JOB_TOKENS)
+    out = Path(args.out)
+    created = prepare_out_dir(out, force=args.force)
+    try:
+        with signals.installed(), _fault_advice(out):
+            model.build_vocab(args.corpus)
+            _train_and_report(model, out, args, signals)
+            model.write_outputs(out)
+    except BaseException:
+        # A directory this run created goes away unless it holds a checkpoint worth resuming from.
+        if created and not _has_checkpoint(out):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return 0
+
+
+def _check_run_args(args: argparse.Namespace) -> None:
+    """A run is either ``--resume DIR`` alone or ``CORPUS --out DIR``."""
+    if args.resume and (args.corpus or args.out):
+        raise UserError("--resume DIR takes its corpus and settings from DIR; drop CORPUS and --out")
+    if not args.resume and (not args.corpus or not args.out):
+        raise UserError("train needs a CORPUS and --out DIR (or --resume DIR)")
+
+
+def _exchange_options(args: argparse.Namespace) -> ExchangeOptions:
+    """The data-parallel options of the command line, validated (UserError naming the bad one)."""
+    return ExchangeOptions(args.strategy, args.rows, args.values, transport=args.transport,
+                           overlap=args.overlap, balance=args.balance).validate()
+
+
+def _new_model(args: argparse.Namespace, workers: int | None, default_job_tokens: int):
+    """A fresh Word2Vec with the command line's settings (validated), not yet given its corpus."""
+    from sparsembed.word2vec.model import Word2Vec
+
+    model = Word2Vec(
+        vector_size=args.dim, sg=int(args.model == "skipgram"), window=args.window, negative=args.negative,
+        min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
+        alpha=args.alpha, min_alpha=args.min_alpha, workers=workers, seed=args.seed,
+    )
+    model.settings.job_tokens = args.job_tokens or default_job_tokens
+    model.settings.validate()
+    return model
+
+
+def _spawn_ranks(args: argparse.Namespace) -> int:
+    """``train --nproc N``: check what can be checked once, then run the same command as N ranks."""
+    _check_run_args(args)
+    _exchange_options(args)
+    if args.resume:
+        out, created = Path(args.resume), False
+        if not _has_checkpoint(out):
+            raise UserError(f"{out} holds no checkpoint to resume (no {out / 'model' / 'state.json'})")
+    else:
+        if not Path(args.corpus).exists():
+            raise UserError(f"corpus {args.corpus} does not exist")
+        out = Path(args.out)
+        created = prepare_out_dir(out, force=args.force)
+    code = 1
+    try:
+        code = launch.spawn(args.nproc, _without_launch_flags(args.argv), max_restarts=args.max_restarts)
+    finally:
+        if code != 0 and created and not _has_checkpoint(out):
+            shutil.rmtree(out, ignore_errors=True)
+    return code
+
+
+def _without_launch_flags(argv: list[str]) -> list[str]:
+    """The command line a rank runs: ours minus the launcher's own flags."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--nproc", "--max-restarts"):
+            skip = True
+            continue
+        if arg.startswith(("--nproc=", "--max-restarts=")):
+            continue
+        kept.append(arg)
+    return kept
+
+
+def _train_rank(args: argparse.Namespace) -> int:
+    """One rank of a data-parallel run (under torchrun or --nproc): same model everywhere, own jobs."""
+    import faulthandler
+
+    import torch.distributed as dist
+
+    from sparsembed.dataparallel.trainer import DataParallelTrainer
+    from sparsembed.word2vec.model import Word2Vec
+    from sparsembed.word2vec.settings import default_workers
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a rank is (a hung run's first question)
+    options = _exchange_options(args)
+    _check_run_args(args)
+    launch.join(args.timeout)
+    lead = launch.rank() == 0
+    signals = StopSignals()
+    try:
+        resume_dir = Path(args.resume) if args.resume else None
+        if resume_dir is None and launch.restart_count() > 0 and args.out and _has_checkpoint(Path(args.out)):
+            resume_dir = Path(args.out)  # torchrun restarted the group: continue from the last checkpoint
+        if resume_dir is not None:
+            out = resume_dir
+            with _fault_advice(out):
+                model = Word2Vec.load(out, with_corpus=True)
+        else:
+            out = Path(args.out)
+            model = _new_model(args, 1, DATA_PARALLEL_JOB_TOKENS)
+            _agree_on(lambda: prepare_out_dir(out, force=args.force) if lead else None)
+            with _fault_advice(out):
+                model.build_vocab(args.corpus)
+        model.settings.workers = args.workers or launch.threads_per_rank(default_workers())
+        model.settings.validate()
+        if lead and not args.quiet:
+            print(f"vocabulary: {len(model.vocab)} words from {model.corpus.raw_words} tokens; training "
+                  f"{'skip-gram' if model.settings.sg else 'CBOW'} on {launch.world_size()} ranks x "
+                  f"{model.settings.workers} threads, {options.strategy.value} exchange", file=sys.stderr)
+        with signals.installed(), _fault_advice(out):
+            signals.armed = True
+            trainer = DataParallelTrainer(model, options)
+            summary = trainer.train(progress=not args.quiet, out=out, checkpoint_every=args.checkpoint_every,
+                                    stop=signals.event)
+            signals.armed = False
+            if summary["interrupted"]:
+                raise Interrupted(signals.signum or signal.SIGINT, out)
+            if lead:
+                model.write_outputs(out)
+                if not args.quiet:
+                    share = summary["exchange_s"] / max(summary["exchange_s"] + summary["compute_s"], 1e-9)
+                    print(f"trained in {summary['seconds']:.1f} s at {summary['words_per_s'] / 1e6:.2f}M words/s "
+                          f"({summary['steps']} steps, exchange {100 * share:.1f}% of step time, "
+                          f"{summary['bytes_sent'] / 1e6:.1f} MB sent by rank 0); vectors in {out / 'vectors.bin'}",
+                          file=sys.stderr)
+            dist.barrier()
+    finally:
+        launch.leave()
+    return 0
+
+
+def _agree_on(action: Any) -> None:
+    """Run ``action`` (on whichever ranks it does something) and make every rank fail if any rank's failed."""
+    import torch
+    import torch.distributed as dist
+
+    error = None
+    try:
+        action()
+    except UserError as exc:
+        error = exc
+    failed = torch.tensor([0.0 if error is None else 1.0])
+    dist.all_reduce(failed)
+    if error is not None:
+        raise error
+    if failed.item() > 0:
+        raise UserError("another rank could not start (see its message)")
+
+
+def _has_checkpoint(out: Path) -> bool:
+    return (out / "model" / "state.json").exists()
+
+
+@contextlib.contextmanager
+def _fault_advice(out: Path) -> Iterator[None]:
+    """Say how to go on after a full disk or an interrupt: resume from ``out`` if it holds a checkpoint."""
+    try:
+        yield
+    except DiskFull as exc:
+        advice = f"resume with: sparsembed train --resume {out}" if _has_checkpoint(out) else "run again"
+        raise DiskFull(f"{exc}; free space and {advice}") from exc
+    except OSError as exc:
+        # A write outside atomic_write (metrics.jsonl, a temporary file) that hit a full disk.
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        advice = f"resume with: sparsembed train --resume {out}" if _has_checkpoint(out) else "run again"
+        where = exc.filename or f"into {out}"
+        raise DiskFull(f"no space left on device while writing {where}; free space and {advice}") from exc
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        raise Interrupted(signum, out if _has_checkpoint(out) else None) from None
+
+
+def _train_and_report(model, out: Path, args: argparse.Namespace, signals: StopSignals) -> None:
+    import time
+
+    if not args.quiet:
+        vocab, corpus = model.vocab, model.corpus
+        print(f"vocabulary: {len(vocab)} words (min_count {model.settings.min_count}) from "
+              f"{corpus.raw_words} tokens; training {'skip-gram' if model.settings.sg else 'CBOW'} "
+              f"with {model.settings.workers} threads", file=sys.stderr)
+    started = time.perf_counter()
+    signals.armed = True
+    try:
+        summary = model.train(progress=not args.quiet, out=out, checkpoint_every=args.checkpoint_every,
+                              stop=signals.event)
+    finally:
+        signals.armed = False
+    if summary["interrupted"]:
+        raise Interrupted(signals.signum or signal.SIGINT, out)
+    if not args.quiet:
+        print(f"trained in {time.perf_counter() - started:.1f} s at {summary['words_per_s'] / 1e6:.2f}M words/s; "
+              f"vectors in {out / 'vectors.bin'}", file=sys.stderr)
+
+
+def prepare_out_dir(out: Path, force: bool) -> bool:
+    """Make sure ``out`` can take a new run; return True if this call created it."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    if (out / "model").exists() and not force:
+        raise UserError(f"{out} already holds a trained model; continue it with --resume {out}, "
+                        "pass --force to overwrite it, or choose another --out")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write to --out {out}: {exc.strerror}; choose a writable directory") from exc
+    if force:
+        shutil.rmtree(out / "model", ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    return created
+
+

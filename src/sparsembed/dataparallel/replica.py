@@ -1,0 +1,228 @@
+"""The replica of one matrix on one rank: the working copy the kernel trains, the agreed reference, the touched rows.
+
+A data-parallel step trains every rank's working copy from the same reference; the kernel marks each row it may
+change. :meth:`Replica.change` takes the change of the touched rows (``work - reference``) as sorted distinct
+rows; :meth:`Replica.add` adds the sum of all ranks' changes to the reference and gives every working row the new
+value, or, for a row touched since the change was taken (``overlap``), adds the others' part to its newer value.
+Ranks on one host keep the reference and marks in shared memory (:class:`~sparsembed.comm.shm.HostMatrix`), or
+put their change into a slot the peers read in place (:class:`~sparsembed.comm.shm.HostSlots`,
+:meth:`Replica.put_shared` / :meth:`Replica.add_shared`). The row loops are compiled (numba, no GIL).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sparsembed.comm.shm import HostMatrix, HostSlots
+from sparsembed.rows.coalesce import RowSparse
+
+__all__ = ["Replica", "slot_bytes"]
+
+
+class Replica:
+    """One matrix of one rank: the working copy the kernel trains, the reference all ranks agree on, the
+    rows touched since the last exchange."""
+
+    def __init__(self, name: str, work: np.ndarray, host: HostMatrix | None = None) -> None:
+        self.name = name
+        self.work = work
+        self.host = host  # ranks on one host: the reference and the marks live in shared memory, one reference
+        self.ref = work.copy() if host is None else host.ref
+        self.touched = np.zeros(work.shape[0], dtype=np.uint8) if host is None else host.touched
+        self.dense: torch.Tensor | None = None
+        self.dense_half: torch.Tensor | None = None
+
+    def change(self) -> RowSparse:
+        """This rank's change since the last exchange, as sorted distinct rows; clears the touched marks."""
+        ids = np.flatnonzero(self.touched)
+        self.touched[:] = 0
+        values = np.empty((ids.shape[0], self.work.shape[1]), dtype=np.float32)
+        _gather_change(self.work, self.ref, ids, values)
+        return RowSparse.from_sorted(torch.from_numpy(ids), torch.from_numpy(values), self.work.shape[0])
+
+    def add(self, total: RowSparse | torch.Tensor, own: RowSparse | None = None) -> None:
+        """Add the summed change of all ranks (sparse rows, or a dense matrix) to the reference.
+
+        Rows untouched since the change was taken take the new reference; with ``own`` (the change this rank
+        sent, when it went on training while the exchange ran, see ``overlap``) a row touched since keeps its
+        newer change: ``work += total - own``."""
+        if own is not None:
+            _retract(self.work, self.touched, own.ids.numpy(), own.values.numpy())
+        if isinstance(total, torch.Tensor):
+            _apply_dense(self.ref, self.work, self.touched, total.numpy())
+        else:
+            _add_rows(self.ref, self.work, self.touched, total.ids.numpy(), total.values.numpy())
+
+    def exchange_dense(self, group: Any, half: bool = False) -> None:
+        """Sum every rank's change of every row with one dense all-reduce, in buffers kept between steps;
+        ``half``: the all-reduce runs in float16 (half the bytes; each rank's change rounded once)."""
+        _dense_change(self.work, self.ref, self._dense_buffer().numpy())
+        self.touched[:] = 0
+        self.add(self._all_reduce_dense(group, half))
+
+    def sum_dense(self, own: RowSparse, group: Any, half: bool = False) -> torch.Tensor:
+        """The dense sum over all ranks of their changes, this rank's given as sorted distinct rows."""
+        buf = self._dense_buffer().numpy()
+        buf[:] = 0
+        buf[own.ids.numpy()] = own.values.numpy()
+        return self._all_reduce_dense(group, half)
+
+    def _dense_buffer(self) -> torch.Tensor:
+        if self.dense is None:
+            self.dense = torch.empty(self.work.shape, dtype=torch.float32)
+        return self.dense
+
+    def _all_reduce_dense(self, group: Any, half: bool) -> torch.Tensor:
+        if half:
+            if self.dense_half is None:
+                self.dense_half = torch.empty(self.work.shape, dtype=torch.float16)
+            self.dense_half.copy_(self.dense)
+            dist.all_reduce(self.dense_half, group=group)
+            self.dense.copy_(self.dense_half)
+        else:
+            dist.all_reduce(self.dense, group=group)
+        return self.dense
+
+    def put_shared(self, slots: HostSlots) -> RowSparse:
+        """Write this rank's change into its slot (``overlap`` through shared memory: the working copy goes on
+        training while the peers read); returns it (views of the slot, valid until the next put)."""
+        rows, dim = self.work.shape
+        ids = np.flatnonzero(self.touched)
+        n = ids.shape[0]
+        self.touched[:] = 0
+        ids_at, values_at = _slot_layout(rows)
+        mine = slots.slot()
+        own_ids = mine[ids_at:ids_at + 8 * n].view(np.int64)
+        own_ids[:] = ids
+        values = mine[values_at:values_at + 4 * n * dim].view(np.float32).reshape(n, dim)
+        _gather_change(self.work, self.ref, ids, values)
+        return RowSparse.from_sorted(torch.from_numpy(own_ids), torch.from_numpy(values), rows)
+
+    def add_shared(self, slots: HostSlots, counts: np.ndarray, own: RowSparse | None = None) -> None:
+        """:meth:`add` for the rows every rank announced in its slot (``counts``, from ``slots.publish``), in one
+        pass that merges the slots' sorted ids; then the slots may be written again (``slots.advance``).
+
+        ``own``: as in :meth:`add` (rows this rank touched since its change was taken keep their newer
+        change)."""
+        rows, dim = self.work.shape
+        ids_at, values_at = _slot_layout(rows)
+        every = slots.slots()
+        ids = every[:, ids_at:ids_at + 8 * rows].view(np.int64)
+        values = every[:, values_at:values_at + 4 * rows * dim].view(np.float32).reshape(slots.world, rows, dim)
+        _merge_add(self.ref, self.work, self.touched, ids, values, counts, slots.rank if own is not None else -1)
+        slots.advance()
+
+    def refresh(self, ids: np.ndarray, fresh: np.ndarray) -> None:
+        """Rows whose owner sent their current value (sharded): both copies take it."""
+        _set_rows(self.ref, self.work, ids, fresh)
+
+
+@numba.njit(nogil=True, cache=True)
+def _gather_change(work, ref, ids, out):  # pragma: no cover - compiled
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        for k in range(work.shape[1]):
+            out[i, k] = work[r, k] - ref[r, k]
+
+
+@numba.njit(nogil=True, cache=True)
+def _dense_change(work, ref, out):  # pragma: no cover - compiled
+    for r in range(work.shape[0]):
+        for k in range(work.shape[1]):
+            out[r, k] = work[r, k] - ref[r, k]
+
+
+@numba.njit(nogil=True, cache=True)
+def _apply_dense(ref, work, touched, total):  # pragma: no cover - compiled
+    for r in range(ref.shape[0]):
+        for k in range(ref.shape[1]):
+            v = ref[r, k] + total[r, k]
+            ref[r, k] = v
+            work[r, k] = work[r, k] + total[r, k] if touched[r] else v
+
+
+@numba.njit(nogil=True, cache=True)
+def _retract(work, touched, ids, values):  # pragma: no cover - compiled
+    """Take a change this rank sent back out of the rows it touched since: the sum brings it back."""
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        if touched[r]:
+            for k in range(work.shape[1]):
+                work[r, k] -= values[i, k]
+
+
+def _slot_layout(rows: int) -> tuple[int, int]:
+    """Byte offsets of the ids and of the values in a shared-memory slot of a matrix with ``rows`` rows."""
+    return 64, 64 + (8 * rows + 63) // 64 * 64
+
+
+def slot_bytes(rows: int, dim: int) -> int:
+    """Bytes of one rank's shared-memory slot for a matrix of ``rows x dim`` (its ids, then its values)."""
+    return _slot_layout(rows)[1] + 4 * rows * dim
+
+
+@numba.njit(nogil=True, cache=True)
+def _merge_add(ref, work, touched, ids, values, counts, own):  # pragma: no cover - compiled
+    """Merge the ranks' sorted rows (``ids[q, :counts[q]]``, ``values[q]``); add each row's sum, in rank order,
+    to ``ref``; ``work`` takes the new reference, or for a row touched since adds the sum less rank ``own``'s
+    part (-1: none), as :func:`_retract` then :func:`_add_rows` would."""
+    world, dim = ids.shape[0], ref.shape[1]
+    pos = np.zeros(world, np.int64)
+    total = np.empty(dim, np.float32)
+    end = ref.shape[0]
+    while True:
+        r = end
+        for q in range(world):
+            if pos[q] < counts[q] and ids[q, pos[q]] < r:
+                r = ids[q, pos[q]]
+        if r == end:
+            return
+        first, mine = True, -1
+        for q in range(world):
+            p = pos[q]
+            if p < counts[q] and ids[q, p] == r:
+                if first:
+                    total[:] = values[q, p]
+                    first = False
+                else:
+                    for k in range(dim):
+                        total[k] += values[q, p, k]
+                if q == own:
+                    mine = p
+                pos[q] = p + 1
+        if touched[r]:
+            if mine >= 0:
+                for k in range(dim):
+                    work[r, k] -= values[own, mine, k]
+            for k in range(dim):
+                ref[r, k] += total[k]
+                work[r, k] += total[k]
+        else:
+            for k in range(dim):
+                v = ref[r, k] + total[k]
+                ref[r, k] = v
+                work[r, k] = v
+
+
+@numba.njit(nogil=True, cache=True)
+def _add_rows(ref, work, touched, ids, values):  # pragma: no cover - compiled
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        for k in range(ref.shape[1]):
+            v = ref[r, k] + values[i, k]
+            ref[r, k] = v
+            work[r, k] = work[r, k] + values[i, k] if touched[r] else v
+
+
+@numba.njit(nogil=True, cache=True)
+def _set_rows(ref, work, ids, values):  # pragma: no cover - compiled
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        for k in range(ref.shape[1]):
+            ref[r, k] = values[i, k]
+            work[r, k] = values[i, k]

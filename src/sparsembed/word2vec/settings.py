@@ -1,0 +1,77 @@
+"""The hyper-parameters of a word2vec run: gensim's defaults, checked with messages that name the command's flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sparsembed.errors import UserError
+
+__all__ = ["Settings", "default_workers", "is_int"]
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Settings:
+    """Hyper-parameters; the defaults are gensim's (``Word2Vec()``), negative sampling only."""
+
+    sg: int = 0
+    vector_size: int = 100
+    window: int = 5
+    negative: int = 5
+    min_count: int = 5
+    max_vocab: int | None = None
+    sample: float = 1e-3
+    epochs: int = 5
+    alpha: float = 0.025
+    min_alpha: float = 1e-4
+    workers: int = dataclasses.field(default_factory=default_workers)
+    seed: int = 1
+    max_sentence_len: int = 10_000
+    job_tokens: int = 50_000
+
+    def validate(self) -> Settings:
+        """Raise UserError naming the first invalid setting; return self."""
+        checks = [
+            (self.sg in (0, 1), "sg (model) must be 0 (cbow) or 1 (skipgram)"),
+            (is_int(self.vector_size) and 1 <= self.vector_size <= 100_000, "--dim must be an integer in 1..100000"),
+            (is_int(self.window) and 1 <= self.window <= 1000, "--window must be an integer in 1..1000"),
+            (is_int(self.negative) and 1 <= self.negative <= 1000,
+             "--negative must be an integer in 1..1000 (only negative sampling is supported)"),
+            (is_int(self.min_count) and self.min_count >= 1, "--min-count must be an integer >= 1"),
+            (self.max_vocab is None or (is_int(self.max_vocab) and self.max_vocab >= 1),
+             "--max-vocab must be an integer >= 1"),
+            (_finite(self.sample) and 0 <= self.sample < 1, "--sample must be in [0, 1) (0 disables subsampling)"),
+            (is_int(self.epochs) and 1 <= self.epochs <= 100_000, "--epochs must be an integer >= 1"),
+            (_finite(self.alpha) and 0 < self.alpha <= 10, "--alpha must be a number in (0, 10]"),
+            (_finite(self.min_alpha) and 0 <= self.min_alpha <= self.alpha, "--min-alpha must be in [0, alpha]"),
+            (is_int(self.workers) and 1 <= self.workers <= 1024, "--workers must be an integer in 1..1024"),
+            (is_int(self.seed) and 0 <= self.seed < 2**63, "--seed must be an integer in 0..2^63-1"),
+            (is_int(self.max_sentence_len) and self.max_sentence_len >= 1, "max_sentence_len must be >= 1"),
+            (is_int(self.job_tokens) and self.job_tokens >= 1, "job_tokens must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"invalid setting: {message}")
+        return self
+
+
+def is_int(value: Any) -> bool:
+    """An integer (numpy's too), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value)
