@@ -48,6 +48,7 @@ import numpy as np
 from sparsembed.comm.policy import Transport
 from sparsembed.dataparallel.launch import free_port
 from sparsembed.errors import UserError
+from sparsembed.rows.values import Values
 
 __all__ = ["SWEEP", "INPUTS", "ALIGN", "ROWS_ENCODINGS", "run_exchange_bench", "rank_main", "under_torchrun",
            "zipf_ids", "density_ids", "format_text"]
@@ -274,8 +275,6 @@ def _check(nproc: int | None, rows: int, dim: int, ids: int, steps: int, warmup:
             raise UserError(f"bench exchange: {name} must be >= {low}, got {value}")
     if nproc is not None and nproc < 1:
         raise UserError(f"bench exchange: --nproc must be >= 1, got {nproc}")
-    from sparsembed.rows.codec import Values  # torch loads only once a benchmark runs
-
     allowed = [v.value for v in Values]
     if values not in allowed:
         raise UserError(f"bench exchange: --values must be one of {', '.join(allowed)}, got {values!r}")

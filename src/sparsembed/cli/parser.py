@@ -11,6 +11,7 @@ from typing import Any
 
 from sparsembed.comm.policy import Strategy, Transport
 from sparsembed.dataparallel.options import DYNAMIC_ROUNDS, ROWS, VALUES, Balance
+from sparsembed.rows.values import Values
 
 DESCRIPTION = "The ``sparsembed`` command: train, export, eval, similar, demo."
 DEFAULTS = {"dim": 100, "window": 5, "negative": 5, "min_count": 5, "sample": 1e-3, "epochs": 5,
@@ -74,7 +75,7 @@ def _add_data_parallel(train: argparse.ArgumentParser) -> None:
                     help="replicated: every rank sums all changes; sharded: owners sum and send rows back")
     dp.add_argument("--rows", choices=list(ROWS), default="auto",
                     help="how a message names its rows (auto: the smallest)")
-    dp.add_argument("--values", choices=list(VALUES), default="fp32", help="row values on the wire (fp32)")
+    dp.add_argument("--values", choices=_values(VALUES), default="fp32", help="row values on the wire (fp32)")
     dp.add_argument("--transport", choices=_values(Transport), default=Transport.AUTO.value,
                     help="auto: dense steps of ranks on one host go through shared memory; tcp: always gloo")
     dp.add_argument("--overlap", action="store_true",
@@ -131,8 +132,7 @@ def _add_bench(sub: Any) -> None:
     exch.add_argument("--ids", type=int, default=8192, help="Zipf row ids a rank per step, duplicates kept (8192)")
     exch.add_argument("--steps", type=int, default=25, help="timed steps (25)")
     exch.add_argument("--warmup", type=int, default=5, help="untimed steps first (5)")
-    # every member of rows.codec.Values, spelled out: listing them would load torch for every command
-    exch.add_argument("--values", default="fp32", choices=["fp32", "fp16", "bf16"], help="wire dtype (fp32)")
+    exch.add_argument("--values", default="fp32", choices=_values(Values), help="wire dtype (fp32)")
     exch.add_argument("--rows-encoding", default="auto", choices=list(ROWS),
                       help="row-set encoding of our messages (auto)")
     exch.add_argument("--transport", default=Transport.AUTO.value, choices=_values(Transport),

@@ -7,8 +7,7 @@ keeps every rank busy.
 
 The closed sets are the ones their owners define: :class:`~sparsembed.comm.policy.Strategy`,
 :class:`~sparsembed.comm.policy.Mode` and :class:`~sparsembed.comm.policy.Transport`, the row encodings of
-:data:`sparsembed.rows.rowsets.ENCODINGS`, the value types of :class:`sparsembed.rows.codec.Values` (named here by
-value: the codec loads torch, and the command line's parser must stay light).
+:data:`sparsembed.rows.rowsets.ENCODINGS`, the value types of :class:`sparsembed.rows.values.Values`.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from enum import Enum
 from sparsembed.comm.policy import Mode, Strategy, Transport, parse
 from sparsembed.errors import UserError
 from sparsembed.rows.rowsets import ENCODINGS
+from sparsembed.rows.values import Values
 
 __all__ = ["Balance", "ExchangeOptions", "ROWS", "VALUES", "DYNAMIC_ROUNDS", "step_jobs", "even_job_tokens"]
 
@@ -34,8 +34,8 @@ class Balance(str, Enum):
 #: Row encodings a run may force, or ``auto`` (the smallest per message). ``complement`` and ``all`` win only in
 #: their niche (above half density, every row), where ``auto`` picks them.
 ROWS = ("auto", *(name for name in ENCODINGS if name not in ("complement", "all")))
-#: Value types of :class:`sparsembed.rows.codec.Values` a run may send: the dense fallback all-reduces in these.
-VALUES = ("fp32", "fp16")
+#: Value types a run may send: the dense fallback all-reduces in these, and torch's gloo has no bfloat16 sum.
+VALUES = (Values.FP32, Values.FP16)
 #: Jobs per thread and rank in a step with ``balance="dynamic"``: a rank that finishes early draws more of them.
 #: Small jobs keep short the wait for the other rank's last job (at ``--job-tokens`` 250000 a job is one
 #: 10000-token sentence); with 4 the step's end waited longer than static steps did (measured, see BENCHMARKS.md).

@@ -79,7 +79,7 @@ from sparsembed.dataparallel.replica import Replica, slot_bytes
 from sparsembed.dataparallel.watchdog import PeerWatch
 from sparsembed.errors import UserError
 from sparsembed.rows.coalesce import RowSparse
-from sparsembed.rows.codec import Values
+from sparsembed.rows.values import Values
 from sparsembed.word2vec.model import TrainingRun, TrainingState, Word2Vec
 from sparsembed.word2vec.schedule import Schedule
 

@@ -30,7 +30,6 @@ ids unsorted, repeated or out of range.
 from __future__ import annotations
 
 import struct
-from enum import Enum
 from typing import Any
 
 import numba
@@ -42,6 +41,7 @@ from sparsembed.rows import compress as compression
 from sparsembed.rows import rowsets
 from sparsembed.rows.coalesce import RowSparse
 from sparsembed.rows.compress import MAX_EXPANSION
+from sparsembed.rows.values import Values
 
 __all__ = ["CodecError", "Values", "value_type", "encode", "encode_array", "decode", "header", "MAGIC", "VERSION",
            "HEADER_SIZE", "MAX_EXPANSION"]
@@ -57,32 +57,6 @@ MAX_ROWS = 1 << 48
 MAX_DIM = 1 << 24
 
 
-class Values(str, Enum):
-    """How row values travel: the closed set of wire value types, each with its header code, torch dtype and
-    width in bytes (the one table of value widths)."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-    BF16 = "bf16"
-
-    @property
-    def code(self) -> int:
-        """The header's value-dtype byte."""
-        return _VALUE_TYPES[self][0]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The torch dtype of a decoded value."""
-        return _VALUE_TYPES[self][1]
-
-    @property
-    def width(self) -> int:
-        """Bytes per value on the wire."""
-        return _VALUE_TYPES[self][2]
-
-
-_VALUE_TYPES = {Values.FP32: (0, torch.float32, 4), Values.FP16: (1, torch.float16, 2),
-                Values.BF16: (2, torch.bfloat16, 2)}
 _DTYPES = {v.value: (v.code, v.dtype, v.width) for v in Values}
 _DTYPE_BY_CODE = {code: name for name, (code, _, _) in _DTYPES.items()}
 
