@@ -11,7 +11,7 @@ of ``--job-tokens`` tokens, trained three ways on 2 threads, in alternation (so 
 * ``replicas``: each thread trains its own copy with touched-row marks, and the threads wait for each other at the
   end of each step: a rank's compute in ``--nproc 2 --workers 1``, without the exchange;
 * ``replicas + sum``: the same, then after each step the in-place sum of both copies' changes
-  (:func:`sparsembed.comm.shm._reduce_part` on each thread's half of the rows, the copies laid out as
+  (:func:`sparsembed.comm.shm.reduce_part` on each thread's half of the rows, the copies laid out as
   :class:`~sparsembed.comm.shm.HostMatrix` lays them out): what a step of 2 ranks on one host computes, without process
   boundaries or waiting on flags.
 
@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from sparsembed.comm.shm import BLOCK_ROWS, _reduce_part  # noqa: E402
+from sparsembed.comm.shm import BLOCK_ROWS, reduce_part  # noqa: E402
 from sparsembed.word2vec import kernels  # noqa: E402
 from sparsembed.word2vec.model import Word2Vec  # noqa: E402
 from sparsembed.word2vec.schedule import job_boundaries  # noqa: E402
@@ -120,7 +120,7 @@ class _Steps:
                            for _, _, marks in mats])
             if summed:
                 for ref, works, marks in mats:
-                    list(self.pool.map(_reduce_part, [ref] * 2, [works] * 2, [marks] * 2, range(2), [2] * 2,
+                    list(self.pool.map(reduce_part, [ref] * 2, [works] * 2, [marks] * 2, range(2), [2] * 2,
                                        [BLOCK_ROWS] * 2))
                 summing += time.perf_counter() - t1
             else:

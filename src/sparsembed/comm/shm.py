@@ -337,13 +337,13 @@ class HostMatrix(_Segment):
         gloo sum in rank order); clears the marks. Returns how many rows this rank touched. Collective."""
         n = int(np.count_nonzero(self.touched))
         self.publish(n)  # every rank has finished training its copy
-        _reduce_part(self.ref, self.works, self.marks, self.rank, self.world, BLOCK_ROWS)
+        reduce_part(self.ref, self.works, self.marks, self.rank, self.world, BLOCK_ROWS)
         self.publish(n)  # every part is summed: every working copy holds the new reference
         return n
 
 
 @numba.njit(nogil=True, cache=True)
-def _reduce_part(ref, works, marks, part, parts, block):  # pragma: no cover - compiled
+def reduce_part(ref, works, marks, part, parts, block):  # pragma: no cover - compiled
     """For the rows of blocks ``part``, ``part + parts``, ...: the sum, in rank order, of the changes of the ranks
     that marked the row, added to ``ref`` and written into every rank's working copy."""
     world, rows, dim = works.shape
