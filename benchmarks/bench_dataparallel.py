@@ -34,7 +34,8 @@ def _eval(out: Path) -> dict:
                              datapath("questions-words.txt"), "--pairs", datapath("wordsim353.tsv"),
                              "--restrict-vocab", "30000"], capture_output=True, text=True, check=True)
     scores = json.loads(result.stdout)
-    return {"analogy": scores["analogies"]["accuracy"], "ws353": next(iter(scores["pairs"].values()))["spearman"]}
+    ws353 = next(iter(scores["pairs"].values()))["spearman"]
+    return {"analogy": scores["analogies"]["accuracy_pct"] / 100, "ws353": ws353}
 
 
 def _run(corpus: Path, out: Path, extra: list[str]) -> dict:

@@ -72,7 +72,8 @@ def evaluate(vectors: str) -> dict:
     kv = Vectors.load_word2vec_format(vectors, binary=True)
     result = kv.evaluate(analogies=datapath("questions-words.txt"), pairs=[datapath("wordsim353.tsv")],
                          restrict_vocab=30000)
-    return {"analogy": result["analogies"]["accuracy"], "ws353": next(iter(result["pairs"].values()))["spearman"]}
+    ws353 = next(iter(result["pairs"].values()))["spearman"]
+    return {"analogy": result["analogies"]["accuracy_pct"] / 100, "ws353": ws353}
 
 
 def run_once(lib: str, model: str, corpus: Path, workers: int, scratch: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Recommender on a synthetic interaction log, trained data-parallel with ``sparsembed.parallel``.
+"""Recommender on a synthetic interaction log, trained data-parallel with ``sparsembed.parallel(model)``.
 
 The log is generated: users and items drawn from shifted Zipf laws (a few heavy users and blockbuster items, a
 long tail), ratings ``<p_u, q_i> + noise`` with planted rank-``rank`` factors and Gaussian noise of known

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,7 +85,7 @@ def test_eval_and_similar(trained: Path, tmp_path: Path, capsys) -> None:
     assert main(["eval", str(trained), "--analogies", str(questions), "--pairs", str(pairs)]) == 0
     result = json.loads(capsys.readouterr().out)
     analogies = result["analogies"]
-    assert 0 <= analogies["accuracy"] <= 1 and analogies["restrict_vocab"] == min(30000, result["vocab_size"])
+    assert 0 <= analogies["accuracy_pct"] <= 100 and result["restrict_vocab"] == min(30000, result["vocab_size"])
     assert assert_pairs_reported(result)
     assert main(["similar", str(trained / "vectors.bin"), words[0], "-n", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -194,3 +195,157 @@ def test_parsing_the_command_line_loads_no_torch() -> None:
     code = "import sys; from sparsembed.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def _every_parser(parser, path: tuple[str, ...] = ("sparsembed",)):
+    """``(command path, parser)`` of the top-level parser and of every subcommand, nested ones included."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _every_parser(child, (*path, name))
+
+
+def test_help_every_option_of_every_command_explained() -> None:
+    import argparse
+
+    from sparsembed.cli import build_parser
+
+    seen, missing = set(), []
+    for path, parser in _every_parser(build_parser()):
+        seen.add(" ".join(path))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:  # the one-line help of each subcommand
+                    if not (choice.help or "").strip():
+                        missing.append(f"{' '.join(path)} {choice.dest}")
+            elif not (action.help or "").strip():
+                missing.append(f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
+    assert {"sparsembed train", "sparsembed demo", "sparsembed bench shards", "sparsembed bench exchange"} <= seen
+    assert not missing, f"options without help: {missing}"
+
+
+def test_help_names_every_command_in_plain_text_and_shows_export_default(capsys) -> None:
+    from sparsembed.cli import build_parser
+
+    parser = build_parser()
+    commands = {path[1] for path, _ in _every_parser(parser) if len(path) == 2}
+    assert commands == {"train", "export", "eval", "similar", "report", "demo", "bench"}
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    top = " ".join(capsys.readouterr().out.split())
+    assert "`" not in top  # argparse prints the description as is: no reStructuredText markup
+    for command in commands:
+        assert f" {command}," in top or f" {command};" in top, command
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    export_help = " ".join(capsys.readouterr().out.split())
+    assert "a word list (text)" in export_help  # the default of --format
+
+
+def test_version(capsys) -> None:
+    import sparsembed
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sparsembed {sparsembed.__version__}"
+
+
+# Issue 18, points 3, 5 and 9: eval's units, a model saved from Python, vectors files whose header is wrong.
+
+
+def _keys(obj) -> set[str]:
+    """Every key of a JSON document, at any depth (file names as keys excepted)."""
+    if isinstance(obj, dict):
+        return {k for k in obj if "." not in k} | {k for v in obj.values() for k in _keys(v)}
+    if isinstance(obj, list):
+        return {k for v in obj for k in _keys(v)}
+    return set()
+
+
+def test_eval_json_has_one_unit_and_one_restrict_vocab(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(trained, "run")
+    write_analogies("questions.txt", seed=2)
+    words = (trained / "vocab.txt").read_text().split()[::2][:8]
+    lines = [f"{a}\t{b}\t{i}\n" for i, (a, b) in enumerate(zip(words, words[1:], strict=False))]
+    Path("pairs.tsv").write_text("".join(lines) + "notaword\tnorthis\t3\n")
+    capsys.readouterr()
+    assert main(["eval", "run/", "--analogies", "questions.txt", "--pairs", "pairs.tsv",
+                 "--restrict-vocab", "1000000"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["restrict_vocab"] == result["vocab_size"]  # the words that took part; no second value
+    analogies, pairs = result["analogies"], result["pairs"]["pairs.tsv"]
+    # Every share is a percent named *_pct (gensim's analogy score and oov_ratio alike); correlations are r values.
+    assert _keys(result) == {"vocab_size", "vector_size", "restrict_vocab", "analogies", "pairs", "questions",
+                             "correct", "incorrect", "accuracy_pct", "semantic_pct", "syntactic_pct", "oov_pct",
+                             "sections", "section", "pairs_used", "pearson", "pearson_p", "spearman",
+                             "spearman_p"}
+    assert all(0 <= analogies[k] <= 100 for k in ("accuracy_pct", "semantic_pct", "syntactic_pct", "oov_pct"))
+    answered = analogies["correct"] + analogies["incorrect"]
+    assert analogies["correct"] > 0  # so a fraction could not pass for the percent below
+    assert analogies["accuracy_pct"] == pytest.approx(100 * analogies["correct"] / answered)
+    assert analogies["oov_pct"] == pytest.approx(100 * (1 - answered / analogies["questions"]))
+    assert pairs["oov_pct"] == pytest.approx(100 / 8) and pairs["pairs"] == 8 and pairs["pairs_used"] == 7
+
+
+def test_model_saved_from_python_serves_every_command(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from sparsembed import Word2Vec
+    from sparsembed.word2vec.formats import read_word2vec
+
+    monkeypatch.chdir(tmp_path)
+    Word2Vec.load(trained).save("run/")
+    assert [p.name for p in Path("run").iterdir()] == ["model"]
+    word = (trained / "vocab.txt").read_text().split()[0]
+    capsys.readouterr()
+    assert main(["similar", "run/", word, "-n", "3"]) == 0
+    from_model = capsys.readouterr()
+    assert main(["similar", str(trained), word, "-n", "3"]) == 0
+    assert from_model.out == capsys.readouterr().out and from_model.out.count("\n") == 3
+    assert from_model.err == ""  # a finished model: nothing to warn about
+    write_analogies("questions.txt", seed=2)
+    assert main(["eval", "run", "--analogies", "questions.txt"]) == 0
+    assert json.loads(capsys.readouterr().out)["analogies"]["questions"] > 0
+    assert main(["export", "run/", "--format", "text"]) == 0
+    assert capsys.readouterr().out.strip() == str(Path("run") / "vectors.txt")
+    assert read_word2vec("run/vectors.txt")[0] == read_word2vec(trained / "vectors.bin")[0]
+    err = _run_failing(["report", "run/"], capsys)
+    assert "no metrics.jsonl" in err and "model.save" in err and "--out" in err
+    assert not list(Path("run").glob("report-*"))
+
+
+def test_unfinished_run_is_read_from_its_checkpoint_with_a_note(corpus: Path, tmp_path: Path, monkeypatch,
+                                                                 capsys) -> None:
+    from sparsembed import Word2Vec
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(corpus, "corpus.txt")
+    part = Word2Vec(vector_size=24, epochs=2, workers=1, min_count=3)
+    part.build_vocab("corpus.txt")
+    part.train(progress=False, out="part", stop_after_jobs=1)
+    part.save("part")
+    assert not Path("part/vectors.bin").exists()
+    capsys.readouterr()
+    assert main(["similar", "part/", part.wv.index_to_key[0], "-n", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 2
+    assert "no vectors.bin" in captured.err and "0 of 2 epochs" in captured.err
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_vectors_file_whose_header_disagrees_with_its_rows(tmp_path: Path, monkeypatch, capsys, binary) -> None:
+    from sparsembed.word2vec.formats import write_word2vec
+
+    monkeypatch.chdir(tmp_path)
+    words = [f"w{i}" for i in range(12)]
+    write_word2vec("v.w2v", words, np.random.default_rng(1).standard_normal((12, 100)), binary=binary)
+    data = Path("v.w2v").read_bytes()
+    Path("v.w2v").write_bytes(b"12 50" + data[data.index(b"\n"):])
+    err = _run_failing(["similar", "v.w2v", "w0"], capsys)
+    where = "row 1 ('w0') holds 100 float32 values" if binary else "row 1 (line 2) has 100 values"
+    assert where in err and "the header says dimension 50" in err
+

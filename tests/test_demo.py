@@ -1,5 +1,6 @@
 """The generated demo corpus: deterministic, the size asked for, planted words frequent enough, questions
-in gensim's format, and analogies that a real word2vec (gensim) actually learns from it."""
+in gensim's format, and analogies that a real word2vec (gensim) actually learns from it; and ``sparsembed demo``:
+what it keeps, what it says the words are, and the commands it suggests."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from sparsembed.cli import main
 from sparsembed.errors import UserError
-from sparsembed.word2vec import demo
+from sparsembed.word2vec import demo, planted
 
 
 def _parse_questions(path: Path) -> dict[str, list[list[str]]]:
@@ -142,7 +144,7 @@ def test_gensim_learns_the_planted_analogies(tmp_path: Path, capsys: pytest.Capt
     assert set(result["neighbours"]) == set(demo.planted_queries(1))
     # Readable neighbours: mostly words of the query's own group (forms of its concept, same-attribute
     # siblings), not background words.
-    group_of = {w: g.name for g in demo._world(1).groups for forms in g.words for w in forms}
+    group_of = {w: g.name for g in planted.planted_groups(1) for forms in g.words for w in forms}
     near = result["neighbours"]
     same = sum(group_of.get(w) == group_of[query] for query in near for w, _ in near[query])
     assert same >= 0.6 * sum(len(v) for v in near.values()), near
@@ -150,3 +152,59 @@ def test_gensim_learns_the_planted_analogies(tmp_path: Path, capsys: pytest.Capt
     assert "planted-analogy accuracy" in out and "family" in out
     assert (tmp_path / "corpus.txt").exists() and (tmp_path / "questions.txt").exists()
     assert result["out_dir"] == str(tmp_path)
+
+
+def _try_next(out: str) -> list[list[str]]:
+    """The commands the demo suggests at its end, as argument lists for ``main`` (the program name dropped)."""
+    import shlex
+
+    lines = out.split("try next:\n", 1)[1].splitlines()
+    return [shlex.split(line.split("#")[0])[1:] for line in lines if line.startswith("  ")]
+
+
+def test_demo_out_keeps_what_train_writes_and_what_to_try_works(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out", "demo", "--tokens", "30000", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert {p.name for p in Path("demo").iterdir()} >= {"corpus.txt", "questions.txt", "vectors.bin", "vocab.txt",
+                                                      "metrics.jsonl", "model"}
+    assert "kept in demo: corpus.txt, questions.txt, vectors.bin, vocab.txt, metrics.jsonl, model/" in out
+    # The legend: what the made-up words are, with an example of each group.
+    nation = planted.planted_groups(0)[1]
+    assert f"nation: 30 made-up nations, e.g. {nation.words[0][0]} (country) / {nation.words[0][1]} (capital)" in out
+    assert "gender: 24 real English pairs, e.g. king (male) / queen (female)" in out
+    commands = _try_next(out)
+    assert [c[0] for c in commands] == ["similar", "eval", "report", "train"]
+    assert commands[3][:4] == ["train", "demo/corpus.txt", "--out", "demo-skipgram"]
+    for command in commands:  # every suggested command runs as printed, from where the demo ran
+        assert main(command) == 0, command
+    assert Path("demo/report-training.png").exists() and Path("demo-skipgram/vectors.bin").exists()
+
+    # A second demo into the same place would overwrite a model: refused before anything is written.
+    corpus = Path("demo/corpus.txt").read_bytes()
+    capsys.readouterr()
+    assert main(["demo", "--out", "demo", "--tokens", "20000", "--seed", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sparsembed: error: demo already holds a trained model") and len(err.splitlines()) == 1
+    assert "--force" in err
+    assert Path("demo/corpus.txt").read_bytes() == corpus
+    # --force replaces it, as train --force does: a new corpus and a model trained on it.
+    assert main(["demo", "--out", "demo", "--tokens", "30000", "--seed", "3", "--workers", "1", "--force"]) == 0
+    assert Path("demo/corpus.txt").read_bytes() != corpus
+    assert main(["similar", "demo", planted.planted_queries(3)[0]]) == 0
+
+
+def test_demo_without_out_keeps_nothing_and_says_how_to_keep(tmp_path: Path, monkeypatch, capsys) -> None:
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert main(["demo", "--tokens", "30000", "--workers", "1", "--model", "skipgram"]) == 0
+    out = capsys.readouterr().out
+    assert str(scratch) not in out and "sparsembed-demo-" not in out  # no path that is gone when the demo ends
+    assert "in a temporary directory, deleted at the end" in out and "nothing was kept" in out
+    assert "sparsembed demo --out sparsembed-demo --model skipgram --tokens 30000" in out
+    assert not list(scratch.iterdir()) and not list(tmp_path.glob("sparsembed-demo*"))
+

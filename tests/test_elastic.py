@@ -136,6 +136,9 @@ def test_killed_rank_restarts_from_checkpoint_and_completes(corpus: Path, undist
         _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     assert _restarts(out) >= 1  # it really went back to a checkpoint
+    # What the user reads is the restart, not an error after which the run goes on anyway.
+    assert "restarting (attempt 1 of 3) from the checkpoint of step " in err, err
+    assert "sparsembed: error" not in err and "cannot continue" not in err, err
     # The ranks exchanged through shared memory; a killed rank leaves no segment behind (names go once mapped).
     assert not [p for p in os.listdir("/dev/shm") if p.startswith("sparsembed-")]
     # Restarted at a step boundary, the run retraces the same steps: the result is the undisturbed one.
@@ -153,6 +156,9 @@ def test_killed_rank_without_restarts_stops_cleanly_and_resumes(corpus: Path, un
     # Rank 0 names the lost rank (its heartbeat stopped), or the launcher does (it saw the rank die first).
     assert errors and any("rank 1 of 2 stopped responding" in e or "rank 1 failed (killed by SIGKILL)" in e
                           for e in errors), err
+    # The advice is the command that resumes this run, as Ctrl-C gives it, not torchrun's options.
+    assert any(e.endswith(f"resume with: sparsembed train --resume {out} --nproc 2") for e in errors), err
+    assert not any("torchrun" in e for e in errors), err
     assert not (out / "vectors.bin").exists()  # outputs untouched; the last checkpoint stays
     assert _position(out) is not None
     resumed = _run(["train", "--resume", str(out), "--nproc", "2", "--workers", "1", "--quiet"])
@@ -197,3 +203,26 @@ def test_ctrl_c_checkpoints_every_rank_then_resumes_byte_identical(corpus: Path,
     resumed = _run(["train", "--resume", str(out), "--nproc", "2", "--workers", "1", "--quiet"])
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "vectors.bin").read_bytes() == undisturbed
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "--nproc"])
+@pytest.mark.parametrize("content", [None, b""], ids=["missing corpus", "empty corpus"])
+def test_failed_start_is_one_line_and_leaves_no_out(tmp_path: Path, launcher: str, content: bytes | None) -> None:
+    """A start that fails on bad input behaves alike under torchrun and --nproc: our one line, exit code 2 from
+    the ranks, and no --out directory left behind (under torchrun no parent of ours is there to remove it)."""
+    if content is not None:
+        (tmp_path / "corpus.txt").write_bytes(content)
+    train = ["-m", "sparsembed", "train", "corpus.txt", "--out", "run", "--workers", "1", "--quiet"]
+    if launcher == "torchrun":
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *train]
+    else:
+        argv = [sys.executable, *train, "--nproc", "2"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    ours = [line for line in done.stderr.splitlines() if line.startswith("sparsembed:")]
+    assert len(ours) == 1 and ours[0].startswith("sparsembed: error: "), done.stderr
+    assert ("does not exist" if content is None else "empty") in ours[0]
+    assert not (tmp_path / "run").exists(), done.stderr
+    if launcher == "--nproc":
+        assert done.returncode == 2 and done.stderr.strip() == ours[0], done.stderr
+    else:  # torchrun reports the failed ranks its own way (its exit code 1), with the ranks' exit code 2
+        assert done.returncode != 0 and "exitcode  : 2" in done.stderr, done.stderr

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -220,15 +221,18 @@ def test_leftovers_of_a_killed_save_are_removed(stopped: Path, reference: Path) 
     for array in list(model_dir.glob("*.000001.npy")):
         shutil.copy(array, model_dir / array.name.replace("000001", "000007"))  # complete, but never adopted
     leftovers = [model_dir / ".syn1.000007.npy.k1ll3d.tmp", model_dir / ".state.json.k1ll3d.tmp",
-                 stopped / ".vectors.bin.k1ll3d.tmp", stopped / ".vocab.txt.k1ll3d.tmp"]
+                 model_dir / ".state.000007.json.k1ll3d.tmp", stopped / ".vectors.bin.k1ll3d.tmp",
+                 stopped / ".vocab.txt.k1ll3d.tmp"]
     for path in leftovers:
         path.write_bytes(b"half-written")
     assert Word2Vec.load(stopped).position.job == 1  # state.json still names generation 1
     assert main(["train", "--resume", str(stopped), "--quiet"]) == 0
     assert (stopped / "vectors.bin").read_bytes() == (reference / "vectors.bin").read_bytes()
     assert not [p for p in leftovers if p.exists()]
-    generations = {p.name.split(".")[-2] for p in model_dir.glob("*.npy")}
-    assert len(generations) == 1 and int(generations.pop()) > 7  # a new number: nothing half-made is reused
+    generations = {int(p.name.split(".")[-2]) for p in model_dir.glob("*.npy")}
+    # New numbers (nothing half-made is reused), and the two newest generations kept (--keep-checkpoints 2).
+    assert len(generations) == 2 and min(generations) > 7
+    assert {int(p.name.split(".")[1]) for p in model_dir.glob("state.*.json")} == generations
 
 
 # --------------------------------------------------------------------------------- damaged state, bad input
@@ -239,11 +243,24 @@ def _flip_array_byte(out: Path) -> None:
     target.write_bytes(bytes(data))
 
 
+def _state_files(out: Path) -> list[Path]:
+    """``state.json`` and every generation's own state file: damage to all of them leaves nothing to fall back to."""
+    return [out / "model" / "state.json", *sorted((out / "model").glob("state.*.json"))]
+
+
 def _flip_state_digit(out: Path) -> None:
-    state = out / "model" / "state.json"
-    text = state.read_text()
-    at = text.index('"job": 1')
-    state.write_text(text[:at] + '"job": 2' + text[at + len('"job": 1'):])
+    for state in _state_files(out):
+        text = state.read_text()
+        at = text.index('"job": 1')
+        state.write_text(text[:at] + '"job": 2' + text[at + len('"job": 1'):])
+
+
+def _damage_states(change: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def damage(out: Path) -> None:
+        for state in _state_files(out):
+            state.write_bytes(change(state.read_bytes()))
+
+    return damage
 
 
 def _rewrite_checkpoint(out: Path, change) -> None:
@@ -281,17 +298,15 @@ def _touch_corpus(out: Path) -> None:
 
 DAMAGE = {
     "array byte flipped": (_flip_array_byte, "corrupt (checksum mismatch)", False),
-    "state.json truncated": (lambda out: (out / "model" / "state.json").write_bytes(
-        (out / "model" / "state.json").read_bytes()[:100]), "is damaged", False),
-    "state.json garbage": (lambda out: (out / "model" / "state.json").write_bytes(
-        bytes(range(256)) * 4), "is damaged", False),
-    "state.json digit changed": (_flip_state_digit, "corrupt (checksum mismatch)", False),
+    "state files truncated": (_damage_states(lambda data: data[:100]), "is damaged", False),
+    "state files garbage": (_damage_states(lambda _data: bytes(range(256)) * 4), "is damaged", False),
+    "state files digit changed": (_flip_state_digit, "corrupt (checksum mismatch)", False),
     "array file missing": (lambda out: next((out / "model").glob("syn1.*.npy")).unlink(), "is missing", False),
     "matrices disagree with dim": (_wrong_dim, "inconsistent", False),
     "matrices disagree with vocabulary": (_wrong_rows, "inconsistent", False),
     "corpus grew": (_grow_corpus, "changed since the checkpoint", True),
     "corpus touched": (_touch_corpus, "changed since the checkpoint", True),
-    "corpus vanished": (lambda out: _corpus_of(out).unlink(), "is gone", True),
+    "corpus vanished": (lambda out: _corpus_of(out).unlink(), "is missing (moved or deleted)", True),
     "no checkpoint": (lambda out: shutil.rmtree(out / "model"), "no checkpoint", False),
 }
 

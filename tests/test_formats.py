@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from gensim.models import KeyedVectors
@@ -186,3 +188,46 @@ def test_unstorable_words_rejected(tmp_path, word):
 def test_shape_mismatch_rejected(tmp_path):
     with pytest.raises(UserError, match="one matrix row per word"):
         write_word2vec(tmp_path / "v.bin", ["a"], np.zeros((2, 2), dtype=np.float32))
+
+
+def _binary_rows(rows: list[tuple[str, np.ndarray]], header_dim: int, end: bytes) -> bytes:
+    """A binary file by hand: any header, rows of any length, word2vec C's "\\n" or gensim's nothing after each."""
+    body = b"".join(w.encode() + b" " + v.astype("<f4").tobytes() + end for w, v in rows)
+    return f"{len(rows)} {header_dim}\n".encode() + body
+
+
+@pytest.mark.parametrize("end", [b"\n", b""])
+@pytest.mark.parametrize("header_dim, row_dim", [(50, 100), (100, 50)])
+def test_binary_header_dimension_disagrees_with_rows(tmp_path, end, header_dim, row_dim):
+    rng = np.random.default_rng(8)
+    rows = [(f"w{i}", rng.standard_normal(row_dim)) for i in range(12)]
+    path = tmp_path / "v.bin"
+    path.write_bytes(_binary_rows(rows, header_dim, end))
+    expect = (f"row 1 ('w0') holds {row_dim} float32 values ({4 * row_dim} bytes) but the header says "
+              f"dimension {header_dim}")
+    for flag in (True, None):
+        with pytest.raises(UserError, match=re.escape(expect)):
+            read_word2vec(path, binary=flag)
+
+
+@pytest.mark.parametrize("end", [b"\n", b""])
+def test_binary_row_of_another_length_is_named(tmp_path, end):
+    rng = np.random.default_rng(9)
+    rows = [(f"w{i}", rng.standard_normal(60 if i == 4 else 50)) for i in range(12)]
+    path = tmp_path / "v.bin"
+    path.write_bytes(_binary_rows(rows, 50, end))
+    with pytest.raises(UserError, match=re.escape("row 5 ('w4') holds 60 float32 values (240 bytes) but the header")):
+        read_word2vec(path)
+
+
+@pytest.mark.parametrize("header_dim, row_dim", [(50, 100), (100, 50)])
+def test_text_header_dimension_disagrees_with_rows(tmp_path, header_dim, row_dim):
+    rng = np.random.default_rng(10)
+    path = tmp_path / "v.txt"
+    write_word2vec(path, [f"w{i}" for i in range(12)], rng.standard_normal((12, row_dim)), binary=False)
+    data = path.read_bytes()
+    path.write_bytes(f"12 {header_dim}".encode() + data[data.index(b"\n"):])
+    expect = f"row 1 (line 2) has {row_dim} values but the header says dimension {header_dim}"
+    for flag in (False, None):  # None: detected as text although the row is not the header's length
+        with pytest.raises(UserError, match=re.escape(expect)):
+            read_word2vec(path, binary=flag)

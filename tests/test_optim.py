@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -112,3 +114,51 @@ def test_untouched_rows_and_state_stay_put() -> None:
 def test_rejects_bad_lr() -> None:
     with pytest.raises(UserError):
         optim.SGD(nn.Linear(2, 2), lr=0.0)
+
+
+OPTIMIZERS = {
+    "sgd": lambda ps: optim.SGD(ps, lr=0.1),
+    "adagrad": lambda ps: optim.Adagrad(ps, lr=0.1),
+    "adam": lambda ps: optim.Adam(ps, lr=0.05),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("sparse", [True, False])
+def test_parameters_as_torch_takes_them_train_as_the_model(kind: str, sparse: bool) -> None:
+    # The PyTorch habit: opt = SGD(model.parameters(), lr=0.1). A sparse gradient still updates only its rows.
+    make = OPTIMIZERS[kind]
+    a, b = _pair(sparse, sparse)
+    c = Small(sparse)
+    c.load_state_dict(a.state_dict())
+    _steps(a, make(a))
+    _steps(b, make(b.parameters()))
+    _steps(c, make(c.named_parameters()))
+    for (k, x), y, z in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values(), strict=True):
+        torch.testing.assert_close(y, x, rtol=0, atol=0, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(z, x, rtol=0, atol=0, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_parameters_state_is_named_by_position_or_name() -> None:
+    model = Small(True)
+    for params, names in ((model.parameters(), {"0", "1", "2"}),
+                          (model.named_parameters(), {"emb.weight", "lin.weight", "lin.bias"})):
+        opt = optim.Adam(params, lr=0.1)
+        _steps(model, opt, n=1)
+        assert set(opt.state_dict()["state"]) == names
+
+
+@pytest.mark.parametrize(
+    "given,says",
+    [
+        (lambda m: m.lin.weight, "a list of parameters ([tensor])"),
+        (lambda m: [{"params": list(m.parameters()), "lr": 0.1}], "parameter groups"),
+        (lambda m: [m.lin.weight, HashEmbedding(4)], "a HashEmbedding is a module"),
+        (lambda m: iter([]), "empty parameter list"),
+        (lambda m: [m.lin.weight, 3.0], "parameter 1 is a float"),
+        (lambda m: 0.5, "got float"),
+    ],
+)
+def test_what_cannot_be_optimized_says_what_to_pass(given, says: str) -> None:
+    with pytest.raises(UserError, match=r"^SGD: .*" + re.escape(says)):
+        optim.SGD(given(Small(False)), lr=0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -312,3 +313,18 @@ def test_fp16_wire_is_close_and_replicas_identical(pool: DistPool) -> None:
         assert torch.equal(results[0][k], results[1][k]), k
         if not k.endswith(".keys"):
             torch.testing.assert_close(results[0][k], ref[k], rtol=0, atol=1e-3, msg=k)
+
+
+def test_docs_call_parallel_the_function() -> None:
+    """`sparsembed.parallel` is a function (there is no `sparsembed.parallel` module): the README, the guide and the
+    examples name it as the call users write, `sparsembed.parallel(model)`."""
+    import re
+
+    import sparsembed
+
+    assert callable(sparsembed.parallel) and sparsembed.parallel is parallel
+    root = Path(__file__).resolve().parents[1]
+    texts = [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "examples").glob("*.py"))]
+    for path in texts:
+        for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+            assert not re.search(r"sparsembed\.parallel(?![(\w])", line), f"{path.name}:{number}: {line}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from gensim.test.utils import datapath
 from scipy import stats
 
 from sparsembed.errors import UserError
-from sparsembed.word2vec.evaluate import _average_ranks
+from sparsembed.word2vec.evaluate import _average_ranks, _correlation_p, _pearson
 from sparsembed.word2vec.vectors import UnknownWordError, Vectors
 
 SECTIONS = ("capital-common-countries", "family", "gram3-comparative", "gram7-past-tense")
@@ -94,12 +95,23 @@ def _gensim_kv(words, matrix) -> KeyedVectors:
     return kv
 
 
-def _assert_same_analogies(ours: dict, gensim_result) -> None:
+def _assert_same_analogies(ours, gensim_result) -> None:
+    """gensim's shape and values: (score, sections), each section's correct / incorrect question tuples."""
+    assert isinstance(ours, tuple) and len(ours) == 2
     score, sections = gensim_result
-    theirs = [(s["section"], len(s["correct"]), len(s["incorrect"])) for s in sections]
-    assert [(s["section"], s["correct"], s["incorrect"]) for s in ours["sections"]] == theirs
-    assert ours["accuracy"] == pytest.approx(score)
-    assert (ours["correct"], ours["incorrect"]) == theirs[-1][1:]
+    assert ours[1] == sections
+    assert ours[0] == pytest.approx(score, abs=1e-12) and isinstance(ours[0], float)
+
+
+def _assert_report_agrees(report: dict, gensim_result) -> None:
+    """analogy_report carries the same counts as the gensim-shaped result, in percent."""
+    score, sections = gensim_result
+    *per_section, total = sections
+    assert [(s["section"], s["correct"], s["incorrect"]) for s in report["sections"]] == [
+        (s["section"], len(s["correct"]), len(s["incorrect"])) for s in per_section
+    ]
+    assert (report["correct"], report["incorrect"]) == (len(total["correct"]), len(total["incorrect"]))
+    assert report["accuracy_pct"] == pytest.approx(100 * score)
 
 
 @pytest.mark.parametrize("case_insensitive", [True, False])
@@ -109,9 +121,11 @@ def test_analogies_match_gensim_planted(questions, planted, case_insensitive, re
     words, matrix = planted
     kwargs = dict(restrict_vocab=restrict_vocab, case_insensitive=case_insensitive, dummy4unknown=dummy4unknown)
     ours = Vectors(words, matrix).evaluate_word_analogies(questions, **kwargs)
-    _assert_same_analogies(ours, _gensim_kv(words, matrix).evaluate_word_analogies(questions, **kwargs))
-    assert ours["correct"] > 0 and 0 < ours["coverage"] < 1
-    assert ours["restrict_vocab"] == min(restrict_vocab, len(words))
+    theirs = _gensim_kv(words, matrix).evaluate_word_analogies(questions, **kwargs)
+    _assert_same_analogies(ours, theirs)
+    report = Vectors(words, matrix).analogy_report(questions, **kwargs)
+    _assert_report_agrees(report, theirs)
+    assert report["correct"] > 0 and 0 < report["oov_pct"] < 100
 
 
 @pytest.mark.parametrize("case_insensitive", [True, False])
@@ -126,27 +140,33 @@ def test_analogies_match_gensim_trained(questions, trained, case_insensitive, re
     _assert_same_analogies(ours, theirs)
 
 
-def test_analogy_summary_fields(questions, planted):
+def test_analogy_report_fields(questions, planted):
     words, matrix = planted
-    result = Vectors(words, matrix).evaluate_word_analogies(questions)
+    result = Vectors(words, matrix).analogy_report(questions)
     sections = {s["section"]: s for s in result["sections"]}
+    assert "Total accuracy" not in sections  # the totals are the report's own fields
     semantic = [sections[name] for name in ("capital-common-countries", "family", "made-up")]
     syntactic = [sections[name] for name in ("gram3-comparative", "gram7-past-tense")]
-    for group, key in ((semantic, "semantic"), (syntactic, "syntactic")):
+    for group, key in ((semantic, "semantic_pct"), (syntactic, "syntactic_pct")):
         right = sum(s["correct"] for s in group)
-        assert result[key] == pytest.approx(right / sum(s["correct"] + s["incorrect"] for s in group))
-    assert sections["made-up"] == {"section": "made-up", "correct": 0, "incorrect": 0, "accuracy": 0.0}
+        assert result[key] == pytest.approx(100 * right / sum(s["correct"] + s["incorrect"] for s in group))
+    assert sections["made-up"] == {"section": "made-up", "correct": 0, "incorrect": 0, "accuracy_pct": 0.0}
     assert result["questions"] == 4 * PER_SECTION + 1
     answered = result["correct"] + result["incorrect"]
-    assert result["coverage"] == pytest.approx(answered / result["questions"])
+    assert result["oov_pct"] == pytest.approx(100 * (1 - answered / result["questions"]))
+    # One unit: every share is a percent and says so in its name; no fraction-valued key is left.
+    assert {k for k in result if k.endswith("_pct")} == {"accuracy_pct", "semantic_pct", "syntactic_pct", "oov_pct"}
+    assert set(result) - {k for k in result if k.endswith("_pct")} == {"questions", "correct", "incorrect", "sections"}
     json.dumps(result)
 
 
 def test_full_questions_file_smoke(trained):
     """All 19,544 questions (too slow to compare with gensim here): runs and counts every question."""
-    result = Vectors(trained.index_to_key, trained.vectors).evaluate_word_analogies(datapath("questions-words.txt"))
-    assert result["questions"] == 19544
-    assert len(result["sections"]) == 15 and result["sections"][-1]["section"] == "Total accuracy"
+    vectors = Vectors(trained.index_to_key, trained.vectors)
+    score, sections = vectors.evaluate_word_analogies(datapath("questions-words.txt"))
+    assert len(sections) == 15 and sections[-1]["section"] == "Total accuracy"
+    assert 0 <= score <= 1
+    assert vectors.analogy_report(datapath("questions-words.txt"))["questions"] == 19544
 
 
 @pytest.mark.parametrize("case_insensitive", [True, False])
@@ -164,10 +184,19 @@ def test_word_pairs_match_gensim(name, case_insensitive, dummy4unknown):
     kwargs = dict(restrict_vocab=len(words) - 40, case_insensitive=case_insensitive, dummy4unknown=dummy4unknown)
     ours = Vectors(words, matrix).evaluate_word_pairs(path, **kwargs)
     pearson, spearman, oov = _gensim_kv(words, matrix).evaluate_word_pairs(path, **kwargs)
-    assert ours["pearson"] == pytest.approx(pearson[0], abs=1e-6)
-    assert ours["spearman"] == pytest.approx(spearman.statistic, abs=1e-6)
-    assert ours["oov_ratio"] == pytest.approx(oov)
-    assert 0 < ours["oov_ratio"] < 100 and ours["pairs"] > 50
+    # gensim's shape: ((pearson, p), (spearman, p), oov_ratio in percent), as plain tuples of floats.
+    (our_r, our_r_p), (our_rho, our_rho_p), our_oov = ours
+    assert our_r == pytest.approx(pearson.statistic, abs=1e-6)
+    assert our_r_p == pytest.approx(pearson.pvalue, rel=1e-6)
+    assert our_rho == pytest.approx(spearman.statistic, abs=1e-6)
+    assert our_rho_p == pytest.approx(spearman.pvalue, rel=1e-6)
+    assert our_oov == pytest.approx(oov)
+    assert all(isinstance(x, float) for x in (our_r, our_r_p, our_rho, our_rho_p, our_oov))
+    report = Vectors(words, matrix).pair_report(path, **kwargs)
+    assert (report["pearson"], report["pearson_p"], report["spearman"], report["spearman_p"], report["oov_pct"]) == (
+        our_r, our_r_p, our_rho, our_rho_p, our_oov)
+    assert 0 < report["oov_pct"] < 100 and report["pairs_used"] > 50
+    assert (report["pairs_used"] == report["pairs"]) == dummy4unknown  # else pairs with an unknown word are left out
 
 
 def test_spearman_ties_match_scipy(tmp_path):
@@ -176,13 +205,16 @@ def test_spearman_ties_match_scipy(tmp_path):
     lines = [f"w{rng.integers(40)}\tw{rng.integers(40)}\t{rng.integers(0, 4)}" for _ in range(200)]
     (tmp_path / "pairs.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     matrix = rng.standard_normal((40, 8)).astype(np.float32)
-    ours = Vectors(words, matrix).evaluate_word_pairs(tmp_path / "pairs.tsv")
+    ours = Vectors(words, matrix).pair_report(tmp_path / "pairs.tsv")
     vectors = Vectors(words, matrix)
     gold = [float(line.split("\t")[2]) for line in lines]
     normed = vectors.get_normed_vectors().astype(np.float64)  # the same float64 products as ours
     model = [normed[vectors.key_to_index[a]] @ normed[vectors.key_to_index[b]] for a, b, _ in map(str.split, lines)]
-    assert ours["spearman"] == pytest.approx(stats.spearmanr(gold, model).statistic, abs=1e-9)
-    assert ours["pearson"] == pytest.approx(stats.pearsonr(gold, model).statistic, abs=1e-9)
+    spearman, pearson = stats.spearmanr(gold, model), stats.pearsonr(gold, model)
+    assert ours["spearman"] == pytest.approx(spearman.statistic, abs=1e-9)
+    assert ours["pearson"] == pytest.approx(pearson.statistic, abs=1e-9)
+    assert ours["spearman_p"] == pytest.approx(spearman.pvalue, rel=1e-6)
+    assert ours["pearson_p"] == pytest.approx(pearson.pvalue, rel=1e-6)
     values = rng.integers(0, 5, 300).astype(float)  # heavy ties
     np.testing.assert_allclose(_average_ranks(values), stats.rankdata(values))
 
@@ -277,10 +309,48 @@ def test_evaluate_is_json(tmp_path, questions, planted):
             "".join(f"{a}\t{b}\t{i % 4}\n" for i, (a, b) in enumerate(zip(words[:50], words[50:100], strict=True)))
         )
     result = Vectors(words, matrix).evaluate(analogies=questions, pairs=[pairs], restrict_vocab=1000)
-    assert result["analogies"]["restrict_vocab"] == 1000 and result["restrict_vocab"] == 1000
+    assert result["restrict_vocab"] == 1000 and "restrict_vocab" not in result["analogies"]
     assert set(result["pairs"]) == {pairs}
+    assert result["analogies"] == Vectors(words, matrix).analogy_report(questions, restrict_vocab=1000)
+    assert result["pairs"][pairs] == Vectors(words, matrix).pair_report(pairs, restrict_vocab=1000)
     json.dumps(result)
-    assert Vectors(words, matrix).evaluate()["analogies"] is None
+    # One restrict_vocab: the number of words that took part, at most the vocabulary.
+    everything = Vectors(words, matrix).evaluate(restrict_vocab=10**6)
+    assert everything["restrict_vocab"] == len(words) and everything["analogies"] is None
+
+
+def test_correlation_p_values_match_scipy_at_the_edges():
+    """Few pairs, strong, perfect and zero correlations, tiny p-values: the same as scipy's."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(500)
+    cases = [tuple(rng.standard_normal((2, n))) for n in (3, 4, 7, 40, 2000)]
+    cases += [(x, x), (x, -x), (x[:60], x[:60] + rng.standard_normal(60)), (x[:9], np.r_[x[1:9], x[0]])]
+    for gold, model in cases:
+        rho = _pearson(_average_ranks(gold), _average_ranks(model))
+        for r, theirs in ((_pearson(gold, model), stats.pearsonr(gold, model)), (rho, stats.spearmanr(gold, model))):
+            assert r == pytest.approx(theirs.statistic, abs=1e-9)
+            assert _correlation_p(r, len(gold)) == pytest.approx(theirs.pvalue, rel=1e-6, abs=1e-300)
+
+
+def test_to_gensim(random_vectors):
+    words, matrix = random_vectors
+    counts = np.arange(3000, 0, -1)
+    vectors = Vectors(words, matrix, counts)
+    kv = vectors.to_gensim()
+    assert isinstance(kv, KeyedVectors) and kv.index_to_key == words and kv.vector_size == 32
+    np.testing.assert_array_equal(kv.vectors, matrix)
+    assert kv.get_vecattr("w10", "count") == counts[10]
+    assert [w for w, _ in kv.most_similar("w3", topn=8)] == [w for w, _ in vectors.most_similar("w3", topn=8)]
+    kv.vectors[0] += 1  # a copy: gensim's object owns its rows
+    assert not np.array_equal(kv.vectors[0], vectors.vectors[0])
+    assert "count" not in Vectors(words, matrix).to_gensim().expandos
+
+
+def test_to_gensim_without_gensim(monkeypatch, random_vectors):
+    monkeypatch.setitem(sys.modules, "gensim", None)  # what an environment without gensim raises: ImportError
+    monkeypatch.setitem(sys.modules, "gensim.models", None)
+    with pytest.raises(UserError, match="pip install gensim"):
+        Vectors(*random_vectors).to_gensim()
 
 
 @pytest.mark.parametrize(

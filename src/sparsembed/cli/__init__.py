@@ -1,4 +1,4 @@
-"""The ``sparsembed`` command: train, export, eval, similar, demo.
+"""The ``sparsembed`` command: train, export, eval, similar, report, demo, bench (and ``--version``).
 
 Every user error (bad corpus, bad setting, unwritable output, damaged checkpoint, full disk) ends as one line
 on stderr, ``sparsembed: error: ...``, and exit code 2. Ctrl-C or SIGTERM during training finishes the running

@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from sparsembed import __version__
 from sparsembed.comm.policy import Strategy, Transport
 from sparsembed.dataparallel.options import DYNAMIC_ROUNDS, ROWS, VALUES, Balance
 from sparsembed.rows.values import Values
 
-DESCRIPTION = "The ``sparsembed`` command: train, export, eval, similar, demo."
+#: Plain text: argparse prints it as is.
+DESCRIPTION = ("Train word2vec (CBOW or skip-gram) on one machine or data-parallel, and work with the vectors. "
+               "Commands: train, export, eval, similar, report, demo, bench; "
+               "'sparsembed COMMAND --help' lists a command's options.")
 DEFAULTS = {"dim": 100, "window": 5, "negative": 5, "min_count": 5, "sample": 1e-3, "epochs": 5,
             "alpha": 0.025, "min_alpha": 1e-4, "seed": 1}
 
@@ -21,15 +25,19 @@ DEFAULTS = {"dim": 100, "window": 5, "negative": 5, "min_count": 5, "sample": 1e
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="sparsembed", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_vector_tools(sub)
     _add_bench(sub)
     demo = sub.add_parser("demo", help="train on a generated corpus with planted analogies (no download)")
-    demo.add_argument("--model", choices=["cbow", "skipgram"], default="cbow")
-    demo.add_argument("--out", help="where the corpus, questions and model go (default: a temporary directory)")
-    demo.add_argument("--workers", type=int, default=None)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--model", choices=["cbow", "skipgram"], default="cbow", help="what to train (cbow)")
+    demo.add_argument("--out", help="keep corpus.txt, questions.txt and the trained model there (vectors.bin, "
+                      "vocab.txt, metrics.jsonl, model/, as train writes them); default: nothing is kept")
+    demo.add_argument("--workers", type=int, default=None, help="training threads (all cores)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generated words, corpus and training (0)")
+    demo.add_argument("--force", action="store_true", help="with --out: replace a model already there")
     demo.add_argument("--tokens", type=int, default=None, help="corpus size (3M for cbow, 1.5M for skipgram)")
     return parser
 
@@ -40,10 +48,15 @@ def _values(kind: type) -> list[str]:
 
 def _add_train(sub: Any) -> None:
     train = sub.add_parser("train", help="train word2vec (CBOW or skip-gram) on a corpus")
-    train.add_argument("corpus", nargs="?", help="a text file or directory (.gz/.bz2/.xz read as streams)")
+    train.add_argument("corpus", nargs="?", help="a text file or directory (.gz/.bz2/.xz read as streams); with "
+                       "--resume, only if the checkpoint's corpus has moved: where it is now")
     train.add_argument("--out", help="output directory: vectors.bin, vocab.txt, metrics.jsonl, model/")
-    train.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (settings come from it)")
-    train.add_argument("--model", choices=["cbow", "skipgram"], default="cbow")
+    train.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (its settings come from DIR: "
+                       "--model, --dim, ... are refused; --workers, --quiet, --checkpoint-every, --keep-checkpoints "
+                       "and the data-parallel options may change)")
+    train.add_argument("--model", choices=["cbow", "skipgram"], default="cbow",
+                       help="cbow: predict a word from its averaged context; skipgram: each context word from the "
+                       "word (cbow)")
     train.add_argument("--dim", type=int, default=DEFAULTS["dim"], help="vector size (100)")
     train.add_argument("--window", type=int, default=DEFAULTS["window"], help="max context window (5)")
     train.add_argument("--negative", type=int, default=DEFAULTS["negative"], help="negative samples (5)")
@@ -57,6 +70,9 @@ def _add_train(sub: Any) -> None:
     train.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed (1)")
     train.add_argument("--checkpoint-every", type=float, default=600.0, metavar="SECONDS",
                        help="also checkpoint every SECONDS, besides each epoch end (600)")
+    train.add_argument("--keep-checkpoints", type=int, default=2, metavar="K",
+                       help="keep the K newest checkpoint generations in DIR/model; --resume falls back to an older "
+                       "one when the newest is damaged (2)")
     train.add_argument("--force", action="store_true", help="overwrite a model already in --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--job-tokens", type=int, default=None,
@@ -92,7 +108,8 @@ def _add_data_parallel(train: argparse.ArgumentParser) -> None:
 def _add_vector_tools(sub: Any) -> None:
     export = sub.add_parser("export", help="write the vectors of a trained DIR as text, binary or npy")
     export.add_argument("dir", help="a directory written by `sparsembed train`")
-    export.add_argument("--format", choices=["text", "binary", "npy"], default="text")
+    export.add_argument("--format", choices=["text", "binary", "npy"], default="text",
+                        help="word2vec text, word2vec binary, or a .npy matrix with a word list (text)")
     export.add_argument("--output", help="target path (default: DIR/vectors.txt, DIR/vectors.bin, DIR/vectors.npy)")
 
     evaluate = sub.add_parser("eval", help="analogy accuracy and word-pair correlations, as JSON")
@@ -104,7 +121,7 @@ def _add_vector_tools(sub: Any) -> None:
 
     similar = sub.add_parser("similar", help="nearest neighbours of a word")
     similar.add_argument("vectors", help="a word2vec file (binary or text) or a training directory")
-    similar.add_argument("word")
+    similar.add_argument("word", help="the word whose neighbours to list")
     similar.add_argument("-n", type=int, default=10, help="how many neighbours (10)")
 
     report = sub.add_parser("report", help="PNG plots of a run: loss and words/s over time (and exchange bytes)")
@@ -116,10 +133,10 @@ def _add_bench(sub: Any) -> None:
     bench = sub.add_parser("bench", help="measurements: shard balance under Zipf, sparse gradient exchange")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     shards = bench_sub.add_parser("shards", help="max/mean shard load: contiguous, permuted, balanced")
-    shards.add_argument("corpus")
-    shards.add_argument("--shards", type=int, default=8)
+    shards.add_argument("corpus", help="a text file or directory, as train reads it")
+    shards.add_argument("--shards", type=int, default=8, help="how many shards the rows are split into (8)")
     shards.add_argument("--step-tokens", type=int, default=8192, help="tokens per training step (8192)")
-    shards.add_argument("--min-count", type=int, default=5)
+    shards.add_argument("--min-count", type=int, default=5, help="drop rarer words, as train does (5)")
     shards.add_argument("--replicate-top", type=int, default=0, help="replicate this many hottest rows")
     shards.add_argument("--seed", type=int, default=0, help="seed of the random permutation")
     shards.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -145,6 +162,6 @@ def _add_bench(sub: Any) -> None:
                       "start each rank when its gloo barrier returns (barrier)")
     exch.add_argument("--sweep", action="store_true", help="also vary the density of distinct rows up to 100%%")
     exch.add_argument("--densities", help="comma-separated densities in (0, 1] for the sweep (implies --sweep)")
-    exch.add_argument("--seed", type=int, default=0)
+    exch.add_argument("--seed", type=int, default=0, help="seed of the row ranking and of the ids each rank draws (0)")
     exch.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the ranks (1800)")
     exch.add_argument("--json", action="store_true", help="print the full result as JSON")

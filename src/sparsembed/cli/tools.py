@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,15 +18,39 @@ if TYPE_CHECKING:
 
 
 def load_vectors(path: str) -> Vectors:
-    """Vectors from a word2vec file, or from ``DIR/vectors.bin`` of a training directory."""
+    """Vectors from a word2vec file, or from a training directory: its ``vectors.bin``, else its saved model.
+
+    A directory that holds only ``model/`` (``model.save(DIR)`` from Python, or a run stopped before its
+    end) is read from the model, so every command that takes a training directory works on it.
+    """
     from sparsembed.word2vec.vectors import Vectors
 
     target = Path(path)
+    if target.is_dir() and not (target / "vectors.bin").is_file() and holds_model(target):
+        return _vectors_of_saved_model(target)
     if target.is_dir():
         target = target / "vectors.bin"
     if not target.is_file():
-        raise UserError(f"no vectors at {path}: give a word2vec file or a directory written by `sparsembed train`")
+        raise UserError(f"no vectors at {path}: give a word2vec file, or a directory written by `sparsembed train` "
+                        "or by model.save(DIR)")
     return Vectors.load_word2vec_format(target)
+
+
+def holds_model(directory: Path) -> bool:
+    """Whether ``directory`` holds a saved model: a ``model/`` checkpoint, or is that checkpoint itself."""
+    from sparsembed.word2vec.checkpoint import STATE_FILE
+
+    return (directory / "model").is_dir() or (directory / STATE_FILE).is_file()
+
+
+def _vectors_of_saved_model(directory: Path) -> Vectors:
+    from sparsembed.word2vec.model import Word2Vec
+
+    model = Word2Vec.load(directory)
+    if not model.done:  # the checkpoint of an unfinished run: say so, or its figures would pass for final ones
+        print(f"sparsembed: note: {directory} holds no vectors.bin; using the vectors of its checkpoint, "
+              f"{model.position.epoch} of {model.settings.epochs} epochs trained", file=sys.stderr)
+    return model.wv
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -74,6 +99,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``sparsembed report DIR``: plots from DIR/metrics.jsonl."""
     from sparsembed.word2vec.report import render
 
+    directory = Path(args.dir)
+    if not (directory / "metrics.jsonl").exists() and holds_model(directory):
+        raise UserError(f"{args.dir} has no metrics.jsonl to plot: it holds a saved model, and metrics are "
+                        "logged only while training writes to a directory (`sparsembed train CORPUS --out DIR`, "
+                        "or Word2Vec(..., out=DIR) / model.train(out=DIR) in Python), not by model.save")
     for path in render(args.dir, args.output):
         print(path)
     return 0
@@ -117,6 +147,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sparsembed.word2vec.settings import default_workers
 
     workers = args.workers or default_workers()
-    run_demo(out_dir=args.out, model=args.model, workers=workers, seed=args.seed, n_tokens=args.tokens)
+    run_demo(out_dir=args.out, model=args.model, workers=workers, seed=args.seed, n_tokens=args.tokens,
+             force=args.force)
     return 0
 

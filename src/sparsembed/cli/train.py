@@ -25,6 +25,9 @@ from sparsembed.dataparallel import launch
 from sparsembed.dataparallel.options import ExchangeOptions
 from sparsembed.errors import DiskFull, UserError
 
+#: Options whose values a checkpoint fixes: ``--resume`` refuses them rather than silently ignore them.
+FIXED_BY_CHECKPOINT = ("--model", "--dim", "--window", "--negative", "--min-count", "--max-vocab", "--sample",
+                       "--epochs", "--alpha", "--min-alpha", "--seed", "--job-tokens")
 SINGLE_JOB_TOKENS = 50_000
 #: Each step exchanges nearly every output row (negative sampling touches most of them): fewer, larger steps keep
 #: the exchange a small share of the step, and larger still cost analogy accuracy (measured, see BENCHMARKS.md).
@@ -88,7 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         out = Path(args.resume)
         with signals.installed(), _fault_advice(out):
-            model = Word2Vec.load(out, with_corpus=True)
+            model = Word2Vec.load(out, with_corpus=True, corpus=args.corpus)
+            model.keep_checkpoints = args.keep_checkpoints
             if args.workers is not None:
                 model.settings.workers = args.workers
                 model.settings.validate()
@@ -117,11 +121,39 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _check_run_args(args: argparse.Namespace) -> None:
-    """A run is either ``--resume DIR`` alone or ``CORPUS --out DIR``."""
-    if args.resume and (args.corpus or args.out):
-        raise UserError("--resume DIR takes its corpus and settings from DIR; drop CORPUS and --out")
-    if not args.resume and (not args.corpus or not args.out):
-        raise UserError("train needs a CORPUS and --out DIR (or --resume DIR)")
+    """A run is either ``--resume DIR [CORPUS]`` (CORPUS: where the checkpoint's corpus is now, if it moved) or
+    ``CORPUS --out DIR``; a resume takes no option whose value the checkpoint fixes."""
+    from sparsembed.word2vec import checkpoint
+
+    checkpoint.check_keep(args.keep_checkpoints)
+    if not args.resume:
+        if not args.corpus or not args.out:
+            raise UserError("train needs a CORPUS and --out DIR (or --resume DIR)")
+        return
+    if args.out:
+        raise UserError(f"--resume DIR continues the run saved in DIR; drop --out {args.out}")
+    fixed = _fixed_options_given(getattr(args, "argv", []))
+    if fixed:
+        them = "it" if len(fixed) == 1 else "them"
+        raise UserError(f"{', '.join(fixed)}: a resumed run keeps the settings of its checkpoint in {args.resume} "
+                        f"and cannot change {them}; drop {them}, or start a new run with CORPUS --out DIR")
+
+
+def _fixed_options_given(argv: list[str]) -> list[str]:
+    """The options of :data:`FIXED_BY_CHECKPOINT` on the command line, as argparse reads them (``--dim=50``,
+    and unique prefixes such as ``--di``: argparse has already refused ambiguous ones)."""
+    given: list[str] = []
+    for arg in argv:
+        if arg == "--":  # what follows is positional
+            break
+        name = arg.split("=", 1)[0]
+        if not name.startswith("--") or name == "--":
+            continue
+        matches = [flag for flag in FIXED_BY_CHECKPOINT if flag == name] or [
+            flag for flag in FIXED_BY_CHECKPOINT if flag.startswith(name)]
+        if len(matches) == 1 and matches[0] not in given:
+            given.append(matches[0])
+    return given
 
 
 def _exchange_options(args: argparse.Namespace) -> ExchangeOptions:
@@ -141,6 +173,7 @@ def _new_model(args: argparse.Namespace, workers: int | None, default_job_tokens
     )
     model.settings.job_tokens = args.job_tokens or default_job_tokens
     model.settings.validate()
+    model.keep_checkpoints = args.keep_checkpoints
     return model
 
 
@@ -152,6 +185,8 @@ def _spawn_ranks(args: argparse.Namespace) -> int:
         out, created = Path(args.resume), False
         if not _has_checkpoint(out):
             raise UserError(f"{out} holds no checkpoint to resume (no {out / 'model' / 'state.json'})")
+        if args.corpus and not Path(args.corpus).exists():
+            raise UserError(f"corpus {args.corpus} does not exist")
     else:
         if not Path(args.corpus).exists():
             raise UserError(f"corpus {args.corpus} does not exist")
@@ -159,7 +194,8 @@ def _spawn_ranks(args: argparse.Namespace) -> int:
         created = prepare_out_dir(out, force=args.force)
     code = 1
     try:
-        code = launch.spawn(args.nproc, _without_launch_flags(args.argv), max_restarts=args.max_restarts)
+        code = launch.spawn(args.nproc, _without_launch_flags(args.argv), max_restarts=args.max_restarts,
+                            advice=lambda: _after_failure(out, args.nproc))
     finally:
         if code != 0 and created and not _has_checkpoint(out):
             shutil.rmtree(out, ignore_errors=True)
@@ -186,68 +222,92 @@ def _train_rank(args: argparse.Namespace) -> int:
     """One rank of a data-parallel run (under torchrun or --nproc): same model everywhere, own jobs."""
     import faulthandler
 
-    import torch.distributed as dist
-
-    from sparsembed.dataparallel.trainer import DataParallelTrainer
-    from sparsembed.word2vec.model import Word2Vec
-    from sparsembed.word2vec.settings import default_workers
+    from sparsembed.dataparallel.watchdog import CollectiveFailed
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a rank is (a hung run's first question)
     options = _exchange_options(args)
     _check_run_args(args)
     launch.join(args.timeout)
     lead = launch.rank() == 0
-    signals = StopSignals()
+    out = Path(args.resume or args.out)
+    created = False
     try:
-        resume_dir = Path(args.resume) if args.resume else None
-        if resume_dir is None and launch.restart_count() > 0 and args.out and _has_checkpoint(Path(args.out)):
-            resume_dir = Path(args.out)  # torchrun restarted the group: continue from the last checkpoint
-        if resume_dir is not None:
-            out = resume_dir
+        # torchrun restarted the group (--max-restarts): continue from the last checkpoint.
+        if args.resume or (launch.restart_count() > 0 and _has_checkpoint(out)):
             with _fault_advice(out):
-                model = Word2Vec.load(out, with_corpus=True)
+                model = _load_for_rank(out, args.corpus if args.resume else None, lead)
         else:
-            out = Path(args.out)
             model = _new_model(args, 1, DATA_PARALLEL_JOB_TOKENS)
-            _agree_on(lambda: prepare_out_dir(out, force=args.force) if lead else None)
+            created = _agree_on(lambda: prepare_out_dir(out, force=args.force) if lead else False)
             with _fault_advice(out):
                 model.build_vocab(args.corpus)
-        model.settings.workers = args.workers or launch.threads_per_rank(default_workers())
-        model.settings.validate()
-        if lead and not args.quiet:
-            print(f"vocabulary: {len(model.vocab)} words from {model.corpus.raw_words} tokens; training "
-                  f"{'skip-gram' if model.settings.sg else 'CBOW'} on {launch.world_size()} ranks x "
-                  f"{model.settings.workers} threads, {options.strategy.value} exchange", file=sys.stderr)
-        with signals.installed(), _fault_advice(out):
-            signals.armed = True
-            trainer = DataParallelTrainer(model, options)
-            summary = trainer.train(progress=not args.quiet, out=out, checkpoint_every=args.checkpoint_every,
-                                    stop=signals.event)
-            signals.armed = False
-            if summary["interrupted"]:
-                raise Interrupted(signals.signum or signal.SIGINT, out)
-            if lead:
-                model.write_outputs(out)
-                if not args.quiet:
-                    share = summary["exchange_s"] / max(summary["exchange_s"] + summary["compute_s"], 1e-9)
-                    print(f"trained in {summary['seconds']:.1f} s at {summary['words_per_s'] / 1e6:.2f}M words/s "
-                          f"({summary['steps']} steps, exchange {100 * share:.1f}% of step time, "
-                          f"{summary['bytes_sent'] / 1e6:.1f} MB sent by rank 0); vectors in {out / 'vectors.bin'}",
-                          file=sys.stderr)
-            dist.barrier()
+        model.keep_checkpoints = args.keep_checkpoints
+        _train_ranks_model(model, out, args, options, lead)
+    except BaseException as exc:
+        # Under torchrun no parent process cleans up: a failed start removes the --out that rank 0 created.
+        if created and not _has_checkpoint(out):
+            shutil.rmtree(out, ignore_errors=True)
+        if not isinstance(exc, CollectiveFailed):
+            raise
+        if exc.restart is not None:  # the launcher restarts the group now: say so, it is no error of the run
+            print(f"sparsembed: rank {launch.rank()}: {exc}", file=sys.stderr)
+            return exc.exit_code
+        exc.advise(_after_failure(out))
+        raise
     finally:
         launch.leave()
     return 0
 
 
-def _agree_on(action: Any) -> None:
-    """Run ``action`` (on whichever ranks it does something) and make every rank fail if any rank's failed."""
+def _load_for_rank(out: Path, corpus: str | None, lead: bool):
+    """The checkpoint in ``out`` with its corpus; only rank 0 reports a damaged generation it skipped."""
+    from sparsembed.word2vec.model import Word2Vec
+
+    return Word2Vec.load(out, with_corpus=True, corpus=corpus, on_damaged=None if lead else (lambda _line: None))
+
+
+def _train_ranks_model(model, out: Path, args: argparse.Namespace, options: ExchangeOptions, lead: bool) -> None:
+    """Train this rank's share of ``model`` with the others; rank 0 writes the outputs into ``out``."""
+    import torch.distributed as dist
+
+    from sparsembed.dataparallel.trainer import DataParallelTrainer
+    from sparsembed.word2vec.settings import default_workers
+
+    model.settings.workers = args.workers or launch.threads_per_rank(default_workers())
+    model.settings.validate()
+    if lead and not args.quiet:
+        print(f"vocabulary: {len(model.vocab)} words from {model.corpus.raw_words} tokens; training "
+              f"{'skip-gram' if model.settings.sg else 'CBOW'} on {launch.world_size()} ranks x "
+              f"{model.settings.workers} threads, {options.strategy.value} exchange", file=sys.stderr)
+    signals = StopSignals()
+    with signals.installed(), _fault_advice(out):
+        signals.armed = True
+        trainer = DataParallelTrainer(model, options)
+        summary = trainer.train(progress=not args.quiet, out=out, checkpoint_every=args.checkpoint_every,
+                                stop=signals.event)
+        signals.armed = False
+        if summary["interrupted"]:
+            raise Interrupted(signals.signum or signal.SIGINT, out)
+        if lead:
+            model.write_outputs(out)
+            if not args.quiet:
+                share = summary["exchange_s"] / max(summary["exchange_s"] + summary["compute_s"], 1e-9)
+                print(f"trained in {summary['seconds']:.1f} s at {summary['words_per_s'] / 1e6:.2f}M words/s "
+                      f"({summary['steps']} steps, exchange {100 * share:.1f}% of step time, "
+                      f"{summary['bytes_sent'] / 1e6:.1f} MB sent by rank 0); vectors in {out / 'vectors.bin'}",
+                      file=sys.stderr)
+        dist.barrier()
+
+
+def _agree_on(action: Any) -> Any:
+    """Run ``action`` (on whichever ranks it does something) and make every rank fail if any rank's failed;
+    return what it returned."""
     import torch
     import torch.distributed as dist
 
-    error = None
+    error, result = None, None
     try:
-        action()
+        result = action()
     except UserError as exc:
         error = exc
     failed = torch.tensor([0.0 if error is None else 1.0])
@@ -256,10 +316,18 @@ def _agree_on(action: Any) -> None:
         raise error
     if failed.item() > 0:
         raise UserError("another rank could not start (see its message)")
+    return result
 
 
 def _has_checkpoint(out: Path) -> bool:
-    return (out / "model" / "state.json").exists()
+    from sparsembed.word2vec import checkpoint
+
+    return checkpoint.present(out / "model")
+
+
+def _after_failure(out: Path, nproc: int | None = None) -> str:
+    """What to do once a run has failed: resume from ``out`` if it holds a checkpoint, else run again."""
+    return f"resume with: {launch.resume_command(out, nproc)}" if _has_checkpoint(out) else "run again"
 
 
 @contextlib.contextmanager
@@ -268,15 +336,13 @@ def _fault_advice(out: Path) -> Iterator[None]:
     try:
         yield
     except DiskFull as exc:
-        advice = f"resume with: sparsembed train --resume {out}" if _has_checkpoint(out) else "run again"
-        raise DiskFull(f"{exc}; free space and {advice}") from exc
+        raise DiskFull(f"{exc}; free space and {_after_failure(out)}") from exc
     except OSError as exc:
         # A write outside atomic_write (metrics.jsonl, a temporary file) that hit a full disk.
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        advice = f"resume with: sparsembed train --resume {out}" if _has_checkpoint(out) else "run again"
         where = exc.filename or f"into {out}"
-        raise DiskFull(f"no space left on device while writing {where}; free space and {advice}") from exc
+        raise DiskFull(f"no space left on device while writing {where}; free space and {_after_failure(out)}") from exc
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         raise Interrupted(signum, out if _has_checkpoint(out) else None) from None

@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 from sparsembed.errors import UserError
@@ -44,15 +45,28 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
+def restart_limit() -> int:
+    """How many restarts torchrun allows this group (``--max-restarts``); 0 outside a launcher."""
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) if under_launcher() else 0
+
+
+def next_restart() -> tuple[int, int] | None:
+    """``(attempt, of)`` of the restart torchrun makes if this attempt fails, or None when none is left."""
+    attempt, limit = restart_count() + 1, restart_limit()
+    return (attempt, limit) if attempt <= limit else None
+
+
 def threads_per_rank(cores: int) -> int:
     """Training threads a rank gets by default: its share of the host's cores among the local ranks."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if under_launcher() else 1
     return max(1, cores // max(local, 1))
 
 
-def resume_command(out: object) -> str:
-    """The command that continues the run saved in ``out``, launched the way this process was."""
-    nproc = os.environ.get(NPROC_ENV) if under_launcher() else None
+def resume_command(out: object, nproc: int | None = None) -> str:
+    """The command that continues the run saved in ``out``, launched the way this process was (as ``nproc``
+    ranks, when given: the process that launches them is not one)."""
+    if nproc is None:
+        nproc = os.environ.get(NPROC_ENV) if under_launcher() else None
     return f"sparsembed train --resume {out}" + (f" --nproc {nproc}" if nproc else "")
 
 
@@ -92,11 +106,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
+def spawn(nproc: int, argv: list[str], max_restarts: int = 0, advice: Callable[[], str] | None = None) -> int:
     """Run ``python -m sparsembed ARGV`` as ``nproc`` ranks on this host under torch's elastic launcher.
 
     Returns the exit code for the command line: 0, :data:`USER_ERROR_EXIT` when a rank reported a user error
-    (it printed the message), else the first failed rank's code.
+    (it printed the message), else the first failed rank's code, after one line naming that rank and ending
+    with ``advice()`` (what to do now, e.g. the command that resumes; default: read the rank's messages).
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -134,6 +149,6 @@ def spawn(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
         reason = f"killed by {signal_name}" if signal_name else f"exit code {failure.exitcode}"
         print(f"sparsembed: error: rank {first} failed ({reason}) and the run stopped"
               + (f" after {max_restarts} restarts" if max_restarts else "")
-              + "; see its messages above", file=sys.stderr)
+              + f"; {advice() if advice else 'see its messages above'}", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0

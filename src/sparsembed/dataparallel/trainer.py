@@ -122,6 +122,9 @@ class DataParallelTrainer:
         self.timeout = group_timeout(group)  # the group's own, as launched (--timeout), not torch's default
         self.watch = PeerWatch(grace=min(2.0, 0.1 * self.timeout))
         self.watch.start_pulse(interval=min(0.5, 0.05 * self.timeout))
+        # Where a restarted group would resume, for the watchdog's message; checkpoint() moves it on.
+        fresh = (model.position.epoch, model.position.job) == (0, 0) and not model.history
+        self.watch.resume_point = "the start (no checkpoint yet)" if fresh else "the checkpoint it started from"
         self.step = 0  # steps of this session: the same count on every rank, for the watchdog's beats
         # overlap: the exchange of step k runs on its own group, in one background thread, during step k + 1
         self.async_group = dist.new_group(
@@ -465,6 +468,9 @@ class DataParallelTrainer:
             if self.rank == 0:  # without an exchange in flight every working row equals the agreed reference
                 self.model.save_state(out_dir, self.agreed if self.in_flight else self.model.snapshot())
             dist.barrier(group=self.group)
+        saved_after = self.step - (1 if self.in_flight else 0)  # in flight: the state before this step
+        if saved_after > 0:
+            self.watch.resume_point = f"the checkpoint of step {saved_after}"
 
     def _consolidate(self) -> None:
         if self.owners is not None:

@@ -15,6 +15,11 @@ Under ``torchrun`` the store is the elastic agent's, so it outlives a rank; with
 hosted by rank 0, and when rank 0 is the one lost the others report that the store went with it. A beat is one
 ``store.set`` of a few bytes, made at most once per step.
 
+The end of the message says what follows: when ``torchrun`` (or ``--nproc --max-restarts``) has a restart left,
+``restarting (attempt k of N) from the checkpoint of step S`` (the trainer keeps :attr:`PeerWatch.resume_point`);
+otherwise that the run cannot continue, and what to do (:meth:`CollectiveFailed.advise` lets the command line
+name the exact resume command).
+
 Limits: a peer that died *after* beating the step (inside the collective) is not behind, so the error is then a
 :class:`CollectiveFailed` that quotes gloo's message; reads of a store whose host is stopped (not dead) wait up to
 the store's own timeout, the process-group timeout unless changed.
@@ -29,6 +34,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from sparsembed.dataparallel import launch
 from sparsembed.errors import UserError
 
 __all__ = ["PeerWatch", "PeerLost", "CollectiveFailed", "summarize_error"]
@@ -54,9 +60,20 @@ class CollectiveFailed(UserError):
     exit_code = 2
     every_rank_reports = True  # unlike a bad input, which every rank meets alike, each rank says what it saw
 
-    def __init__(self, message: str, *, step: int, what: str, detail: str = "") -> None:
+    def __init__(self, message: str, *, step: int, what: str, detail: str = "", situation: str = "",
+                 lost: str = "", restart: tuple[int, int] | None = None) -> None:
         super().__init__(message)
         self.step, self.what, self.detail = step, what, detail
+        #: What happened, without what follows from it; ``lost``: who the run cannot continue without ("it").
+        self.situation, self.lost = situation or message, lost
+        #: ``(attempt, of)`` of the restart the launcher makes next, or None when the run stops here.
+        self.restart = restart
+
+    def advise(self, advice: str) -> None:
+        """End the message with ``advice`` (what to do now that the run has stopped); no change while the
+        launcher restarts the run, whose message says so instead."""
+        if self.restart is None:
+            self.args = (f"{self.situation}; {_stop_ending(self.lost, advice)}",)
 
 
 class PeerLost(CollectiveFailed):
@@ -75,9 +92,14 @@ class PeerLost(CollectiveFailed):
         what: str,
         last: dict[int, tuple[int, float] | None],
         detail: str = "",
+        **ending: Any,
     ) -> None:
-        super().__init__(message, step=step, what=what, detail=detail)
+        super().__init__(message, step=step, what=what, detail=detail, **ending)
         self.ranks, self.world, self.last = list(ranks), world, dict(last)
+
+
+def _stop_ending(lost: str, advice: str) -> str:
+    return f"the run cannot continue without {lost}: {advice}" if lost else advice
 
 
 def summarize_error(exc: BaseException, limit: int = 200) -> str:
@@ -129,6 +151,8 @@ class PeerWatch:
         self.last_beat: int | None = None
         self._pulse: Any = None
         self.pulse_interval = 0.5
+        #: Where an automatic restart resumes from, for the message (the trainer updates it at each checkpoint).
+        self.resume_point = "the last checkpoint"
 
     def _key(self, rank: int) -> str:
         return f"{self.prefix}{rank}"
@@ -250,36 +274,29 @@ class PeerWatch:
     def diagnose(self, exc: BaseException, step: int, what: str, wait: float) -> CollectiveFailed:
         """The one-line error for ``exc``, raised by a collective of ``step`` during ``what``."""
         detail = summarize_error(exc)
+        fields = {"step": step, "what": what, "detail": detail}
         try:
             behind = self.missing(step, wait)
             seen = self.seen()
         except Exception as store_exc:  # the store is gone too: its host died
-            return CollectiveFailed(
+            return self._failure(
+                CollectiveFailed,
                 f"{what} failed at step {step} on rank {self.rank} of {self.world} ({detail}) and the rendezvous "
                 f"store is unreachable too ({summarize_error(store_exc)}): the process hosting it (rank 0 unless "
-                f"under torchrun) has probably died; {RESTART_ADVICE}",
-                step=step,
-                what=what,
-                detail=detail,
-            )
+                f"under torchrun) has probably died", "", **fields)
         if not behind:
             quiet = self.silent()
             if quiet:
                 who = f"rank {quiet[0]}" if len(quiet) == 1 else "ranks " + ", ".join(map(str, quiet))
-                return PeerLost(
+                return self._failure(
+                    PeerLost,
                     f"{who} of {self.world} stopped responding during {what} at step {step} (no heartbeat for "
-                    f"{3 * self.pulse_interval:g} s: the process died or hung); the run cannot continue without "
-                    f"{'it' if len(quiet) == 1 else 'them'}: {RESTART_ADVICE}",
-                    ranks=quiet, world=self.world, step=step, what=what, last={r: seen[r] for r in quiet},
-                    detail=detail,
-                )
-            return CollectiveFailed(
+                    f"{3 * self.pulse_interval:g} s: the process died or hung)", "it" if len(quiet) == 1 else "them",
+                    ranks=quiet, world=self.world, last={r: seen[r] for r in quiet}, **fields)
+            return self._failure(
+                CollectiveFailed,
                 f"{what} failed at step {step} on rank {self.rank} of {self.world} although every rank reached "
-                f"that step (a peer may have died or stalled inside it): {detail}; {RESTART_ADVICE}",
-                step=step,
-                what=what,
-                detail=detail,
-            )
+                f"that step (a peer may have died or stalled inside it): {detail}", "", **fields)
         now = time.time()
         last = {r: None if seen[r] is None else (seen[r][0], max(0.0, now - seen[r][1])) for r in behind}
         notes = []
@@ -287,17 +304,18 @@ class PeerWatch:
             where = "never seen" if last[r] is None else f"last seen at step {last[r][0]}, {last[r][1]:.0f} s ago"
             notes.append(where if len(behind) == 1 else f"rank {r} {where}")
         who = f"rank {behind[0]}" if len(behind) == 1 else "ranks " + ", ".join(map(str, behind))
-        it = "it" if len(behind) == 1 else "them"
-        return PeerLost(
-            f"{who} of {self.world} stopped responding at step {step} ({'; '.join(notes)}) during {what}; "
-            f"the run cannot continue without {it}: {RESTART_ADVICE}",
-            ranks=behind,
-            world=self.world,
-            step=step,
-            what=what,
-            last=last,
-            detail=detail,
-        )
+        return self._failure(
+            PeerLost, f"{who} of {self.world} stopped responding at step {step} ({'; '.join(notes)}) during {what}",
+            "it" if len(behind) == 1 else "them", ranks=behind, world=self.world, last=last, **fields)
+
+    def _failure(self, kind: type[CollectiveFailed], situation: str, lost: str, **fields: Any) -> CollectiveFailed:
+        """``kind`` with the message ``situation; ending``: the launcher's next restart, or that the run stops."""
+        restart = launch.next_restart()
+        if restart is not None:
+            ending = f"restarting (attempt {restart[0]} of {restart[1]}) from {self.resume_point}"
+        else:
+            ending = _stop_ending(lost, RESTART_ADVICE)
+        return kind(f"{situation}; {ending}", situation=situation, lost=lost, restart=restart, **fields)
 
 
 def _is_comm_error(exc: BaseException) -> bool:

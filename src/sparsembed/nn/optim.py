@@ -1,8 +1,11 @@
 """Optimizers that update only the rows a step touched: :class:`SGD`, :class:`Adagrad` and a lazy :class:`Adam`.
 
-They take the model (or its :class:`~sparsembed.nn.parallel.ParallelModel`) rather than a parameter list, because a
-:class:`~sparsembed.nn.hashembedding.HashEmbedding` has no ``nn.Parameter``, and walk the same
-:func:`~sparsembed.nn.families.families` as the ``ParallelModel``. Per family:
+They take the model (or its :class:`~sparsembed.nn.parallel.ParallelModel`) and walk the same
+:func:`~sparsembed.nn.families.families` as the ``ParallelModel``. Like torch's optimizers they also take an iterable
+of parameters (``model.parameters()``, or ``named_parameters()``); but a
+:class:`~sparsembed.nn.hashembedding.HashEmbedding` has no ``nn.Parameter``, so its table is then absent: a model
+with HashEmbeddings needs the model itself. Given parameters, each is updated by its gradient's layout (a sparse
+COO gradient as the sparse family, a dense one as the dense family). Per family:
 
 * dense: the whole tensor, as torch's optimizers do (the same formulas and defaults);
 * sparse (sparse embedding weights, sparse COO gradient) and hashed (HashEmbedding tables): only the rows in the
@@ -16,29 +19,75 @@ HashEmbedding rows lives beside the rows (evicted with them) and is saved in the
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from sparsembed.errors import UserError
-from sparsembed.nn.families import families
+from sparsembed.nn.families import Families, families
+from sparsembed.nn.hashembedding import HashEmbedding
 from sparsembed.nn.parallel import ParallelModel
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "Adam"]
+__all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "Trainable", "trainable_families"]
+
+#: What an optimizer takes: the model, its ParallelModel, or (as torch's optimizers) its parameters or named ones.
+Trainable = nn.Module | ParallelModel | Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+
+
+def trainable_families(target: Trainable, who: str = "optimizer") -> Families:
+    """The families an optimizer updates: :func:`families` of a module, or of parameters given as torch takes them.
+
+    Parameters given directly all go to the dense family, in order, named by their position (``"0"``, ``"1"``, ...)
+    or by the names of ``named_parameters()``; :meth:`Optimizer.step` then treats a sparse gradient by rows. A
+    UserError says what to pass instead of anything else (a single tensor, parameter groups, a HashEmbedding).
+    """
+    if isinstance(target, ParallelModel):
+        return families(target.module)
+    if isinstance(target, nn.Module):
+        return families(target)
+    if isinstance(target, torch.Tensor):
+        raise UserError(f"{who}: got a single tensor; pass the model, or a list of parameters ([tensor])")
+    if isinstance(target, (str, bytes, dict)) or not isinstance(target, Iterable):
+        raise UserError(f"{who}: got {type(target).__name__}; pass the model, or its parameters (model.parameters())")
+    fam, seen = Families(), set()
+    for position, item in enumerate(target):
+        named = isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)  # from named_parameters()
+        name, p = item if named else (str(position), item)
+        if isinstance(p, dict):
+            raise UserError(f"{who}: parameter groups (dicts) are not supported; pass the model or one list of "
+                            "parameters, and set opt.lr to change the learning rate")
+        if isinstance(p, HashEmbedding):
+            raise UserError(f"{who}: a HashEmbedding is a module, not a parameter; pass the model itself")
+        if not isinstance(p, torch.Tensor):
+            raise UserError(f"{who}: parameter {name} is a {type(p).__name__}, not a tensor; pass the model, or "
+                            "its parameters (model.parameters())")
+        if id(p) not in seen:  # a tied weight listed twice is updated once, as in a module
+            seen.add(id(p))
+            fam.dense.append((str(name), p))
+    if not fam.dense:
+        raise UserError(f"{who}: got an empty parameter list; pass the model, or its parameters")
+    return fam
 
 
 class Optimizer:
-    """Base: walks the three families and calls :meth:`update` on whole tensors or on gathered rows."""
+    """Base: walks the three families and calls :meth:`update` on whole tensors or on gathered rows.
+
+    Args:
+        model: the model or its ParallelModel (every family), or its parameters as torch's optimizers take them,
+            ``model.parameters()`` or ``named_parameters()`` (no HashEmbedding table: those need the model).
+        lr: learning rate (> 0); set :attr:`lr` to schedule it.
+    """
 
     #: Names of the per-element state tensors the rule keeps (zeros at first).
     state_names: tuple[str, ...] = ()
 
-    def __init__(self, model: nn.Module | ParallelModel, lr: float) -> None:
+    def __init__(self, model: Trainable, lr: float) -> None:
         if lr <= 0:
             raise UserError(f"{type(self).__name__}: lr must be > 0, got {lr}")
-        module = model.module if isinstance(model, ParallelModel) else model
-        self.families = families(module)  # the classification ParallelModel uses, in the same order
+        # A module: the classification ParallelModel uses, in the same order.
+        self.families = trainable_families(model, type(self).__name__)
         self.lr = float(lr)
         self.steps = 0
         self.state: dict[str, dict[str, torch.Tensor]] = {}
@@ -58,13 +107,12 @@ class Optimizer:
     def step(self) -> None:
         """Update every dense parameter that has a gradient and the touched rows of the sparse families."""
         self.steps += 1
-        for name, p in self.families.dense:
-            if p.grad is not None:
-                self.update(p.data, p.grad.to(p.dtype), self._state(name, p))
-        for name, p in self.families.sparse:
+        # By the gradient's layout: a sparse weight tied to a dense layer gets a dense gradient, and parameters given
+        # without their module (all in the dense family) may carry sparse ones.
+        for name, p in self.families.dense + self.families.sparse:
             if p.grad is None:
                 continue
-            if not p.grad.is_sparse:  # e.g. a tied weight that also got a dense gradient
+            if not p.grad.is_sparse:
                 self.update(p.data, p.grad.to(p.dtype), self._state(name, p))
                 continue
             g = p.grad.coalesce()  # the rules are not linear in g: duplicate rows must be summed first
@@ -115,7 +163,7 @@ class Adagrad(Optimizer):
 
     state_names = ("sum",)
 
-    def __init__(self, model: nn.Module | ParallelModel, lr: float = 0.01, eps: float = 1e-10) -> None:
+    def __init__(self, model: Trainable, lr: float = 0.01, eps: float = 1e-10) -> None:
         super().__init__(model, lr)
         self.eps = eps
 
@@ -135,7 +183,7 @@ class Adam(Optimizer):
 
     def __init__(
         self,
-        model: nn.Module | ParallelModel,
+        model: Trainable,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,

@@ -19,5 +19,6 @@ model is :class:`sparsembed.Word2Vec`. Modules, in the order a training run uses
 * :mod:`~sparsembed.word2vec.evaluate`: analogy and word-pair evaluations with gensim's answers;
 * :mod:`~sparsembed.word2vec.formats`: word2vec binary / text, fvocab and npy files;
 * :mod:`~sparsembed.word2vec.report`: PNG plots of a run's metrics;
-* :mod:`~sparsembed.word2vec.demo`: a generated corpus with planted analogies (``sparsembed demo``).
+* :mod:`~sparsembed.word2vec.planted`: a generated corpus with planted analogies and its questions;
+* :mod:`~sparsembed.word2vec.demo`: ``sparsembed demo``: train on it, show and keep what was learned.
 """

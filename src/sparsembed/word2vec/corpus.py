@@ -72,12 +72,46 @@ def _raise_walk_error(exc: OSError) -> None:
 
 
 def corpus_fingerprint(path: str | os.PathLike) -> dict:
-    """Path, size and mtime_ns of every corpus file, to detect a corpus that changed before a resume."""
+    """Path, size and mtime_ns of every corpus file, to detect a corpus that changed before a resume.
+
+    Paths are stored resolved (absolute): a checkpoint is resumed from whatever directory the user is in.
+    """
+    root = Path(path).resolve()
     files = []
-    for f in corpus_files(path):
+    for f in corpus_files(root):
         st = f.stat()
         files.append({"path": str(f), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)})
-    return {"path": str(Path(path)), "files": files}
+    return {"path": str(root), "files": files}
+
+
+def fingerprint_change(saved: dict, path: str | os.PathLike) -> str | None:
+    """What differs between the corpus at ``path`` and the ``saved`` fingerprint (a short phrase), or None.
+
+    Files are compared by their place under the corpus root, size and mtime, not by absolute path: the corpus
+    may have been moved (``mv`` keeps mtimes), and fingerprints written before paths were resolved hold the
+    paths as typed, relative to the directory the run was started in.
+    """
+    def by_place(fingerprint: dict) -> dict[str, tuple[int, int]]:
+        root = Path(fingerprint["path"])
+        return {Path(f["path"]).relative_to(root).as_posix(): (int(f["size"]), int(f["mtime_ns"]))
+                for f in fingerprint["files"]}
+
+    try:
+        before = by_place(saved)
+    except (KeyError, TypeError, ValueError) as exc:  # a checkpoint's fingerprint that is not ours
+        return f"its saved fingerprint is unreadable ({type(exc).__name__})"
+    now = by_place(corpus_fingerprint(path))
+    for place in sorted(before.keys() | now.keys()):
+        name = Path(path).name if place == "." else place
+        if place not in now:
+            return f"{name} is gone"
+        if place not in before:
+            return f"{name} is new"
+        if before[place][0] != now[place][0]:
+            return f"{name} has {now[place][0]} bytes, was {before[place][0]}"
+        if before[place][1] != now[place][1]:
+            return f"{name} has another modification time"
+    return None
 
 
 def _open(file: Path):

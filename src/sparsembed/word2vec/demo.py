@@ -1,47 +1,31 @@
-# Over 500 lines: the generated language (word lists, planted groups, topics) and the demo that checks it are one story.
-"""The built-in corpus behind ``make demo``: generated text with analogies planted by construction.
+"""``sparsembed demo``: generate a corpus with planted analogies, train on it, show what was learned.
 
-No downloads: :func:`generate_corpus` writes a few million tokens of synthetic text in seconds,
-and :func:`write_analogies` writes the questions that hold in it by construction, in the
-``questions-words.txt`` format that ``evaluate_word_analogies`` reads.
-
-How the structure is planted
-----------------------------
-The planted words are (concept, attribute) pairs arranged in groups, e.g. ``king``/``queen`` (title ×
-gender), ``kelvia``/``kelburg``/``kelmark``/``kelish`` (nation × country/capital/currency/language),
-``blick``/``blicks``/``blicked``/``blicking`` (verb × tense), nouns × number and adjectives × degree.
-Every sentence is built around one planted word ``w = (c, a)``; each other token of the sentence is drawn
-from the *topic* of the concept ``c`` (a fixed set of ordinary words), from the topic of the attribute
-``a``, or from the Zipf-distributed background vocabulary. The context distribution of ``w`` is therefore a
-mixture whose concept part is shared by every form of ``c`` and whose attribute part is shared by every
-word with attribute ``a``; word2vec's implicit PMI matrix then splits into a concept block plus an
-attribute block, so ``vec(w) ≈ f(c) + g(a)`` and ``b - a + c`` lands on ``d`` for every planted question.
-
-Topic words are drawn from a band of mid-frequency background words and each serves several topics, so
-they stay generic words instead of becoming near-synonyms of one planted word: the nearest neighbours of a
-planted word are the other forms of its concept and its same-attribute siblings.
-
-The "world" (names, topics, frequencies) depends only on ``seed``, never on ``n_tokens``, so the questions
-written by :func:`write_analogies` match corpora of every size written with the same seed.
+The corpus and its questions come from :mod:`~sparsembed.word2vec.planted` (no download). :func:`run_demo`
+says what the made-up words are, trains (:class:`sparsembed.Word2Vec` by default), prints nearest neighbours and
+the planted-analogy accuracy per section, and either keeps everything in ``out_dir`` (the corpus, the questions
+and the model as ``sparsembed train`` writes it) with the commands to try next, or keeps nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import shlex
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sparsembed.errors import UserError
-from sparsembed.fsutil import atomic_write
+from sparsembed.word2vec.planted import generate_corpus, legend, planted_queries, write_analogies
+
+__all__ = ["DEMO_PARAMS", "run_demo", "generate_corpus", "write_analogies", "planted_queries", "legend"]
+
+#: What ``sparsembed train`` writes into its ``--out`` directory, and so the demo's ``out_dir`` beside its corpus.
+TRAIN_OUTPUTS = ("vectors.bin", "vocab.txt", "metrics.jsonl", "model")
 
 # Hyperparameters the demo trains with: gensim's defaults, spelled out (the corpus needs nothing special;
 # gensim reaches 100% planted-analogy accuracy with them on the default corpus, CBOW and skip-gram).
@@ -53,386 +37,84 @@ DEMO_PARAMS: dict[str, Any] = {
     "epochs": 5,
 }
 
-# Sentence shape: lengths uniform in [_MIN_LEN, _MAX_LEN]; with window 5 a planted word near the middle
-# sees (almost) the whole sentence as context.
-_MIN_LEN, _MAX_LEN = 9, 13
-# Share of non-planted tokens in a sentence drawn from the concept topic / the attribute topic; the rest
-# is Zipf background ("the", "of", pseudo-words), which also gives the vocabulary a realistic shape.
-_P_CONCEPT, _P_ATTRIBUTE = 0.35, 0.30
-_TOPIC_SIZE = 16  # words per concept / attribute topic
-# Ranks of the background words that serve as topic words: frequent pseudo-words, each in ~12 topics so
-# none becomes a near-synonym of one planted word. The band starts past the real function words so those
-# stay generic.
-_TOPIC_BAND = (60, 260)
-_N_BACKGROUND = 20_000  # background vocabulary size
-_HEAD_RANKS = 1_000  # planted sentences draw background only from the most frequent words
-_P_FILLER_SENTENCE = 0.15  # share of sentences that are pure Zipf background
-_ZIPF_S = 1.0
 
-# Real function words head the background so generated lines read a little like text.
-_FUNCTION_WORDS = (
-    "the of and to a in is that for it as was with be by on not this are at from or an which have but "
-    "had one were they their has been its there all would more when will so some can no into other "
-    "than then also these only them"
-).split()
+def _default_train(corpus_path: str, sg: int, workers: int, seed: int, out: str | None = None) -> Any:
+    """Train with sparsembed's own trainer on the demo hyperparameters; with ``out``, log ``metrics.jsonl`` and
+    checkpoint into it as ``sparsembed train`` does."""
+    from sparsembed import Word2Vec
 
-# Title × gender pairs in real English: the classic "king : queen :: man : woman" questions.
-_GENDER_PAIRS = (
-    ("king", "queen"), ("prince", "princess"), ("duke", "duchess"), ("emperor", "empress"),
-    ("lord", "lady"), ("father", "mother"), ("son", "daughter"), ("brother", "sister"),
-    ("uncle", "aunt"), ("husband", "wife"), ("boy", "girl"), ("man", "woman"),
-    ("nephew", "niece"), ("grandfather", "grandmother"), ("actor", "actress"), ("waiter", "waitress"),
-    ("monk", "nun"), ("groom", "bride"), ("god", "goddess"), ("hero", "heroine"),
-    ("host", "hostess"), ("stepson", "stepdaughter"), ("grandson", "granddaughter"),
-    ("policeman", "policewoman"),
-)  # fmt: skip
+    return Word2Vec(corpus_path, sg=sg, workers=workers, seed=seed, out=out, **DEMO_PARAMS)
 
 
-@dataclass(frozen=True)
-class _Group:
-    """One family of planted words: ``words[i][j]`` is concept ``i`` with attribute ``j``."""
-
-    name: str
-    attributes: tuple[str, ...]
-    words: tuple[tuple[str, ...], ...]
-    # Analogy sections: (section name, attribute index of a/c, attribute index of b/d).
-    sections: tuple[tuple[str, int, int], ...]
-
-
-@dataclass(frozen=True)
-class _World:
-    """Everything about the generated language that depends on the seed only (not on the corpus size)."""
-
-    vocab: np.ndarray  # object array of str: background words (rank order) then planted words
-    n_background: int
-    groups: tuple[_Group, ...]
-    planted_ids: np.ndarray  # (n_planted,) word id of each planted word
-    planted_concept: np.ndarray  # (n_planted,) global concept index
-    planted_attribute: np.ndarray  # (n_planted,) global attribute index
-    planted_weight: np.ndarray  # (n_planted,) relative frequency of each planted word
-    concept_topics: np.ndarray  # (n_concepts, _TOPIC_SIZE) background word ids
-    attribute_topics: np.ndarray  # (n_attributes, _TOPIC_SIZE) background word ids
-    background_cdf: np.ndarray  # Zipf CDF over the background words
-
-
-_ONSETS = "b d f g k l m n p r s t v z br dr fl gr kl pl st tr sk".split()
-_VOWELS = "a e i o u".split()
-_CODAS = "b d g k l m n p r t x sk nd rk lt mp".split()
-
-
-def _pseudo_words(rng: np.random.Generator, n: int, taken: set[str], closed: bool) -> list[str]:
-    """``n`` new pronounceable words not in ``taken`` (which is updated).
-
-    ``closed`` words end in a consonant (stems that take suffixes); open ones end in a vowel. The loop runs
-    over *words* of a few-thousand-word vocabulary, once per world, not over corpus tokens.
-    """
-    out: list[str] = []
-    while len(out) < n:
-        batch = 2 * (n - len(out)) + 16
-        n_syll = rng.integers(1, 3, size=batch) if closed else rng.integers(2, 4, size=batch)
-        onsets = rng.integers(len(_ONSETS), size=(batch, 3))
-        vowels = rng.integers(len(_VOWELS), size=(batch, 3))
-        codas = rng.integers(len(_CODAS), size=batch)
-        for k in range(batch):
-            word = "".join(_ONSETS[onsets[k, j]] + _VOWELS[vowels[k, j]] for j in range(n_syll[k]))
-            if closed:
-                word += _CODAS[codas[k]]
-            if len(word) >= 3 and word not in taken:
-                taken.add(word)
-                out.append(word)
-                if len(out) == n:
-                    break
+def _prepare_out(out: Path, force: bool = False) -> Path:
+    """``out``, made ready to keep a demo, or a UserError before anything is written: never over a trained model
+    unless ``force``, which removes that model's outputs first (as ``train --force`` does)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"demo --out {out} exists and is not a directory; choose a directory")
+    if (out / "model").exists() and not force:
+        raise UserError(f"{out} already holds a trained model; pass --force to replace it, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create demo --out {out}: {exc.strerror}; choose a writable directory") from exc
+    if force:
+        shutil.rmtree(out / "model", ignore_errors=True)
+        for name in TRAIN_OUTPUTS:
+            if name != "model":
+                (out / name).unlink(missing_ok=True)
     return out
 
 
-def _groups(rng: np.random.Generator, taken: set[str]) -> list[_Group]:
-    """The planted groups of a world, their stems drawn from ``rng`` (which ``taken`` keeps apart)."""
+def _keep_model(trained: Any, out: Path) -> list[str]:
+    """Write ``trained``'s outputs into ``out`` as ``sparsembed train`` does; return the names now there.
 
-    def stems(n: int) -> list[str]:
-        # Derived forms (stem + suffix) must not collide with anything else either.
-        out: list[str] = []
-        while len(out) < n:
-            for stem in _pseudo_words(rng, n - len(out), taken, closed=True):
-                forms = [stem + s for s in ("s", "ed", "ing", "er", "est", "ia", "burg", "mark", "ish")]
-                if not taken.intersection(forms):
-                    taken.update(forms)
-                    out.append(stem)
-        return out
-
-    return [
-        _Group(
-            "gender",
-            ("male", "female"),
-            tuple(_GENDER_PAIRS),
-            (("family", 0, 1),),
-        ),
-        _Group(
-            "nation",
-            ("country", "capital", "currency", "language"),
-            tuple((s + "ia", s + "burg", s + "mark", s + "ish") for s in stems(30)),
-            (("capital-world", 1, 0), ("currency", 0, 2), ("gram6-nationality-adjective", 0, 3)),
-        ),
-        _Group(
-            "verb",
-            ("base", "third-person", "past", "participle"),
-            tuple((s, s + "s", s + "ed", s + "ing") for s in stems(30)),
-            (("gram5-present-participle", 0, 3), ("gram7-past-tense", 3, 2), ("gram9-plural-verbs", 0, 1)),
-        ),
-        _Group(
-            "noun",
-            ("singular", "plural"),
-            tuple((s, s + "s") for s in stems(30)),
-            (("gram8-plural", 0, 1),),
-        ),
-        _Group(
-            "adjective",
-            ("positive", "comparative", "superlative"),
-            tuple((s, s + "er", s + "est") for s in stems(24)),
-            (("gram3-comparative", 0, 1), ("gram4-superlative", 0, 2)),
-        ),
-    ]
-
-
-@lru_cache(maxsize=8)
-def _world(seed: int) -> _World:
-    """Build (and cache) the seed's vocabulary, planted groups, topics and frequencies."""
-    rng = np.random.default_rng([seed, 0x5EED])
-    taken: set[str] = set(_FUNCTION_WORDS) | {w for pair in _GENDER_PAIRS for w in pair}
-
-    groups = _groups(rng, taken)
-
-    background = list(_FUNCTION_WORDS)
-    background += _pseudo_words(rng, _N_BACKGROUND - len(background), taken, closed=False)
-    ranks = np.arange(1, _N_BACKGROUND + 1, dtype=np.float64)
-    zipf = ranks**-_ZIPF_S
-    background_cdf = np.cumsum(zipf / zipf.sum())
-
-    planted, concept, attribute, weight = _planted(groups, rng)
-    concept_topics, attribute_topics = _topics(groups, rng)
-
-    vocab = np.array(background + planted, dtype=object)
-    if len(set(vocab.tolist())) != len(vocab):  # pragma: no cover - guarded by ``taken`` above
-        raise AssertionError("generated vocabulary has duplicates")
-    return _World(
-        vocab=vocab,
-        n_background=_N_BACKGROUND,
-        groups=tuple(groups),
-        planted_ids=np.arange(_N_BACKGROUND, len(vocab)),
-        planted_concept=np.array(concept),
-        planted_attribute=np.array(attribute),
-        planted_weight=np.array(weight),
-        concept_topics=concept_topics,
-        attribute_topics=attribute_topics,
-        background_cdf=background_cdf,
-    )
-
-
-def _planted(groups: list[_Group], rng: np.random.Generator) -> tuple[list[str], list[int], list[int], list[float]]:
-    """Every planted word with its global concept and attribute index and its relative frequency."""
-    planted, concept, attribute, weight = [], [], [], []
-    n_concepts = n_attributes = 0
-    for group in groups:
-        n_c, n_a = len(group.words), len(group.attributes)
-        # Concepts vary in frequency (log-uniform over a factor 3), forms of one concept less so, like text.
-        c_weight = np.exp(rng.uniform(np.log(0.6), np.log(1.8), size=n_c))
-        a_weight = np.exp(rng.uniform(np.log(0.8), np.log(1.25), size=(n_c, n_a)))
-        for i, forms in enumerate(group.words):
-            for j, word in enumerate(forms):
-                planted.append(word)
-                concept.append(n_concepts + i)
-                attribute.append(n_attributes + j)
-                weight.append(c_weight[i] * a_weight[i, j])
-        n_concepts += n_c
-        n_attributes += n_a
-    return planted, concept, attribute, weight
-
-
-def _topics(groups: list[_Group], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Background word ids of every concept's and every attribute's topic."""
-    assert _TOPIC_BAND[0] > len(_FUNCTION_WORDS)
-    n_concepts = sum(len(group.words) for group in groups)
-    n_attributes = sum(len(group.attributes) for group in groups)
-    attribute_topics = rng.integers(*_TOPIC_BAND, size=(n_attributes, _TOPIC_SIZE))
-    # A word in both a concept's topic and one of its attributes' would co-occur with that planted word
-    # twice as often as any other and show up among its neighbours: concept topics avoid the group's
-    # attribute-topic words (a loop over the 5 groups).
-    concept_topics = np.empty((n_concepts, _TOPIC_SIZE), dtype=np.int64)
-    c0 = a0 = 0
-    for group in groups:
-        n_c, n_a = len(group.words), len(group.attributes)
-        allowed = np.setdiff1d(np.arange(*_TOPIC_BAND), attribute_topics[a0 : a0 + n_a])
-        concept_topics[c0 : c0 + n_c] = rng.choice(allowed, size=(n_c, _TOPIC_SIZE))
-        c0, a0 = c0 + n_c, a0 + n_a
-    return concept_topics, attribute_topics
-
-
-def _allocate(weights: np.ndarray, total: int, rng: np.random.Generator, floor: int = 5) -> np.ndarray:
-    """Split ``total`` draws over ``weights`` exactly: ``floor`` each first (so every planted word reaches
-    ``min_count`` once the corpus allows it), the rest in proportion by largest remainder."""
-    base = min(floor, total // len(weights))
-    share = weights / weights.sum() * (total - base * len(weights))
-    counts = np.floor(share).astype(np.int64)
-    short = total - base * len(weights) - int(counts.sum())
-    if short:
-        # Ties broken at random so the leftovers do not always go to the same words.
-        order = np.lexsort((rng.random(len(weights)), -(share - counts)))
-        counts[order[:short]] += 1
-    return counts + base
-
-
-def _token_ids(world: _World, n_tokens: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Word ids of the corpus (flat) and the length of each sentence; exactly ``n_tokens`` tokens."""
-    rng = np.random.default_rng([seed, 0xC0A9, n_tokens])
-    lengths = rng.integers(_MIN_LEN, _MAX_LEN + 1, size=n_tokens // _MIN_LEN + 1)
-    ends = np.cumsum(lengths)
-    n_sent = int(np.searchsorted(ends, n_tokens)) + 1
-    lengths = lengths[:n_sent]
-    lengths[-1] -= int(ends[n_sent - 1]) - n_tokens  # trim the last sentence to hit n_tokens exactly
-
-    # A share of sentences is pure background ("filler"); every other sentence carries one planted word.
-    # Planted counts are allocated exactly (no word starved by chance), then shuffled over the sentences.
-    planted_sent = np.flatnonzero(rng.random(n_sent) >= _P_FILLER_SENTENCE)
-    counts = _allocate(world.planted_weight, len(planted_sent), rng)
-    which = np.full(n_sent, -1)
-    which[planted_sent] = rng.permutation(np.repeat(np.arange(len(counts)), counts))
-    concept = world.planted_concept[which]  # garbage (index -1) for filler sentences, masked below
-    attribute = world.planted_attribute[which]
-
-    sent_of_tok = np.repeat(np.arange(n_sent), lengths)
-    in_planted = which[sent_of_tok] >= 0
-
-    # Background: full Zipf in filler sentences, only its head in planted ones. Rare words thus never sit
-    # next to a planted word, so their noisy vectors do not crowd the planted words' neighbour lists.
-    cdf = world.background_cdf
-    top = np.where(in_planted, cdf[_HEAD_RANKS - 1], cdf[-1])
-    tokens = np.searchsorted(cdf, rng.random(n_tokens) * top)
-    tokens = np.minimum(tokens, world.n_background - 1)
-
-    u = rng.random(n_tokens)
-    pick = rng.integers(_TOPIC_SIZE, size=n_tokens)
-    is_concept = in_planted & (u < _P_CONCEPT)
-    is_attr = in_planted & (u >= _P_CONCEPT) & (u < _P_CONCEPT + _P_ATTRIBUTE)
-    tokens[is_concept] = world.concept_topics[concept[sent_of_tok[is_concept]], pick[is_concept]]
-    tokens[is_attr] = world.attribute_topics[attribute[sent_of_tok[is_attr]], pick[is_attr]]
-
-    # Planted word in the middle of the sentence so both sides of the window fall inside it.
-    starts = ends[:n_sent] - lengths
-    starts[-1] = n_tokens - lengths[-1]
-    offset = np.minimum((lengths * rng.uniform(0.3, 0.7, size=n_sent)).astype(np.int64), lengths - 1)
-    tokens[(starts + offset)[planted_sent]] = world.planted_ids[which[planted_sent]]
-    return tokens, lengths
-
-
-def _encode(vocab: np.ndarray, tokens: np.ndarray, lengths: np.ndarray) -> bytes:
-    """Render ids as space-separated words, one sentence per line, with numpy gathers (no token loop)."""
-    encoded = [w.encode("utf-8") for w in vocab.tolist()]
-    word_len = np.array([len(w) for w in encoded], dtype=np.int64)
-    blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-    word_start = np.concatenate(([0], np.cumsum(word_len)[:-1]))
-
-    tok_len = word_len[tokens] + 1  # +1 for the separator after every token
-    out_end = np.cumsum(tok_len)
-    out_start = out_end - tok_len
-    total = int(out_end[-1]) if len(tokens) else 0
-    out = np.empty(total, dtype=np.uint8)
-    # Position of every output character inside ``blob``: the token's word start + index within the token.
-    chars = tok_len - 1
-    within = np.arange(int(chars.sum())) - np.repeat(np.cumsum(chars) - chars, chars)
-    dest = np.repeat(out_start, chars) + within
-    out[dest] = blob[np.repeat(word_start[tokens], chars) + within]
-    out[out_end - 1] = ord(" ")
-    out[out_end[np.cumsum(lengths) - 1] - 1] = ord("\n")
-    return out.tobytes()
-
-
-def generate_corpus(path: str | os.PathLike, n_tokens: int = 3_000_000, seed: int = 0) -> None:
-    """Write the demo corpus: ``n_tokens`` tokens, one sentence per line, lowercase, space-separated.
-
-    The file appears atomically. Same ``(n_tokens, seed)`` → same bytes; about 6 bytes per token and
-    ``n_tokens / 11`` lines. Each of the 420 planted words occurs ``n_tokens / 5400`` times on average
-    (0.5× to 2×) and at least 5 times (``min_count``) once ``n_tokens`` ≥ 30 000, in sentences whose other
-    words come from its concept's and its attribute's topics (see the module docstring).
+    A model of another library (a test's gensim) has no ``write_outputs``: it is not kept.
     """
-    if n_tokens < 1:
-        raise UserError(f"n_tokens must be at least 1, got {n_tokens}")
-    world = _world(seed)
-    tokens, lengths = _token_ids(world, n_tokens, seed)
-    data = _encode(world.vocab, tokens, lengths)
-    with atomic_write(path) as handle:
-        handle.write(data)
+    if hasattr(trained, "write_outputs"):
+        if not (out / "model").exists():  # the default trainer has checkpointed there already
+            trained.save(out)
+        trained.write_outputs(out)
+    return [name for name in TRAIN_OUTPUTS if (out / name).exists()]
 
 
-def _questions(seed: int) -> list[tuple[str, list[tuple[str, str, str, str]]]]:
-    """All planted questions by section: ``a b c d`` with a, b one concept and c, d another."""
-    sections = []
-    for group in _world(seed).groups:
-        for name, src, dst in group.sections:
-            qs = [
-                (group.words[i][src], group.words[i][dst], group.words[k][src], group.words[k][dst])
-                for i in range(len(group.words))
-                for k in range(len(group.words))
-                if i != k
-            ]
-            sections.append((name, qs))
-    return sections
+def _program() -> list[str]:
+    """The command as the user ran it (``.venv/bin/sparsembed`` after ``make demo``), so the lines paste as they are."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    return [argv0] if Path(argv0).name == "sparsembed" else ["sparsembed"]
 
 
-def write_analogies(path: str | os.PathLike, seed: int = 0) -> int:
-    """Write the planted analogy questions in ``questions-words.txt`` format; return how many.
-
-    Sections follow the names of Mikolov's test set (``family``, ``capital-world``, ``gram8-plural``, ...).
-    Each section holds every ordered pair of distinct concepts of its group.
-    """
-    lines: list[str] = []
-    count = 0
-    for name, qs in _questions(seed):
-        lines.append(f": {name}")
-        lines.extend(" ".join(q) for q in qs)
-        count += len(qs)
-    with atomic_write(path) as handle:
-        handle.write(("\n".join(lines) + "\n").encode("utf-8"))
-    return count
-
-
-def planted_queries(seed: int = 0) -> list[str]:
-    """A handful of planted words, one or two per group, whose nearest neighbours the demo prints."""
-    groups = {g.name: g for g in _world(seed).groups}
-    return [
-        "king",
-        "woman",
-        groups["nation"].words[0][1],  # a capital
-        groups["nation"].words[1][2],  # a currency
-        groups["verb"].words[0][2],  # a past tense
-        groups["noun"].words[0][1],  # a plural
-        groups["adjective"].words[0][2],  # a superlative
-    ]
-
-
-def _default_train(corpus_path: str, sg: int, workers: int, seed: int) -> Any:
-    """Train with sparsembed's own trainer on the demo hyperparameters."""
-    from sparsembed import Word2Vec
-
-    return Word2Vec(corpus_path, sg=sg, workers=workers, seed=seed, **DEMO_PARAMS)
-
-
-def _analogy_score(result: Any) -> tuple[float, list[dict]]:
-    """(total accuracy, sections) from sparsembed's dict result or gensim's ``(score, sections)`` tuple."""
-    if isinstance(result, dict):
-        return float(result["accuracy"]), result["sections"]
-    score, sections = result
-    return float(score), sections
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) else len(value)  # sparsembed counts; gensim lists the questions
+def _next_steps(out: Path | None, sg: int, seed: int, n_tokens: int | None, kept: list[str]) -> list[str]:
+    """What to say at the end: what was kept and the commands to try on it, or how to keep it."""
+    model, other = ("skipgram", "cbow") if sg else ("cbow", "skipgram")
+    if out is None:
+        again = [*_program(), "demo", "--out", "sparsembed-demo"]
+        again += ["--model", model] if model != "cbow" else []
+        again += ["--seed", str(seed)] if seed else []
+        again += ["--tokens", str(n_tokens)] if n_tokens is not None else []
+        return ["\nnothing was kept: the corpus, questions and model were in a temporary directory, now deleted. "
+                "To keep them and try `sparsembed similar`, `eval` and `report` on them:",
+                "  " + shlex.join(again)]
+    lines = [f"\nkept in {out}: " + ", ".join(["corpus.txt", "questions.txt"] + [
+        f"{name}/" if name == "model" else name for name in kept])]
+    if "vectors.bin" not in kept:
+        return lines
+    d, program = str(out), _program()
+    lines += ["try next:",
+              "  " + shlex.join([*program, "similar", d, planted_queries(seed)[2]]),
+              "  " + shlex.join([*program, "eval", d, "--analogies", str(out / "questions.txt")]),
+              "  " + shlex.join([*program, "report", d]) + "   # plots loss and words/s (PNG files)",
+              "  " + shlex.join([*program, "train", str(out / "corpus.txt"), "--out", f"{d}-{other}", "--model",
+                                 other])]
+    return lines
 
 
 def _section_figures(sections: list[dict]) -> tuple[dict[str, float], dict[str, int]]:
-    """Accuracy and question count per section of an ``evaluate_word_analogies`` result (either flavour)."""
+    """Accuracy and question count per section of an ``evaluate_word_analogies`` result: gensim's shape, which
+    sparsembed's ``Vectors`` returns too, so a model trained by either library is shown the same way."""
     acc, n = {}, {}
     for sec in sections:
-        total = _count(sec["correct"]) + _count(sec["incorrect"])
-        acc[sec["section"]] = _count(sec["correct"]) / total if total else 0.0
+        total = len(sec["correct"]) + len(sec["incorrect"])
+        acc[sec["section"]] = len(sec["correct"]) / total if total else 0.0
         n[sec["section"]] = total
     return acc, n
 
@@ -451,7 +133,7 @@ def _show_neighbours(wv: Any, seed: int, say: Callable[[str], None]) -> dict[str
 def _show_analogies(wv: Any, questions: Path, say: Callable[[str], None]
                     ) -> tuple[float, dict[str, float], dict[str, int]]:
     """Say and return the planted-analogy accuracy: in total, and per section with its question count."""
-    score, sections = _analogy_score(wv.evaluate_word_analogies(str(questions)))
+    score, sections = wv.evaluate_word_analogies(str(questions))
     acc, sizes = _section_figures([s for s in sections if s["section"] != "Total accuracy"])
     say("\nplanted-analogy accuracy:")
     for name in acc:
@@ -468,43 +150,48 @@ def run_demo(
     train: Callable[[str, int, int, int], Any] | None = None,
     n_tokens: int | None = None,
     log: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Generate the corpus and questions, train, print neighbours and planted-analogy accuracy.
+    """Generate the corpus and questions, say what their words are, train, print neighbours and planted-analogy
+    accuracy, then what to try next.
 
-    ``out_dir``: where corpus.txt and questions.txt go (kept); ``None`` uses a temporary directory that is
-    removed afterwards. ``model``: ``"cbow"`` or ``"skipgram"``. ``train(corpus_path, sg, workers, seed)``
-    returns a model with ``.wv`` (gensim-compatible ``most_similar`` / ``evaluate_word_analogies``);
-    ``None`` means :class:`sparsembed.Word2Vec` with :data:`DEMO_PARAMS`. ``n_tokens``: corpus size,
+    ``out_dir``: where everything is kept: corpus.txt, questions.txt and the trained model as ``sparsembed train``
+    writes it (:data:`TRAIN_OUTPUTS`; a UserError, before anything is written, if it already holds a model and
+    not ``force``);
+    ``None`` works in a temporary directory that is removed afterwards, and says so. ``model``: ``"cbow"`` or
+    ``"skipgram"``. ``train(corpus_path, sg, workers, seed)`` returns a model with ``.wv`` (gensim-compatible
+    ``most_similar`` / ``evaluate_word_analogies``); ``None`` means :class:`sparsembed.Word2Vec` with
+    :data:`DEMO_PARAMS` (a model without ``write_outputs`` is not kept). ``n_tokens``: corpus size,
     default 3 M for CBOW and 1.5 M for skip-gram (which costs more per token and needs fewer tokens for the
     same accuracy), so both train in about the same time. ``log`` receives each
     printed line (default: print to stdout).
 
     Returns ``{"model", "n_tokens", "n_questions", "generate_seconds", "train_seconds", "accuracy",
     "sections": {name: accuracy}, "section_sizes": {name: n}, "neighbours": {word: [(word, sim), ...]},
-    "out_dir"}``.
+    "out_dir", "kept": [names in out_dir]}``.
     """
     if model not in ("cbow", "skipgram", "sg"):
         raise UserError(f"unknown model {model!r}; use 'cbow' or 'skipgram'")
     sg = 0 if model == "cbow" else 1
+    tokens_asked = n_tokens
     if n_tokens is None:
         n_tokens = 3_000_000 if sg == 0 else 1_500_000
     say = log or (lambda line: print(line, file=sys.stdout, flush=True))
-    train = train or _default_train
-
-    tmp = None
-    if out_dir is None:
-        tmp = tempfile.mkdtemp(prefix="sparsembed-demo-")
-        out = Path(tmp)
-    else:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    keep = out_dir is not None
+    out = _prepare_out(Path(out_dir), force) if keep else Path(tempfile.mkdtemp(prefix="sparsembed-demo-"))
+    # A kept demo's model is logged and checkpointed as `sparsembed train` would, so `report` works on it too.
+    train = train or functools.partial(_default_train, out=str(out) if keep else None)
     try:
         corpus, questions = out / "corpus.txt", out / "questions.txt"
         t0 = time.perf_counter()
         generate_corpus(corpus, n_tokens=n_tokens, seed=seed)
         n_questions = write_analogies(questions, seed=seed)
         t_gen = time.perf_counter() - t0
-        say(f"generated {n_tokens:,} tokens and {n_questions:,} planted analogies in {t_gen:.1f} s ({out})")
+        where = f"in {out}" if keep else "in a temporary directory, deleted at the end"
+        say(f"generated {n_tokens:,} tokens and {n_questions:,} planted analogies in {t_gen:.1f} s ({where})")
+        say("the words:")
+        for line in legend(seed):
+            say(f"  {line}")
 
         say(f"training {model} on {workers} worker(s) ...")
         t0 = time.perf_counter()
@@ -512,9 +199,12 @@ def run_demo(
         t_train = time.perf_counter() - t0
         say(f"trained in {t_train:.1f} s")
         wv = trained.wv
+        kept = _keep_model(trained, out) if keep else []
 
         neighbours = _show_neighbours(wv, seed, say)
         score, acc, sizes = _show_analogies(wv, questions, say)
+        for line in _next_steps(out if keep else None, sg, seed, tokens_asked, kept):
+            say(line)
         return {
             "model": model,
             "n_tokens": n_tokens,
@@ -525,8 +215,9 @@ def run_demo(
             "sections": acc,
             "section_sizes": sizes,
             "neighbours": neighbours,
-            "out_dir": None if tmp else str(out),
+            "out_dir": str(out) if keep else None,
+            "kept": ["corpus.txt", "questions.txt", *kept] if keep else [],
         }
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(out, ignore_errors=True)

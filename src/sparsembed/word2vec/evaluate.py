@@ -1,15 +1,20 @@
 """The standard evaluations of word vectors, with gensim 4.4's answers: analogies and word-pair similarity.
 
-:func:`word_analogies` gives exactly gensim's ``evaluate_word_analogies`` answers but scores a whole batch of
-questions with one matrix product and a compiled loop (numba, no GIL, a few threads) instead of one
-``most_similar`` call per question; :func:`word_pairs` is gensim's ``evaluate_word_pairs`` (Pearson and Spearman).
-Both are :class:`~sparsembed.word2vec.vectors.Vectors` methods, as in gensim.
+:func:`word_analogies` and :func:`word_pairs` return exactly what gensim's ``evaluate_word_analogies`` /
+``evaluate_word_pairs`` return, in gensim's shapes, so gensim users' code runs unchanged; the analogies are
+scored a whole batch at a time with one matrix product and a compiled loop (numba, no GIL, a few threads)
+instead of one ``most_similar`` call per question.  :func:`analogy_report` and :func:`pair_report` give the
+same figures as JSON-able dicts with more detail (semantic / syntactic split, out-of-vocabulary share, p-values),
+all shares in percent with ``_pct`` in their names; ``sparsembed eval`` prints them.  All four are
+:class:`~sparsembed.word2vec.vectors.Vectors` methods.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numba
@@ -20,9 +25,10 @@ from sparsembed.errors import UserError
 if TYPE_CHECKING:
     from sparsembed.word2vec.vectors import Vectors
 
-__all__ = ["word_analogies", "word_pairs"]
+__all__ = ["analogy_report", "pair_report", "word_analogies", "word_pairs"]
 
 PathLike = str | os.PathLike
+Question = tuple[str, str, str, str]
 
 # Threads for the analogy kernel (it releases the GIL); more than the cores would only contend.
 _THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -38,20 +44,81 @@ def word_analogies(
     restrict_vocab: int = 300_000,
     case_insensitive: bool = True,
     dummy4unknown: bool = False,
-) -> dict[str, Any]:
+) -> tuple[float, list[dict[str, Any]]]:
     """Accuracy on an analogy file (``: section`` headers, then ``a b c expected`` lines), as gensim.
 
-    Same answers as gensim 4.4's ``KeyedVectors.evaluate_word_analogies``: only the first
-    ``restrict_vocab`` rows take part; with ``case_insensitive`` words are upper-cased and the first
-    (most frequent) row of each upper-cased form stands for it; questions with a word outside that
-    vocabulary are skipped (or counted wrong with ``dummy4unknown``); the answer is the best-scoring
-    row by 3CosAdd that is not a question word.  Returns ``accuracy`` (all answered questions),
-    ``semantic`` / ``syntactic`` (sections not / starting with ``gram``, as word2vec's compute-accuracy
-    splits them), ``coverage`` (answerable share of all questions), ``correct``, ``incorrect``,
-    ``questions``, ``restrict_vocab`` (effective) and ``sections``: per-section ``correct``,
-    ``incorrect``, ``accuracy``, the last entry being gensim's ``"Total accuracy"``.  Blank lines are
-    skipped; any other line that is not four words raises :class:`UserError` (gensim logs and skips).
+    Same answers and shape as gensim 4.4's ``KeyedVectors.evaluate_word_analogies``: ``(score, sections)``,
+    ``score`` the fraction of answered questions answered right, ``sections`` one dict per section of the
+    file with its ``"section"`` name and the ``"correct"`` and ``"incorrect"`` questions as lists of
+    ``(a, b, c, expected)`` tuples (upper-cased when ``case_insensitive``), then a ``"Total accuracy"``
+    section holding all of them.  Only the first ``restrict_vocab`` rows take part; with
+    ``case_insensitive`` the first (most frequent) row of each upper-cased form stands for it; questions
+    with a word outside that vocabulary are left out (or counted incorrect with ``dummy4unknown``); the
+    answer is the best-scoring row by 3CosAdd that is not a question word.  Blank lines are skipped; any
+    other line that is not four words raises :class:`UserError` (gensim logs and skips it).
     """
+    outcome = _analogy_outcome(vectors, path, restrict_vocab, case_insensitive, dummy4unknown)
+    correct: list[list[Question]] = [[] for _ in outcome.names]
+    incorrect: list[list[Question]] = [[] for _ in outcome.names]
+    for question, section, right, answered in zip(outcome.questions, outcome.section_of.tolist(),
+                                                  outcome.correct.tolist(), outcome.answered.tolist(), strict=True):
+        if answered:
+            (correct if right else incorrect)[section].append(question)
+    sections = [{"section": name, "correct": correct[i], "incorrect": incorrect[i]}
+                for i, name in enumerate(outcome.names)]
+    total = {"section": "Total accuracy", "correct": [q for s in correct for q in s],
+             "incorrect": [q for s in incorrect for q in s]}
+    score = _ratio(len(total["correct"]), len(total["correct"]) + len(total["incorrect"]))
+    return score, [*sections, total]
+
+
+def analogy_report(
+    vectors: Vectors,
+    path: PathLike,
+    restrict_vocab: int = 300_000,
+    case_insensitive: bool = True,
+    dummy4unknown: bool = False,
+) -> dict[str, Any]:
+    """The figures of :func:`word_analogies` (same arguments, same answers) as a JSON-able dict.
+
+    ``questions`` (in the file), ``correct`` and ``incorrect`` (answered questions), ``accuracy_pct``
+    (correct / answered, gensim's score in percent), ``semantic_pct`` / ``syntactic_pct`` (the same over
+    sections not starting / starting with ``gram``, as word2vec's compute-accuracy splits them),
+    ``oov_pct`` (questions with a word outside the first ``restrict_vocab`` rows, as gensim logs it) and
+    ``sections``: per section of the file its ``section`` name, ``correct``, ``incorrect`` and ``accuracy_pct``.
+    """
+    outcome = _analogy_outcome(vectors, path, restrict_vocab, case_insensitive, dummy4unknown)
+    n_sections = len(outcome.names)
+    right = np.bincount(outcome.section_of[outcome.correct & outcome.answered], minlength=n_sections)
+    tried = np.bincount(outcome.section_of[outcome.answered], minlength=n_sections)
+    is_gram = np.array([name.startswith("gram") for name in outcome.names], dtype=bool)
+    return {
+        "questions": len(outcome.questions),
+        "correct": int(right.sum()),
+        "incorrect": int(tried.sum() - right.sum()),
+        "accuracy_pct": 100 * _ratio(right.sum(), tried.sum()),
+        "semantic_pct": 100 * _ratio(right[~is_gram].sum(), tried[~is_gram].sum()),
+        "syntactic_pct": 100 * _ratio(right[is_gram].sum(), tried[is_gram].sum()),
+        "oov_pct": 100 * _ratio((~outcome.known).sum(), len(outcome.known)),
+        "sections": [{"section": name, "correct": int(r), "incorrect": int(t - r), "accuracy_pct": 100 * _ratio(r, t)}
+                     for name, r, t in zip(outcome.names, right, tried, strict=True)],
+    }
+
+
+@dataclass
+class _AnalogyOutcome:
+    """Every question of an analogy file and how it fared; both result shapes are built from this."""
+
+    names: list[str]  # section names, in file order
+    section_of: np.ndarray  # int64 [questions]: index into names
+    questions: list[Question]  # as compared (upper-cased when case-insensitive)
+    known: np.ndarray  # bool [questions]: all four words among the first restrict_vocab rows
+    answered: np.ndarray  # bool [questions]: scored (known, or every question with dummy4unknown)
+    correct: np.ndarray  # bool [questions]: answered right
+
+
+def _analogy_outcome(vectors: Vectors, path: PathLike, restrict_vocab: int, case_insensitive: bool,
+                     dummy4unknown: bool) -> _AnalogyOutcome:
     vocab, canon = _upper_vocab(vectors, restrict_vocab, case_insensitive)
     names, section_of, questions = _read_analogies(path, case_insensitive)
     if not len(questions):
@@ -61,23 +128,8 @@ def word_analogies(
     correct = np.zeros(len(ids), dtype=bool)
     correct[known] = _solve_analogies(vectors, ids[known], canon)
     answered = known | dummy4unknown
-    n_sections = len(names)
-    right = np.bincount(section_of[correct & answered], minlength=n_sections)
-    tried = np.bincount(section_of[answered], minlength=n_sections)
-    sections = [_score(name, int(r), int(t - r)) for name, r, t in zip(names, right, tried, strict=True)]
-    is_gram = np.array([name.startswith("gram") for name in names], dtype=bool)
-    total = _score("Total accuracy", int(right.sum()), int(tried.sum() - right.sum()))
-    return {
-        "accuracy": total["accuracy"],
-        "semantic": _ratio(right[~is_gram].sum(), tried[~is_gram].sum()),
-        "syntactic": _ratio(right[is_gram].sum(), tried[is_gram].sum()),
-        "coverage": float(known.sum() / len(known)),
-        "correct": total["correct"],
-        "incorrect": total["incorrect"],
-        "questions": len(known),
-        "sections": [*sections, total],
-        "restrict_vocab": len(canon),
-    }
+    return _AnalogyOutcome(names, section_of, [tuple(q) for q in questions], known, answered, correct & answered)
+
 
 def _upper_vocab(vectors: Vectors, restrict_vocab: int | None,
                  case_insensitive: bool) -> tuple[dict[str, int], np.ndarray]:
@@ -132,13 +184,34 @@ def word_pairs(
     restrict_vocab: int = 300_000,
     case_insensitive: bool = True,
     dummy4unknown: bool = False,
-) -> dict[str, Any]:
+) -> tuple[tuple[float, float], tuple[float, float], float]:
     """Correlation with human similarity judgements (``word1<delim>word2<delim>score`` lines), as gensim.
 
-    Lines starting with ``#`` are comments.  Returns ``pearson``, ``spearman`` (average ranks for
-    ties), ``oov_ratio`` (percent of pairs with a word outside the first ``restrict_vocab`` rows,
-    computed as gensim does) and ``pairs`` (pairs used; with ``dummy4unknown`` unknown pairs count
-    with similarity 0).  Malformed lines raise :class:`UserError` (gensim logs and skips them).
+    Same values and shape as gensim 4.4's ``KeyedVectors.evaluate_word_pairs``: ``((pearson, p_value),
+    (spearman, p_value), oov_ratio)``, the p-values two-sided as scipy's ``pearsonr`` / ``spearmanr`` give
+    them (plain tuples here, where gensim returns scipy's result objects), Spearman with average ranks for
+    ties, ``oov_ratio`` the percent of pairs with a word outside the first ``restrict_vocab`` rows (with
+    ``dummy4unknown`` such pairs count with similarity 0 and the percent is of the pairs used, as gensim
+    computes it).  Lines starting with ``#`` are comments; malformed lines raise :class:`UserError` (gensim
+    logs and skips them).
+    """
+    figures = pair_report(vectors, path, delimiter, restrict_vocab, case_insensitive, dummy4unknown)
+    return ((figures["pearson"], figures["pearson_p"]), (figures["spearman"], figures["spearman_p"]),
+            figures["oov_pct"])
+
+
+def pair_report(
+    vectors: Vectors,
+    path: PathLike,
+    delimiter: str = "\t",
+    restrict_vocab: int = 300_000,
+    case_insensitive: bool = True,
+    dummy4unknown: bool = False,
+) -> dict[str, Any]:
+    """The figures of :func:`word_pairs` (same arguments, same values) as a JSON-able dict.
+
+    ``pairs`` (in the file), ``pairs_used``, ``pearson``, ``pearson_p``, ``spearman``, ``spearman_p`` and
+    ``oov_pct`` (gensim's ``oov_ratio``, a percent).
     """
     vocab, _ = _upper_vocab(vectors, restrict_vocab, case_insensitive)
     words, gold = _read_pairs(path, delimiter, case_insensitive)
@@ -153,11 +226,17 @@ def word_pairs(
     if not used.any():
         raise UserError(f"{path}: every word pair has a word outside the vocabulary; nothing to evaluate")
     n_used = int(used.sum())
+    pearson = _pearson(gold[used], model[used])
+    spearman = _pearson(_average_ranks(gold[used]), _average_ranks(model[used]))
     return {
-        "pearson": _pearson(gold[used], model[used]),
-        "spearman": _pearson(_average_ranks(gold[used]), _average_ranks(model[used])),
-        "oov_ratio": 100.0 * oov / (n_used if dummy4unknown else n_used + oov),
-        "pairs": n_used,
+        "pairs": len(ids),
+        "pairs_used": n_used,
+        "pearson": pearson,
+        # scipy's pearsonr gives p = 1 for two points, where the t-test has no degrees of freedom.
+        "pearson_p": 1.0 if n_used == 2 and math.isfinite(pearson) else _correlation_p(pearson, n_used),
+        "spearman": spearman,
+        "spearman_p": _correlation_p(spearman, n_used),
+        "oov_pct": 100.0 * oov / (n_used if dummy4unknown else n_used + oov),
     }
 
 
@@ -306,15 +385,6 @@ def _lookup(vocab: dict[str, int], rows: list[list[str]]) -> np.ndarray:
     return ids[inverse.reshape(table.shape)]
 
 
-def _score(name: str, correct: int, incorrect: int) -> dict[str, Any]:
-    return {
-        "section": name,
-        "correct": correct,
-        "incorrect": incorrect,
-        "accuracy": _ratio(correct, incorrect + correct),
-    }
-
-
 def _ratio(numerator: float, denominator: float) -> float:
     """gensim reports 0.0 for a section with no answered questions."""
     return float(numerator / denominator) if denominator else 0.0
@@ -338,3 +408,46 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     y = y - y.mean()
     denominator = np.sqrt((x * x).sum() * (y * y).sum())
     return float((x * y).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def _correlation_p(r: float, n: int) -> float:
+    """Two-sided p-value of a correlation ``r`` over ``n`` pairs, as scipy's ``pearsonr`` and ``spearmanr``.
+
+    Both reduce to the t-test with ``n - 2`` degrees of freedom, whose two-sided tail is the regularised
+    incomplete beta function ``I_x(dof / 2, 1 / 2)`` at ``x = 1 - r**2`` (no scipy needed).
+    """
+    if not math.isfinite(r) or n < 3:
+        return float("nan")
+    return _betainc((n - 2) / 2, 0.5, max(0.0, 1.0 - r * r))
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta function ``I_x(a, b)`` by its continued fraction (Numerical Recipes 6.4)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    # The fraction converges fast on this side of the mean; the other side follows by symmetry.
+    if x < (a + 1) / (a + b + 2):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function, by the modified Lentz method."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 100_000):  # about sqrt(max(a, b)) terms; the bound only guards against a bug
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h

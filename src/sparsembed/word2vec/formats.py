@@ -37,6 +37,14 @@ _WHITESPACE = re.compile(r"\s")
 _UNSTORABLE = re.compile(r"[\s\x00]")
 _FLOAT32_LE = np.dtype("<f4")
 _NUMBER = re.compile(rb"[0-9A-Za-z.+-]+")
+_DECIMAL = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# Extra reach when looking for the end of the first text row, for rows longer than the header's dimension.
+_LONG_LINE = 1 << 20
+# When a binary file does not fit its header: how many rows before the first implausible one may be the
+# culprit (garbage can pass for a word or two), and the longest row tried (word2vec dimensions stay far below).
+_SUSPECT_ROWS = 8
+_MAX_DIM_TRIED = 1 << 14
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 # ----------------------------------------------------------------------------------------- word2vec
@@ -130,17 +138,38 @@ def _parse_header(path: PathLike, data: bytes) -> tuple[int, int, int]:
 
 
 def _looks_like_text(data: bytes, start: int, dim: int) -> bool:
-    """True when the first row after the header is a word and ``dim`` fields of printable ASCII.
+    """True when the first row after the header is a word and fields of printable ASCII.
 
-    Binary float32 bytes are practically never all printable, so this holds for text rows only; the
-    fields need not be valid numbers, so that a damaged text file is reported as such.
+    Binary float32 bytes are practically never all printable, so this holds for text rows only.  With as
+    many fields as the header says they need not be valid numbers, so that a damaged text file is reported
+    as such; with another count (a header that disagrees with its rows) they must all read as numbers, which
+    a short run of binary bytes before a newline byte might otherwise imitate.
     """
-    end = data.find(b"\n", start, start + 64 * (dim + 1) + _MAX_WORD_BYTES)
+    end = data.find(b"\n", start, start + 64 * (dim + 1) + _MAX_WORD_BYTES + _LONG_LINE)
     fields = data[start : end if end >= 0 else len(data)].split()
-    return len(fields) == dim + 1 and all(_NUMBER.fullmatch(field) for field in fields[1:])
+    if len(fields) == dim + 1 and all(_NUMBER.fullmatch(field) for field in fields[1:]):
+        return True
+    return len(fields) >= 3 and all(_DECIMAL.fullmatch(field) for field in fields[1:])
 
 
 def _parse_binary(path: PathLike, data: bytes, pos: int, n_rows: int, dim: int) -> tuple[list[str], np.ndarray]:
+    """Binary rows; a file that cannot be read with the header's dimension is checked for rows of another length,
+    which garble every word after them (the first failure shows only far downstream, as an empty or non-UTF-8
+    word, or a file that ends early), so that the error names the row whose length disagrees with the header."""
+    try:
+        return _scan_binary(path, data, pos, n_rows, dim)
+    except UserError:
+        mismatch = _binary_row_mismatch(data, pos, n_rows, dim)
+        if mismatch is None:
+            raise
+        row, word, actual = mismatch
+        raise UserError(
+            f"{path}: row {row} ({word!r}) holds {actual} float32 values ({4 * actual} bytes) but the header says "
+            f"dimension {dim}; the header does not match the rows: fix its dimension or re-export the file"
+        ) from None
+
+
+def _scan_binary(path: PathLike, data: bytes, pos: int, n_rows: int, dim: int) -> tuple[list[str], np.ndarray]:
     """Scan the rows once for word boundaries; the vector bytes are joined and decoded in one go."""
     step = 4 * dim
     raw_words: list[bytes] = []
@@ -172,6 +201,65 @@ def _parse_binary(path: PathLike, data: bytes, pos: int, n_rows: int, dim: int) 
     return words, matrix
 
 
+def _binary_row_mismatch(data: bytes, start: int, n_rows: int, dim: int) -> tuple[int, str, int] | None:
+    """On the error path: ``(row, word, values)`` of a binary row that is not ``dim`` values long.
+
+    Walks the rows with the header's dimension to the first one that does not begin with a plausible word
+    (a row of another length garbles the rows after it); the culprit is that row or one of the few before
+    it, whose word may have been read from garbage.  A suspect is convicted by a length for which the rest
+    of the file parses to its end, its later rows having that length (the header is wrong) or the header's
+    (one damaged row).  ``None`` when every row fits the header or no length explains the file; then the
+    scanner's own message (truncated, row count, not UTF-8) stands.
+    """
+    starts, pos = [], start
+    for _ in range(n_rows):
+        word_end = _word_end(data, pos)
+        if word_end is None or word_end + 1 + 4 * dim > len(data):
+            break
+        starts.append(pos)
+        pos = word_end + 1 + 4 * dim
+    else:
+        return None  # the rows fit the header's dimension: the fault lies elsewhere (row count, damage)
+    failed = len(starts)
+    for row in range(max(0, failed - _SUSPECT_ROWS), failed + 1):
+        row_start = starts[row] if row < failed else pos
+        word_end = _word_end(data, row_start)
+        if word_end is None:
+            continue
+        later = n_rows - row - 1
+        # A last row shorter than the header says cannot be told from a truncated file: the scanner says both.
+        shortest = 1 if later else dim + 1
+        for actual in range(shortest, min((len(data) - word_end - 1) // 4, _MAX_DIM_TRIED) + 1):
+            after = word_end + 1 + 4 * actual
+            if actual != dim and (_rows_fit(data, after, later, actual) or _rows_fit(data, after, later, dim)):
+                return row + 1, data[row_start:word_end].lstrip(b"\n").decode("utf-8"), actual
+    return None
+
+
+def _word_end(data: bytes, pos: int) -> int | None:
+    """Offset of the space after the binary row's word at ``pos``, or None if no plausible word is there."""
+    while pos < len(data) and data[pos] == 0x0A:
+        pos += 1
+    space = data.find(b" ", pos, pos + _MAX_WORD_BYTES + 1)
+    if space <= pos or _CONTROL.search(data, pos, space):
+        return None
+    try:
+        data[pos:space].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return space
+
+
+def _rows_fit(data: bytes, pos: int, rows: int, dim: int) -> bool:
+    """Whether exactly ``rows`` binary rows of ``dim`` values run from ``pos`` to the end of the file."""
+    for _ in range(rows):
+        word_end = _word_end(data, pos)
+        if word_end is None:
+            return False
+        pos = word_end + 1 + 4 * dim
+    return pos <= len(data) and not data[pos:].strip()
+
+
 def _parse_text(path: PathLike, data: bytes, start: int, n_rows: int, dim: int) -> tuple[list[str], np.ndarray]:
     lines = data[start:].split(b"\n")
     while lines and not lines[-1].strip():
@@ -188,7 +276,8 @@ def _parse_text(path: PathLike, data: bytes, start: int, n_rows: int, dim: int) 
         rest = rest.strip()
         # Counting single spaces is cheap; only an odd-looking row pays for a full split.
         if rest.count(b" ") != dim - 1 and len(rest.split()) != dim or not word:
-            raise UserError(f"{path}: row {row + 1} (line {row + 2}) has {len(rest.split())} values, expected {dim}")
+            raise UserError(f"{path}: row {row + 1} (line {row + 2}) has {len(rest.split())} values but the header "
+                            f"says dimension {dim}; the row or the header is wrong")
         raw_words.append(word)
         rests.append(rest)
     words = _decode_words(path, raw_words)

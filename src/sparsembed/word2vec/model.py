@@ -25,13 +25,21 @@ import numpy as np
 
 from sparsembed.errors import UserError
 from sparsembed.word2vec import checkpoint, kernels
-from sparsembed.word2vec.corpus import EncodedCorpus, corpus_fingerprint, encode_corpus, scan_corpus
+from sparsembed.word2vec.corpus import (
+    EncodedCorpus,
+    corpus_fingerprint,
+    encode_corpus,
+    fingerprint_change,
+    scan_corpus,
+)
 from sparsembed.word2vec.progress import Progress
 from sparsembed.word2vec.schedule import Position, Schedule
 from sparsembed.word2vec.settings import Settings, default_workers, is_int
 from sparsembed.word2vec.vocab import Vocab
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sparsembed.word2vec.vectors import Vectors
 
 
@@ -77,6 +85,7 @@ class Word2Vec:
 
     ``Word2Vec(corpus, vector_size=100, sg=0, ...)`` builds the vocabulary and trains at once when a corpus
     is given (a path to a file or directory, or an iterable of token lists). ``model.wv`` holds the vectors.
+    ``keep_checkpoints`` (default 2) is how many checkpoint generations a save in ``out/model`` keeps.
     """
 
     def __init__(
@@ -112,6 +121,8 @@ class Word2Vec:
         self.syn1: np.ndarray | None = None
         self.position = Position()
         self.history: list[dict[str, Any]] = []
+        self.keep_checkpoints = checkpoint.DEFAULT_KEEP
+        self._damaged: tuple[Path, list[int]] | None = None  # (model directory, damaged generations) of a load
         source = corpus_file if corpus_file is not None else sentences
         if source is not None:
             self.build_vocab(source)
@@ -357,15 +368,26 @@ class Word2Vec:
                        "tokens": int(self.corpus.sentence_starts[-1]) if self.corpus is not None else None,
                        "sentences": len(self.corpus.sentence_starts) - 1 if self.corpus is not None else None},
         }
-        checkpoint.save_checkpoint(Path(out) / "model", arrays, meta)
+        model_dir = Path(out) / "model"
+        # Damaged generations a load skipped here stay, for inspection (the new state lists them).
+        damaged = self._damaged[1] if self._damaged and self._damaged[0] == model_dir.resolve() else []
+        checkpoint.save_checkpoint(model_dir, arrays, meta, keep=self.keep_checkpoints, damaged=damaged)
 
     @classmethod
-    def load(cls, out: str | os.PathLike, with_corpus: bool = False) -> Word2Vec:
-        """The model saved in ``out/model`` (or ``out`` itself if it is the model directory)."""
+    def load(cls, out: str | os.PathLike, with_corpus: bool = False, corpus: str | os.PathLike | None = None,
+             on_damaged: Callable[[str], None] | None = None) -> Word2Vec:
+        """The model saved in ``out/model`` (or ``out`` itself if it is the model directory).
+
+        The newest checkpoint generation that verifies is loaded; ``on_damaged(line)`` hears of each newer one
+        that was damaged (default: a line on stderr), see :func:`~sparsembed.word2vec.checkpoint.load_latest`.
+        ``with_corpus`` also reads the corpus to go on training (unless training is done): from where it was,
+        or from ``corpus`` when it has moved since (the same files, checked by size and modification time).
+        """
         model_dir = Path(out) / "model"
-        if not (model_dir / checkpoint.STATE_FILE).exists() and (Path(out) / checkpoint.STATE_FILE).exists():
+        if not checkpoint.present(model_dir) and checkpoint.present(out):
             model_dir = Path(out)
-        arrays, meta = checkpoint.load_checkpoint(model_dir)
+        loaded = checkpoint.load_latest(model_dir, on_damaged)
+        arrays, meta = loaded.arrays, loaded.meta
         model = cls.__new__(cls)
         try:
             model._restore(arrays, meta)
@@ -378,8 +400,9 @@ class Word2Vec:
         if model.syn0.shape != (len(model.vocab), model.settings.vector_size) or model.syn1.shape != model.syn0.shape:
             raise UserError(f"checkpoint {model_dir} is inconsistent: matrices {model.syn0.shape} do not match "
                             f"{len(model.vocab)} words × dim {model.settings.vector_size}")
+        model._damaged = (model_dir.resolve(), loaded.damaged)
         if with_corpus and not model.done:
-            model._reload_corpus(meta["corpus"])
+            model._reload_corpus(meta["corpus"], out, corpus)
         return model
 
     def _restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -394,24 +417,34 @@ class Word2Vec:
         if not (is_int(p.epoch) and is_int(p.job) and 0 <= p.epoch <= self.settings.epochs and p.job >= 0):
             raise ValueError(f"position {p} is out of range")
         self.history = list(meta.get("history", []))
+        self.keep_checkpoints = checkpoint.DEFAULT_KEEP
+        self._damaged = None
         self.corpus_source = meta["corpus"]["source"]
         self.fingerprint = meta["corpus"]["fingerprint"]
         self.corpus = None
 
-    def _reload_corpus(self, saved: dict[str, Any]) -> None:
-        source = saved["source"]
-        if source is None:
+    def _reload_corpus(self, saved: dict[str, Any], out: str | os.PathLike, moved_to: str | os.PathLike | None) -> None:
+        """Encode the checkpoint's corpus, from ``moved_to`` if given, after checking it is the same files."""
+        if saved["source"] is None:
             raise UserError("this model was trained from an in-memory corpus; it cannot be resumed from disk")
+        source = saved["source"] if moved_to is None else str(Path(moved_to).resolve())
         if not Path(source).exists():
-            raise UserError(f"the corpus {source} of this checkpoint is gone; restore it to resume")
-        if corpus_fingerprint(source) != self.fingerprint:
-            raise UserError(f"the corpus {source} changed since the checkpoint was written; "
+            if moved_to is not None:
+                raise UserError(f"corpus path {moved_to} does not exist; check the path")
+            raise UserError(f"the corpus {source} of this checkpoint is missing (moved or deleted); put it back, "
+                            f"or give its new path: sparsembed train --resume {out} NEW_PATH")
+        change = fingerprint_change(self.fingerprint, source)
+        if change is not None:
+            which = "" if moved_to is None else f" (given for the checkpoint's {saved['source']})"
+            raise UserError(f"the corpus {source}{which} changed since the checkpoint was written: {change}; "
                             "restore the original files to resume, or start a new run")
         corpus = encode_corpus(source, self.vocab, self.settings.max_sentence_len)
         if int(corpus.sentence_starts[-1]) != saved.get("tokens") or len(corpus) != saved.get("sentences"):
             raise UserError(f"the corpus {source} no longer matches the checkpoint ({saved['tokens']} tokens "
                             "expected); restore the original files to resume")
         self.corpus = corpus
+        # The next checkpoint records where the corpus is now.
+        self.corpus_source, self.fingerprint = source, corpus_fingerprint(source)
 
     def write_outputs(self, out: str | os.PathLike) -> None:
         """``out/vectors.bin`` (word2vec binary, rows by descending frequency) and ``out/vocab.txt``."""

@@ -61,6 +61,10 @@ class Progress:
         now = time.perf_counter()
         if not force and now - self.last_report < self.every:
             return
+        if not force and fraction <= self.start_fraction:
+            # Nothing trained yet this session (the first job to finish was not the first in order): its words/s
+            # would be 0, a dip in the log and the report that never happened.
+            return
         self.last_report = now
         elapsed = now - self.start
         done = fraction - self.start_fraction

@@ -2,7 +2,8 @@
 
 :class:`Vectors` plays the part of gensim's ``KeyedVectors`` for a finished model: rows are in vocabulary
 order (most frequent first, which ``restrict_vocab`` relies on), ``most_similar`` follows gensim 4.4's semantics
-exactly, and the two evaluations (:mod:`sparsembed.word2vec.evaluate`) are its methods as in gensim.
+exactly, and the two evaluations (:mod:`sparsembed.word2vec.evaluate`) are its methods with gensim's result
+shapes; :meth:`Vectors.to_gensim` hands the vectors to gensim itself.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sparsembed.errors import UserError
 from sparsembed.word2vec import evaluate, formats
+
+if TYPE_CHECKING:
+    from gensim.models import KeyedVectors
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +138,12 @@ class Vectors:
         return result[:topn]
 
     # ------------------------------------------------------------------------------------ evaluations
-    # gensim's two evaluations, as methods (``self`` is their ``vectors``)
+    # gensim's two evaluations, as methods in gensim's shapes (``self`` is their ``vectors``), and the same
+    # figures as JSON-able dicts with more detail.
     evaluate_word_analogies = evaluate.word_analogies
     evaluate_word_pairs = evaluate.word_pairs
+    analogy_report = evaluate.analogy_report
+    pair_report = evaluate.pair_report
 
     def evaluate(
         self,
@@ -146,21 +153,38 @@ class Vectors:
     ) -> dict[str, Any]:
         """Run the analogy and word-pair evaluations; one JSON-able dict (what ``sparsembed eval`` prints).
 
-        ``{"vocab_size", "vector_size", "restrict_vocab", "analogies": {...} or None,
-        "pairs": {file: {...}}}``.
+        ``{"vocab_size", "vector_size", "restrict_vocab", "analogies": analogy_report(...) or None,
+        "pairs": {file: pair_report(...)}}``, ``restrict_vocab`` being the number of most frequent words
+        that took part (the one asked for, at most the vocabulary size).
         """
         result: dict[str, Any] = {
             "vocab_size": len(self),
             "vector_size": self.vector_size,
-            "restrict_vocab": restrict_vocab,
+            "restrict_vocab": min(restrict_vocab, len(self)),
             "analogies": None,
             "pairs": {},
         }
         if analogies is not None:
-            result["analogies"] = self.evaluate_word_analogies(analogies, restrict_vocab=restrict_vocab)
+            result["analogies"] = self.analogy_report(analogies, restrict_vocab=restrict_vocab)
         for pair_file in pairs:
-            result["pairs"][os.fspath(pair_file)] = self.evaluate_word_pairs(pair_file, restrict_vocab=restrict_vocab)
+            result["pairs"][os.fspath(pair_file)] = self.pair_report(pair_file, restrict_vocab=restrict_vocab)
         return result
+
+    def to_gensim(self) -> KeyedVectors:
+        """These vectors (and counts, if any, as the ``"count"`` attribute) as a ``gensim.models.KeyedVectors``.
+
+        A copy: gensim's object owns its rows. Needs gensim (``pip install gensim``).
+        """
+        try:
+            from gensim.models import KeyedVectors
+        except ImportError:
+            raise UserError("to_gensim needs gensim, which is not installed: pip install gensim") from None
+        kv = KeyedVectors(self.vector_size, dtype=np.float32)
+        kv.add_vectors(self.index_to_key, self.vectors)
+        if self.counts is not None:
+            for word, count in zip(self.index_to_key, self.counts.tolist(), strict=True):
+                kv.set_vecattr(word, "count", count)
+        return kv
 
     # -------------------------------------------------------------------------------------------- files
 
