@@ -1,0 +1,697 @@
+"""The scaling model of data-parallel word2vec: what N hosts would train per second over links of a given speed.
+
+It owns three things, each from the package's own parts rather than from assumptions:
+
+* **rows**: which rows each rank of a step touches, simulated on the real corpus (:class:`Workload`, scanned by
+  :meth:`~sparsembed.word2vec.model.Word2Vec.build_vocab`, cut into the trainer's steps). :func:`mark_job` follows
+  the compiled kernel's random stream draw for draw (subsampling, reduced windows, the noise rows drawn from the
+  vocabulary's alias table, one example ahead) without its arithmetic, so it marks exactly the rows
+  :func:`~sparsembed.word2vec.kernels.train_job` marks for the exchange: every kept word in both matrices, and every
+  drawn noise row in ``syn1``.
+* **bytes**: what each rank sends and receives per step and matrix for each strategy (:func:`exchange_traffic`):
+  the codec's message sizes (:func:`message_bytes`: header, the row-set encoding "auto" picks, the values), the
+  replicated exchange's sparse-or-dense decision (:func:`sparsembed.comm.policy.goes_dense`, from the same sizes
+  the trainer gathers), the ring all-reduce's :func:`~sparsembed.comm.policy.ring_bytes`, and the sharded
+  exchange's frames to the owners of a load-balanced :class:`~sparsembed.dataparallel.owners.Owners` map and the
+  float32 fresh rows back. Two things the trainer does not have yet are modelled and marked so: ``int8`` values
+  (``dim`` bytes and a 4-byte scale a row) and a byte budget per step (:func:`apply_budget`).
+* **time**: a step's compute (tokens / a measured rate) and exchange (bytes at the link's payload rate, a latency
+  per round of messages, and an optional host cost per byte for packing, summing and the TCP stack), added
+  (synchronous) or overlapped (:func:`step_time`), and words/s of the group (:func:`predict`).
+
+One module over 500 lines: the three parts share the settings types (:class:`Link`, :class:`HostCost`,
+:class:`Config`) and are validated together against measurements, as one model.
+
+Nothing here is a figure of a particular machine: rates, host costs and link speeds come in as arguments;
+``benchmarks/bench_scaling.py`` measures them, and BENCHMARKS.md records what it found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numba
+import numpy as np
+
+from sparsembed.comm.policy import Mode, goes_dense, ring_bytes
+from sparsembed.comm.transport import EAGER_BYTES
+from sparsembed.errors import UserError
+from sparsembed.rows import codec, rowsets
+from sparsembed.rows.values import Values
+from sparsembed.word2vec import kernels
+from sparsembed.word2vec.schedule import Schedule, job_boundaries
+
+__all__ = ["Workload", "Link", "HostCost", "Config", "CONFIGS", "Traffic", "StepTime", "StepRows", "mark_job",
+           "message_bytes", "row_bytes", "exchange_traffic", "apply_budget", "step_time", "run_seconds",
+           "sample_steps", "SampledWorld", "simulate_world", "simulate_worlds", "time_world", "auto_budget", "predict",
+           "predicted_rows", "measure_rate"]
+
+#: Bytes of the header that sizes each eager message (comm.transport's frame) and of a sharded frame.
+_SIZE_BYTES = 8
+_FRAME_BYTES = 24
+#: The hypothetical value type (a byte a value and a float32 scale per row) beside the trainer's fp32 and fp16.
+_INT8 = "int8"
+_STRATEGIES = ("dense", "replicated", "sharded")
+
+
+# ----------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Link:
+    """A host's network link: nominal speed, payload share of it, and the latency of one round of messages."""
+
+    gbit_s: float
+    latency_s: float = 50e-6  # one message's latency on a data-centre LAN (an assumption, see the option)
+    goodput: float = 1448 / 1538  # TCP/IPv4 payload per Ethernet frame at MTU 1500 (with preamble and gap)
+
+    def __post_init__(self) -> None:
+        if not (_finite(self.gbit_s) and self.gbit_s > 0):
+            raise UserError(f"invalid setting: link speed must be a positive number of Gbit/s, got {self.gbit_s!r}")
+        if not (_finite(self.latency_s) and self.latency_s >= 0):
+            raise UserError(f"invalid setting: latency must be >= 0 seconds, got {self.latency_s!r}")
+        if not (_finite(self.goodput) and 0 < self.goodput <= 1):
+            raise UserError(f"invalid setting: goodput must be in (0, 1], got {self.goodput!r}")
+
+    @property
+    def bytes_per_s(self) -> float:
+        """Payload bytes a second, each way (full duplex)."""
+        return self.gbit_s * 1e9 / 8 * self.goodput
+
+
+@dataclass(frozen=True)
+class HostCost:
+    """Seconds of a host's own work per byte of an exchange (packing, summing, the TCP stack): ``sparse`` per byte
+    sent plus received (replicated sparse, sharded), ``dense`` per byte of the float32 matrix plus the ring's
+    bytes (the dense change, the reduction, the update). Zero: the link alone."""
+
+    sparse_s_per_byte: float = 0.0
+    dense_s_per_byte: float = 0.0
+
+    def __post_init__(self) -> None:
+        for value in (self.sparse_s_per_byte, self.dense_s_per_byte):
+            if not (_finite(value) and value >= 0):
+                raise UserError(f"invalid setting: host cost per byte must be >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One way of exchanging a step: a strategy, a value type, an optional byte budget (``"auto"`` or bytes per
+    rank and step). ``implemented``: whether ``sparsembed train`` can run it today."""
+
+    name: str
+    strategy: str  # "dense" (ring all-reduce of every row), "replicated" (the trainer's default), "sharded"
+    values: str = "fp32"  # "fp32", "fp16", or the hypothetical "int8"
+    budget: str | float | None = None
+    implemented: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in _STRATEGIES:
+            raise UserError(f"invalid setting: strategy must be one of {', '.join(_STRATEGIES)}, got {self.strategy!r}")
+        if self.values not in ("fp32", "fp16", _INT8):
+            raise UserError(f"invalid setting: values must be fp32, fp16 or int8, got {self.values!r}")
+        if self.budget is not None and self.budget != "auto" and not (_finite(self.budget) and self.budget > 0):
+            raise UserError(f"invalid setting: budget must be 'auto' or a positive byte count, got {self.budget!r}")
+        if self.budget is not None and self.strategy != "replicated":
+            raise UserError("invalid setting: a byte budget applies to the replicated strategy only")
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether the exchange can run behind the next step's compute (``--overlap`` is replicated-only)."""
+        return self.strategy != "sharded"
+
+
+#: The strategies the model compares; a ``*`` marks what the trainer does not implement yet.
+CONFIGS = (
+    Config("dense", "dense"),
+    Config("replicated", "replicated"),
+    Config("replicated-fp16", "replicated", "fp16"),
+    Config("sharded", "sharded"),
+    Config("sharded-fp16", "sharded", "fp16"),
+    Config("replicated-int8*", "replicated", _INT8, implemented=False),
+    Config("replicated-int8-budget*", "replicated", _INT8, budget="auto", implemented=False),
+)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UserError(f"invalid setting: {what} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------------------------- rows
+@numba.njit(nogil=True, cache=True)
+def _mark_negatives(packed, n_rows, negative, state, touched1):  # pragma: no cover - compiled
+    for _ in range(negative):
+        state, bits = kernels._next(state)
+        touched1[kernels._draw_negative(packed, n_rows, bits)] = 1
+    return state
+
+
+@numba.njit(nogil=True, cache=True)
+def mark_job(ids, starts, first_sentence, last_sentence, sample_ints, use_sample, packed_alias, sg, window,
+             negative, seed, epoch, job, touched0, touched1):  # pragma: no cover - compiled
+    """Mark the rows :func:`~sparsembed.word2vec.kernels.train_job` marks for this job (same arguments, no
+    matrices): the kernel's random stream replayed without its arithmetic. Returns the examples (pairs)."""
+    n_rows = touched1.shape[0]
+    max_len = 1
+    for s in range(first_sentence, last_sentence):
+        max_len = max(max_len, starts[s + 1] - starts[s])
+    kept = np.empty(max_len, dtype=np.int32)
+    state = kernels.job_seed(seed, epoch, job)
+    state = _mark_negatives(packed_alias, n_rows, negative, state, touched1)  # the kernel draws one example ahead
+    examples = 0
+    for s in range(first_sentence, last_sentence):
+        n = 0
+        for t in range(starts[s], starts[s + 1]):
+            w = ids[t]
+            if use_sample:
+                state, bits = kernels._next(state)
+                if sample_ints[w] < (bits >> np.uint64(32)):
+                    continue
+            kept[n] = w
+            n += 1
+            touched0[w] = 1
+            touched1[w] = 1
+        for i in range(n):
+            state, bits = kernels._next(state)
+            reduced = int((bits >> np.uint64(32)) % np.uint64(window))
+            lo = max(0, i - window + reduced)
+            hi = min(n, i + window + 1 - reduced)
+            draws = (hi - lo - 1) if sg else min(hi - lo - 1, 1)  # skip-gram: one example per pair; CBOW: one
+            for _ in range(draws):
+                state = _mark_negatives(packed_alias, n_rows, negative, state, touched1)
+                examples += 1
+    return examples
+
+
+def _model_like(model: Any, settings: Any, copy: bool = False) -> Any:
+    """A Word2Vec with ``model``'s vocabulary and corpus under ``settings`` (matrices shared, or copied)."""
+    from sparsembed.word2vec.model import Word2Vec
+
+    other = Word2Vec(workers=1)
+    other.settings = settings
+    other.vocab, other.corpus = model.vocab, model.corpus
+    other.syn0, other.syn1 = (model.syn0.copy(), model.syn1.copy()) if copy else (model.syn0, model.syn1)
+    return other
+
+
+class Workload:
+    """A corpus scanned as ``sparsembed train`` scans it, with the settings of the run to model.
+
+    Args:
+        model: a :class:`~sparsembed.word2vec.model.Word2Vec` with its vocabulary and corpus (its ``settings``
+            give sg, window, negative, sample, seed, dim).
+        job_tokens: tokens of a job (the trainer's ``--job-tokens``); threads: training threads per rank.
+    """
+
+    def __init__(self, model: Any, job_tokens: int = 250_000, threads: int = 1) -> None:
+        model.require_corpus()
+        self.model = model
+        self.job_tokens = _positive_int(job_tokens, "job tokens")
+        self.threads = _positive_int(threads, "threads")
+        self.tokens = int(model.corpus.sentence_starts[-1])
+        if self.tokens == 0:
+            raise UserError("the corpus has no token from the vocabulary; nothing to model")
+        self.tables = model.kernel_tables()
+        self._bounds: dict[int, np.ndarray] = {}
+        self._marks = (np.zeros(self.num_rows, np.uint8), np.zeros(self.num_rows, np.uint8))
+
+    @classmethod
+    def scan(cls, corpus: Any, *, job_tokens: int = 250_000, threads: int = 1, **settings: Any) -> Workload:
+        """Scan ``corpus`` (a path, or token lists) with ``Word2Vec`` settings (gensim's defaults otherwise)."""
+        from sparsembed.word2vec.model import Word2Vec
+
+        model = Word2Vec(workers=1, **settings)
+        model.build_vocab(corpus)
+        return cls(model, job_tokens, threads)
+
+    def with_settings(self, job_tokens: int | None = None, threads: int | None = None, **settings: Any) -> Workload:
+        """The same scan with other settings (e.g. ``sg=1``): no second pass over the corpus."""
+        model = _model_like(self.model, dataclasses.replace(self.model.settings, **settings).validate())
+        return Workload(model, job_tokens or self.job_tokens, threads or self.threads)
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of each matrix (the vocabulary)."""
+        return len(self.model.vocab)
+
+    @property
+    def dim(self) -> int:
+        """Values per row."""
+        return int(self.model.settings.vector_size)
+
+    @property
+    def raw_per_token(self) -> float:
+        """Raw words (out-of-vocabulary ones too, as the trainer's words/s counts them) per in-vocabulary token."""
+        return self.model.corpus.raw_words / self.tokens
+
+    def bounds(self, job_tokens: int | None = None) -> np.ndarray:
+        """Sentence bounds of the jobs of ``job_tokens`` (default: the workload's), as the schedule cuts them."""
+        size = job_tokens or self.job_tokens
+        if size not in self._bounds:
+            self._bounds[size] = job_boundaries(self.model.corpus.sentence_starts, size)
+        return self._bounds[size]
+
+    def touched(self, jobs: Sequence[tuple[int, int]], job_tokens: int | None = None) -> tuple[np.ndarray, ...]:
+        """Sorted distinct rows of ``syn0`` and ``syn1`` that the ``(epoch, job)`` jobs mark, and their tokens."""
+        s, corpus, bounds = self.model.settings, self.model.corpus, self.bounds(job_tokens)
+        mark0, mark1 = self._marks
+        tokens = 0
+        for epoch, job in jobs:
+            first, last = int(bounds[job]), int(bounds[job + 1])
+            tokens += int(corpus.sentence_starts[last] - corpus.sentence_starts[first])
+            mark_job(corpus.ids, corpus.sentence_starts, first, last, self.tables["sample_ints"], s.sample > 0,
+                     self.tables["packed_alias"], s.sg, s.window, s.negative, s.seed, epoch, job, mark0, mark1)
+        rows0, rows1 = np.flatnonzero(mark0), np.flatnonzero(mark1)
+        mark0[rows0] = 0  # clear only what was set: a step touches a fraction of the rows
+        mark1[rows1] = 0
+        return rows0, rows1, np.int64(tokens)
+
+
+@dataclass
+class StepRows:
+    """What the sampled ranks of one simulated step touch: ``rows[m][i]`` are rank ``ranks[i]``'s distinct rows of
+    matrix ``m`` (0: syn0, 1: syn1); ``tokens[i]`` its tokens."""
+
+    world: int
+    step: int
+    ranks: np.ndarray
+    rows: tuple[list[np.ndarray], list[np.ndarray]]
+    tokens: np.ndarray
+
+
+def sample_steps(work: Workload, world: int, steps: int | None = 4, max_ranks: int = 16,
+                 job_tokens: int | None = None) -> Iterator[StepRows]:
+    """Simulated steps of ``world`` ranks: each covers ``world x threads`` consecutive jobs of the global job order
+    (epoch after epoch, as the trainer runs them), rank ``r`` the ``r``-th group of ``threads``.
+
+    ``steps`` of them, spread over the first epoch (continuing into the next ones when an epoch holds fewer
+    steps; ``None``: every step of the first epoch), and of each at most ``max_ranks`` ranks, evenly spaced
+    (a rank's rows depend only on its own jobs: the others are taken to touch what the sampled ones do).
+    """
+    world = _positive_int(world, "hosts (N)")
+    max_ranks = _positive_int(max_ranks, "sampled ranks")
+    per_step = world * work.threads
+    n_jobs = len(work.bounds(job_tokens)) - 1
+    in_epoch = -(-n_jobs // per_step)
+    if steps is None:
+        chosen = np.arange(in_epoch)
+    else:
+        steps = _positive_int(steps, "sampled steps")
+        chosen = (np.arange(steps) * in_epoch) // steps if in_epoch >= steps else np.arange(steps)
+    ranks = np.unique((np.arange(min(world, max_ranks)) * world) // min(world, max_ranks))
+    for k in chosen.tolist():
+        rows0, rows1, tokens = [], [], []
+        for r in ranks.tolist():
+            first = k * per_step + r * work.threads
+            jobs = [((g // n_jobs), g % n_jobs) for g in range(first, first + work.threads)
+                    if steps is not None or g < n_jobs]  # every step of an epoch: its last step may be short
+            got = work.touched(jobs, job_tokens)
+            rows0.append(got[0])
+            rows1.append(got[1])
+            tokens.append(got[2])
+        yield StepRows(world, k, ranks, (rows0, rows1), np.asarray(tokens, np.int64))
+
+
+# ----------------------------------------------------------------------------------------------- bytes
+def row_bytes(dim: int, values: str) -> int:
+    """Bytes of one row's values on the wire: the codec's width (:class:`~sparsembed.rows.values.Values`), or, for
+    the hypothetical ``int8``, a byte a value plus a float32 scale."""
+    if values == _INT8:
+        return dim + 4
+    return dim * Values(values).width
+
+
+def message_bytes(ids: np.ndarray, num_rows: int, dim: int, values: str, sparse_shortcut: bool = True) -> int:
+    """Bytes of the codec message of these sorted distinct rows (:func:`sparsembed.rows.codec.encode`'s length):
+    header, the smallest row-set encoding ("auto"), values. ``sparse_shortcut``: below 1/8 density ``index``
+    without sizing the others, as :func:`sparsembed.comm.replicated.replicated` does (the sharded exchange
+    always sizes them)."""
+    n = int(ids.shape[0])
+    if sparse_shortcut and 8 * n < num_rows:
+        enc = rowsets.get("index")
+    else:
+        enc = rowsets.choose(ids, num_rows)
+    return codec.HEADER_SIZE + enc.size(ids, num_rows) + n * row_bytes(dim, values)
+
+
+@dataclass
+class Traffic:
+    """One matrix's exchange in one step, per sampled rank: its distinct rows, its own message, the bytes it sends
+    and receives (payload and sizes, as :class:`~sparsembed.comm.stats.ExchangeStats` counts them), the bytes its
+    host works on, and the rounds of messages the exchange waits for.
+
+    Host bytes count values as float32 whatever the wire's type: packing, summing and merging work per value (and
+    a narrower type adds its conversions), so halving the bytes on the wire does not halve the host's work."""
+
+    matrix: str
+    mode: str  # "none" (one rank), "sparse", "dense" or "sharded"
+    rows: np.ndarray
+    message: np.ndarray
+    sent: np.ndarray
+    recv: np.ndarray
+    host_bytes: np.ndarray
+    host_kind: str  # "sparse" or "dense": which HostCost rate applies
+    rounds: int
+    rows_sent_share: float = 1.0
+    message_fp32: np.ndarray | None = None  # sparse: each rank's message with float32 values (the host's share)
+    unbudgeted: Traffic | None = None  # under a budget: what the trainer's own rule would send (maybe dense)
+
+
+def exchange_traffic(config: Config, step: StepRows, matrix: int, num_rows: int, dim: int,
+                     owners: Any = None) -> Traffic:
+    """Bytes of matrix ``matrix`` (0: syn0, 1: syn1) in this step under ``config`` (``owners``: the sharded
+    strategy's :class:`~sparsembed.dataparallel.owners.Owners` for this world)."""
+    name = ("syn0", "syn1")[matrix]
+    ids = step.rows[matrix]
+    counts = np.array([a.shape[0] for a in ids], np.int64)
+    if step.world == 1:
+        zero = np.zeros_like(counts)
+        return Traffic(name, "none", counts, zero, zero, zero, zero, "sparse", 0)
+    if config.strategy == "dense":
+        return _dense(name, counts, step.world, num_rows, dim, config.values, size_round=False)
+    if config.strategy == "sharded":
+        if owners is None:
+            raise UserError("the sharded strategy needs its owners map (Owners for this world)")
+        return _sharded(name, ids, step, owners, num_rows, dim, config.values)
+    # The trainer's decision: every rank's touched rows x the row width, against the float32 ring's bytes.
+    sizes = np.resize(counts * row_bytes(dim, config.values), step.world)
+    dense = None
+    if goes_dense(Mode.AUTO, sizes, num_rows * dim * 4, step.world):
+        dense = _dense(name, counts, step.world, num_rows, dim, config.values, size_round=True)
+        if config.budget is None:
+            return dense
+    message = np.array([message_bytes(a, num_rows, dim, config.values) for a in ids], np.int64)
+    sparse = _sparse(name, counts, message, message + counts * (4 * dim - row_bytes(dim, config.values)), step.world)
+    if config.budget is not None:  # a budget cuts the sparse messages, when the trainer's own way does not fit
+        sparse.unbudgeted = dense or sparse
+    return sparse
+
+
+def _dense(name: str, counts: np.ndarray, world: int, num_rows: int, dim: int, values: str,
+           size_round: bool) -> Traffic:
+    """A ring all-reduce of the whole change, in float16 for fp16 (and for int8: gloo sums no int8 rows)."""
+    width = 4 if values == "fp32" else 2
+    ring = ring_bytes(num_rows * dim * 4, world) * width // 4
+    each = np.full(counts.shape, ring, np.int64)
+    rounds = 2 * (world - 1) + (world - 1 if size_round else 0)  # ring steps, and the all-gather of the sizes
+    return Traffic(name, "dense", counts, each, each, each, each + num_rows * dim * 4, "dense", rounds)
+
+
+def _sparse(name: str, counts: np.ndarray, message: np.ndarray, message_fp32: np.ndarray, world: int) -> Traffic:
+    """Every rank's message to every peer (eager sends): sent ``(N-1)(m + 8)``, received every other message
+    (``message_fp32``: the same messages with float32 values, for the host's work)."""
+
+    def sent_recv(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (world - 1) * (m + _SIZE_BYTES), int(np.resize(m, world).sum()) - m + _SIZE_BYTES * (world - 1)
+
+    sent, recv = sent_recv(message)
+    capacity = max(64 << 10, EAGER_BYTES // (world - 1))
+    rounds = (world - 1) + 1 + int(np.max(message) > capacity)  # sizes all-gather, eager round, the rest if large
+    return Traffic(name, "sparse", counts, message, sent, recv, sum(sent_recv(message_fp32)), "sparse", rounds,
+                   message_fp32=message_fp32)
+
+
+def _sharded(name: str, ids: list[np.ndarray], step: StepRows, owners: Any, num_rows: int, dim: int,
+             values: str) -> Traffic:
+    """Each rank's frame to each owner (its rows there, relabelled) and each owner's float32 fresh rows back, as
+    :func:`sparsembed.comm.sharded.sharded` sends them. Frames to and rows from unsampled ranks are estimated by
+    the sampled ranks' mean."""
+    world, bounds = step.world, np.asarray(owners.boundaries, np.int64)
+    frames = np.zeros((len(ids), world), np.int64)
+    rows = np.zeros((len(ids), world), np.int64)
+    for i, a in enumerate(ids):
+        new = np.sort(owners.map.relabel(a))
+        cuts = np.searchsorted(new, bounds)
+        for o in range(world):
+            part = new[cuts[o]:cuts[o + 1]] - bounds[o]
+            span = int(bounds[o + 1] - bounds[o])
+            rows[i, o] = part.shape[0]
+            frames[i, o] = _FRAME_BYTES + message_bytes(part, max(span, 1), dim, values, sparse_shortcut=False)
+    me = step.ranks
+    own = np.arange(len(ids))
+    others = (np.ones((len(ids), len(ids)), bool) & (me[:, None] != me[None, :]))
+    fresh_row = 4 * dim  # the owners send fresh float32 rows, whatever the gradients' value type
+    into = rows[:, me]  # into[i, j]: rows sampled rank i sends to owner ranks[j]
+    frames_into = frames[:, me]
+    scale = (world - 1) / np.maximum(others.sum(axis=0), 1)
+    rows_to_me = (into * others).sum(axis=0) * scale
+    frames_to_me = (frames_into * others).sum(axis=0) * scale
+    frames_out = frames.sum(axis=1) - frames[own, me]
+    rows_out = rows.sum(axis=1) - rows[own, me]
+    sent = (frames_out + fresh_row * rows_to_me + _SIZE_BYTES * world).astype(np.int64)
+    recv = (frames_to_me + fresh_row * rows_out + _SIZE_BYTES * world).astype(np.int64)
+    counts = np.array([a.shape[0] for a in ids], np.int64)
+    widen = (rows_out + rows_to_me) * (4 * dim - row_bytes(dim, values))  # the gradients' values as float32
+    return Traffic(name, "sharded", counts, frames_out, sent, recv, sent + recv + widen, "sparse", 3)  # 3 all-to-alls
+
+
+def apply_budget(traffic: list[Traffic], world: int, budget: float) -> list[Traffic]:
+    """Replicated sparse traffic capped at ``budget`` bytes a rank and step on its busier direction: each rank's
+    messages (both matrices) shrink to ``budget / (N - 1)``, sending its most significant rows; the rest stay
+    pending (error feedback: the trainer does not implement this yet). ``rows_sent_share`` says how much went."""
+    if world == 1 or not traffic or traffic[0].mode == "none":
+        return traffic
+    if not (_finite(budget) and budget > 0):
+        raise UserError(f"invalid setting: budget must be a positive number of bytes, got {budget!r}")
+    if any(t.mode != "sparse" for t in traffic):
+        raise UserError("a byte budget applies to the replicated sparse exchange only")
+    total = sum(t.message for t in traffic)
+    keep = np.minimum(1.0, (budget / (world - 1)) / np.maximum(total, 1))
+    out = []
+    for t in traffic:
+        message = np.floor(t.message * keep).astype(np.int64)
+        capped = _sparse(t.matrix, t.rows, message, np.floor(t.message_fp32 * keep).astype(np.int64), world)
+        capped.rows_sent_share = float((t.rows * keep).sum() / max(int(t.rows.sum()), 1))
+        out.append(capped)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- time
+@dataclass
+class StepTime:
+    """A step's seconds: compute, and the exchange's link, latency and host parts; ``step_s`` as run. ``agree_s``
+    is the part of ``latency_s`` that the step's agreement (loss, stop) costs: it never runs in the background."""
+
+    compute_s: float
+    link_s: float
+    latency_s: float
+    host_s: float
+    step_s: float
+    agree_s: float = 0.0
+
+    @property
+    def exchange_s(self) -> float:
+        """The exchange alone: link, latency and host work."""
+        return self.link_s + self.latency_s + self.host_s
+
+    def behind(self, compute_s: float, shared_cores: bool) -> float:
+        """Seconds until the next step may start when this step's exchange runs behind ``compute_s`` of the next."""
+        background = self.link_s + self.latency_s - self.agree_s
+        if shared_cores:
+            return self.host_s + max(compute_s, background) + self.agree_s
+        return max(compute_s, background + self.host_s) + self.agree_s
+
+
+def step_time(traffic: list[Traffic], compute_s: float, world: int, link: Link, host: HostCost | None = None, *,
+              overlap: bool = False, shared_cores: bool = False) -> StepTime:
+    """One step's time: the busiest rank's bytes each way at the link's rate (full duplex), a latency per round
+    (the matrices' rounds and the step's agreement, a ring all-reduce: ``2 (N-1)``), and the host's work.
+
+    Synchronous: compute + exchange. Overlapped: the exchange runs behind the next step's compute, so the step
+    takes the longer of the two (and the agreement); with ``shared_cores`` the host's exchange work takes the
+    training core's time (hosts with one core each, as network namespaces on one small machine are).
+    """
+    host = host or HostCost()
+    link_s = sum(float(np.maximum(t.sent, t.recv).max()) for t in traffic) / link.bytes_per_s
+    agree_s = 2 * (world - 1) * link.latency_s
+    latency_s = sum(t.rounds for t in traffic) * link.latency_s + agree_s
+    rate = {"sparse": host.sparse_s_per_byte, "dense": host.dense_s_per_byte}
+    host_s = sum(float(t.host_bytes.max()) * rate[t.host_kind] for t in traffic if t.mode != "none")
+    out = StepTime(compute_s, link_s, latency_s, host_s, compute_s + link_s + latency_s + host_s, agree_s)
+    if overlap:
+        out.step_s = out.behind(compute_s, shared_cores)
+    return out
+
+
+def run_seconds(times: Sequence[StepTime], overlap: bool = False, shared_cores: bool = False) -> float:
+    """Seconds of a run of these steps: their sum; overlapped, the first compute and the last exchange stand alone
+    (nothing to hide them behind) and between them each step costs the longer of its exchange and the next
+    step's compute."""
+    if not times:
+        return 0.0
+    if not overlap:
+        return sum(t.step_s for t in times)
+    total = times[0].compute_s + times[-1].exchange_s
+    for done, nxt in zip(times[:-1], times[1:], strict=True):
+        total += done.behind(nxt.compute_s, shared_cores)
+    return total
+
+
+def auto_budget(traffic: list[Traffic], compute_s: float, world: int, link: Link, host: HostCost | None) -> float:
+    """The budget that lets an overlapped exchange hide behind compute: the bytes each way that the link, and the
+    host's work on them (sent and received, per float32 value), get through in a step's compute, less the rounds'
+    latency (at least a tenth of the compute is left for bytes)."""
+    host = host or HostCost()
+    rounds = sum(t.rounds for t in traffic) + 2 * (world - 1)
+    usable = max(compute_s - rounds * link.latency_s, 0.1 * compute_s)
+    wire = sum(float(t.message.sum()) for t in traffic)
+    widen = sum(float(t.message_fp32.sum()) for t in traffic if t.message_fp32 is not None) / max(wire, 1.0)
+    return max(usable / (1 / link.bytes_per_s + 2 * max(widen, 1.0) * host.sparse_s_per_byte), 1.0)
+
+
+# ----------------------------------------------------------------------------------------------- prediction
+@dataclass
+class SampledWorld:
+    """The traffic of every sampled step of one world, per config: what the time model needs."""
+
+    world: int
+    tokens: list[float] = field(default_factory=list)  # mean tokens per rank, per step
+    traffic: dict[str, list[list[Traffic]]] = field(default_factory=dict)
+
+
+def simulate_world(work: Workload, world: int, configs: Sequence[Config] = CONFIGS, steps: int | None = 4,
+                   max_ranks: int = 16, job_tokens: int | None = None) -> SampledWorld:
+    """Simulate ``steps`` steps of ``world`` ranks and size every config's exchange of each."""
+    from sparsembed.dataparallel.owners import Owners
+
+    owners = None
+    if world > 1 and any(c.strategy == "sharded" for c in configs):
+        owners = Owners(work.model.vocab.counts, world, (job_tokens or work.job_tokens) * work.threads)
+    out = SampledWorld(world, traffic={c.name: [] for c in configs})
+    for step in sample_steps(work, world, steps, max_ranks, job_tokens):
+        out.tokens.append(float(step.tokens.mean()))
+        for c in configs:
+            out.traffic[c.name].append([exchange_traffic(c, step, m, work.num_rows, work.dim, owners)
+                                        for m in (0, 1)])
+    return out
+
+
+def time_world(sampled: SampledWorld, config: Config, rate: float, threads: int, link: Link, host: HostCost | None,
+               overlap: bool, shared_cores: bool = False) -> tuple[list[StepTime], list[list[Traffic]]]:
+    """Step times of a simulated world under ``config`` (budget applied per step), and the traffic as sent."""
+    times, sent = [], []
+    for tokens, traffic in zip(sampled.tokens, sampled.traffic[config.name], strict=True):
+        compute_s = tokens / (rate * threads)
+        if config.budget is not None:
+            traffic = _within_budget(config, traffic, compute_s, sampled.world, link, host)
+        times.append(step_time(traffic, compute_s, sampled.world, link, host, overlap=overlap,
+                               shared_cores=shared_cores))
+        sent.append(traffic)
+    return times, sent
+
+
+def _within_budget(config: Config, traffic: list[Traffic], compute_s: float, world: int, link: Link,
+                   host: HostCost | None) -> list[Traffic]:
+    """What a budgeted step sends: the trainer's own exchange when it fits (``auto``: it hides behind the compute;
+    bytes: the busier direction stays within them), else the sparse messages cut to the budget."""
+    plain = [t.unbudgeted or t for t in traffic]
+    if config.budget == "auto":
+        if step_time(plain, compute_s, world, link, host).exchange_s <= compute_s:
+            return plain
+        return apply_budget(traffic, world, auto_budget(traffic, compute_s, world, link, host))
+    budget = float(config.budget)
+    if sum(float(np.maximum(t.sent, t.recv).max()) for t in plain) <= budget:
+        return plain
+    return apply_budget(traffic, world, budget)
+
+
+def predict(work: Workload, rate: float, worlds: Sequence[int], links: Sequence[Link], host: HostCost | None = None,
+            configs: Sequence[Config] = CONFIGS, steps: int = 4, max_ranks: int = 16,
+            progress: Any = None) -> list[dict[str, Any]]:
+    """Words/s of ``N`` hosts (one rank each, ``work.threads`` threads at ``rate`` tokens/s each) for every
+    ``N`` in ``worlds``, link and config, synchronous and (where the trainer allows) overlapped, with the
+    scaling efficiency ``words/s(N) / (N x words/s(1))``: :func:`simulate_worlds`, then :func:`predicted_rows`."""
+    sampled = simulate_worlds(work, worlds, configs, steps, max_ranks, progress)
+    return predicted_rows(work, sampled, rate, links, host, configs)
+
+
+def simulate_worlds(work: Workload, worlds: Sequence[int], configs: Sequence[Config] = CONFIGS, steps: int = 4,
+                    max_ranks: int = 16, progress: Any = None) -> list[SampledWorld]:
+    """:func:`simulate_world` for each ``N`` (``progress(line)`` hears how long each took)."""
+    worlds = [_positive_int(n, "hosts (N)") for n in worlds]
+    out = []
+    for world in worlds:
+        started = time.perf_counter()
+        out.append(simulate_world(work, world, configs, steps, max_ranks))
+        if progress is not None:
+            progress(f"N = {world}: {len(out[-1].tokens)} steps x {min(world, max_ranks)} ranks simulated in "
+                     f"{time.perf_counter() - started:.1f} s")
+    return out
+
+
+def predicted_rows(work: Workload, sampled: Sequence[SampledWorld], rate: float, links: Sequence[Link],
+                   host: HostCost | None = None, configs: Sequence[Config] = CONFIGS) -> list[dict[str, Any]]:
+    """The prediction for every simulated world, link and config (one JSON-able dict each). Steady state: the
+    mean sampled step."""
+    if not (_finite(rate) and rate > 0):
+        raise UserError(f"invalid setting: the compute rate must be a positive number of tokens/s, got {rate!r}")
+    single = rate * work.threads * work.raw_per_token  # words/s of one host: no exchange
+    return [_predicted_row(work, one, c, lk, host, rate, single) for one in sampled for c in configs for lk in links]
+
+
+def _predicted_row(work: Workload, sampled: SampledWorld, config: Config, link: Link, host: HostCost | None,
+                   rate: float, single: float) -> dict[str, Any]:
+    world = sampled.world
+    row: dict[str, Any] = {"hosts": world, "gbit_s": link.gbit_s, "config": config.name,
+                           "implemented": config.implemented, "sampled_steps": len(sampled.tokens),
+                           "sampled_ranks": min(world, len(sampled.traffic[config.name][0][0].rows))}
+    for overlap in (False, True):
+        if overlap and not config.overlaps:
+            row["overlap"] = None
+            continue
+        times, sent = time_world(sampled, config, rate, work.threads, link, host, overlap)
+        step_s = float(np.mean([t.step_s for t in times]))
+        tokens = float(np.mean(sampled.tokens))
+        words = world * tokens * work.raw_per_token / step_s
+        row["overlap" if overlap else "sync"] = {
+            "step_s": step_s, "compute_s": float(np.mean([t.compute_s for t in times])),
+            "exchange_s": float(np.mean([t.exchange_s for t in times])),
+            "link_s": float(np.mean([t.link_s for t in times])), "host_s": float(np.mean([t.host_s for t in times])),
+            "latency_s": float(np.mean([t.latency_s for t in times])),
+            "words_per_s": words, "efficiency": words / (world * single)}
+        if not overlap:
+            row["mb_sent_per_step"] = float(np.mean([sum(t.sent.mean() for t in s) for s in sent])) / 1e6
+            row["mb_recv_per_step"] = float(np.mean([sum(t.recv.mean() for t in s) for s in sent])) / 1e6
+            row["modes"] = {m: sorted({s[i].mode for s in sent}) for i, m in enumerate(("syn0", "syn1"))}
+            row["rows_sent_share"] = float(np.mean([np.mean([t.rows_sent_share for t in s]) for s in sent]))
+    return row
+
+
+# ----------------------------------------------------------------------------------------------- compute
+def measure_rate(work: Workload, seconds: float = 3.0, job_tokens: int | None = None) -> dict[str, float]:
+    """Tokens/s of one thread of the real kernel (:meth:`~sparsembed.word2vec.model.Word2Vec.run_job`, a single
+    process, the workload's settings) over jobs drawn from all over the corpus, for about ``seconds`` (at least
+    one job, after one short warm-up job). Returns the median per-job rate and what was timed."""
+    if not (_finite(seconds) and seconds > 0):
+        raise UserError(f"invalid setting: rate seconds must be positive, got {seconds!r}")
+    m = work.model
+    s = m.settings
+    model = _model_like(m, s, copy=True)  # train a copy: the workload's matrices stay as scanned
+    size = job_tokens or work.job_tokens
+    schedule = Schedule(m.corpus.sentence_starts, size, s.epochs, s.alpha, s.min_alpha)
+    warm = Schedule(m.corpus.sentence_starts, min(size, 1000), s.epochs, s.alpha, s.min_alpha)
+    model.run_job(warm, 0, 0, work.tables)  # the kernel's compiled code loads from numba's cache once
+    rates, total_tokens, total_s = [], 0, 0.0
+    for job in np.random.default_rng(0).permutation(schedule.n_jobs).tolist():  # jobs from all over the corpus
+        start, stop = schedule.tokens(job, job + 1)
+        tokens = stop - start
+        started = time.perf_counter()
+        model.run_job(schedule, 0, job, work.tables)
+        took = time.perf_counter() - started
+        rates.append(tokens / max(took, 1e-9))
+        total_tokens += tokens
+        total_s += took
+        if total_s >= seconds:
+            break
+    return {"tokens_per_s": float(np.median(rates)), "jobs": len(rates), "tokens": total_tokens,
+            "seconds": total_s, "sg": int(s.sg)}

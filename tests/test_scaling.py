@@ -1,0 +1,261 @@
+"""The scaling model (sparsembed.bench.scaling): its simulated rows against the kernel and a plain-Python count, its
+byte rules against the package's own, and its time model's edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparsembed.bench.scaling import (
+    CONFIGS,
+    Config,
+    HostCost,
+    Link,
+    StepRows,
+    StepTime,
+    Workload,
+    apply_budget,
+    exchange_traffic,
+    message_bytes,
+    predict,
+    run_seconds,
+    sample_steps,
+    step_time,
+)
+from sparsembed.comm.policy import Mode, goes_dense, ring_bytes
+from sparsembed.errors import UserError
+from sparsembed.rows import codec
+from sparsembed.rows.coalesce import RowSparse
+from sparsembed.word2vec import kernels
+from sparsembed.word2vec.schedule import Schedule
+
+MASK = (1 << 64) - 1
+
+
+def _sentences(n_sentences: int = 30, length: int = 60, vocab: int = 80, seed: int = 0) -> list[list[str]]:
+    """Zipf-like token lists: a few frequent words (subsampled) and a long tail."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, vocab + 1)
+    words = rng.choice(vocab, size=(n_sentences, length), p=weights / weights.sum())
+    return [[f"w{k}" for k in row] for row in words]
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["cbow", "sg"])
+def work(request) -> Workload:
+    return Workload.scan(_sentences(), sg=request.param, min_count=1, window=3, negative=4, vector_size=8,
+                         job_tokens=400)
+
+
+def _next(state: int) -> tuple[int, int]:
+    state ^= state >> 12
+    state = (state ^ (state << 25)) & MASK
+    state ^= state >> 27
+    return state, (state * 2685821657736338717) & MASK
+
+
+def _brute_force(work: Workload, epoch: int, job: int) -> tuple[set[int], set[int]]:
+    """Rows a job marks, one token at a time in plain Python: every kept word (both matrices) and every noise row
+    drawn (syn1), from the kernel's generator seeded alike; the noise of each example is drawn one ahead."""
+    s, corpus = work.model.settings, work.model.corpus
+    packed, sample_ints = work.tables["packed_alias"], work.tables["sample_ints"]
+    bounds, n_rows = work.bounds(), work.num_rows
+    state = int(kernels.job_seed(s.seed, epoch, job))
+    rows0: set[int] = set()
+    rows1: set[int] = set()
+
+    def draw() -> None:
+        nonlocal state
+        for _ in range(s.negative):
+            state, bits = _next(state)
+            row = ((bits >> 32) * n_rows) >> 32
+            entry = int(packed[row])
+            rows1.add(row if (bits & 0xFFFFFFFF) < (entry >> 32) else entry & 0xFFFFFFFF)
+
+    draw()
+    for sentence in range(int(bounds[job]), int(bounds[job + 1])):
+        kept = []
+        for t in range(int(corpus.sentence_starts[sentence]), int(corpus.sentence_starts[sentence + 1])):
+            w = int(corpus.ids[t])
+            state, bits = _next(state)
+            if int(sample_ints[w]) >= (bits >> 32):
+                kept.append(w)
+        rows0.update(kept)
+        rows1.update(kept)
+        for i in range(len(kept)):
+            state, bits = _next(state)
+            reduced = (bits >> 32) % s.window
+            lo, hi = max(0, i - s.window + reduced), min(len(kept), i + s.window + 1 - reduced)
+            for _ in range(hi - lo - 1 if s.sg else min(hi - lo - 1, 1)):
+                draw()
+    return rows0, rows1
+
+
+def test_simulated_rows_equal_brute_force_and_kernel(work: Workload) -> None:
+    m, s = work.model, work.model.settings
+    schedule = Schedule(m.corpus.sentence_starts, work.job_tokens, s.epochs, s.alpha, s.min_alpha)
+    assert schedule.n_jobs >= 3
+    for epoch, job in [(0, 0), (0, 2), (3, 1)]:
+        rows0, rows1, tokens = work.touched([(epoch, job)])
+        brute0, brute1 = _brute_force(work, epoch, job)
+        assert (rows0.shape[0], rows1.shape[0]) == (len(brute0), len(brute1))
+        assert set(rows0.tolist()) == brute0 and set(rows1.tolist()) == brute1
+        assert 0 < rows0.shape[0] < rows1.shape[0] <= work.num_rows  # noise rows come on top of the kept words
+        marks = np.zeros(work.num_rows, np.uint8), np.zeros(work.num_rows, np.uint8)
+        m.run_job(schedule, epoch, job, work.tables, None, marks)  # the real kernel marks what it may change
+        assert np.array_equal(rows0, np.flatnonzero(marks[0])) and np.array_equal(rows1, np.flatnonzero(marks[1]))
+        assert tokens == np.subtract(*schedule.tokens(job, job + 1)[::-1])
+
+
+@pytest.mark.parametrize("values", ["fp32", "fp16"])
+@pytest.mark.parametrize("density", [0.01, 0.2, 0.7, 1.0])
+def test_message_bytes_equal_the_codec(values: str, density: float) -> None:
+    rng = np.random.default_rng(1)
+    num_rows, dim = 5000, 16
+    ids = np.sort(rng.choice(num_rows, size=int(density * num_rows), replace=False)).astype(np.int64)
+    rs = RowSparse.from_sorted(torch.from_numpy(ids), torch.ones(ids.shape[0], dim), num_rows)
+    assert message_bytes(ids, num_rows, dim, values, sparse_shortcut=False) == len(codec.encode(rs, "auto", values))
+    assert message_bytes(ids, num_rows, dim, "int8") == message_bytes(ids, num_rows, dim, "fp32") - ids.shape[0] * (
+        4 * dim - dim - 4)
+
+
+def _step(world: int, densities: list[float], num_rows: int = 2000, seed: int = 0) -> StepRows:
+    rng = np.random.default_rng(seed)
+    rows = [np.sort(rng.choice(num_rows, size=int(d * num_rows), replace=False)).astype(np.int64) for d in densities]
+    return StepRows(world, 0, np.arange(len(densities)), (rows, rows), np.full(len(densities), 1000))
+
+
+def test_dense_bytes_equal_ring_bytes() -> None:
+    num_rows, dim = 2000, 10
+    for world in (2, 3, 8):
+        step = _step(world, [0.1] * world)
+        for values, width in (("fp32", 4), ("fp16", 2)):
+            t = exchange_traffic(Config("d", "dense", values), step, 0, num_rows, dim)
+            assert t.mode == "dense"
+            assert np.all(t.sent == ring_bytes(num_rows * dim * 4, world) * width // 4)
+            assert np.all(t.recv == t.sent)
+
+
+@pytest.mark.parametrize("values", ["fp32", "fp16"])
+def test_replicated_follows_goes_dense(values: str) -> None:
+    num_rows, dim, world = 2000, 10, 4
+    modes = set()
+    for density in (0.02, 0.1, 0.2, 0.4, 0.9):
+        step = _step(world, [density] * world, num_rows)
+        t = exchange_traffic(Config("r", "replicated", values), step, 1, num_rows, dim)
+        sizes = [a.shape[0] * dim * (4 if values == "fp32" else 2) for a in step.rows[1]]
+        dense = goes_dense(Mode.AUTO, sizes, num_rows * dim * 4, world)
+        assert t.mode == ("dense" if dense else "sparse")
+        modes.add(t.mode)
+        if not dense:
+            messages = np.array([message_bytes(a, num_rows, dim, values) for a in step.rows[1]])
+            assert np.array_equal(t.sent, (world - 1) * (messages + 8))
+            assert np.array_equal(t.recv, messages.sum() - messages + 8 * (world - 1))
+    assert modes == {"sparse", "dense"}
+
+
+def test_bytes_are_conserved_when_every_rank_is_simulated(work: Workload) -> None:
+    from sparsembed.dataparallel.owners import Owners
+
+    world = 3
+    owners = Owners(work.model.vocab.counts, world, work.job_tokens)
+    for step in sample_steps(work, world, steps=2, max_ranks=world):
+        for config in CONFIGS:
+            for m in (0, 1):
+                t = exchange_traffic(config, step, m, work.num_rows, work.dim, owners)
+                assert t.sent.sum() == pytest.approx(t.recv.sum(), rel=1e-9), (config.name, m)
+
+
+def test_one_host_predicts_no_exchange_and_efficiency_at_most_one(work: Workload) -> None:
+    links = [Link(0.001), Link(1.0, latency_s=1e-3), Link(100.0, latency_s=0.0)]
+    rows = predict(work, 1e6, [1, 2, 5], links, HostCost(1e-9, 1e-9), steps=2, max_ranks=3)
+    for r in rows:
+        for mode in ("sync", "overlap"):
+            if r[mode] is None:
+                continue
+            assert 0 < r[mode]["efficiency"] <= 1 + 1e-12
+            if r["hosts"] == 1:
+                assert r[mode]["exchange_s"] == 0 and r[mode]["efficiency"] == pytest.approx(1.0)
+        if r["hosts"] == 1:
+            assert r["mb_sent_per_step"] == 0 and r["mb_recv_per_step"] == 0
+    slow = [r for r in rows if r["hosts"] == 5 and r["gbit_s"] == 0.001 and r["config"] == "replicated"]
+    assert slow[0]["sync"]["efficiency"] < 0.1  # a link this slow leaves nothing of the compute's share
+
+
+def test_budget_caps_the_bytes_and_says_what_waits() -> None:
+    world, num_rows, dim = 4, 2000, 10
+    step = _step(world, [0.3] * world, num_rows)
+    config = Config("b", "replicated", "int8", budget="auto")
+    traffic = [exchange_traffic(config, step, m, num_rows, dim) for m in (0, 1)]
+    assert all(t.mode == "sparse" and t.unbudgeted is not None for t in traffic)  # cut sparse, or the plain way
+    capped = apply_budget(traffic, world, 10_000.0)
+    sent = sum(t.sent for t in capped)
+    assert np.all(sent <= 10_000 + 2 * 8 * (world - 1)) and np.all(sum(t.recv for t in capped) <= 10_000 + 48)
+    assert 0 < capped[0].rows_sent_share < 1
+    assert apply_budget(traffic, world, 1e12)[0].rows_sent_share == 1.0
+
+
+def test_run_seconds_overlaps_all_but_the_ends() -> None:
+    times = [StepTime(1.0, 0.5, 0.0, 0.0, 0.0) for _ in range(4)]
+    assert run_seconds(times, overlap=True) == pytest.approx(1.0 + 3 * 1.0 + 0.5)
+    slow = [StepTime(1.0, 2.0, 0.0, 0.5, 0.0) for _ in range(3)]
+    assert run_seconds(slow, overlap=True) == pytest.approx(1.0 + 2 * 2.5 + 2.5)
+    assert run_seconds(slow, overlap=True, shared_cores=True) == pytest.approx(1.0 + 2 * (0.5 + 2.0) + 2.5)
+    one = step_time([], 2.0, 1, Link(1.0))
+    assert one.step_s == 2.0 and one.exchange_s == 0
+
+
+def _one_line(excinfo: pytest.ExceptionInfo) -> str:
+    text = str(excinfo.value)
+    assert text and "\n" not in text
+    return text
+
+
+def test_bad_inputs_give_one_line(work: Workload) -> None:
+    with pytest.raises(UserError) as e:
+        next(sample_steps(work, 0))
+    assert "hosts" in _one_line(e)
+    with pytest.raises(UserError) as e:
+        predict(work, 1e6, [1, -2], [Link(1.0)])
+    assert "hosts" in _one_line(e)
+    for bad in (-1.0, 0.0, float("nan")):
+        with pytest.raises(UserError) as e:
+            Link(bad)
+        assert "link speed" in _one_line(e)
+    with pytest.raises(UserError) as e:
+        Link(1.0, latency_s=-1e-6)
+    _one_line(e)
+    with pytest.raises(UserError) as e:
+        HostCost(-1e-9)
+    _one_line(e)
+    with pytest.raises(UserError) as e:
+        predict(work, 0.0, [1], [Link(1.0)])
+    assert "rate" in _one_line(e)
+    with pytest.raises(UserError) as e:
+        Workload.scan([])
+    _one_line(e)
+    with pytest.raises(UserError) as e:
+        Workload.scan([["a", "b"], ["c"]], min_count=5)  # every word below min_count: nothing to model
+    _one_line(e)
+    with pytest.raises(UserError) as e:
+        Workload(work.model, job_tokens=0)
+    assert "job tokens" in _one_line(e)
+
+
+def test_auto_budget_hides_the_exchange_behind_compute(work: Workload) -> None:
+    budget = next(c for c in CONFIGS if c.budget == "auto")
+    plain = next(c for c in CONFIGS if c.name == "replicated")
+    rows = predict(work, 2e5, [4], [Link(0.01, latency_s=1e-5)], HostCost(1e-9, 1e-9), configs=[plain, budget],
+                   steps=2, max_ranks=4)
+    by = {r["config"]: r for r in rows}
+    assert by[plain.name]["overlap"]["efficiency"] < 0.5  # the link cannot carry a step's rows in its compute
+    assert by[budget.name]["overlap"]["efficiency"] > 0.85  # the budget sends what it can and keeps the rest
+    assert 0 < by[budget.name]["rows_sent_share"] < 1
+
+
+@pytest.mark.parametrize("kwargs", [{"strategy": "ring"}, {"values": "int4"}, {"budget": -1.0},
+                                    {"strategy": "sharded", "budget": "auto"}])
+def test_bad_configs_give_one_line(kwargs: dict) -> None:
+    with pytest.raises(UserError) as e:
+        Config("x", **{"strategy": "replicated", **kwargs})
+    assert "invalid setting" in _one_line(e)
