@@ -349,3 +349,18 @@ def test_vectors_file_whose_header_disagrees_with_its_rows(tmp_path: Path, monke
     where = "row 1 ('w0') holds 100 float32 values" if binary else "row 1 (line 2) has 100 values"
     assert where in err and "the header says dimension 50" in err
 
+
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`sparsembed similar ... | head`: the reader closes the pipe early; no traceback, SIGPIPE's exit status."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(20000)]
+    rows = rng.standard_normal((len(words), 4)).round(3)
+    lines = [f"{len(words)} 4"] + [w + " " + " ".join(map(str, r)) for w, r in zip(words, rows, strict=True)]
+    (tmp_path / "v.txt").write_text("\n".join(lines) + "\n")
+    similar = f"{sys.executable} -m sparsembed similar v.txt w0 -n 19999"
+    script = f"{similar} | head -c 1 > /dev/null; echo ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.stdout.strip() == "141"  # 128 + SIGPIPE, as a program killed by the closed pipe

@@ -10,6 +10,7 @@ train command: one process or ranks, signals, output directories), :mod:`~sparse
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -45,3 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         if launch.rank() == 0:  # every rank of a data-parallel run got the signal; one says so
             print(f"sparsembed: interrupted{hint}", file=sys.stderr)
         return 128 + getattr(exc, "signum", signal.SIGINT)
+    except BrokenPipeError:
+        # The reader went away (`sparsembed eval ... | head`): what it wanted was printed. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again, and end as a closed pipe does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
