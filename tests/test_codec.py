@@ -286,3 +286,71 @@ def test_unverified_decode_still_checks_the_structure() -> None:
     struct.pack_into("<4sBBBBQQIIQQQ", buf, 0, *fields)
     with pytest.raises(codec.CodecError):
         codec.decode(bytes(buf), verify=False)
+
+
+# -- int8 values: a float32 scale per row, then the rows in int8 ----------------------------------------------------
+@st.composite
+def int8_rows(draw, max_rows=600):
+    """A row set and float32 rows of very different magnitudes, some rows zero."""
+    ids, num_rows = draw(row_sets(max_rows=max_rows))
+    dim = draw(st.integers(1, 9))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    vals = rng.standard_normal((ids.shape[0], dim)).astype(np.float32)
+    vals *= (10.0 ** rng.integers(-12, 6, (ids.shape[0], 1))).astype(np.float32)
+    vals[rng.random(ids.shape[0]) < 0.1] = 0
+    return ids, num_rows, torch.from_numpy(vals)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(int8_rows(), st.sampled_from(ROWS[:5]), st.sampled_from(COMPRESS))
+def test_int8_round_trip_within_half_a_scale(rows_and_values, rows, compress):
+    """Each value decodes within half its row's scale (``max|v| / 127``), zero rows exactly, the sender's own view
+    (``as_wire``) is what peers decode, and the message is the header, the ids and ``n x (4 + dim)`` bytes."""
+    from sparsembed.comm.messages import as_wire
+
+    ids, num_rows, vals = rows_and_values
+    rs = RowSparse(torch.from_numpy(ids), vals, num_rows)
+    buf = codec.encode(rs, rows, "int8", compress)
+    assert bytes(codec.encode_array(rs, rows, "int8", compress)) == buf
+    out = codec.decode(buf)
+    assert torch.equal(out.ids, torch.from_numpy(ids)) and out.values.dtype == torch.float32
+    assert torch.equal(out.values, as_wire(vals, "int8"))
+    assert torch.equal(codec.decode(bytearray(buf), dtype="wire").values, out.values)
+    scale = vals.abs().amax(dim=1, keepdim=True) / 127 if vals.shape[0] else torch.zeros(0, 1)
+    # half a scale, and float32's rounding of the division and of the product (a few ulps of the row's largest)
+    assert bool(((out.values - vals).abs() <= scale * (0.5 + 1e-5)).all())
+    zero = (vals == 0).all(dim=1)
+    assert bool((out.values[zero] == 0).all())
+    head = codec.header(buf)
+    assert head["dtype"] == "int8"
+    assert len(buf) == codec.HEADER_SIZE + head["id_len"] + ids.shape[0] * (4 + vals.shape[1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-40, 40), st.lists(st.lists(st.integers(-127, 127), min_size=1, max_size=8), min_size=1,
+                                      max_size=20), st.data())
+def test_int8_rows_of_multiples_of_their_scale_are_exact(exponent, levels, data):
+    """A row of integer multiples of its scale (a power of two, one level at +-127) comes back bit for bit."""
+    dim = len(levels[0])
+    q = np.array([(row * dim)[:dim] for row in levels], np.float32)
+    for i in range(q.shape[0]):
+        q[i, data.draw(st.integers(0, dim - 1))] = data.draw(st.sampled_from([-127, 127]))
+    vals = torch.from_numpy(q * np.float32(2.0**exponent))
+    out = codec.decode(codec.encode(RowSparse(torch.arange(q.shape[0]), vals, q.shape[0]), "index", "int8"))
+    assert torch.equal(out.values, vals)
+
+
+def test_int8_malformed_messages_rejected():
+    """Every truncation and a value section that does not add up to ``n x (4 + dim)`` are refused; an unknown
+    value code still is."""
+    ids = np.array([1, 5, 9], np.int64)
+    buf = codec.encode(RowSparse(torch.from_numpy(ids), torch.randn(3, 4), 20), "index", "int8")
+    for cut in range(1, len(buf)):
+        _decode_fails_cleanly(buf[:cut])
+    with pytest.raises(codec.CodecError, match="sizes do not add up"):
+        codec.decode(buf + b"\0", verify=False)
+    fields = list(struct.unpack_from("<4sBBBBQQIIQQQ", buf))
+    for code, match in [(0, "sizes do not add up"), (4, "unknown value dtype")]:
+        fields[3] = code
+        with pytest.raises(codec.CodecError, match=match):
+            codec.decode(struct.pack("<4sBBBBQQIIQQQ", *fields) + buf[codec.HEADER_SIZE:], verify=False)

@@ -466,3 +466,113 @@ def test_dynamic_balance_needs_shared_memory_exchange() -> None:
             ExchangeOptions(balance="dynamic", **bad).validate()
     with pytest.raises(UserError, match="--balance must be one of"):
         ExchangeOptions(balance="greedy").validate()
+
+
+# -- error feedback: rounded values (fp16, int8) lose nothing -------------------------------------------------------
+def _feedback_sequence(values: str, dense: bool, steps: int = 30) -> dict:
+    """One rank: a fixed sequence of synthetic changes (Zipf-like rows, this rank's seed) through a
+    :class:`Replica` and :func:`replicated` as the trainer does (or the trainer's float16 dense all-reduce), with
+    the residual kept; returns the reference, the changes' sum, what was pending and the worst residual ratio."""
+    import torch.distributed as dist
+
+    from sparsembed.comm.messages import as_wire
+    from sparsembed.comm.replicated import replicated
+    from sparsembed.dataparallel.replica import Replica
+
+    rank = dist.get_rank()
+    num_rows, dim = 300, 8
+    start = (0.01 * np.random.default_rng(5).standard_normal((num_rows, dim))).astype(np.float32)
+    replica = Replica("m", start.copy())
+    rng = np.random.default_rng(100 + rank)
+    changes = np.zeros((num_rows, dim), np.float64)
+    worst = 0.0  # a row's pending residual over half the rounding step of the change it was sent in
+    for _ in range(steps):
+        rows = np.unique(np.minimum(rng.zipf(1.3, 60) - 1, num_rows - 1))
+        delta = (rng.standard_normal((rows.shape[0], dim)) * 10.0 ** rng.integers(-3, 0, (rows.shape[0], 1)))
+        replica.work[rows] += delta.astype(np.float32)
+        replica.touched[rows] = 1
+        changes[rows] += delta.astype(np.float32)
+        before = replica.work.astype(np.float64) - replica.ref  # this step's change, residual included
+        if dense:
+            replica.exchange_dense(dist.group.WORLD, half=True)
+        else:
+            own = replica.change()
+            total, _ = replicated(own, values=values, mode="sparse", transport="tcp")
+            replica.add(total)
+            replica.keep_residual(own, as_wire(own.values, values))
+        pending = replica.work.astype(np.float64) - replica.ref
+        left = np.flatnonzero(np.abs(pending).max(axis=1))
+        assert replica.touched[left].all()  # a row with a residual goes out again in the next change
+        top = np.abs(before[left]).max(axis=1)
+        # int8: max / 127; fp16: 11 significant bits, and 2^-24 apart below 2^-14 (subnormal: a residual under
+        # 2^-25 cannot travel in fp16; it stays pending, never growing, until the run's last, float32 exchange)
+        step = top / 127 if values == "int8" else np.maximum(top * 2.0**-10, 2.0**-24)
+        # and the float32 working row's own rounding (ref + residual), which matters for a tiny residual
+        bound = step / 2 + np.spacing(np.abs(replica.work[left]).max(axis=1))
+        if left.shape[0]:
+            worst = max(worst, float((np.abs(pending[left]).max(axis=1) / bound).max()))
+    return {"ref": replica.ref.copy(), "start": start, "changes": changes, "pending": pending, "worst": worst}
+
+
+@pytest.mark.parametrize(("values", "dense"), [("int8", False), ("fp16", False), ("fp16", True)])
+def test_error_feedback_sends_every_change_and_keeps_replicas_identical(pool, values: str, dense: bool) -> None:
+    """Over 30 steps: the agreed reference plus every rank's pending residual is the sum of all changes (what an
+    exact exchange gives), the references are bit-identical, and no residual exceeds one rounding step."""
+    results = pool.run(_feedback_sequence, values, dense)
+    np.testing.assert_array_equal(results[0]["ref"], results[1]["ref"])
+    exact = results[0]["start"] + results[0]["changes"] + results[1]["changes"]
+    agreed = results[0]["ref"] + results[0]["pending"] + results[1]["pending"]
+    # float32 sums of changes up to 1e-1 per step; the dense path's float16 all-reduce also rounds the sum itself
+    # (not any rank's change), which no residual can hold
+    np.testing.assert_allclose(agreed, exact, rtol=0, atol=3e-3 if dense else 2e-5)
+    for r in results:
+        assert np.abs(r["pending"]).max() > 0  # the rounding did drop something, and it was kept
+        assert r["worst"] <= 1.0, r["worst"]  # never more than one rounding step: no row is starved
+
+
+@pytest.mark.parametrize(("mode", "overlap"), [("auto", False), ("dense", False), ("auto", True)])
+def test_int8_training_keeps_replicas_identical_and_learns_like_fp32(pool, corpus: Path, mode: str,
+                                                                     overlap: bool) -> None:
+    results = pool.run(_train_ranks, str(corpus), "replicated", mode, "int8", None, "tcp", overlap)
+    np.testing.assert_array_equal(results[0][0], results[1][0])  # the last exchange sent every residual exactly
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    exact = pool.run(_train_ranks, str(corpus), "replicated", mode, "fp32", None, "tcp", overlap)
+    assert np.max(np.abs(results[0][0] - exact[0][0])) < 2e-4  # measured under 1e-5
+    losses = [h["mean_loss"] for h in results[0][3]]
+    exact_losses = [h["mean_loss"] for h in exact[0][3]]
+    assert losses[-1] < losses[0] and abs(losses[-1] - exact_losses[-1]) < 0.01 * exact_losses[-1]
+
+
+def _train_int8_checkpointing(corpus: str, out: str) -> tuple:
+    """One rank: int8 training stopped after 3 steps, checkpointed into ``out``; its matrices and the saved ones."""
+    from sparsembed.dataparallel.options import ExchangeOptions
+    from sparsembed.dataparallel.trainer import DataParallelTrainer
+
+    model = _model(Path(corpus))
+    trainer = DataParallelTrainer(model, ExchangeOptions(values="int8", transport="tcp"))
+    assert trainer.feedback
+    trainer.train(progress=False, out=out, stop_after_steps=3)
+    saved = Word2Vec.load(out)
+    # a residual pending in a working row, as mid-run: a checkpoint still saves the reference
+    model.syn0[0] += 1.0
+    trainer.replicas[0].touched[0] = 1
+    trainer.checkpoint(Path(out) / "mid")
+    return model.syn0.copy(), trainer.replicas[0].ref.copy(), saved.syn0, Word2Vec.load(Path(out) / "mid").syn0
+
+
+def test_int8_checkpoint_saves_the_agreed_reference(pool, corpus: Path, tmp_path: Path) -> None:
+    """A stop sends the residuals exactly, then saves: every rank's working copy is the reference, and so is the
+    checkpoint; with a residual pending, a checkpoint saves the reference, not rank 0's working copy."""
+    results = pool.run(_train_int8_checkpointing, str(corpus), str(tmp_path / "run"))
+    for work, ref, saved, mid in results:
+        np.testing.assert_array_equal(work[1:], ref[1:])
+        np.testing.assert_array_equal(work[0], ref[0] + np.float32(1.0))
+        np.testing.assert_array_equal(saved, ref)
+        np.testing.assert_array_equal(mid, ref)
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_cli_bad_values_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad = _cli(["train", str(tmp_path / "c.txt"), "--out", str(tmp_path / "o"), "--values", "int4"])
+    errors = [line for line in bad.stderr.splitlines() if "error" in line]
+    assert bad.returncode == 2 and len(errors) == 1 and "--values" in errors[0], bad.stderr

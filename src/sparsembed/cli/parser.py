@@ -91,7 +91,10 @@ def _add_data_parallel(train: argparse.ArgumentParser) -> None:
                     help="replicated: every rank sums all changes; sharded: owners sum and send rows back")
     dp.add_argument("--rows", choices=list(ROWS), default="auto",
                     help="how a message names its rows (auto: the smallest)")
-    dp.add_argument("--values", choices=_values(VALUES), default="fp32", help="row values on the wire (fp32)")
+    dp.add_argument("--values", choices=_values(VALUES), default="fp32",
+                    help="row values on the wire (fp32); fp16 and int8 (a scale per row) round each rank's change, "
+                    "and what the rounding drops stays in the rank's working copy for its next change (error "
+                    "feedback, nothing lost); ranks on one host with shared memory sum float32 in place and ignore it")
     dp.add_argument("--transport", choices=_values(Transport), default=Transport.AUTO.value,
                     help="auto: dense steps of ranks on one host go through shared memory; tcp: always gloo")
     dp.add_argument("--overlap", action="store_true",

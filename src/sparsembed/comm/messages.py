@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sparsembed.errors import UserError
-from sparsembed.rows import codec, rowsets
+from sparsembed.rows import codec, quantize, rowsets
 from sparsembed.rows.coalesce import RowSparse
 
 __all__ = ["RowMessages", "KeyMessages", "as_wire", "coalesce_keyed", "check_keyed", "pack_raw", "unpack_raw"]
@@ -29,9 +29,13 @@ __all__ = ["RowMessages", "KeyMessages", "as_wire", "coalesce_keyed", "check_key
 def as_wire(vals: torch.Tensor, values: str) -> torch.Tensor:
     """This rank's rows exactly as peers decode them from its message (rounded as the codec does), in float32.
 
-    Saves decoding (checksum, conversion) this rank's own message.
+    Saves decoding (checksum, conversion) this rank's own message. Also what error feedback keeps: a sender's
+    ``vals - as_wire(vals, values)`` is what its message rounded away.
     """
-    return _to_f32(vals.to(codec.value_type(values).dtype))
+    kind = codec.value_type(values)
+    if kind is codec.Values.INT8:
+        return torch.from_numpy(quantize.round_trip(vals.float().numpy()))
+    return _to_f32(vals.to(kind.dtype))
 
 
 def _to_f32(vals: torch.Tensor) -> torch.Tensor:
@@ -85,8 +89,8 @@ class RowMessages:
         """Exact size of the uncompressed message of these (strictly increasing) ids, without building it."""
         idn = ids.numpy()
         enc = rowsets.choose(idn, self.num_rows) if self.rows == "auto" else rowsets.get(self.rows)
-        width = codec.value_type(self.values).width
-        return codec.HEADER_SIZE + enc.size(idn, self.num_rows) + idn.shape[0] * self.dim * width
+        row_bytes = codec.value_type(self.values).row_bytes(self.dim)
+        return codec.HEADER_SIZE + enc.size(idn, self.num_rows) + idn.shape[0] * row_bytes
 
     def coalesce(self, ids: torch.Tensor, vals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sorted distinct ids and their summed float32 rows."""

@@ -55,7 +55,7 @@ def replicated(
     Args:
         grad: this rank's gradient, any ids order, duplicates allowed (coalesced in place on the sparse path).
         rows, values, compress: message encoding (see :func:`sparsembed.rows.codec.encode`); ``values="fp16"``
-            rounds each rank's rows once.
+            rounds each rank's rows once, ``"int8"`` quantizes them per row.
         mode: ``"auto"`` picks sparse or dense from the exchanged message sizes; ``"sparse"`` / ``"dense"`` force.
         group: process group (default: the world); without an initialized group this is a local coalesce.
         transport: ``"auto"``: when every rank of the group is on this host, messages go through shared memory
@@ -80,7 +80,7 @@ def replicated(
     def too_big(own_bytes: int) -> bool:  # the sizes' lower bound: this rank's bytes, nothing from the others
         return goes_dense(Mode.AUTO, [own_bytes, 0], dense_bytes, world, shared=link.shared)
 
-    sure_dense = mode is Mode.DENSE or (mode is Mode.AUTO and _sure_dense(grad, codec.value_type(values).width,
+    sure_dense = mode is Mode.DENSE or (mode is Mode.AUTO and _sure_dense(grad, codec.value_type(values).row_bytes(dim),
                                                                            too_big))
     clock.lap("decide")
     rc, msg, size = None, None, -1
@@ -110,12 +110,11 @@ def replicated(
     return out, stats
 
 
-def _sure_dense(grad: RowSparse, width: int, too_big: Callable[[int], bool]) -> bool:
+def _sure_dense(grad: RowSparse, row_bytes: int, too_big: Callable[[int], bool]) -> bool:
     """True when this rank's message alone makes ``too_big`` say yes: its distinct rows' values do.
 
     Counts distinct ids (a byte mask) only when the raw count could be too big.
     """
-    row_bytes = grad.dim * width
     if not too_big(grad.n * row_bytes):
         return False
     if grad.is_coalesced():

@@ -34,8 +34,9 @@ class Balance(str, Enum):
 #: Row encodings a run may force, or ``auto`` (the smallest per message). ``complement`` and ``all`` win only in
 #: their niche (above half density, every row), where ``auto`` picks them.
 ROWS = ("auto", *(name for name in ENCODINGS if name not in ("complement", "all")))
-#: Value types a run may send: the dense fallback all-reduces in these, and torch's gloo has no bfloat16 sum.
-VALUES = (Values.FP32, Values.FP16)
+#: Value types a run may send: fp16 and int8 are rounded, with error feedback (the dense fallback all-reduces
+#: float16 for both: gloo sums no int8 rows, and has no bfloat16 sum).
+VALUES = (Values.FP32, Values.FP16, Values.INT8)
 #: Jobs per thread and rank in a step with ``balance="dynamic"``: a rank that finishes early draws more of them.
 #: Small jobs keep short the wait for the other rank's last job (at ``--job-tokens`` 250000 a job is one
 #: 10000-token sentence); with 4 the step's end waited longer than static steps did (measured, see BENCHMARKS.md).

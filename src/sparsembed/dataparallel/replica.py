@@ -6,7 +6,12 @@ rows; :meth:`Replica.add` adds the sum of all ranks' changes to the reference an
 value, or, for a row touched since the change was taken (``overlap``), adds the others' part to its newer value.
 Ranks on one host keep the reference and marks in shared memory (:class:`~sparsembed.comm.shm.HostMatrix`), or
 put their change into a slot the peers read in place (:class:`~sparsembed.comm.shm.HostSlots`,
-:meth:`Replica.put_shared` / :meth:`Replica.add_shared`). The row loops are compiled (numba, no GIL).
+:meth:`Replica.put_shared` / :meth:`Replica.add_shared`).
+
+Error feedback: where a rank's change travels rounded (fp16, int8), :meth:`Replica.keep_residual` puts what the
+rounding dropped back into the rank's working rows and keeps them touched, so it is part of the next change: no
+update is lost, and a row's pending residual stays within one rounding step of its last change. The reference
+stays the agreed sum. The row loops are compiled (numba, no GIL).
 """
 
 from __future__ import annotations
@@ -60,10 +65,26 @@ class Replica:
 
     def exchange_dense(self, group: Any, half: bool = False) -> None:
         """Sum every rank's change of every row with one dense all-reduce, in buffers kept between steps;
-        ``half``: the all-reduce runs in float16 (half the bytes; each rank's change rounded once)."""
+        ``half``: the all-reduce runs in float16 (half the bytes; each rank's change rounded once, what the
+        rounding dropped kept for the next change, :meth:`keep_residual`)."""
+        own = None
+        if half:  # the rows that changed, as sent before the buffer becomes the sum
+            ids = np.flatnonzero(self.touched)
+            values = np.empty((ids.shape[0], self.work.shape[1]), dtype=np.float32)
+            _gather_change(self.work, self.ref, ids, values)
+            own = RowSparse.from_sorted(torch.from_numpy(ids), torch.from_numpy(values), self.work.shape[0])
         _dense_change(self.work, self.ref, self._dense_buffer().numpy())
         self.touched[:] = 0
         self.add(self._all_reduce_dense(group, half))
+        if own is not None:
+            self.keep_residual(own, own.values.half().float())  # the float16 all-reduce's rounding of own rows
+
+    def keep_residual(self, own: RowSparse, sent: torch.Tensor) -> None:
+        """Error feedback, after :meth:`add`: ``own`` is this rank's change as it was taken, ``sent`` its rows as
+        the sum received them (rounded). Each row not touched since gets ``own - sent`` back into its working copy
+        and stays touched, so the next change carries it; a row touched since already holds it (``add`` took
+        ``sent``, not ``own``, out of it). The reference is not changed."""
+        _keep_residual(self.work, self.touched, own.ids.numpy(), own.values.numpy(), sent.numpy())
 
     def sum_dense(self, own: RowSparse, group: Any, half: bool = False) -> torch.Tensor:
         """The dense sum over all ranks of their changes, this rank's given as sorted distinct rows."""
@@ -144,6 +165,22 @@ def _apply_dense(ref, work, touched, total):  # pragma: no cover - compiled
             v = ref[r, k] + total[r, k]
             ref[r, k] = v
             work[r, k] = work[r, k] + total[r, k] if touched[r] else v
+
+
+@numba.njit(nogil=True, cache=True)
+def _keep_residual(work, touched, ids, own, sent):  # pragma: no cover - compiled
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        if touched[r]:  # touched since the change was taken: the working row still holds own - sent
+            continue
+        kept = False
+        for k in range(work.shape[1]):
+            d = own[i, k] - sent[i, k]
+            if d != 0:
+                work[r, k] += d
+                kept = True
+        if kept:
+            touched[r] = 1
 
 
 @numba.njit(nogil=True, cache=True)

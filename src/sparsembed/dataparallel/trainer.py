@@ -36,6 +36,13 @@ after that step, as ``work += sum - own change`` (:meth:`Replica.add
 once. Only the end of training (or a stop) waits for the exchange in flight: an epoch
 end or a checkpoint saves the reference, the state before the last step, while that step's exchange goes on.
 
+Error feedback (``values`` fp16 or int8, over gloo): a rank's change travels rounded, and what the rounding dropped
+goes back into its working rows, which stay touched, so it travels in the next step's change
+(:meth:`Replica.keep_residual <sparsembed.dataparallel.replica.Replica.keep_residual>`); the last step (or a stop)
+sends what is still pending in float32. The reference is the agreed sum, the same bits on every rank, and it is
+what checkpoints save; a run resumed from a checkpoint taken mid-run starts without the residuals pending then (at
+most one rounding step per row). Through shared memory the sum is exact and ``values`` does not apply.
+
 With ``balance="dynamic"`` (ranks on one host, synchronous) a step covers the same tokens in ``DYNAMIC_ROUNDS``
 times as many jobs, and the ranks draw them from a shared counter (:class:`~sparsembed.comm.shm.HostCounter`) as each
 becomes free, so a rank slowed by a busy core runs fewer: a rank runs its jobs one after another on its working
@@ -69,6 +76,7 @@ import torch
 import torch.distributed as dist
 
 from sparsembed.comm import policy
+from sparsembed.comm.messages import as_wire
 from sparsembed.comm.policy import Mode, Strategy, Transport
 from sparsembed.comm.replicated import replicated
 from sparsembed.comm.shm import HostCounter, HostMatrix, HostSlots, group_timeout, host_status, shm_room
@@ -138,6 +146,9 @@ class DataParallelTrainer:
             step_tokens = model.settings.job_tokens * model.settings.workers
             self.owners = Owners(model.vocab.counts, self.world, step_tokens)
         self._exchange_cpu = 0.0
+        # error feedback: rounded values over gloo (shared memory sums float32 in place; sharded owners keep none)
+        self.feedback = (Values(self.options.values) is not Values.FP32 and not self.shared
+                         and self.options.strategy is Strategy.REPLICATED)
         self._check_same_model()
 
     def _place_matrices(self) -> list[Replica]:
@@ -250,11 +261,11 @@ class DataParallelTrainer:
             self.agreed = TrainingState(refs[0], refs[1], replace(m.position), list(m.history))
         self._advance(run.schedule, first, run.per_step, loss, pairs)
         last = m.position.job >= run.schedule.n_jobs and m.position.epoch + 1 >= m.settings.epochs
-        if self.in_flight and (last or stop_now):
-            # the end: this step's sums land now, so every rank holds the final matrices (epoch ends and
-            # checkpoints do not wait: they save the reference, see checkpoint)
+        if last or stop_now:
+            # the end: this step's sums land now and what rounding held back goes exactly, so every rank holds the
+            # final matrices (epoch ends and checkpoints do not wait: they save the reference, see checkpoint)
             t3 = time.perf_counter()
-            stats += self._land()
+            stats += self._land() + self._flush()
             t2 += time.perf_counter() - t3
         totals["steps"] += 1
         totals["jobs"] += len(results)
@@ -341,7 +352,9 @@ class DataParallelTrainer:
                 st = _shm_stats(replica, own.n)
             else:
                 total, st = result
-                replica.add(total, own)
+                sent = self._sent(own, st.mode == "dense")
+                replica.add(total, RowSparse.from_sorted(own.ids, sent, own.num_rows))
+                replica.keep_residual(own, sent)
             st.seconds = put_s + time.perf_counter() - t0  # what the step waited for, not the background work
             stats.append(st)
         self.in_flight = []
@@ -353,8 +366,8 @@ class DataParallelTrainer:
         t0 = time.perf_counter()
         num_rows, dim = replica.work.shape
         if self._goes_dense(own.n, num_rows, dim, self.async_group):
-            total = replica.sum_dense(own, self.async_group, half=Values(o.values) is Values.FP16)
-            st = self._dense_stats(replica, own.n)
+            total = replica.sum_dense(own, self.async_group, half=self.feedback)
+            st = self._dense_stats(replica, own.n, self.feedback)
         else:
             total, st = replicated(own, rows=o.rows, values=o.values, mode="sparse", group=self.async_group,
                                    name=replica.name, transport="tcp")
@@ -370,46 +383,72 @@ class DataParallelTrainer:
     def _ring_bytes(self, num_rows: int, dim: int) -> int:
         return policy.ring_bytes(num_rows * dim * 4, self.world)
 
-    def _dense_stats(self, replica: Replica, touched: int) -> ExchangeStats:
-        """Stats of a dense all-reduce of a matrix's change (ring bytes, in the width of the values sent)."""
+    def _dense_stats(self, replica: Replica, touched: int, half: bool) -> ExchangeStats:
+        """Stats of a dense all-reduce of a matrix's change (ring bytes: float32, or float16 for rounded values)."""
         num_rows, dim = replica.work.shape
-        moved = self._ring_bytes(num_rows, dim) * Values(self.options.values).width // 4
+        moved = self._ring_bytes(num_rows, dim) * (2 if half else 4) // 4
         return ExchangeStats(replica.name, "replicated", "dense", "dense", touched / max(num_rows, 1), touched, moved,
                              moved, 0.0)
 
-    def _goes_dense(self, touched: int, num_rows: int, dim: int, group: Any) -> bool:
+    def _goes_dense(self, touched: int, num_rows: int, dim: int, group: Any, values: Values | None = None) -> bool:
         """Whether this step's change of a matrix goes as one dense all-reduce: :func:`policy.goes_dense
         <sparsembed.comm.policy.goes_dense>` from every rank's message size (gathered only when ``mode`` is
         ``auto``), so all ranks agree."""
         o = self.options
-        sizes = self._message_sizes(touched, dim, group) if o.mode is Mode.AUTO else []
+        values = Values(o.values) if values is None else values
+        sizes = self._message_sizes(touched, dim, group, values) if o.mode is Mode.AUTO else []
         return policy.goes_dense(o.mode, sizes, num_rows * dim * 4, self.world)
 
-    def _message_sizes(self, touched: int, dim: int, group: Any) -> list[int]:
+    def _message_sizes(self, touched: int, dim: int, group: Any, values: Values) -> list[int]:
         """Every rank's sparse message size in bytes (its touched rows' values), the same list on every rank."""
         counts = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
         dist.all_gather(counts, torch.tensor([touched], dtype=torch.int64), group=group)
-        row_bytes = dim * Values(self.options.values).width
+        row_bytes = values.row_bytes(dim)
         return [int(c) * row_bytes for c in counts]
 
-    def _replicated(self, replica: Replica) -> ExchangeStats:
+    def _replicated(self, replica: Replica, exact: bool = False) -> ExchangeStats:
         """Sparse through :func:`~sparsembed.comm.replicated.replicated`, or one dense all-reduce of the change
-        (:meth:`_goes_dense`); through shared memory when every rank is on this host."""
+        (:meth:`_goes_dense`); through shared memory when every rank is on this host. With rounded values, what
+        the rounding dropped stays in the working copy (:meth:`Replica.keep_residual`); ``exact``: float32 values
+        whatever the options say (the last exchange of a run, which leaves nothing pending)."""
         o = self.options
         t0 = time.perf_counter()
         num_rows, dim = replica.work.shape
+        values = Values.FP32 if exact else Values(o.values)
         touched = 0 if replica.host is not None else int(np.count_nonzero(replica.touched))
         if replica.host is not None:  # summed in place in shared memory
             st = _shm_stats(replica, replica.host.exchange(), ids=False)
-        elif self._goes_dense(touched, num_rows, dim, self.group):
-            replica.exchange_dense(self.group, half=Values(o.values) is Values.FP16)
-            st = self._dense_stats(replica, touched)
+        elif self._goes_dense(touched, num_rows, dim, self.group, values):
+            half = self.feedback and not exact
+            replica.exchange_dense(self.group, half=half)
+            st = self._dense_stats(replica, touched, half)
         else:
-            total, st = replicated(replica.change(), rows=o.rows, values=o.values, mode="sparse", group=self.group,
+            own = replica.change()
+            total, st = replicated(own, rows=o.rows, values=values.value, mode="sparse", group=self.group,
                                    name=replica.name, transport="tcp")
             replica.add(total)
+            if self.feedback and not exact:
+                replica.keep_residual(own, as_wire(own.values, values.value))
         st.seconds = time.perf_counter() - t0
         return st
+
+    def _sent(self, own: RowSparse, dense: bool) -> torch.Tensor:
+        """This rank's change as the sum received it: as the codec rounds it in a message, or rounded to float16
+        by a dense all-reduce; ``own``'s own rows without error feedback."""
+        if not self.feedback:
+            return own.values
+        return as_wire(own.values, Values.FP16.value if dense else self.options.values)
+
+    def _flush(self) -> list[ExchangeStats]:
+        """Send every rank's pending residual in float32, so that no update is lost at the end of training and
+        every rank's working copy is the agreed reference; [] without error feedback. Collective."""
+        if not self.feedback:
+            return []
+        stats = []
+        for replica in self.replicas:
+            with self.watch.guard(self.step, f"the last exchange of {replica.name}"):
+                stats.append(self._replicated(replica, exact=True))
+        return stats
 
     # ----------------------------------------------------------------------------- agreeing and accounting
     def _agree(self, results: list[tuple], want_stop: bool, due: bool) -> tuple[float, int, bool, bool]:
@@ -465,12 +504,20 @@ class DataParallelTrainer:
         that step again. Saving it does not wait for the exchange, which goes on in the background."""
         with self.watch.guard(self.step, "a checkpoint"):
             self._consolidate()
-            if self.rank == 0:  # without an exchange in flight every working row equals the agreed reference
-                self.model.save_state(out_dir, self.agreed if self.in_flight else self.model.snapshot())
+            if self.rank == 0:  # the reference, not a working copy holding this rank's residuals
+                self.model.save_state(out_dir, self.agreed if self.in_flight else self._agreed_state())
             dist.barrier(group=self.group)
         saved_after = self.step - (1 if self.in_flight else 0)  # in flight: the state before this step
         if saved_after > 0:
             self.watch.resume_point = f"the checkpoint of step {saved_after}"
+
+    def _agreed_state(self) -> TrainingState:
+        """The state every rank agrees on now: the references (replicated; the same bits on every rank, and
+        equal to the working copies except for residuals of error feedback) or, sharded, the consolidated model."""
+        if self.owners is not None:
+            return self.model.snapshot()
+        m = self.model
+        return TrainingState(self.replicas[0].ref, self.replicas[1].ref, m.position, m.history)
 
     def _consolidate(self) -> None:
         if self.owners is not None:

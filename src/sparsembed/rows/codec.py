@@ -2,13 +2,14 @@
 :class:`~sparsembed.rows.coalesce.RowSparse`.
 
 A message is a 56-byte little-endian header, the row-id section (one :mod:`sparsembed.rows.rowsets` encoding,
-optionally zstd / lz4 compressed) and the values, ``n x dim`` rows in the wire dtype::
+optionally zstd / lz4 compressed) and the values, ``n x dim`` rows in the wire dtype (int8: ``n`` float32 row scales,
+then ``n x dim`` int8 values, :mod:`sparsembed.rows.quantize`)::
 
     offset  size  field
          0     4  magic  b"SPRW"
          4     1  version (1)
          5     1  row-set encoding (0 all, 1 index, 2 complement, 3 bitmap, 4 roaring)
-         6     1  value dtype (0 float32, 1 float16, 2 bfloat16)
+         6     1  value dtype (0 float32, 1 float16, 2 bfloat16, 3 int8 with a float32 scale per row)
          7     1  id-section compression (0 none, 1 zstd, 2 lz4)
          8     8  num_rows
         16     8  n, rows sent
@@ -38,7 +39,7 @@ import torch
 
 from sparsembed.errors import UserError
 from sparsembed.rows import compress as compression
-from sparsembed.rows import rowsets
+from sparsembed.rows import quantize, rowsets
 from sparsembed.rows.coalesce import RowSparse
 from sparsembed.rows.compress import MAX_EXPANSION
 from sparsembed.rows.values import Values
@@ -82,7 +83,8 @@ def encode(rs: RowSparse, rows: str = "auto", values: str = "fp32", compress: st
         rs: the gradient; if not coalesced, a coalesced copy is encoded (``rs`` is left as is).
         rows: row-set encoding, ``"auto"`` (smallest exact size) or one of ``index``, ``complement``,
             ``bitmap``, ``roaring``, ``all``.
-        values: wire dtype ``"fp32"`` (default, lossless for float32), ``"fp16"`` or ``"bf16"`` (rounded).
+        values: wire dtype ``"fp32"`` (default, lossless for float32), ``"fp16"`` or ``"bf16"`` (rounded), or
+            ``"int8"`` (each row scaled by its largest magnitude / 127 and rounded to int8; finite rows only).
         compress: ``None``, ``"zstd"`` or ``"lz4"`` for the id section; kept only where it makes the section
             smaller (the header records what was done).
 
@@ -144,8 +146,13 @@ def _prepare(rs: RowSparse, rows: str, values: str, compress: str | None) -> tup
         raise UserError(f"codec.encode: {e}") from None
     id_wire, comp = compression.compress(id_raw, compress)
     dcode, torch_dtype, _ = _DTYPES[values]
-    vals = rs.values.to(torch_dtype).contiguous()
-    payload = (vals.view(torch.int16) if torch_dtype == torch.bfloat16 else vals).numpy().reshape(-1).view(np.uint8)
+    if values == Values.INT8:
+        scales, q = quantize.quantize(rs.values.float().numpy())
+        payload = np.concatenate((scales.view(np.uint8), q.reshape(-1).view(np.uint8)))
+    else:
+        vals = rs.values.to(torch_dtype).contiguous()
+        payload = (vals.view(torch.int16) if torch_dtype == torch.bfloat16 else vals).numpy().reshape(-1)
+        payload = payload.view(np.uint8)
     fields = [MAGIC, VERSION, enc.code, dcode, compression.CODES[comp], num_rows, rs.n, rs.dim, 0, len(id_wire)]
     return [*fields, len(id_raw), 0], id_wire, payload
 
@@ -155,7 +162,8 @@ def decode(buf: Any, dtype: str = "fp32", verify: bool = True) -> RowSparse:
 
     Args:
         buf: bytes-like (bytes, bytearray, memoryview, uint8 array).
-        dtype: ``"fp32"`` (default) returns float32 values; ``"wire"`` keeps the message's dtype.
+        dtype: ``"fp32"`` (default) returns float32 values; ``"wire"`` keeps the message's dtype (int8 messages
+            always decode to float32: a row's values mean nothing without its scale).
         verify: check the checksum; False only for a message that never crossed a wire (written by
             ``encode_array(..., checksum=False)`` into this host's shared memory): every other check still runs.
 
@@ -187,6 +195,8 @@ def decode(buf: Any, dtype: str = "fp32", verify: bool = True) -> RowSparse:
     except rowsets.RowSetError as e:
         raise CodecError(f"codec.decode: row ids: {e}") from None
     name = _DTYPE_BY_CODE[dcode]
+    if name == Values.INT8:
+        return RowSparse.from_sorted(torch.from_numpy(ids), _decode_int8(mv, n, dim, end_ids), num_rows)
     raw = np.frombuffer(mv, np.float32 if name == "fp32" else np.uint16, n * dim, end_ids).reshape(n, dim)
     if name == "fp32" or dtype == "wire":
         vals = torch.from_numpy(raw if raw.flags.writeable else raw.copy())
@@ -198,6 +208,13 @@ def decode(buf: Any, dtype: str = "fp32", verify: bool = True) -> RowSparse:
         vals = torch.from_numpy((raw.astype(np.uint32) << 16).view(np.float32))
     out = RowSparse.from_sorted(torch.from_numpy(ids), vals, num_rows)
     return out
+
+
+def _decode_int8(mv: memoryview, n: int, dim: int, start: int) -> torch.Tensor:
+    """Float32 rows of an int8 value section at ``start``: ``n`` scales, then ``n x dim`` int8."""
+    scales = np.frombuffer(mv, np.float32, n, start).copy()  # copied: the section need not be 4-byte aligned
+    q = np.frombuffer(mv, np.int8, n * dim, start + 4 * n).reshape(n, dim)
+    return torch.from_numpy(quantize.dequantize(scales, q))
 
 
 def header(buf: Any) -> dict[str, Any]:
@@ -233,7 +250,7 @@ def _parse_header(mv: memoryview) -> tuple:
     if not 1 <= dim <= MAX_DIM:
         raise CodecError(f"codec.decode: dim {dim} outside [1, {MAX_DIM}]")
     body = len(mv) - HEADER_SIZE
-    value_bytes = n * dim * _DTYPES[_DTYPE_BY_CODE[dcode]][2]
+    value_bytes = n * Values(_DTYPE_BY_CODE[dcode]).row_bytes(dim)
     if id_len + value_bytes != body:
         raise CodecError(
             f"codec.decode: sizes do not add up: {id_len} id bytes + {n}x{dim} values = "
