@@ -55,6 +55,9 @@ job), so a run resumes with any number of ranks. The learning rate follows the g
 The trainer drives the model through its public training steps (:meth:`~sparsembed.word2vec.model.Word2Vec.run_job`,
 ``advance``, ``end_epoch``, ``save_state``).
 
+Over 500 lines, a tenth of them this docstring: the step loop, its exchange paths (which share the replicas, the
+watchdog and the overlap state) and the agreement between ranks are one object's state.
+
 Every collective goes through the process group with its timeout, inside a
 :class:`~sparsembed.dataparallel.watchdog.PeerWatch` guard, so a rank that died or hung is named in the error.
 """
