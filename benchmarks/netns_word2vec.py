@@ -55,8 +55,8 @@ HOSTS = 2
 
 
 #: ``--variants``: extra ``sparsembed train`` flags of each variant
-VARIANTS = {"sync": [], "fp16": ["--values", "fp16"], "overlap": ["--overlap"],
-            "overlap-fp16": ["--overlap", "--values", "fp16"]}
+VARIANTS = {"sync": [], "fp16": ["--values", "fp16"], "int8": ["--values", "int8"], "overlap": ["--overlap"],
+            "overlap-fp16": ["--overlap", "--values", "fp16"], "overlap-int8": ["--overlap", "--values", "int8"]}
 
 
 def train_netns(corpus: str, out: Path, epochs: int, job_tokens: int, timeout: float,
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1, help="runs of every setup and J, interleaved (1)")
     ap.add_argument("--variants", nargs="+", default=["sync"], choices=sorted(VARIANTS),
-                    help="sync (the default exchange), fp16 (--values fp16), overlap (--overlap), overlap-fp16")
+                    help="sync (the default exchange), fp16 / int8 (--values), overlap (--overlap), "
+                         "overlap-fp16, overlap-int8")
     ap.add_argument("--no-loopback", action="store_true", help="skip the loopback (--nproc 2 --transport tcp) runs")
     ap.add_argument("--workdir", default=None, help="where the runs' --out directories go (a temporary one)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds for one training run")

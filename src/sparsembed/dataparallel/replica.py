@@ -39,13 +39,18 @@ class Replica:
         self.host = host  # ranks on one host: the reference and the marks live in shared memory, one reference
         self.ref = work.copy() if host is None else host.ref
         self.touched = np.zeros(work.shape[0], dtype=np.uint8) if host is None else host.touched
+        # error feedback: rows whose working copy holds a residual the last message rounded away; it travels the
+        # next time training touches the row (or in the run's last, exact exchange), not in every step's message
+        self.pending = np.zeros(work.shape[0], dtype=np.uint8)
         self.dense: torch.Tensor | None = None
         self.dense_half: torch.Tensor | None = None
 
     def change(self) -> RowSparse:
-        """This rank's change since the last exchange, as sorted distinct rows; clears the touched marks."""
+        """This rank's change since the last exchange, as sorted distinct rows (a pending residual of a touched
+        row included); clears the touched marks, and the pending marks of the rows taken."""
         ids = np.flatnonzero(self.touched)
         self.touched[:] = 0
+        self.pending[ids] = 0
         values = np.empty((ids.shape[0], self.work.shape[1]), dtype=np.float32)
         _gather_change(self.work, self.ref, ids, values)
         return RowSparse.from_sorted(torch.from_numpy(ids), torch.from_numpy(values), self.work.shape[0])
@@ -55,13 +60,18 @@ class Replica:
 
         Rows untouched since the change was taken take the new reference; with ``own`` (the change this rank
         sent, when it went on training while the exchange ran, see ``overlap``) a row touched since keeps its
-        newer change: ``work += total - own``."""
+        newer change: ``work += total - own``; a row holding a pending residual keeps it: ``work += total``."""
         if own is not None:
             _retract(self.work, self.touched, own.ids.numpy(), own.values.numpy())
         if isinstance(total, torch.Tensor):
-            _apply_dense(self.ref, self.work, self.touched, total.numpy())
+            _apply_dense(self.ref, self.work, self.touched, self.pending, total.numpy())
         else:
-            _add_rows(self.ref, self.work, self.touched, total.ids.numpy(), total.values.numpy())
+            _add_rows(self.ref, self.work, self.touched, self.pending, total.ids.numpy(), total.values.numpy())
+
+    def send_pending(self) -> None:
+        """Mark every row holding a pending residual touched, so that the next change takes it (the run's last,
+        exact exchange: nothing may stay behind)."""
+        self.touched |= self.pending
 
     def exchange_dense(self, group: Any, half: bool = False) -> None:
         """Sum every rank's change of every row with one dense all-reduce, in buffers kept between steps;
@@ -75,6 +85,7 @@ class Replica:
             own = RowSparse.from_sorted(torch.from_numpy(ids), torch.from_numpy(values), self.work.shape[0])
         _dense_change(self.work, self.ref, self._dense_buffer().numpy())
         self.touched[:] = 0
+        self.pending[:] = 0  # every row's change went, residuals included
         self.add(self._all_reduce_dense(group, half))
         if own is not None:
             self.keep_residual(own, own.values.half().float())  # the float16 all-reduce's rounding of own rows
@@ -82,9 +93,10 @@ class Replica:
     def keep_residual(self, own: RowSparse, sent: torch.Tensor) -> None:
         """Error feedback, after :meth:`add`: ``own`` is this rank's change as it was taken, ``sent`` its rows as
         the sum received them (rounded). Each row not touched since gets ``own - sent`` back into its working copy
-        and stays touched, so the next change carries it; a row touched since already holds it (``add`` took
-        ``sent``, not ``own``, out of it). The reference is not changed."""
-        _keep_residual(self.work, self.touched, own.ids.numpy(), own.values.numpy(), sent.numpy())
+        and is marked pending: the residual goes out with the row's next change (marking it touched instead would
+        send nearly every row every step); a row touched since already holds it (``add`` took ``sent``, not
+        ``own``, out of it). The reference is not changed."""
+        _keep_residual(self.work, self.touched, self.pending, own.ids.numpy(), own.values.numpy(), sent.numpy())
 
     def sum_dense(self, own: RowSparse, group: Any, half: bool = False) -> torch.Tensor:
         """The dense sum over all ranks of their changes, this rank's given as sorted distinct rows."""
@@ -159,16 +171,17 @@ def _dense_change(work, ref, out):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _apply_dense(ref, work, touched, total):  # pragma: no cover - compiled
+def _apply_dense(ref, work, touched, pending, total):  # pragma: no cover - compiled
     for r in range(ref.shape[0]):
+        keep = touched[r] or pending[r]
         for k in range(ref.shape[1]):
             v = ref[r, k] + total[r, k]
             ref[r, k] = v
-            work[r, k] = work[r, k] + total[r, k] if touched[r] else v
+            work[r, k] = work[r, k] + total[r, k] if keep else v
 
 
 @numba.njit(nogil=True, cache=True)
-def _keep_residual(work, touched, ids, own, sent):  # pragma: no cover - compiled
+def _keep_residual(work, touched, pending, ids, own, sent):  # pragma: no cover - compiled
     for i in range(ids.shape[0]):
         r = ids[i]
         if touched[r]:  # touched since the change was taken: the working row still holds own - sent
@@ -180,7 +193,7 @@ def _keep_residual(work, touched, ids, own, sent):  # pragma: no cover - compile
                 work[r, k] += d
                 kept = True
         if kept:
-            touched[r] = 1
+            pending[r] = 1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -247,13 +260,14 @@ def _merge_add(ref, work, touched, ids, values, counts, own):  # pragma: no cove
 
 
 @numba.njit(nogil=True, cache=True)
-def _add_rows(ref, work, touched, ids, values):  # pragma: no cover - compiled
+def _add_rows(ref, work, touched, pending, ids, values):  # pragma: no cover - compiled
     for i in range(ids.shape[0]):
         r = ids[i]
+        keep = touched[r] or pending[r]
         for k in range(ref.shape[1]):
             v = ref[r, k] + values[i, k]
             ref[r, k] = v
-            work[r, k] = work[r, k] + values[i, k] if touched[r] else v
+            work[r, k] = work[r, k] + values[i, k] if keep else v
 
 
 @numba.njit(nogil=True, cache=True)

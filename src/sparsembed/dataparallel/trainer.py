@@ -37,7 +37,7 @@ once. Only the end of training (or a stop) waits for the exchange in flight: an 
 end or a checkpoint saves the reference, the state before the last step, while that step's exchange goes on.
 
 Error feedback (``values`` fp16 or int8, over gloo): a rank's change travels rounded, and what the rounding dropped
-goes back into its working rows, which stay touched, so it travels in the next step's change
+goes back into its working rows, marked pending, so it travels with the row's next change
 (:meth:`Replica.keep_residual <sparsembed.dataparallel.replica.Replica.keep_residual>`); the last step (or a stop)
 sends what is still pending in float32. The reference is the agreed sum, the same bits on every rank, and it is
 what checkpoints save; a run resumed from a checkpoint taken mid-run starts without the residuals pending then (at
@@ -449,6 +449,7 @@ class DataParallelTrainer:
             return []
         stats = []
         for replica in self.replicas:
+            replica.send_pending()
             with self.watch.guard(self.step, f"the last exchange of {replica.name}"):
                 stats.append(self._replicated(replica, exact=True))
         return stats
