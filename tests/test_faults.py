@@ -26,24 +26,13 @@ from sparsembed.cli import main
 from sparsembed.errors import DiskFull
 from sparsembed.word2vec import checkpoint, formats, vocab
 from sparsembed.word2vec.demo import generate_corpus
+from train_utils import FAST, StopAfter, reference_run, small_corpus, snapshot, train_argv
 
-# Quick settings for the in-process cases (a few tenths of a second per run).
-FAST = {"dim": 16, "epochs": 2, "workers": 1, "min_count": 3, "seed": 7}
 # The subprocess cases must still be training when the signal comes, and the SIGKILL case wants a checkpoint
 # from the middle of an epoch: epochs must outlast --checkpoint-every (an epoch's end restarts its clock).
 # Skip-gram with a wide window makes them ~0.3 s here; slower attempts follow in case a machine is much faster.
 LONG = {"model": "skipgram", "window": 10, "workers": 1, "min_count": 3, "seed": 11, "checkpoint_every": 0.2}
 LONG_ATTEMPTS = ({"dim": 64, "epochs": 5}, {"dim": 200, "epochs": 6}, {"dim": 600, "epochs": 8})
-
-
-def _argv(settings: dict) -> list[str]:
-    return [item for key, value in settings.items() for item in (f"--{key.replace('_', '-')}", str(value))]
-
-
-def _snapshot(directory: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
-    """Every file under ``directory`` (relative path → bytes), except those named in ``skip``."""
-    return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name not in skip}
 
 
 def _position(out: Path) -> tuple[int, int]:
@@ -53,17 +42,12 @@ def _position(out: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("faults") / "corpus.txt"
-    generate_corpus(path, n_tokens=120_000, seed=4)
-    return path
+    return small_corpus(tmp_path_factory.mktemp("faults") / "corpus.txt")
 
 
 @pytest.fixture(scope="module")
 def reference(corpus: Path, tmp_path_factory) -> Path:
-    """An uninterrupted run with FAST settings."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    assert main(["train", str(corpus), "--out", str(out), *_argv(FAST), "--quiet"]) == 0
-    return out
+    return reference_run(corpus, tmp_path_factory.mktemp("reference") / "run")
 
 
 @pytest.fixture
@@ -98,7 +82,7 @@ def _long_reference(corpus: Path, attempt: int, tmp_path: Path) -> bytes:
     """vectors.bin of an uninterrupted run of LONG_ATTEMPTS[attempt] (computed once per attempt, in-process)."""
     if attempt not in _long_references:
         out = tmp_path / f"reference-{attempt}"
-        argv = ["train", str(corpus), "--out", str(out), *_argv({**LONG, **LONG_ATTEMPTS[attempt]}), "--quiet"]
+        argv = ["train", str(corpus), "--out", str(out), *train_argv({**LONG, **LONG_ATTEMPTS[attempt]}), "--quiet"]
         assert main(argv) == 0
         _long_references[attempt] = (out / "vectors.bin").read_bytes()
     return _long_references[attempt]
@@ -137,7 +121,7 @@ def _signal_mid_run(corpus: Path, tmp_path: Path, signum: int, mid_epoch: bool) 
     for attempt, config in enumerate(LONG_ATTEMPTS):
         out = tmp_path / f"run-{attempt}"
         argv = [sys.executable, "-m", "sparsembed", "train", str(corpus), "--out", str(out),
-                *_argv({**LONG, **config}), "--quiet"]
+                *train_argv({**LONG, **config}), "--quiet"]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             reached = _wait_for_progress(proc, out, config["epochs"], mid_epoch)
@@ -185,7 +169,7 @@ def test_signal_before_training_leaves_nothing(corpus: Path, tmp_path: Path, mon
     out = tmp_path / "run"
     handler_before = signal.getsignal(signal.SIGTERM)
     capsys.readouterr()
-    assert main(["train", str(corpus), "--out", str(out), *_argv(FAST), "--quiet"]) == 128 + signal.SIGTERM
+    assert main(["train", str(corpus), "--out", str(out), *train_argv(FAST), "--quiet"]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err.strip() == "sparsembed: interrupted"
     assert not out.exists()
     assert signal.getsignal(signal.SIGTERM) == handler_before  # our handler is uninstalled again
@@ -193,14 +177,6 @@ def test_signal_before_training_leaves_nothing(corpus: Path, tmp_path: Path, mon
 
 def test_stop_event_drains_and_checkpoints(corpus: Path, reference: Path, tmp_path: Path) -> None:
     """The trainer's side of an interrupt, in-process: stop at a job boundary, checkpoint, resume exactly."""
-
-    class StopAfter:  # an Event whose is_set() turns true at the n-th question: a signal arriving mid-epoch
-        def __init__(self, n: int) -> None:
-            self.calls, self.n = 0, n
-
-        def is_set(self) -> bool:
-            self.calls += 1
-            return self.calls > self.n
 
     out = tmp_path / "run"
     model = Word2Vec(vector_size=FAST["dim"], epochs=FAST["epochs"], workers=2, min_count=FAST["min_count"],
@@ -315,10 +291,10 @@ DAMAGE = {
 def test_bad_state_is_refused_and_left_as_is(stopped: Path, case: str, capsys) -> None:
     damage, fragment, checkpoint_intact = DAMAGE[case]
     damage(stopped)
-    before = _snapshot(stopped)
+    before = snapshot(stopped)
     err = _refused(["train", "--resume", str(stopped), "--workers", "1", "--quiet"], capsys)
     assert fragment in err
-    assert _snapshot(stopped) == before
+    assert snapshot(stopped) == before
     if checkpoint_intact:  # the corpus was at fault: the checkpoint itself still loads, at its position
         model = Word2Vec.load(stopped)
         assert (model.position.epoch, model.position.job) == (0, 1)
@@ -378,14 +354,14 @@ def _fill_disk_on(monkeypatch, name_part: str) -> None:
 def test_full_disk_while_checkpointing_keeps_the_last_checkpoint(
         stopped: Path, reference: Path, monkeypatch, capsys) -> None:
     model_dir = stopped / "model"
-    before = _snapshot(model_dir)
+    before = snapshot(model_dir)
     with monkeypatch.context() as patch:
         _fill_disk_on(patch, "syn1")
         err = _refused(["train", "--resume", str(stopped), "--quiet"], capsys)
     assert "no space left on device while writing" in err and "syn1." in err
     assert err.endswith(f"free space and resume with: sparsembed train --resume {stopped}")
     # The half-made generation is gone (no space held by it), the last good one untouched.
-    assert _snapshot(model_dir) == before
+    assert snapshot(model_dir) == before
     assert (Word2Vec.load(stopped).position.epoch, Word2Vec.load(stopped).position.job) == (0, 1)
     assert main(["train", "--resume", str(stopped), "--quiet"]) == 0
     assert (stopped / "vectors.bin").read_bytes() == (reference / "vectors.bin").read_bytes()
@@ -395,7 +371,7 @@ def test_full_disk_while_writing_vectors(corpus: Path, reference: Path, tmp_path
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
         _fill_disk_on(patch, "vectors.bin")
-        err = _refused(["train", str(corpus), "--out", str(out), *_argv(FAST), "--quiet"], capsys)
+        err = _refused(["train", str(corpus), "--out", str(out), *train_argv(FAST), "--quiet"], capsys)
     assert f"no space left on device while writing {out / 'vectors.bin'}" in err
     assert err.endswith(f"free space and resume with: sparsembed train --resume {out}")
     assert not (out / "vectors.bin").exists() and not list(out.glob(".*.tmp"))
@@ -403,18 +379,18 @@ def test_full_disk_while_writing_vectors(corpus: Path, reference: Path, tmp_path
     assert main(["train", "--resume", str(out), "--quiet"]) == 0
     assert (out / "vectors.bin").read_bytes() == (reference / "vectors.bin").read_bytes()
     # Rewriting the outputs of a finished run onto a full disk leaves the previous ones as they were.
-    before = _snapshot(out)
+    before = snapshot(out)
     with monkeypatch.context() as patch:
         _fill_disk_on(patch, "vectors.bin")
         _refused(["train", "--resume", str(out), "--quiet"], capsys)
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
 
 
 def test_full_disk_before_any_checkpoint(corpus: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
         _fill_disk_on(patch, "syn0")
-        err = _refused(["train", str(corpus), "--out", str(out), *_argv(FAST), "--quiet"], capsys)
+        err = _refused(["train", str(corpus), "--out", str(out), *train_argv(FAST), "--quiet"], capsys)
     assert "no space left on device" in err and err.endswith("free space and run again")
     assert not out.exists()  # this run made the directory and left nothing worth resuming in it
 
@@ -425,8 +401,8 @@ def test_full_disk_while_logging_metrics(stopped: Path, monkeypatch, capsys) -> 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    before = _snapshot(stopped / "model")
+    before = snapshot(stopped / "model")
     monkeypatch.setattr(progress.Progress, "update", full)
     err = _refused(["train", "--resume", str(stopped), "--quiet"], capsys)
     assert "no space left on device" in err and "--resume" in err
-    assert _snapshot(stopped / "model") == before
+    assert snapshot(stopped / "model") == before

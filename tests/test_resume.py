@@ -19,44 +19,17 @@ import pytest
 from sparsembed import Word2Vec
 from sparsembed.cli import main
 from sparsembed.word2vec import checkpoint
-from sparsembed.word2vec.demo import generate_corpus
-
-FAST = {"dim": 16, "epochs": 2, "workers": 1, "min_count": 3, "seed": 7}
-
-
-def _argv(settings: dict) -> list[str]:
-    return [item for key, value in settings.items() for item in (f"--{key.replace('_', '-')}", str(value))]
-
-
-def _snapshot(directory: Path) -> dict[str, bytes]:
-    """Every file under ``directory`` (relative path → bytes)."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+from train_utils import FAST, StopAfter, reference_run, small_corpus, snapshot, train_argv
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("resume") / "corpus.txt"
-    generate_corpus(path, n_tokens=120_000, seed=4)
-    return path
+    return small_corpus(tmp_path_factory.mktemp("resume") / "corpus.txt")
 
 
 @pytest.fixture(scope="module")
 def reference(corpus: Path, tmp_path_factory) -> Path:
-    """An uninterrupted run with FAST settings."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    assert main(["train", str(corpus), "--out", str(out), *_argv(FAST), "--quiet"]) == 0
-    return out
-
-
-class StopAfter:
-    """An Event whose is_set() turns true at the n-th question: a Ctrl-C arriving mid-epoch."""
-
-    def __init__(self, n: int) -> None:
-        self.calls, self.n = 0, n
-
-    def is_set(self) -> bool:
-        self.calls += 1
-        return self.calls > self.n
+    return reference_run(corpus, tmp_path_factory.mktemp("reference") / "run")
 
 
 def _interrupt_after(monkeypatch, questions: int) -> None:
@@ -98,7 +71,7 @@ def _stop_in(home: Path, corpus: Path, monkeypatch, capsys, extra: tuple[str, ..
     monkeypatch.chdir(home)
     with monkeypatch.context() as patch:
         _interrupt_after(patch, questions)
-        code = main(["train", "corpus.txt", "--out", "run", *_argv(FAST), *extra, "--quiet"])
+        code = main(["train", "corpus.txt", "--out", "run", *train_argv(FAST), *extra, "--quiet"])
     assert code == 128 + signal.SIGINT
     assert capsys.readouterr().err.strip() == "sparsembed: interrupted; resume with: sparsembed train --resume run"
 
@@ -152,24 +125,24 @@ def test_moved_corpus_that_changed_is_refused(corpus: Path, tmp_path: Path, monk
     shutil.copy(corpus, "copy.txt")  # same bytes, but a new modification time: not provably the same files
     with open("copy.txt", "a") as handle:
         handle.write("one more line\n")
-    before = _snapshot(Path("run"))
+    before = snapshot(Path("run"))
     err = _refused(["train", "--resume", "run", "copy.txt", "--quiet"], capsys)
     assert "changed since the checkpoint was written: copy.txt has" in err and "bytes, was" in err
-    assert _snapshot(Path("run")) == before
+    assert snapshot(Path("run")) == before
 
 
 def test_resume_refuses_settings_its_checkpoint_fixes(corpus: Path, reference: Path, tmp_path: Path, monkeypatch,
                                                       capsys) -> None:
     """`--resume run --dim 50` used to ignore --dim silently; the options a resume may change still pass."""
     _stop_in(tmp_path / "home", corpus, monkeypatch, capsys)
-    before = _snapshot(Path("run"))
+    before = snapshot(Path("run"))
     err = _refused(["train", "--resume", "run", "--dim", "50", "--epochs=9", "--quiet"], capsys)
     assert err == ("sparsembed: error: --dim, --epochs: a resumed run keeps the settings of its checkpoint in run and "
                    "cannot change them; drop them, or start a new run with CORPUS --out DIR")
     assert "--seed: " in _refused(["train", "--resume", "run", "--se", "4"], capsys)  # argparse's abbreviation
     assert "--model: " in _refused(["train", "--resume", "run", "--model", "skipgram"], capsys)
     assert "drop --out" in _refused(["train", "--resume", "run", "--out", "other"], capsys)
-    assert _snapshot(Path("run")) == before
+    assert snapshot(Path("run")) == before
     assert main(["train", "--resume", "run", "--workers", "1", "--checkpoint-every", "5", "--keep-checkpoints", "3",
                  "--quiet"]) == 0
     assert Path("run/vectors.bin").read_bytes() == (reference / "vectors.bin").read_bytes()
@@ -186,7 +159,7 @@ def _generations(model_dir: Path) -> list[int]:
 
 def _whole_run(capsys) -> bytes:
     """vectors.bin of an uninterrupted EVERY_JOB run on ./corpus.txt."""
-    assert main(["train", "corpus.txt", "--out", "whole", *_argv(FAST), *EVERY_JOB, "--quiet"]) == 0
+    assert main(["train", "corpus.txt", "--out", "whole", *train_argv(FAST), *EVERY_JOB, "--quiet"]) == 0
     capsys.readouterr()
     return Path("whole/vectors.bin").read_bytes()
 
@@ -247,8 +220,8 @@ def test_every_generation_damaged_is_one_line(corpus: Path, tmp_path: Path, monk
     previous, newest = _generations(model_dir)
     for generation in (previous, newest):
         _flip_byte(model_dir / f"syn1.{generation:06d}.npy")
-    before = _snapshot(Path("run"))
+    before = snapshot(Path("run"))
     err = _refused(["train", "--resume", "run", "--quiet"], capsys)
     assert err == (f"sparsembed: error: checkpoint file {model_dir / f'syn1.{newest:06d}.npy'} is corrupt "
                    "(checksum mismatch); restore it or retrain")
-    assert _snapshot(Path("run")) == before
+    assert snapshot(Path("run")) == before

@@ -13,8 +13,8 @@ It owns three things, each from the package's own parts rather than from assumpt
   replicated exchange's sparse-or-dense decision (:func:`sparsembed.comm.policy.goes_dense`, from the same sizes
   the trainer gathers), the ring all-reduce's :func:`~sparsembed.comm.policy.ring_bytes`, and the sharded
   exchange's frames to the owners of a load-balanced :class:`~sparsembed.dataparallel.owners.Owners` map and the
-  float32 fresh rows back. Two things the trainer does not have yet are modelled and marked so: ``int8`` values
-  (``dim`` bytes and a 4-byte scale a row) and a byte budget per step (:func:`apply_budget`).
+  float32 fresh rows back, for fp32, fp16 and int8 values (``dim`` bytes and a 4-byte scale a row). One thing the
+  trainer does not have yet is modelled and marked so (``*``): a byte budget per step (:func:`apply_budget`).
 * **time**: a step's compute (tokens / a measured rate) and exchange (bytes at the link's payload rate, a latency
   per round of messages, and an optional host cost per byte for packing, summing and the TCP stack), added
   (synchronous) or overlapped (:func:`step_time`), and words/s of the group (:func:`predict`).
@@ -55,8 +55,9 @@ __all__ = ["Workload", "Link", "HostCost", "Config", "CONFIGS", "Traffic", "Step
 _SIZE_BYTES = 8
 _FRAME_BYTES = 24
 #: The hypothetical value type (a byte a value and a float32 scale per row) beside the trainer's fp32 and fp16.
-_INT8 = "int8"
 _STRATEGIES = ("dense", "replicated", "sharded")
+#: The value types the trainer sends (``sparsembed train --values``).
+_VALUES = ("fp32", "fp16", "int8")
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -104,14 +105,14 @@ class Config:
 
     name: str
     strategy: str  # "dense" (ring all-reduce of every row), "replicated" (the trainer's default), "sharded"
-    values: str = "fp32"  # "fp32", "fp16", or the hypothetical "int8"
+    values: str = "fp32"  # "fp32", "fp16" or "int8": the trainer's --values
     budget: str | float | None = None
     implemented: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in _STRATEGIES:
             raise UserError(f"invalid setting: strategy must be one of {', '.join(_STRATEGIES)}, got {self.strategy!r}")
-        if self.values not in ("fp32", "fp16", _INT8):
+        if self.values not in _VALUES:
             raise UserError(f"invalid setting: values must be fp32, fp16 or int8, got {self.values!r}")
         if self.budget is not None and self.budget != "auto" and not (_finite(self.budget) and self.budget > 0):
             raise UserError(f"invalid setting: budget must be 'auto' or a positive byte count, got {self.budget!r}")
@@ -131,8 +132,8 @@ CONFIGS = (
     Config("replicated-fp16", "replicated", "fp16"),
     Config("sharded", "sharded"),
     Config("sharded-fp16", "sharded", "fp16"),
-    Config("replicated-int8*", "replicated", _INT8, implemented=False),
-    Config("replicated-int8-budget*", "replicated", _INT8, budget="auto", implemented=False),
+    Config("replicated-int8", "replicated", "int8"),
+    Config("replicated-int8-budget*", "replicated", "int8", budget="auto", implemented=False),
 )
 
 
@@ -324,11 +325,9 @@ def sample_steps(work: Workload, world: int, steps: int | None = 4, max_ranks: i
 
 # ----------------------------------------------------------------------------------------------- bytes
 def row_bytes(dim: int, values: str) -> int:
-    """Bytes of one row's values on the wire: the codec's width (:class:`~sparsembed.rows.values.Values`), or, for
-    the hypothetical ``int8``, a byte a value plus a float32 scale."""
-    if values == _INT8:
-        return dim + 4
-    return dim * Values(values).width
+    """Bytes of one row's values on the wire (:meth:`sparsembed.rows.values.Values.row_bytes`: int8 adds its
+    float32 scale)."""
+    return Values(values).row_bytes(dim)
 
 
 def message_bytes(ids: np.ndarray, num_rows: int, dim: int, values: str, sparse_shortcut: bool = True) -> int:

@@ -177,6 +177,7 @@ def _solve_analogies(vectors: Vectors, ids: np.ndarray, canon: np.ndarray) -> np
         correct[chunk] = _gensim_pick(sims, local[chunk], ids[chunk], canon)
     return correct
 
+
 def word_pairs(
     vectors: Vectors,
     path: PathLike,
