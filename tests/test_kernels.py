@@ -135,8 +135,8 @@ def _draw_many(packed: np.ndarray, n: int, seed: int) -> np.ndarray:
     state = kernels.job_seed(seed, 0, 0)
     out = np.zeros(packed.shape[0], dtype=np.int64)
     for _ in range(n):
-        state, bits = kernels._next(state)
-        out[kernels._draw_negative(packed, packed.shape[0], bits)] += 1
+        state, bits = kernels.next_bits(state)
+        out[kernels.draw_negative(packed, packed.shape[0], bits)] += 1
     return out
 
 

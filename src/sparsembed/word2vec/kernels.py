@@ -42,7 +42,7 @@ def pack_alias(threshold: np.ndarray, alias: np.ndarray) -> np.ndarray:
 
 
 @njit(inline="always")
-def _next(state):
+def next_bits(state):
     # xorshift64*: 64 good bits per step for a few cycles; the state must never be 0.
     state ^= state >> np.uint64(12)
     state ^= state << np.uint64(25)
@@ -51,7 +51,7 @@ def _next(state):
 
 
 @njit(inline="always")
-def _draw_negative(packed, n_rows, bits):
+def draw_negative(packed, n_rows, bits):
     row = ((bits >> np.uint64(32)) * np.uint64(n_rows)) >> np.uint64(32)
     entry = packed[row]
     if (bits & np.uint64(0xFFFFFFFF)) < (entry >> np.uint64(32)):
@@ -60,7 +60,7 @@ def _draw_negative(packed, n_rows, bits):
 
 
 @njit(inline="always")
-def _table_index(score):
+def table_index(score):
     return int((score + MAX_EXP) * _TABLE_SCALE)
 
 
@@ -86,7 +86,7 @@ def _prefetch(typingctx, matrix, row, col):
 
 
 @njit(inline="always")
-def _prefetch_row(matrix, row):
+def prefetch_row(matrix, row):
     for k in range(0, matrix.shape[1], 16):  # one hint per 64-byte line of float32
         _prefetch(matrix, row, k)
 
@@ -103,13 +103,13 @@ def job_seed(seed: int, epoch: int, job: int) -> np.uint64:
 
 
 @njit(nogil=True, inline="always")
-def _subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1):
+def subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1):
     track = touched0.shape[0] > 0
     n = 0
     for t in range(first, last):
         w = ids[t]
         if use_sample:
-            state, bits = _next(state)
+            state, bits = next_bits(state)
             if sample_ints[w] < (bits >> np.uint64(32)):
                 continue
         kept[n] = w
@@ -121,22 +121,22 @@ def _subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0,
 
 
 @njit(nogil=True, inline="always")
-def _draw_negatives(syn1, packed, negs, state, touched1):
+def draw_negatives(syn1, packed, negs, state, touched1):
     """Draw the noise rows of the *next* example and prefetch them, so their cache misses overlap this one."""
     n_rows = syn1.shape[0]
     track = touched1.shape[0] > 0
     for d in range(negs.shape[0]):
-        state, bits = _next(state)
-        row = _draw_negative(packed, n_rows, bits)
+        state, bits = next_bits(state)
+        row = draw_negative(packed, n_rows, bits)
         negs[d] = row
-        _prefetch_row(syn1, row)
+        prefetch_row(syn1, row)
         if track:
             touched1[row] = 1
     return state
 
 
 @njit(nogil=True, inline="always")
-def _negative_pass(syn1, hidden, target, work, alpha, negs, sig, logsig):
+def negative_pass(syn1, hidden, target, work, alpha, negs, sig, logsig):
     """Score ``hidden`` against the target and the noise rows ``negs``; update them; add into ``work``."""
     dim = hidden.shape[0]
     loss = 0.0
@@ -159,10 +159,10 @@ def _negative_pass(syn1, hidden, target, work, alpha, negs, sig, logsig):
             continue
         if score <= -MAX_EXP or score >= MAX_EXP:
             continue
-        g = (label - sig[_table_index(score)]) * alpha
+        g = (label - sig[table_index(score)]) * alpha
         signed = score if d == 0 else -score
         if -MAX_EXP < signed < MAX_EXP:
-            loss -= logsig[_table_index(signed)]
+            loss -= logsig[table_index(signed)]
         for k in range(dim):
             work[k] += g * out[k]
         for k in range(dim):
@@ -171,10 +171,10 @@ def _negative_pass(syn1, hidden, target, work, alpha, negs, sig, logsig):
 
 
 # Re-association lets LLVM vectorise the dot products; no "nnan"/"ninf", so the NaN check above survives.
-_FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
+FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
 
 
-@njit(nogil=True, fastmath=_FASTMATH, cache=True)
+@njit(nogil=True, fastmath=FASTMATH, cache=True)
 def train_job(
     syn0, syn1, ids, starts, first_sentence, last_sentence, sample_ints, use_sample, packed_alias,
     sg, window, negative, alpha_start, alpha_end, total_tokens, tokens_before, seed, epoch, job, sig, logsig,
@@ -199,9 +199,9 @@ def train_job(
     hidden = np.empty(dim, dtype=np.float32)
     work = np.empty(dim, dtype=np.float32)
     state = job_seed(seed, epoch, job)
-    # Each example's noise rows are drawn one example ahead (see _draw_negatives); swap the two buffers.
+    # Each example's noise rows are drawn one example ahead (see draw_negatives); swap the two buffers.
     negs = np.empty((2, negative), dtype=np.int64)
-    state = _draw_negatives(syn1, packed_alias, negs[0], state, touched1)
+    state = draw_negatives(syn1, packed_alias, negs[0], state, touched1)
     example = 0
     loss = 0.0
     pairs = 0
@@ -212,26 +212,26 @@ def train_job(
         first, last = starts[s], starts[s + 1]
         alpha = np.float32(max(alpha_start - slope * done, alpha_end))
         done += last - first
-        n, state = _subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1)
+        n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1)
         trained += n
         for i in range(n):
-            state, bits = _next(state)
+            state, bits = next_bits(state)
             reduced = int((bits >> np.uint64(32)) % np.uint64(window))
             lo = max(0, i - window + reduced)
             hi = min(n, i + window + 1 - reduced)
             word = kept[i]
             if i + 1 < n:
-                _prefetch_row(syn1, kept[i + 1])
+                prefetch_row(syn1, kept[i + 1])
             if i + window + 1 < n:
-                _prefetch_row(syn0, kept[i + window + 1])
+                prefetch_row(syn0, kept[i + window + 1])
             if sg:
                 for j in range(lo, hi):
                     if j == i:
                         continue
                     row = syn0[kept[j]]
                     work[:] = 0.0
-                    state = _draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, touched1)
-                    loss += _negative_pass(syn1, row, word, work, alpha, negs[example & 1], sig, logsig)
+                    state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, touched1)
+                    loss += negative_pass(syn1, row, word, work, alpha, negs[example & 1], sig, logsig)
                     example += 1
                     pairs += 1
                     for k in range(dim):
@@ -250,8 +250,8 @@ def train_job(
                 for k in range(dim):
                     hidden[k] *= inv
                 work[:] = 0.0
-                state = _draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, touched1)
-                loss += _negative_pass(syn1, hidden, word, work, alpha, negs[example & 1], sig, logsig)
+                state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, touched1)
+                loss += negative_pass(syn1, hidden, word, work, alpha, negs[example & 1], sig, logsig)
                 example += 1
                 pairs += 1
                 for j in range(lo, hi):
@@ -272,7 +272,7 @@ def init_input_matrix(n_rows: int, dim: int, seed: int) -> np.ndarray:
     for r in range(n_rows):
         state = job_seed(seed, 0x5EED, r)
         for k in range(dim):
-            state, bits = _next(state)
+            state, bits = next_bits(state)
             u = np.float32((bits >> np.uint64(40)) * (1.0 / (1 << 24)))
             out[r, k] = (np.float32(2.0) * u - np.float32(1.0)) * scale
     return out
