@@ -243,7 +243,7 @@ def test_help_names_every_command_in_plain_text_and_shows_export_default(capsys)
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     export_help = " ".join(capsys.readouterr().out.split())
-    assert "a word list (text)" in export_help  # the default of --format
+    assert ".vec text (text)" in export_help  # the default of --format
 
 
 def test_version(capsys) -> None:

@@ -8,6 +8,8 @@ The public API is this package's names (``dir(sparsembed)``); each comes from th
   exchange, Zipf-aware shard maps;
 * :mod:`sparsembed.word2vec`: corpus reading, vocabulary, compiled kernels, schedule, the trainer, the vectors
   and their file formats;
+* :mod:`sparsembed.subword`: fastText's model: character n-grams and their hash, the words' input rows, the
+  compiled jobs over them, vectors for unseen words, the parts of a fastText file;
 * :mod:`sparsembed.dataparallel`: the data-parallel word2vec trainer, its launcher and watchdog;
 * :mod:`sparsembed.nn`: any PyTorch model: the three parameter families, ``HashEmbedding``, ``parallel``, optimizers;
 * :mod:`sparsembed.bench`: the exchange benchmark behind ``sparsembed bench exchange``.

@@ -54,18 +54,25 @@ def _vectors_of_saved_model(directory: Path) -> Vectors:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """``sparsembed export DIR --format text|binary|npy``."""
+    """``sparsembed export DIR --format text|binary|npy|fasttext|vec``."""
+    from sparsembed.subword.fasttext_bin import write_bin, write_vec
     from sparsembed.word2vec.formats import write_npy, write_word2vec
     from sparsembed.word2vec.model import Word2Vec
 
     directory = Path(args.dir)
     model = Word2Vec.load(directory)
-    suffix = {"text": ".txt", "binary": ".bin", "npy": ".npy"}[args.format]
-    target = Path(args.output) if args.output else directory / f"vectors{suffix}"
-    if args.format == "npy":
-        write_npy(target.with_suffix("") if target.suffix == ".npy" else target, model.vocab.words, model.syn0)
+    default = {"text": "vectors.txt", "binary": "vectors.bin", "npy": "vectors.npy", "fasttext": "model.fasttext.bin",
+               "vec": "vectors.vec"}[args.format]
+    target = Path(args.output) if args.output else directory / default
+    if args.format == "fasttext":  # the parts say what is wrong first (no subwords), before a file is opened
+        write_bin(target, model.fasttext_parts())
+    elif args.format == "vec":
+        write_vec(target, model.vocab.words, model.word_vectors())
+    elif args.format == "npy":
+        write_npy(target.with_suffix("") if target.suffix == ".npy" else target, model.vocab.words,
+                  model.word_vectors())
     else:
-        write_word2vec(target, model.vocab.words, model.syn0, binary=args.format == "binary")
+        write_word2vec(target, model.vocab.words, model.word_vectors(), binary=args.format == "binary")
     print(target)
     return 0
 
@@ -89,10 +96,36 @@ def cmd_similar(args: argparse.Namespace) -> int:
         raise UserError("-n must be >= 1")
     vectors = load_vectors(args.vectors)
     if args.word not in vectors:
-        raise UserError(f"'{args.word}' is not in the vocabulary of {args.vectors}")
-    for word, score in vectors.most_similar(args.word, topn=args.n):
+        vectors = _subword_vectors(Path(args.vectors))
+        if vectors is None:
+            raise UserError(f"'{args.word}' is not in the vocabulary of {args.vectors}")
+        neighbours = vectors.most_similar(args.word, topn=args.n)  # UnknownWordError: no trained n-gram either
+        s = vectors.subwords
+        print(f"sparsembed: note: '{args.word}' is not in the vocabulary; its vector is the mean of its "
+              f"{s.minn}-{s.maxn} character n-grams' rows", file=sys.stderr)
+    else:
+        neighbours = vectors.most_similar(args.word, topn=args.n)
+    for word, score in neighbours:
         print(f"{word}\t{score:.4f}")
     return 0
+
+
+def _subword_vectors(directory: Path) -> Vectors | None:
+    """The vectors of the saved model in ``directory`` if it was trained with subwords (they give vectors to words
+    outside the vocabulary), else None."""
+    from sparsembed.word2vec import checkpoint
+    from sparsembed.word2vec.model import Word2Vec
+
+    if not (directory.is_dir() and holds_model(directory)):
+        return None
+    model_dir = directory / "model" if (directory / "model").is_dir() else directory
+    try:
+        settings = checkpoint.read_state(model_dir)["meta"]["settings"]
+    except (UserError, KeyError, TypeError):
+        return None  # no readable state.json: the load below would say why, for a model worth loading
+    if not settings.get("minn"):
+        return None
+    return Word2Vec.load(directory).wv
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -7,6 +7,9 @@ the compiled kernel on jobs side by side while this thread hands out jobs, repor
 between jobs. The steps of a training loop are public methods (:meth:`Word2Vec.schedule`,
 :meth:`~Word2Vec.run_job`, :meth:`~Word2Vec.advance`, :meth:`~Word2Vec.end_epoch`, :meth:`~Word2Vec.save_state`), so
 another loop, the data-parallel trainer's, drives the same model.
+
+Over 500 lines: one class whose state (matrices, vocabulary, position, the subword index) its training loop, its
+public steps and its checkpoints share; the kernels, the subword rows and the checkpoint files live elsewhere.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sparsembed.errors import UserError
-from sparsembed.word2vec import checkpoint, kernels
+from sparsembed.subword import kernels as subword_kernels
+from sparsembed.subword.index import SubwordIndex
+from sparsembed.word2vec import batched, checkpoint, kernels
 from sparsembed.word2vec.corpus import (
     EncodedCorpus,
     corpus_fingerprint,
@@ -33,13 +38,14 @@ from sparsembed.word2vec.corpus import (
     scan_corpus,
 )
 from sparsembed.word2vec.progress import Progress
-from sparsembed.word2vec.schedule import Position, Schedule
+from sparsembed.word2vec.schedule import Position, Schedule, split_sentences
 from sparsembed.word2vec.settings import Settings, default_workers, is_int
 from sparsembed.word2vec.vocab import Vocab
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from sparsembed.subword.parts import SubwordParts
     from sparsembed.word2vec.vectors import Vectors
 
 
@@ -86,6 +92,11 @@ class Word2Vec:
     ``Word2Vec(corpus, vector_size=100, sg=0, ...)`` builds the vocabulary and trains at once when a corpus
     is given (a path to a file or directory, or an iterable of token lists). ``model.wv`` holds the vectors.
     ``keep_checkpoints`` (default 2) is how many checkpoint generations a save in ``out/model`` keeps.
+    ``kernel`` picks the job kernel: ``"exact"`` (gensim's updates), ``"batched"`` (pWord2Vec's minibatches,
+    :mod:`sparsembed.word2vec.batched`) or ``"auto"`` (the default: batched for skip-gram, exact for CBOW).
+    ``subwords=(3, 6)`` trains fastText's model instead (:mod:`sparsembed.subword`): a word's input is the mean of
+    its own row and the rows of its character n-grams of 3 to 6 characters, hashed into ``buckets`` buckets, and
+    ``model.wv`` composes vectors for words outside the vocabulary too.
     """
 
     def __init__(
@@ -107,11 +118,16 @@ class Word2Vec:
         seed: int = 1,
         progress: bool = False,
         out: str | os.PathLike | None = None,
+        subwords: tuple[int, int] | None = None,
+        buckets: int = 2_000_000,
+        kernel: str = Settings.kernel,
     ) -> None:
+        minn, maxn = _subword_range(subwords)
         self.settings = Settings(
             sg=sg, vector_size=vector_size, window=window, negative=negative, min_count=min_count,
             max_vocab=max_vocab, sample=sample, epochs=epochs, alpha=alpha, min_alpha=min_alpha,
-            workers=default_workers() if workers is None else workers, seed=seed,
+            workers=default_workers() if workers is None else workers, seed=seed, minn=minn, maxn=maxn,
+            buckets=buckets, kernel=kernel,
         ).validate()
         self.vocab: Vocab | None = None
         self.corpus: EncodedCorpus | None = None
@@ -119,6 +135,7 @@ class Word2Vec:
         self.fingerprint: Any = None
         self.syn0: np.ndarray | None = None
         self.syn1: np.ndarray | None = None
+        self.subwords: SubwordIndex | None = None  # each word's input rows, when training subwords
         self.position = Position()
         self.history: list[dict[str, Any]] = []
         self.keep_checkpoints = checkpoint.DEFAULT_KEEP
@@ -137,8 +154,13 @@ class Word2Vec:
         if isinstance(source, (str, os.PathLike)):
             self.corpus_source = str(Path(source).resolve())
             self.fingerprint = corpus_fingerprint(source)
-        self.syn0 = kernels.init_input_matrix(len(self.vocab), s.vector_size, s.seed)
-        self.syn1 = np.zeros_like(self.syn0)
+        if s.minn:
+            self.subwords = SubwordIndex.build(self.vocab.words, s.minn, s.maxn, s.buckets)
+            self.syn0 = self.subwords.initial_input_matrix(s.vector_size, s.seed)
+        else:
+            self.subwords = None
+            self.syn0 = kernels.init_input_matrix(len(self.vocab), s.vector_size, s.seed)
+        self.syn1 = np.zeros((len(self.vocab), s.vector_size), dtype=np.float32)
         self.position = Position()
         self.history = []
 
@@ -148,7 +170,25 @@ class Word2Vec:
         from sparsembed.word2vec.vectors import Vectors
 
         self._require_vocab()
+        if self.subwords is not None:
+            from sparsembed.subword.vectors import SubwordVectors
+
+            return SubwordVectors(self.vocab.words, self.word_vectors(), self.vocab.counts, self.subwords, self.syn0,
+                                  self.settings.seed)
         return Vectors(self.vocab.words, self.syn0, self.vocab.counts)
+
+    def word_vectors(self) -> np.ndarray:
+        """Each vocabulary word's vector, in vocabulary order: its ``syn0`` row, or with subwords the mean of its
+        own row and its n-grams' rows (fastText's ``getWordVector``; computed anew, from the rows as they are now)."""
+        self._require_vocab()
+        return self.syn0 if self.subwords is None else self.subwords.word_vectors(self.syn0)
+
+    def fasttext_parts(self) -> SubwordParts:
+        """Everything a fastText model file needs (:class:`~sparsembed.subword.parts.SubwordParts`)."""
+        from sparsembed.subword.parts import SubwordParts
+
+        self._require_vocab()
+        return SubwordParts.of(self)
 
     @property
     def done(self) -> bool:
@@ -265,6 +305,8 @@ class Word2Vec:
         if int(starts[-1]) == 0:
             raise UserError("the corpus has no token from the vocabulary; nothing to train")
         s = self.settings
+        if s.piece_tokens:
+            starts = split_sentences(starts, s.piece_tokens)
         schedule = Schedule(starts, s.job_tokens, s.epochs, s.alpha, s.min_alpha)
         if self.position.job > schedule.n_jobs:
             raise UserError(f"the saved position (job {self.position.job}) is past the corpus' {schedule.n_jobs} "
@@ -303,12 +345,26 @@ class Word2Vec:
         s = self.settings
         total, before = schedule.decay(epoch, job) if decay is None else decay
         corpus = self.corpus
-        return kernels.train_job(
-            self.syn0, self.syn1, corpus.ids, corpus.sentence_starts, int(schedule.bounds[job]),
+        if self.subwords is not None:  # fastText's model: a word's input rows are its own and its n-grams'
+            sub = self.subwords
+            return subword_kernels.train_job(
+                self.syn0, self.syn1, sub.offsets, sub.rows, sub.gain, corpus.ids, schedule.sentence_starts,
+                int(schedule.bounds[job]), int(schedule.bounds[job + 1]), tables["sample_ints"], s.sample > 0,
+                tables["packed_alias"], s.sg, s.window, s.negative, s.alpha, s.min_alpha, total, before, s.seed,
+                epoch, job, kernels.SIGMOID_TABLE, kernels.LOG_SIGMOID_TABLE, *touched,
+            )
+        return self.job_kernel()(
+            self.syn0, self.syn1, corpus.ids, schedule.sentence_starts, int(schedule.bounds[job]),
             int(schedule.bounds[job + 1]), tables["sample_ints"], s.sample > 0, tables["packed_alias"], s.sg,
             s.window, s.negative, s.alpha, s.min_alpha, total, before, s.seed, epoch, job,
             kernels.SIGMOID_TABLE, kernels.LOG_SIGMOID_TABLE, *touched,
         )
+
+    def job_kernel(self) -> Callable[..., tuple[float, int, int]]:
+        """The compiled job function ``settings.kernel`` names, with :func:`~sparsembed.word2vec.kernels.train_job`'s
+        arguments and result: the one place that choice is made (:meth:`run_job`, and through it the data-parallel
+        trainer, call it)."""
+        return batched.train_job_batched if self.settings.resolved_kernel == "batched" else kernels.train_job
 
     def advance(self, schedule: Schedule, job: int, loss: float, pairs: int) -> None:
         """Move the position to job ``job`` of the current epoch, adding the loss and pairs of the jobs it passes;
@@ -353,6 +409,8 @@ class Word2Vec:
         self._require_vocab()
         vocab_state = self.vocab.to_state()
         arrays = {"syn0": state.syn0, "syn1": state.syn1}
+        if self.subwords is not None:
+            arrays["subword.bucket_of_row"] = self.subwords.bucket_of_row
         scalars = {}
         for key, value in vocab_state.items():
             if isinstance(value, np.ndarray):
@@ -397,9 +455,12 @@ class Word2Vec:
             # The checksums held, so this is a checkpoint from another version or one edited by hand.
             raise UserError(f"checkpoint {model_dir} does not describe a model this sparsembed can load "
                             f"({type(exc).__name__}: {exc}); restore it or retrain") from exc
-        if model.syn0.shape != (len(model.vocab), model.settings.vector_size) or model.syn1.shape != model.syn0.shape:
-            raise UserError(f"checkpoint {model_dir} is inconsistent: matrices {model.syn0.shape} do not match "
-                            f"{len(model.vocab)} words × dim {model.settings.vector_size}")
+        rows = len(model.vocab) if model.subwords is None else model.subwords.n_rows
+        dim = model.settings.vector_size
+        if model.syn0.shape != (rows, dim) or model.syn1.shape != (len(model.vocab), dim):
+            raise UserError(f"checkpoint {model_dir} is inconsistent: matrices {model.syn0.shape} and "
+                            f"{model.syn1.shape} do not match {len(model.vocab)} words × dim {dim}"
+                            + (f" with {rows - len(model.vocab)} bucket rows" if model.subwords is not None else ""))
         model._damaged = (model_dir.resolve(), loaded.damaged)
         if with_corpus and not model.done:
             model._reload_corpus(meta["corpus"], out, corpus)
@@ -407,11 +468,18 @@ class Word2Vec:
 
     def _restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         """Set every attribute from a loaded checkpoint (no corpus yet); KeyError / TypeError if malformed."""
-        self.settings = Settings(**dict(meta["settings"])).validate()
+        # A checkpoint from before the kernel setting was trained by the exact kernel, and resumes with it.
+        self.settings = Settings(**{"kernel": "exact", **dict(meta["settings"])}).validate()
         vocab_state = dict(meta["vocab"])
         vocab_state.update({k[len("vocab."):]: v for k, v in arrays.items() if k.startswith("vocab.")})
         self.vocab = Vocab.from_state(vocab_state)
         self.syn0, self.syn1 = arrays["syn0"], arrays["syn1"]
+        self.subwords = None
+        if self.settings.minn:
+            s = self.settings
+            self.subwords = SubwordIndex.build(self.vocab.words, s.minn, s.maxn, s.buckets)
+            if not np.array_equal(self.subwords.bucket_of_row, arrays["subword.bucket_of_row"]):
+                raise ValueError("its bucket rows do not match its vocabulary's n-grams")
         self.position = Position(**meta["position"])
         p = self.position
         if not (is_int(p.epoch) and is_int(p.job) and 0 <= p.epoch <= self.settings.epochs and p.job >= 0):
@@ -455,7 +523,7 @@ class Word2Vec:
             # A process killed while writing these leaves atomic_write's temporary file; nobody else writes here.
             for stale in out.glob(f".{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
-        write_word2vec(out / "vectors.bin", self.vocab.words, self.syn0, binary=True)
+        write_word2vec(out / "vectors.bin", self.vocab.words, self.word_vectors(), binary=True)
         self.vocab.save_fvocab(out / "vocab.txt")
 
 
@@ -465,6 +533,20 @@ class _Run(TrainingRun):
 
     stop_after_jobs: int | None = None
     jobs_run: int = 0
+
+
+def _subword_range(subwords: Any) -> tuple[int, int]:
+    """``subwords`` (None, or (minn, maxn)) as Settings' ``(minn, maxn)``, (0, 0) being off."""
+    if subwords is None:
+        return 0, 0
+    try:
+        minn, maxn = subwords
+    except (TypeError, ValueError):
+        raise UserError(f"subwords must be None or (minn, maxn) such as (3, 6), got {subwords!r}") from None
+    if not (is_int(minn) and is_int(maxn) and minn >= 1):
+        raise UserError(f"subwords must be None or (minn, maxn) with 1 <= minn <= maxn, such as (3, 6); got "
+                        f"{subwords!r}")
+    return int(minn), int(maxn)
 
 
 def _alias_threshold_u32(threshold: np.ndarray) -> np.ndarray:

@@ -69,10 +69,13 @@ class Vectors:
         return word in self.key_to_index
 
     def __getitem__(self, word: str | Sequence[str]) -> np.ndarray:
-        """The row of ``word`` (a view), or a 2-D array of rows for a list of words."""
+        """The row of ``word`` (a view), or a 2-D array of rows for a list of words; a word outside the
+        vocabulary gets :meth:`unknown_vector` (which raises here; subword vectors compose one)."""
         if isinstance(word, str):
-            return self.vectors[self._index(word)]
-        return self.vectors[[self._index(w) for w in word]]
+            return self.vectors[self.key_to_index[word]] if word in self.key_to_index else self.unknown_vector(word)
+        if all(w in self.key_to_index for w in word):
+            return self.vectors[[self.key_to_index[w] for w in word]]
+        return np.array([self[w] for w in word], dtype=np.float32).reshape(len(word), self.vector_size)
 
     def __repr__(self) -> str:
         return f"Vectors({len(self)} words x {self.vector_size})"
@@ -82,6 +85,16 @@ class Vectors:
             return self.key_to_index[word]
         except KeyError:
             raise UnknownWordError(f"word {word!r} is not in the vocabulary") from None
+
+    def unknown_vector(self, word: str) -> np.ndarray:
+        """The vector of a word outside the vocabulary: none here (UnknownWordError); subword vectors
+        (:class:`sparsembed.subword.vectors.SubwordVectors`) compose it from the word's character n-grams."""
+        raise UnknownWordError(f"word {word!r} is not in the vocabulary")
+
+    def _unit_vector(self, word: str) -> np.ndarray:
+        if word in self.key_to_index:
+            return self.get_normed_vectors()[self.key_to_index[word]]
+        return _unit(self.unknown_vector(word).astype(np.float64)).astype(np.float32)
 
     def get_normed_vectors(self) -> np.ndarray:
         """Rows scaled to unit length (cached; all-zero rows stay zero)."""
@@ -94,8 +107,7 @@ class Vectors:
 
     def similarity(self, w1: str, w2: str) -> float:
         """Cosine similarity of two words."""
-        normed = self.get_normed_vectors()
-        return float(np.dot(normed[self._index(w1)], normed[self._index(w2)]))
+        return float(np.dot(self._unit_vector(w1), self._unit_vector(w2)))
 
     def most_similar(
         self,
@@ -121,7 +133,9 @@ class Vectors:
         mean = np.zeros(self.vector_size, dtype=np.float64)
         exclude = []
         for key, weight in zip(keys, weights, strict=True):
-            if isinstance(key, str):
+            if isinstance(key, str) and key not in self.key_to_index:  # composed from subwords, or UnknownWordError
+                mean += weight * self._unit_vector(key)
+            elif isinstance(key, str):
                 exclude.append(self._index(key))
                 mean += weight * normed[exclude[-1]]
             else:
