@@ -11,7 +11,7 @@ from typing import Any
 
 from sparsembed import __version__
 from sparsembed.comm.policy import Strategy, Transport
-from sparsembed.dataparallel.options import DYNAMIC_ROUNDS, ROWS, VALUES, Balance
+from sparsembed.dataparallel.options import DYNAMIC_ROUNDS, HOT_TOKENS, ROWS, VALUES, Balance
 from sparsembed.rows.values import Values
 
 #: Plain text: argparse prints it as is.
@@ -68,6 +68,10 @@ def _add_train(sub: Any) -> None:
     train.add_argument("--min-alpha", type=float, default=DEFAULTS["min_alpha"], help="final learning rate (1e-4)")
     train.add_argument("--workers", type=int, default=None, help="training threads (all cores)")
     train.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed (1)")
+    train.add_argument("--kernel", default=None, metavar="auto|exact|batched",
+                       help="exact: gensim's updates, pair by pair; batched: pWord2Vec's minibatches, one set of "
+                       "negatives shared by a window and updated as small matrices; auto: batched for skipgram, "
+                       "exact for cbow (auto)")
     train.add_argument("--checkpoint-every", type=float, default=600.0, metavar="SECONDS",
                        help="also checkpoint every SECONDS, besides each epoch end (600)")
     train.add_argument("--keep-checkpoints", type=int, default=2, metavar="K",
@@ -77,7 +81,13 @@ def _add_train(sub: Any) -> None:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--job-tokens", type=int, default=None,
                        help="tokens per job (50000); a data-parallel step runs one job per thread on every rank, "
-                       "so there it sets how often ranks exchange (default with several ranks: 250000)")
+                       "so there it sets how often ranks exchange (default with several ranks: 250000, at most "
+                       "1000000 over all ranks: 125000 at 8)")
+    train.add_argument("--subwords", default="0", metavar="MINN-MAXN",
+                       help="fastText's model: a word's vector also averages its character n-grams of MINN to MAXN "
+                       "characters, so words outside the vocabulary get vectors too (e.g. 3-6; 0: off, the default)")
+    train.add_argument("--buckets", type=int, default=2_000_000,
+                       help="with --subwords: hash buckets the n-grams share (2000000, fastText's default)")
     _add_data_parallel(train)
 
 
@@ -91,29 +101,39 @@ def _add_data_parallel(train: argparse.ArgumentParser) -> None:
                     help="replicated: every rank sums all changes; sharded: owners sum and send rows back")
     dp.add_argument("--rows", choices=list(ROWS), default="auto",
                     help="how a message names its rows (auto: the smallest)")
-    dp.add_argument("--values", choices=_values(VALUES), default="fp32",
-                    help="row values on the wire (fp32); fp16 and int8 (a scale per row) round each rank's change, "
-                    "and what the rounding drops stays in the rank's working copy for its next change (error "
-                    "feedback, nothing lost); ranks on one host with shared memory sum float32 in place and ignore it")
+    dp.add_argument("--values", choices=["auto", *_values(VALUES)], default="auto",
+                    help="row values on the wire (auto: int8 when the ranks span hosts, else fp32); fp16 and int8 "
+                    "(a scale per row) round each rank's change, and what the rounding drops stays in the rank's "
+                    "working copy for its next change (error feedback, nothing lost); ranks on one host with shared "
+                    "memory sum float32 in place and ignore it")
     dp.add_argument("--transport", choices=_values(Transport), default=Transport.AUTO.value,
                     help="auto: dense steps of ranks on one host go through shared memory; tcp: always gloo")
-    dp.add_argument("--overlap", action="store_true",
+    dp.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
                     help="train the next step while this step's rows travel (ranks see each other's changes one "
-                    "step late); for slow links")
+                    "step late); by default on when the ranks span hosts, off on one host")
     dp.add_argument("--balance", choices=_values(Balance), default=Balance.STATIC.value,
                     help="static: each rank trains its own jobs of a step (deterministic); dynamic (ranks on one "
                     f"host): a step's jobs, {DYNAMIC_ROUNDS} times smaller, go to whichever rank is free (a slow "
                     "core holds the others up less; not reproducible)")
+    dp.add_argument("--hot-rows", default="auto", metavar="N",
+                    help="rows of the most frequent words summed over all ranks after every round of --hot-tokens "
+                    "(auto: 1000 beyond two ranks, else 0): summed only once a step, they drift apart and ruin "
+                    "accuracy from four ranks on")
+    dp.add_argument("--hot-tokens", default="auto", metavar="TOKENS",
+                    help=f"tokens a rank trains between two syncs of the hot rows (auto: {HOT_TOKENS} over all ranks)")
     dp.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                     help="a rank that does not answer for SECONDS stops the run, naming it (300)")
 
 
 def _add_vector_tools(sub: Any) -> None:
-    export = sub.add_parser("export", help="write the vectors of a trained DIR as text, binary or npy")
+    export = sub.add_parser("export", help="write the vectors of a trained DIR as text, binary, npy or fastText")
     export.add_argument("dir", help="a directory written by `sparsembed train`")
-    export.add_argument("--format", choices=["text", "binary", "npy"], default="text",
-                        help="word2vec text, word2vec binary, or a .npy matrix with a word list (text)")
-    export.add_argument("--output", help="target path (default: DIR/vectors.txt, DIR/vectors.bin, DIR/vectors.npy)")
+    export.add_argument("--format", choices=["text", "binary", "npy", "fasttext", "vec"], default="text",
+                        help="word2vec text, word2vec binary, a .npy matrix with a word list, fastText's .bin model "
+                        "(a --subwords model; loads in fastText and gensim's load_facebook_model, vectors for any "
+                        "word) or fastText's .vec text (text)")
+    export.add_argument("--output", help="target path (default: DIR/vectors.txt, DIR/vectors.bin, DIR/vectors.npy, "
+                        "DIR/model.fasttext.bin, DIR/vectors.vec)")
 
     evaluate = sub.add_parser("eval", help="analogy accuracy and word-pair correlations, as JSON")
     evaluate.add_argument("vectors", help="a word2vec file (binary or text) or a training directory")

@@ -22,16 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from sparsembed.dataparallel import launch
-from sparsembed.dataparallel.options import ExchangeOptions
+from sparsembed.dataparallel.options import ExchangeOptions, step_tokens_for
 from sparsembed.errors import DiskFull, UserError
 
 #: Options whose values a checkpoint fixes: ``--resume`` refuses them rather than silently ignore them.
 FIXED_BY_CHECKPOINT = ("--model", "--dim", "--window", "--negative", "--min-count", "--max-vocab", "--sample",
-                       "--epochs", "--alpha", "--min-alpha", "--seed", "--job-tokens")
+                       "--epochs", "--alpha", "--min-alpha", "--seed", "--job-tokens", "--kernel", "--subwords",
+                       "--buckets")
 SINGLE_JOB_TOKENS = 50_000
 #: Each step exchanges nearly every output row (negative sampling touches most of them): fewer, larger steps keep
 #: the exchange a small share of the step, and larger still cost analogy accuracy (measured, see BENCHMARKS.md).
-DATA_PARALLEL_JOB_TOKENS = 250_000
 
 
 class Interrupted(KeyboardInterrupt):
@@ -159,17 +159,22 @@ def _fixed_options_given(argv: list[str]) -> list[str]:
 def _exchange_options(args: argparse.Namespace) -> ExchangeOptions:
     """The data-parallel options of the command line, validated (UserError naming the bad one)."""
     return ExchangeOptions(args.strategy, args.rows, args.values, transport=args.transport,
-                           overlap=args.overlap, balance=args.balance).validate()
+                           overlap=args.overlap, balance=args.balance, hot_rows=args.hot_rows,
+                           hot_tokens=args.hot_tokens).validate()
 
 
 def _new_model(args: argparse.Namespace, workers: int | None, default_job_tokens: int):
     """A fresh Word2Vec with the command line's settings (validated), not yet given its corpus."""
+    from sparsembed.subword.ngrams import parse_subwords
     from sparsembed.word2vec.model import Word2Vec
+    from sparsembed.word2vec.settings import Settings
 
     model = Word2Vec(
         vector_size=args.dim, sg=int(args.model == "skipgram"), window=args.window, negative=args.negative,
         min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
         alpha=args.alpha, min_alpha=args.min_alpha, workers=workers, seed=args.seed,
+        kernel=args.kernel if args.kernel is not None else Settings.kernel,
+        subwords=parse_subwords(args.subwords), buckets=args.buckets,
     )
     model.settings.job_tokens = args.job_tokens or default_job_tokens
     model.settings.validate()
@@ -177,10 +182,23 @@ def _new_model(args: argparse.Namespace, workers: int | None, default_job_tokens
     return model
 
 
+def _check_subword_strategy(subwords: bool, options: ExchangeOptions) -> None:
+    """Subword models exchange replicated only: the sharded owners split the word rows alone, not the bucket rows."""
+    from sparsembed.comm.policy import Strategy
+
+    if subwords and options.strategy is Strategy.SHARDED:
+        raise UserError("--strategy sharded does not support subword models (--subwords) yet; use the default "
+                        "--strategy replicated")
+
+
 def _spawn_ranks(args: argparse.Namespace) -> int:
     """``train --nproc N``: check what can be checked once, then run the same command as N ranks."""
     _check_run_args(args)
-    _exchange_options(args)
+    options = _exchange_options(args)
+    if not args.resume:
+        from sparsembed.subword.ngrams import parse_subwords
+
+        _check_subword_strategy(parse_subwords(args.subwords) is not None, options)
     if args.resume:
         out, created = Path(args.resume), False
         if not _has_checkpoint(out):
@@ -237,7 +255,7 @@ def _train_rank(args: argparse.Namespace) -> int:
             with _fault_advice(out):
                 model = _load_for_rank(out, args.corpus if args.resume else None, lead)
         else:
-            model = _new_model(args, 1, DATA_PARALLEL_JOB_TOKENS)
+            model = _new_model(args, 1, step_tokens_for(launch.world_size()))
             created = _agree_on(lambda: prepare_out_dir(out, force=args.force) if lead else False)
             with _fault_advice(out):
                 model.build_vocab(args.corpus)
@@ -273,10 +291,12 @@ def _train_ranks_model(model, out: Path, args: argparse.Namespace, options: Exch
     from sparsembed.dataparallel.trainer import DataParallelTrainer
     from sparsembed.word2vec.settings import default_workers
 
+    _check_subword_strategy(model.subwords is not None, options)
     model.settings.workers = args.workers or launch.threads_per_rank(default_workers())
     model.settings.validate()
     if lead and not args.quiet:
-        print(f"vocabulary: {len(model.vocab)} words from {model.corpus.raw_words} tokens; training "
+        print(f"vocabulary: {len(model.vocab)} words from {model.corpus.raw_words} tokens"
+              f"{_subword_note(model)}; training "
               f"{'skip-gram' if model.settings.sg else 'CBOW'} on {launch.world_size()} ranks x "
               f"{model.settings.workers} threads, {options.strategy.value} exchange", file=sys.stderr)
     signals = StopSignals()
@@ -354,8 +374,8 @@ def _train_and_report(model, out: Path, args: argparse.Namespace, signals: StopS
     if not args.quiet:
         vocab, corpus = model.vocab, model.corpus
         print(f"vocabulary: {len(vocab)} words (min_count {model.settings.min_count}) from "
-              f"{corpus.raw_words} tokens; training {'skip-gram' if model.settings.sg else 'CBOW'} "
-              f"with {model.settings.workers} threads", file=sys.stderr)
+              f"{corpus.raw_words} tokens{_subword_note(model)}; training "
+              f"{'skip-gram' if model.settings.sg else 'CBOW'} with {model.settings.workers} threads", file=sys.stderr)
     started = time.perf_counter()
     signals.armed = True
     try:
@@ -368,6 +388,14 @@ def _train_and_report(model, out: Path, args: argparse.Namespace, signals: StopS
     if not args.quiet:
         print(f"trained in {time.perf_counter() - started:.1f} s at {summary['words_per_s'] / 1e6:.2f}M words/s; "
               f"vectors in {out / 'vectors.bin'}", file=sys.stderr)
+
+
+def _subword_note(model) -> str:
+    """How many buckets the vocabulary's n-grams use, when training subwords."""
+    index, s = model.subwords, model.settings
+    if index is None:
+        return ""
+    return f", its {s.minn}-{s.maxn} character n-grams in {len(index.bucket_of_row)} of {s.buckets} buckets"
 
 
 def prepare_out_dir(out: Path, force: bool) -> bool:

@@ -83,6 +83,14 @@ def host_status(group: Any = None, need: int = 0) -> tuple[bool, bool]:
     return same, all(room for _, room in everyone)
 
 
+def spans_hosts(group: Any = None) -> bool:
+    """Whether the ranks of ``group`` run on more than one host (machine, or network namespace), whatever shared
+    memory allows: whether their traffic crosses a network. Collective."""
+    everyone: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, _host_identity(), group=group)
+    return any(other != everyone[0] for other in everyone)
+
+
 def one_host(group: Any = None, need: int = 0) -> bool:
     """True when every rank of ``group`` shares this host's memory, and /dev/shm has ``need`` bytes free
     (collective: every rank must call it, with the same ``need``)."""

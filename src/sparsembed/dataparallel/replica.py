@@ -68,6 +68,23 @@ class Replica:
         else:
             _add_rows(self.ref, self.work, self.touched, self.pending, total.ids.numpy(), total.values.numpy())
 
+    def sync_hot(self, rows: int, group: Any) -> None:
+        """Sum every rank's change of rows ``[0, rows)`` now, with one float32 all-reduce, and start every rank's
+        working copy of them from the new reference (the most frequent words' rows, synced after each round of a
+        step so that no rank moves them far on its own; see :mod:`sparsembed.dataparallel.options`). Collective.
+
+        Their marks are cleared: the step's exchange leaves these rows to this sync. A reference in shared memory is
+        written by every rank with the same values, after every rank has read it (each reads before the
+        all-reduce, which no rank leaves before all have entered it)."""
+        old = self.ref[:rows].copy()
+        total = torch.from_numpy(self.work[:rows] - old)  # a pending residual of these rows travels now, exactly
+        dist.all_reduce(total, group=group)
+        fresh = old + total.numpy()
+        self.ref[:rows] = fresh
+        self.work[:rows] = fresh
+        self.touched[:rows] = 0
+        self.pending[:rows] = 0
+
     def send_pending(self) -> None:
         """Mark every row holding a pending residual touched, so that the next change takes it (the run's last,
         exact exchange: nothing may stay behind)."""

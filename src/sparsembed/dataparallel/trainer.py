@@ -82,9 +82,24 @@ from sparsembed.comm import policy
 from sparsembed.comm.messages import as_wire
 from sparsembed.comm.policy import Mode, Strategy, Transport
 from sparsembed.comm.replicated import replicated
-from sparsembed.comm.shm import HostCounter, HostMatrix, HostSlots, group_timeout, host_status, shm_room
+from sparsembed.comm.shm import (
+    HostCounter,
+    HostMatrix,
+    HostSlots,
+    group_timeout,
+    host_status,
+    shm_room,
+    spans_hosts,
+)
 from sparsembed.comm.stats import ExchangeStats
-from sparsembed.dataparallel.options import DYNAMIC_ROUNDS, Balance, ExchangeOptions, even_job_tokens, step_jobs
+from sparsembed.dataparallel.options import (
+    DYNAMIC_ROUNDS,
+    Balance,
+    ExchangeOptions,
+    even_job_tokens,
+    step_jobs,
+    step_tokens_for,
+)
 from sparsembed.dataparallel.owners import Owners
 from sparsembed.dataparallel.replica import Replica, slot_bytes
 from sparsembed.dataparallel.watchdog import PeerWatch
@@ -111,10 +126,10 @@ class DataParallelTrainer:
                             "sparsembed train --nproc N)")
         model.require_corpus()
         self.model = model
-        self.options = (options or ExchangeOptions()).validate()
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
+        self.options = (options or ExchangeOptions()).validate().across_hosts(spans_hosts(group))
         self.replicas = self._place_matrices()
         self.slots: dict[str, HostSlots] = {}
         # dynamic: a step is the same tokens in DYNAMIC_ROUNDS times as many jobs, drawn by whichever rank is free
@@ -123,9 +138,18 @@ class DataParallelTrainer:
         if dynamic and self.counter is None and self.rank == 0:
             print("sparsembed: --balance dynamic needs every rank on this host with shared memory: each rank runs "
                   "its own jobs", file=sys.stderr)
+        # hot rows: the most frequent words' rows, summed after every round of a step (beyond two ranks)
+        self.hot = self.options.hot_rows_for(self.world, len(model.vocab)) if self.counter is None else 0
+        fresh = (model.position.epoch, model.position.job) == (0, 0)  # a fresh run; a resumed one keeps its jobs
         self.rounds = DYNAMIC_ROUNDS if self.counter is not None else 1
+        if self.hot:  # a step of job_tokens per rank and thread, in rounds of about hot_tokens
+            hot_tokens = self.options.hot_tokens_for(self.world)
+            step = model.settings.job_tokens if fresh else step_tokens_for(self.world)
+            self.rounds = max(1, step // (hot_tokens if fresh else model.settings.job_tokens))
+            if fresh:  # a round's job may be shorter than a sentence: train pieces of sentences
+                model.settings.piece_tokens = hot_tokens
         self.drawn = 0  # numbers drawn from the counter in this session's steps (every rank counts them alike)
-        if (model.position.epoch, model.position.job) == (0, 0):  # a fresh run; a resumed one keeps its jobs
+        if fresh:
             per_epoch = int(model.corpus.sentence_starts[-1])
             per_step = self.world * model.settings.workers * self.rounds
             model.settings.job_tokens = even_job_tokens(per_epoch, max(1, model.settings.job_tokens // self.rounds),
@@ -149,6 +173,7 @@ class DataParallelTrainer:
             step_tokens = model.settings.job_tokens * model.settings.workers
             self.owners = Owners(model.vocab.counts, self.world, step_tokens)
         self._exchange_cpu = 0.0
+        self.hot_s = 0.0  # seconds of this step's hot-row syncs (inside the training of the step's rounds)
         # error feedback: rounded values over gloo (shared memory sums float32 in place; sharded owners keep none)
         self.feedback = (Values(self.options.values) is not Values.FP32 and not self.shared
                          and self.options.strategy is Strategy.REPLICATED)
@@ -250,11 +275,14 @@ class DataParallelTrainer:
         m, totals = self.model, run.totals
         first = m.position.job
         self.step += 1
-        t0 = time.perf_counter()
+        t0, self.hot_s = time.perf_counter(), 0.0
         results = self._run_jobs(pool, run, first)
         t1, cpu1 = time.perf_counter(), time.process_time()
         stats = self._exchange_overlapped() if self.async_group is not None else self._exchange()
         t2, self._exchange_cpu = time.perf_counter(), time.process_time() - cpu1
+        if self.hot:  # the hot syncs ran between the rounds: exchange time, not compute
+            t1 -= self.hot_s
+            stats += [self._hot_stats(replica) for replica in self.replicas]
         want_stop = run.stop_requested() or (
             run.stop_after_steps is not None and totals["steps"] + 1 >= run.stop_after_steps)
         due = run.lead and run.checkpoint_due()
@@ -300,7 +328,11 @@ class DataParallelTrainer:
                              touched)
 
         if self.counter is None:
-            return list(pool.map(run_job, step_jobs(first, schedule.n_jobs, threads, self.rank)))
+            results = []
+            for k in range(self.rounds):  # every rank runs every round, jobs or not: the hot sync is collective
+                results += pool.map(run_job, step_jobs(first + k * concurrent, schedule.n_jobs, threads, self.rank))
+                self._sync_hot()
+            return results
         base, count = self.drawn, min(run.per_step, schedule.n_jobs - first)
         self.drawn += count
 
@@ -313,6 +345,16 @@ class DataParallelTrainer:
         return [r for thread in pool.map(draw_and_run, range(threads)) for r in thread]
 
     # ------------------------------------------------------------------------------------------- exchange
+    def _sync_hot(self) -> None:
+        """After a round: sum the hot rows of both matrices over all ranks (none below three ranks)."""
+        if not self.hot:
+            return
+        t0 = time.perf_counter()
+        for replica in self.replicas:
+            with self.watch.guard(self.step, f"the hot rows of {replica.name}"):
+                replica.sync_hot(self.hot, self.group)
+        self.hot_s += time.perf_counter() - t0
+
     def _exchange(self) -> list[ExchangeStats]:
         stats = []
         for replica in self.replicas:
@@ -382,6 +424,12 @@ class DataParallelTrainer:
             num_rows, dim = replica.work.shape
             self.slots[replica.name] = HostSlots(slot_bytes(num_rows, dim), self.group)
         return self.slots[replica.name]
+
+    def _hot_stats(self, replica: Replica) -> ExchangeStats:
+        """Stats of a step's hot-row syncs of a matrix: ``rounds`` float32 all-reduces of ``hot`` rows."""
+        moved = self.rounds * self._ring_bytes(self.hot, replica.work.shape[1])
+        return ExchangeStats(f"{replica.name}[:{self.hot}]", "replicated", "dense", "dense", 1.0, self.hot, moved,
+                             moved, self.hot_s / len(self.replicas))
 
     def _ring_bytes(self, num_rows: int, dim: int) -> int:
         return policy.ring_bytes(num_rows * dim * 4, self.world)

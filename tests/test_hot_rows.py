@@ -1,0 +1,178 @@
+"""Hot rows: the most frequent words' rows summed over all ranks after every round of a data-parallel step.
+
+The trainer with hot syncs must equal a single-process replay of the same rounds: each rank trains its job of a
+round on its own working copy, the first ``hot`` rows of both matrices are summed after every round, the other rows
+once at the end of the step."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dist_utils import DistPool
+from sparsembed import Word2Vec
+from sparsembed.dataparallel.options import (
+    HOT_ROWS,
+    ExchangeOptions,
+    even_job_tokens,
+    step_jobs,
+    step_tokens_for,
+)
+from sparsembed.errors import UserError
+from sparsembed.word2vec import kernels
+from sparsembed.word2vec.demo import generate_corpus
+from sparsembed.word2vec.schedule import split_sentences
+
+SETTINGS = {"vector_size": 16, "epochs": 2, "workers": 1, "seed": 5, "min_count": 2, "window": 3}
+STEP_TOKENS, HOT_TOKENS, HOT = 900, 300, 12
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("hot") / "corpus.txt"
+    generate_corpus(path, n_tokens=12_000, seed=3)
+    path.write_text(" ".join(path.read_text().split()) + "\n")  # one line, text8-style: sentences of 10000 tokens
+    return path
+
+
+def _model(corpus: Path) -> Word2Vec:
+    model = Word2Vec(**SETTINGS)
+    model.settings.job_tokens = STEP_TOKENS
+    model.build_vocab(str(corpus))
+    return model
+
+
+def _train_rank(corpus: str, transport: str, hot_rows: int) -> tuple:
+    from sparsembed.dataparallel.trainer import DataParallelTrainer
+
+    model = _model(Path(corpus))
+    options = ExchangeOptions(transport=transport, hot_rows=hot_rows, hot_tokens=HOT_TOKENS)
+    trainer = DataParallelTrainer(model, options)
+    summary = trainer.train(progress=False)
+    return model.syn0.copy(), model.syn1.copy(), summary, trainer.rounds
+
+
+def _replay(model: Word2Vec, world: int, hot: int, rounds: int) -> Word2Vec:
+    """One process: every round each rank trains its job from its working copy; after it the first ``hot`` rows
+    take the sum of all ranks' changes, and after the step's last round every other row does too."""
+    s, corpus = model.settings, model.corpus
+    per_epoch = int(corpus.sentence_starts[-1])
+    s.job_tokens = even_job_tokens(per_epoch, s.job_tokens // rounds, world * rounds)
+    s.piece_tokens = HOT_TOKENS  # a round is shorter than a sentence: the trainer cuts them into pieces
+    schedule = model.schedule()
+    starts, bounds = schedule.sentence_starts, schedule.bounds
+    assert len(starts) > len(corpus.sentence_starts) + 10  # the pieces are cut
+    n_jobs = len(bounds) - 1
+    tables = model.kernel_tables()
+    g0, g1 = model.syn0, model.syn1
+    for epoch in range(s.epochs):
+        for first in range(0, n_jobs, world * rounds):
+            work = [(g0.copy(), g1.copy()) for _ in range(world)]
+            for k in range(rounds):
+                start = first + k * world
+                total, before = schedule.decay(epoch, min(start, n_jobs), world)
+                for rank in range(world):
+                    for job in step_jobs(start, n_jobs, 1, rank):
+                        kernels.train_job(
+                            *work[rank], corpus.ids, starts, int(bounds[job]), int(bounds[job + 1]),
+                            tables["sample_ints"], s.sample > 0, tables["packed_alias"], s.sg, s.window,
+                            s.negative, s.alpha, s.min_alpha, total, before, s.seed, epoch, job,
+                            kernels.SIGMOID_TABLE, kernels.LOG_SIGMOID_TABLE)
+                for m, g in enumerate((g0, g1)):
+                    g[:hot] += sum(w[m][:hot] - g[:hot] for w in work)
+                    for w in work:
+                        w[m][:hot] = g[:hot]
+            for m, g in enumerate((g0, g1)):
+                g[hot:] += sum(w[m][hot:] - g[hot:] for w in work)
+    return model
+
+
+@pytest.mark.parametrize("transport", ["tcp", "auto"])
+def test_hot_syncs_equal_the_replay_of_their_rounds(corpus: Path, transport: str) -> None:
+    """Over gloo and through shared memory: both ranks end with the replay's matrices, bit-identical to each other,
+    and the hot syncs changed the result (the replay without them differs)."""
+    with DistPool(2, timeout=120.0) as pool:
+        results = pool.run(_train_rank, str(corpus), transport, HOT)
+    rounds = results[0][3]
+    assert rounds == STEP_TOKENS // HOT_TOKENS
+    reference = _replay(_model(corpus), world=2, hot=HOT, rounds=rounds)
+    for syn0, syn1, summary, _ in results:
+        np.testing.assert_allclose(syn0, reference.syn0, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(syn1, reference.syn1, rtol=0, atol=1e-6)
+        assert summary["steps"] > 2 and summary["bytes_sent"] > 0
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    unsynced = _replay(_model(corpus), world=2, hot=0, rounds=rounds)
+    assert not np.allclose(unsynced.syn0, reference.syn0, atol=1e-5)
+
+
+def test_auto_syncs_hot_rows_beyond_two_ranks_only() -> None:
+    auto = ExchangeOptions().validate()
+    assert auto.hot_rows_for(2, 50_000) == 0 and auto.hot_rows_for(1, 50_000) == 0
+    assert auto.hot_rows_for(4, 50_000) == HOT_ROWS and auto.hot_rows_for(8, 300) == 300
+    assert ExchangeOptions(strategy="sharded").validate().hot_rows_for(8, 50_000) == 0
+    assert ExchangeOptions(hot_rows="40").validate().hot_rows_for(2, 50_000) == 40
+    # a step holds at most a million tokens over all ranks; hot syncs come every 20000 tokens over all ranks
+    assert [step_tokens_for(w) for w in (1, 2, 4, 8, 16)] == [250_000, 250_000, 250_000, 125_000, 62_500]
+    assert [auto.hot_tokens_for(w) for w in (2, 4, 8, 64)] == [10_000, 5_000, 2_500, 1_000]
+    assert step_tokens_for(10_000) >= auto.hot_tokens_for(10_000)
+    assert ExchangeOptions(hot_tokens="700").validate().hot_tokens_for(8) == 700
+
+
+def test_split_sentences_cuts_only_long_ones() -> None:
+    starts = np.array([0, 3, 13, 14, 40])
+    np.testing.assert_array_equal(split_sentences(starts, 4), [0, 3, 7, 11, 13, 14, 18, 22, 26, 30, 34, 38, 40])
+    assert split_sentences(starts, 26) is starts  # nothing to cut: the very array
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"hot_rows": "many"}, "--hot-rows must be auto or a whole number"),
+    ({"hot_rows": -3}, "--hot-rows must be auto or a whole number"),
+    ({"hot_tokens": 0}, "--hot-tokens must be auto or a whole number >= 1"),
+    ({"hot_rows": 10, "strategy": "sharded"}, "--hot-rows needs --strategy replicated"),
+    ({"hot_rows": 10, "balance": "dynamic"}, "--hot-rows needs --strategy replicated and --balance static"),
+])
+def test_bad_hot_settings_name_the_option(options: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        ExchangeOptions(**options).validate()
+
+
+def test_cli_bad_hot_rows_is_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "c.txt").write_text("the cat sat on the mat\n")
+    result = subprocess.run([sys.executable, "-m", "sparsembed", "train", "c.txt", "--out", "o", "--nproc", "2",
+                             "--hot-rows", "lots"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "sparsembed: error: invalid setting: --hot-rows must be auto or a whole number >= 0, got 'lots'"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_auto_values_and_overlap_follow_where_the_ranks_run() -> None:
+    """Across hosts: int8 rows with error feedback, overlapped with the next step; on one host: float32, in step;
+    what the user set stays set."""
+    auto = ExchangeOptions().validate()
+    wide, local = auto.across_hosts(True), auto.across_hosts(False)
+    assert (wide.values, wide.overlap) == ("int8", True)
+    assert (local.values, local.overlap) == ("fp32", False)
+    assert (auto.values, auto.overlap) == ("auto", None)  # the options given are not changed
+    chosen = ExchangeOptions(values="fp16", overlap=False).validate().across_hosts(True)
+    assert (chosen.values, chosen.overlap) == ("fp16", False)
+    sharded = ExchangeOptions(strategy="sharded").validate().across_hosts(True)
+    assert (sharded.values, sharded.overlap) == ("fp32", False)  # owners send fresh rows back within the step
+    dynamic = ExchangeOptions(balance="dynamic").validate().across_hosts(True)
+    assert dynamic.overlap is False
+
+
+def _spans() -> bool:
+    from sparsembed.comm.shm import spans_hosts
+
+    return spans_hosts()
+
+
+def test_ranks_of_this_host_do_not_span_hosts() -> None:
+    with DistPool(2, timeout=60.0) as pool:
+        assert pool.run(_spans) == [False, False]
