@@ -10,7 +10,10 @@ Steps (the model is :mod:`sparsembed.bench.scaling`):
 2. time the real kernel, one thread, CBOW and skip-gram (``--rate MODEL=TOKENS_PER_S`` takes a figure instead);
 3. the host's own cost per exchanged byte: from the loopback runs in ``--measured`` (two ranks on this machine
    without a link limit: what is left is packing, summing and the TCP stack), or ``--host-cost``;
-4. predict N = 1..256 hosts at each ``--gbit`` for every strategy (sampled steps and ranks, see the output);
+4. predict N = 1..256 hosts at each ``--gbit`` for every strategy (sampled steps and ranks, see the output), with
+   the trainer's tokens per rank and step for each N (``step_tokens_for``) unless ``--job-tokens`` fixes them, and
+   the hot-row syncs beyond two ranks for the ``-hot`` configs; ``replicated-int8-hot`` overlapped is what the
+   trainer does across hosts by default (its efficiency at 64 hosts, 10 Gbit/s is printed at the end);
 5. validate: the same model at N = 2 against every run in ``--measured`` (per-step bytes and seconds, words/s),
    the whole-command wall times of ``--whole-command GBIT:PAIR_S:SINGLE_S`` (2 hosts x 1 thread against one
    process x 1 thread, 5 epochs, default settings), and the exchange benchmark across 2 and 4 namespaces
@@ -39,19 +42,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from sparsembed.bench.scaling import (  # noqa: E402
+    ACROSS_HOSTS,
     CONFIGS,
     Config,
-    HostCost,
-    Link,
     Workload,
     measure_rate,
     message_bytes,
     predicted_rows,
-    run_seconds,
     simulate_world,
     simulate_worlds,
     time_world,
 )
+from sparsembed.bench.steptime import HostCost, Link, run_seconds  # noqa: E402
 from sparsembed.comm.policy import ring_bytes  # noqa: E402
 from sparsembed.dataparallel.options import even_job_tokens  # noqa: E402
 from sparsembed.errors import UserError  # noqa: E402
@@ -66,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("corpus", help="corpus path (the measured runs used wiki17m, decompressed)")
     p.add_argument("--models", nargs="+", default=["cbow", "sg"], choices=sorted(MODELS))
-    p.add_argument("--job-tokens", type=int, default=250_000, help="tokens a job (the trainer's default 250000)")
+    p.add_argument("--job-tokens", type=int, default=None,
+                   help="tokens a job at every N (default: the trainer's for each N: 250000 up to 4 hosts, "
+                        "1000000 / N beyond)")
     p.add_argument("--threads", type=int, default=1, help="training threads per host")
     p.add_argument("--hosts", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256])
     p.add_argument("--gbit", type=float, nargs="+", default=[1, 10, 25, 100], help="link speeds, Gbit/s")
@@ -203,7 +207,7 @@ def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], hos
     ``rate``: (tokens/s, source); a synchronous run whose own compute gave the rate has compute as an input."""
     rate, rate_source = rate
     inputs = ["compute_s"] if g["variant"] == "sync" and rate_source.endswith(g["file"]) else []
-    values = "fp16" if "fp16" in g["variant"] else "fp32"
+    values = next((v for v in ("int8", "fp16") if v in g["variant"]), "fp32")
     overlap = "overlap" in g["variant"]
     config = Config(f"replicated-{values}", "replicated", values)
     job_tokens = even_job_tokens(work.tokens, g["job_tokens"], 2)
@@ -298,9 +302,10 @@ def prediction_tables(rows: list[dict[str, Any]], model: str) -> str:
     under a budget, the share of the touched rows a step sends)."""
     lines = []
     names = [c.name for c in CONFIGS]
+    heads = [f"{n} (default across hosts: overlapped)" if n == ACROSS_HOSTS else n for n in names]
     for gbit in sorted({r["gbit_s"] for r in rows}):
         lines += [f"**{model}, {gbit:g} Gbit/s**: efficiency synchronous / overlapped (words/s of the faster)", "",
-                  "| hosts | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+                  "| hosts | " + " | ".join(heads) + " |", "|---" * (len(names) + 1) + "|"]
         for world in sorted({r["hosts"] for r in rows}):
             cells = []
             for name in names:
@@ -371,8 +376,11 @@ def columns(rows: list[dict[str, Any]], full: bool) -> dict[str, Any]:
         if full:
             figures |= {"words_per_s": r["sync"]["words_per_s"],
                         "overlap_words_per_s": r["overlap"]["words_per_s"] if r["overlap"] else None,
-                        **{k: r["sync"][k] for k in ("step_s", "compute_s", "link_s", "latency_s", "host_s")},
+                        **{k: r["sync"][k] for k in ("step_s", "compute_s", "link_s", "latency_s", "host_s",
+                                                     "hot_s")},
+                        "overlap_hot_s": r["overlap"]["hot_s"] if r["overlap"] else None,
                         "mb_sent": r["mb_sent_per_step"], "mb_recv": r["mb_recv_per_step"],
+                        "mb_hot": r["mb_hot_per_step"], "job_tokens": r["job_tokens"], "hot_rounds": r["hot_rounds"],
                         "modes": "/".join("+".join(m) for m in r["modes"].values()),
                         "rows_sent_share": r["rows_sent_share"], "sampled_steps": r["sampled_steps"],
                         "sampled_ranks": r["sampled_ranks"]}
@@ -477,7 +485,7 @@ def check(args: argparse.Namespace) -> None:
     for gbit in args.gbit:
         Link(gbit, args.latency_us * 1e-6, args.goodput)
     for name, value in (("--hosts", min(args.hosts)), ("--steps", args.steps), ("--max-ranks", args.max_ranks),
-                        ("--threads", args.threads), ("--job-tokens", args.job_tokens)):
+                        ("--threads", args.threads), ("--job-tokens", args.job_tokens or 1)):
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
     for point in args.whole_command:
@@ -514,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         "rates": rate, "host_cost": {"sparse_s_per_byte": host.sparse_s_per_byte,
                                      "dense_s_per_byte": host.dense_s_per_byte, "source": host_source},
         "configs": [{"name": c.name, "strategy": c.strategy, "values": c.values, "budget": c.budget,
-                     "implemented": c.implemented} for c in CONFIGS],
+                     "implemented": c.implemented, "hot": c.hot} for c in CONFIGS],
+        "default_across_hosts": f"{ACROSS_HOSTS}, overlapped",
         "predictions": {variant: {name: columns(rows, full=variant == MAIN) for name, rows in models.items()}
                         for variant, models in predicted.items()},
         "validation": checked, "seconds": time.perf_counter() - started,
@@ -534,21 +543,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(predicted: dict[str, dict[str, list]], hosts: int = 64, gbit: float = 10.0) -> None:
-    """The default's efficiency at ``hosts`` and ``gbit`` in every variant, where its step goes, and the best
-    config there."""
+    """At ``hosts`` and ``gbit``, in every variant: the efficiency of the trainer's default across hosts
+    (:data:`ACROSS_HOSTS` overlapped) and where its step goes, the earlier default (replicated fp32, no hot syncs)
+    beside it, and the best config there."""
     for variant, models in predicted.items():
         for name, rows in models.items():
-            here = [r for r in rows if r["hosts"] == hosts and r["gbit_s"] == gbit]
-            r = next((x for x in here if x["config"] == "replicated"), None)
-            if r is None:
+            here = {r["config"]: r for r in rows if r["hosts"] == hosts and r["gbit_s"] == gbit}
+            if ACROSS_HOSTS not in here:
+                print(f"{name}, {variant}: no prediction at {hosts} hosts, {gbit:g} Gbit/s (--hosts, --gbit)")
                 continue
-            s = r["sync"]
-            best = max(here, key=lambda x: max(x["sync"]["efficiency"], (x["overlap"] or x["sync"])["efficiency"]))
-            best_eff = max(best["sync"]["efficiency"], (best["overlap"] or best["sync"])["efficiency"])
-            print(f"{name}, {hosts} hosts, {gbit:g} Gbit/s, {variant}: replicated (default) efficiency "
-                  f"{s['efficiency']:.3f} synchronous / {r['overlap']['efficiency']:.3f} overlapped (step: compute "
-                  f"{s['compute_s'] * 1e3:.0f} ms, link {s['link_s'] * 1e3:.0f}, latency {s['latency_s'] * 1e3:.0f}, "
-                  f"host {s['host_s'] * 1e3:.0f}); best {best['config']} {best_eff:.3f}")
+            r, old = here[ACROSS_HOSTS], here.get("replicated")
+            o = r["overlap"]
+            best = max(here.values(), key=_best_efficiency)
+            before = f"; replicated fp32 without hot syncs {_best_efficiency(old):.3f}" if old else ""
+            print(f"{name}, {hosts} hosts, {gbit:g} Gbit/s, {variant}: default across hosts ({ACROSS_HOSTS}, "
+                  f"overlapped) efficiency {o['efficiency']:.3f} ({_m(o['words_per_s'])} words/s; synchronous "
+                  f"{r['sync']['efficiency']:.3f}; step {o['step_s'] * 1e3:.0f} ms: compute "
+                  f"{o['compute_s'] * 1e3:.0f}, hot syncs {o['hot_s'] * 1e3:.0f} ({r['hot_rounds']} rounds, "
+                  f"{r['mb_hot_per_step']:.1f} MB), main exchange {o['exchange_s'] * 1e3:.0f} behind compute: "
+                  f"link {o['link_s'] * 1e3:.0f}, latency {o['latency_s'] * 1e3:.0f}, host "
+                  f"{o['host_s'] * 1e3:.0f}; {r['job_tokens']:,} tokens a rank and step){before}; best "
+                  f"{best['config']} {_best_efficiency(best):.3f}")
+
+
+def _best_efficiency(row: dict[str, Any]) -> float:
+    return max(row["sync"]["efficiency"], (row["overlap"] or row["sync"])["efficiency"])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The scaling model (sparsembed.bench.scaling): its simulated rows against the kernel and a plain-Python count, its
-byte rules against the package's own, and its time model's edge cases."""
+"""The scaling model (sparsembed.bench.scaling, its time model sparsembed.bench.steptime): its simulated rows against
+the kernel and a plain-Python count, its byte rules against the package's own, the hot-row syncs and the default
+tokens per step as the trainer has them, and its time model's edge cases."""
 
 from __future__ import annotations
 
@@ -8,27 +9,29 @@ import pytest
 import torch
 
 from sparsembed.bench.scaling import (
+    ACROSS_HOSTS,
     CONFIGS,
     Config,
-    HostCost,
-    Link,
     StepRows,
-    StepTime,
     Workload,
     apply_budget,
     exchange_traffic,
+    hot_sync,
     message_bytes,
     predict,
-    run_seconds,
     sample_steps,
-    step_time,
+    simulate_world,
+    time_world,
+    without_hot,
 )
+from sparsembed.bench.steptime import HostCost, HotSync, Link, StepTime, hot_seconds, run_seconds, step_time
 from sparsembed.comm.policy import Mode, goes_dense, ring_bytes
+from sparsembed.dataparallel.options import HOT_ROWS, ExchangeOptions, step_tokens_for
 from sparsembed.errors import UserError
 from sparsembed.rows import codec
 from sparsembed.rows.coalesce import RowSparse
 from sparsembed.word2vec import kernels
-from sparsembed.word2vec.schedule import Schedule
+from sparsembed.word2vec.schedule import Schedule, split_sentences
 
 MASK = (1 << 64) - 1
 
@@ -105,6 +108,21 @@ def test_simulated_rows_equal_brute_force_and_kernel(work: Workload) -> None:
         m.run_job(schedule, epoch, job, work.tables, None, marks)  # the real kernel marks what it may change
         assert np.array_equal(rows0, np.flatnonzero(marks[0])) and np.array_equal(rows1, np.flatnonzero(marks[1]))
         assert tokens == np.subtract(*schedule.tokens(job, job + 1)[::-1])
+
+
+def test_sentences_longer_than_a_job_are_cut_into_pieces_as_the_kernel_runs_them() -> None:
+    work = Workload.scan(_sentences(4, 900), min_count=1, window=3, negative=4, vector_size=8)
+    m, s = work.model, work.model.settings
+    starts = split_sentences(m.corpus.sentence_starts, 200)
+    assert np.array_equal(work.starts(200), starts) and work.starts(1000) is m.corpus.sentence_starts
+    schedule = Schedule(starts, 200, s.epochs, s.alpha, s.min_alpha)
+    assert schedule.n_jobs == len(work.bounds(200)) - 1 >= 18
+    for job in (0, 5, 17):
+        rows0, rows1, tokens = work.touched([(0, job)], 200)
+        assert 0 < tokens <= 200
+        marks = np.zeros(work.num_rows, np.uint8), np.zeros(work.num_rows, np.uint8)
+        m.run_job(schedule, 0, job, work.tables, None, marks)
+        assert np.array_equal(rows0, np.flatnonzero(marks[0])) and np.array_equal(rows1, np.flatnonzero(marks[1]))
 
 
 @pytest.mark.parametrize("values", ["fp32", "fp16"])
@@ -254,8 +272,115 @@ def test_auto_budget_hides_the_exchange_behind_compute(work: Workload) -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"strategy": "ring"}, {"values": "int4"}, {"budget": -1.0},
-                                    {"strategy": "sharded", "budget": "auto"}])
+                                    {"strategy": "sharded", "budget": "auto"}, {"strategy": "sharded", "hot": True},
+                                    {"strategy": "dense", "hot": True}])
 def test_bad_configs_give_one_line(kwargs: dict) -> None:
     with pytest.raises(UserError) as e:
         Config("x", **{"strategy": "replicated", **kwargs})
     assert "invalid setting" in _one_line(e)
+
+
+# ----------------------------------------------------------------------------------------------- hot-row syncs
+HOT = Config("h", "replicated", hot=True)
+
+
+@pytest.fixture(scope="module")
+def wide() -> Workload:
+    """A vocabulary of more rows than the trainer's hot rows (1000), tokens per step as the trainer's default."""
+    return Workload.scan(_sentences(60, 100, 4000), min_count=1, window=3, negative=4, vector_size=8)
+
+
+def test_default_across_hosts_is_replicated_int8_with_hot_syncs() -> None:
+    config = next(c for c in CONFIGS if c.name == ACROSS_HOSTS)
+    wide_opts = ExchangeOptions().validate().across_hosts(True)
+    assert (config.strategy, config.values, config.hot, config.overlaps) == ("replicated", wide_opts.values, True,
+                                                                             wide_opts.overlap)
+    assert any(c.name == "replicated" and not c.hot for c in CONFIGS)  # the earlier table, without hot syncs
+
+
+def test_rounds_follow_step_and_hot_tokens() -> None:
+    for world, rounds in ((3, 250_000 // 6666), (4, 50), (8, 50), (16, 62_500 // 1250), (64, 15)):
+        hot = hot_sync(HOT, world, 50_000, 100, step_tokens_for(world))
+        assert (hot.rows, hot.rounds, hot.world) == (HOT_ROWS, rounds, world)
+        assert hot.rounds == step_tokens_for(world) // ExchangeOptions().validate().hot_tokens_for(world)
+        assert hot.bytes_per_step == 2 * rounds * ring_bytes(HOT_ROWS * 100 * 4, world)
+    assert hot_sync(HOT, 8, 50_000, 100, 400).rounds == 1  # a step shorter than a round: one round, one sync
+    assert hot_sync(HOT, 8, 300, 100, 250_000).rows == 300  # no more rows than the vocabulary
+
+
+def test_hot_traffic_appears_only_beyond_two_ranks(wide: Workload) -> None:
+    for world in (1, 2):
+        assert hot_sync(HOT, world, 50_000, 100, 250_000) is None
+    assert hot_sync(Config("r", "replicated"), 8, 50_000, 100, 250_000) is None  # hot syncs off
+    rows = predict(wide, 1e6, [1, 2, 3, 4], [Link(1.0)], HostCost(1e-9, 1e-9), configs=[HOT, CONFIGS[1]], steps=1,
+                   max_ranks=4)
+    for r in rows:
+        hot = r["config"] == HOT.name and r["hosts"] > 2
+        assert (r["mb_hot_per_step"] > 0) == hot and (r["hot_rounds"] > 0) == hot
+        for mode in ("sync", "overlap"):
+            assert (r[mode]["hot_s"] > 0) == hot
+        if hot:
+            assert r["hot_rows"] == HOT_ROWS and r["job_tokens"] == step_tokens_for(r["hosts"])
+
+
+def test_main_messages_exclude_hot_rows(wide: Workload) -> None:
+    world, num_rows, dim = 4, 2000, 10
+    step = _step(world, [0.05, 0.1, 0.3, 0.6], num_rows)
+    cut = without_hot(step, 1000)
+    for m in (0, 1):
+        assert all(a.shape[0] and a.min() >= 1000 for a in cut.rows[m])
+        assert [a.shape[0] for a in cut.rows[m]] == [int((a >= 1000).sum()) for a in step.rows[m]]
+    t = exchange_traffic(HOT, cut, 0, num_rows, dim)
+    assert t.mode == "sparse"
+    assert np.array_equal(t.message, [message_bytes(a[a >= 1000], num_rows, dim, "fp32") for a in step.rows[0]])
+    assert without_hot(step, 0) is step
+    # simulated: the hot config's main exchange carries exactly the sampled rows >= hot, the plain one all of them
+    sampled = simulate_world(wide, 4, [HOT, CONFIGS[1]], steps=2, max_ranks=4)
+    for k, step in enumerate(sample_steps(wide, 4, steps=2, max_ranks=4)):
+        for m in (0, 1):
+            full = [a.shape[0] for a in step.rows[m]]
+            outside = [int((a >= HOT_ROWS).sum()) for a in step.rows[m]]
+            assert sampled.traffic[HOT.name][k][m].rows.tolist() == outside
+            assert sampled.traffic[CONFIGS[1].name][k][m].rows.tolist() == full
+            assert sum(outside) < sum(full)
+
+
+def test_foreground_hot_time_is_not_hidden_by_overlap() -> None:
+    link, host = Link(1.0, latency_s=1e-4), HostCost(1e-9, 2e-9)
+    hot = HotSync(rows=1000, rounds=5, dim=100, world=8)
+    ring = ring_bytes(1000 * 100 * 4, 8)
+    by_hand = 10 * (ring / link.bytes_per_s + 14 * 1e-4 + (ring + 400_000) * 2e-9)
+    assert hot_seconds(hot, link, host) == pytest.approx(by_hand)
+    assert hot_seconds(None, link, host) == 0 and hot_seconds(HotSync(0, 5, 100, 8), link) == 0
+    step = _step(8, [0.01] * 8)
+    traffic = [exchange_traffic(CONFIGS[1], step, m, 2000, 100) for m in (0, 1)]
+    plain = step_time(traffic, 10.0, 8, link, host, overlap=True)  # a long compute hides the whole main exchange
+    assert plain.step_s == pytest.approx(10.0 + plain.agree_s)
+    over = step_time(traffic, 10.0, 8, link, host, overlap=True, hot=hot)
+    assert over.hot_s == pytest.approx(by_hand) and over.step_s == pytest.approx(plain.step_s + by_hand)
+    sync = step_time(traffic, 10.0, 8, link, host, hot=hot)
+    assert sync.step_s == pytest.approx(10.0 + sync.exchange_s + by_hand) and sync.waits_s > sync.exchange_s
+    times = [over] * 3
+    assert run_seconds(times, overlap=True) == pytest.approx(run_seconds([plain] * 3, overlap=True) + 3 * by_hand)
+    assert run_seconds([sync] * 3) == pytest.approx(3 * sync.step_s)
+
+
+def test_default_tokens_per_step_follow_the_trainer(wide: Workload, work: Workload) -> None:
+    assert wide.fixed_job_tokens is None and wide.job_tokens == step_tokens_for(1)
+    for world in (2, 8, 16):
+        assert wide.job_tokens_for(world) == step_tokens_for(world)
+        sampled = simulate_world(wide, world, [HOT], steps=1, max_ranks=2)
+        assert sampled.job_tokens == step_tokens_for(world)
+    assert work.job_tokens_for(16) == work.job_tokens == 400  # fixed: every N alike (the validation's runs)
+    assert simulate_world(work, 4, [HOT], steps=1, job_tokens=300).job_tokens == 300
+    fixed = wide.with_settings(sg=1)
+    assert fixed.fixed_job_tokens is None and wide.with_settings(job_tokens=500).job_tokens_for(64) == 500
+
+
+def test_hot_syncs_cost_words_per_s_at_many_ranks(wide: Workload) -> None:
+    """At a slow link the hot config loses the hot syncs' time in both modes, whatever the main exchange saves."""
+    sampled = simulate_world(wide, 4, [HOT], steps=1, max_ranks=4)
+    link = Link(0.1)
+    for overlap in (False, True):
+        times, _ = time_world(sampled, HOT, 1e6, 1, link, HostCost(), overlap)
+        assert all(t.step_s >= t.compute_s + t.hot_s > t.compute_s for t in times)

@@ -13,14 +13,24 @@ It owns three things, each from the package's own parts rather than from assumpt
   replicated exchange's sparse-or-dense decision (:func:`sparsembed.comm.policy.goes_dense`, from the same sizes
   the trainer gathers), the ring all-reduce's :func:`~sparsembed.comm.policy.ring_bytes`, and the sharded
   exchange's frames to the owners of a load-balanced :class:`~sparsembed.dataparallel.owners.Owners` map and the
-  float32 fresh rows back, for fp32, fp16 and int8 values (``dim`` bytes and a 4-byte scale a row). One thing the
-  trainer does not have yet is modelled and marked so (``*``): a byte budget per step (:func:`apply_budget`).
-* **time**: a step's compute (tokens / a measured rate) and exchange (bytes at the link's payload rate, a latency
-  per round of messages, and an optional host cost per byte for packing, summing and the TCP stack), added
-  (synchronous) or overlapped (:func:`step_time`), and words/s of the group (:func:`predict`).
+  float32 fresh rows back, for fp32, fp16 and int8 values (``dim`` bytes and a 4-byte scale a row). Beyond two
+  ranks a config with ``hot`` syncs the hot rows as the trainer does (``ExchangeOptions.hot_rows_for``): rows
+  below ``hot`` leave the step's main exchange (:func:`without_hot`) and travel in ``rounds`` float32 all-reduces
+  a matrix (:func:`hot_sync`). One thing the trainer does not have yet is modelled and marked so (``*``): a byte
+  budget per step (:func:`apply_budget`).
+* **time** (:mod:`sparsembed.bench.steptime`, re-exported here): a step's compute (tokens / a measured rate),
+  exchange (bytes at the link's payload rate, a latency per round of messages, and an optional host cost per byte
+  for packing, summing and the TCP stack), added (synchronous) or overlapped, and the hot syncs in the foreground;
+  words/s of the group (:func:`predict`).
 
-One module over 500 lines: the three parts share the settings types (:class:`Link`, :class:`HostCost`,
-:class:`Config`) and are validated together against measurements, as one model.
+Tokens per rank and step follow the trainer's default for each ``N`` (``options.step_tokens_for``) unless the
+workload fixes them (``Workload(job_tokens=...)``, as the validation against measured runs does). A rank's step is
+simulated as one job of those tokens per thread (sentences longer than a job cut into pieces: ``Workload.starts``);
+with hot syncs the trainer cuts it into ``rounds`` jobs of about ``hot_tokens`` (pieces of them), spread over a
+wider stretch of the corpus, taken here to touch as many rows (not checked).
+
+One module over 500 lines: rows and bytes share the settings types (:class:`Config`, :class:`StepRows`) and are
+validated together against measurements, as one model.
 
 Nothing here is a figure of a particular machine: rates, host costs and link speeds come in as arguments;
 ``benchmarks/bench_scaling.py`` measures them, and BENCHMARKS.md records what it found.
@@ -29,7 +39,6 @@ Nothing here is a figure of a particular machine: rates, host costs and link spe
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,18 +47,30 @@ from typing import Any
 import numba
 import numpy as np
 
+from sparsembed.bench.steptime import (
+    HostCost,
+    HotSync,
+    Link,
+    StepTime,
+    _finite,
+    auto_budget,
+    hot_seconds,
+    run_seconds,
+    step_time,
+)
 from sparsembed.comm.policy import Mode, goes_dense, ring_bytes
 from sparsembed.comm.transport import EAGER_BYTES
+from sparsembed.dataparallel.options import STEP_TOKENS, ExchangeOptions, step_tokens_for
 from sparsembed.errors import UserError
 from sparsembed.rows import codec, rowsets
 from sparsembed.rows.values import Values
 from sparsembed.word2vec import kernels
-from sparsembed.word2vec.schedule import Schedule, job_boundaries
+from sparsembed.word2vec.schedule import Schedule, job_boundaries, split_sentences
 
-__all__ = ["Workload", "Link", "HostCost", "Config", "CONFIGS", "Traffic", "StepTime", "StepRows", "mark_job",
-           "message_bytes", "row_bytes", "exchange_traffic", "apply_budget", "step_time", "run_seconds",
-           "sample_steps", "SampledWorld", "simulate_world", "simulate_worlds", "time_world", "auto_budget", "predict",
-           "predicted_rows", "measure_rate"]
+__all__ = ["Workload", "Link", "HostCost", "Config", "CONFIGS", "ACROSS_HOSTS", "Traffic", "StepTime", "StepRows",
+           "HotSync", "mark_job", "message_bytes", "row_bytes", "exchange_traffic", "apply_budget", "step_time",
+           "run_seconds", "hot_seconds", "hot_sync", "without_hot", "sample_steps", "SampledWorld", "simulate_world",
+           "simulate_worlds", "time_world", "auto_budget", "predict", "predicted_rows", "measure_rate"]
 
 #: Bytes of the header that sizes each eager message (comm.transport's frame) and of a sharded frame.
 _SIZE_BYTES = 8
@@ -62,52 +83,18 @@ _VALUES = ("fp32", "fp16", "int8")
 
 # ----------------------------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
-class Link:
-    """A host's network link: nominal speed, payload share of it, and the latency of one round of messages."""
-
-    gbit_s: float
-    latency_s: float = 50e-6  # one message's latency on a data-centre LAN (an assumption, see the option)
-    goodput: float = 1448 / 1538  # TCP/IPv4 payload per Ethernet frame at MTU 1500 (with preamble and gap)
-
-    def __post_init__(self) -> None:
-        if not (_finite(self.gbit_s) and self.gbit_s > 0):
-            raise UserError(f"invalid setting: link speed must be a positive number of Gbit/s, got {self.gbit_s!r}")
-        if not (_finite(self.latency_s) and self.latency_s >= 0):
-            raise UserError(f"invalid setting: latency must be >= 0 seconds, got {self.latency_s!r}")
-        if not (_finite(self.goodput) and 0 < self.goodput <= 1):
-            raise UserError(f"invalid setting: goodput must be in (0, 1], got {self.goodput!r}")
-
-    @property
-    def bytes_per_s(self) -> float:
-        """Payload bytes a second, each way (full duplex)."""
-        return self.gbit_s * 1e9 / 8 * self.goodput
-
-
-@dataclass(frozen=True)
-class HostCost:
-    """Seconds of a host's own work per byte of an exchange (packing, summing, the TCP stack): ``sparse`` per byte
-    sent plus received (replicated sparse, sharded), ``dense`` per byte of the float32 matrix plus the ring's
-    bytes (the dense change, the reduction, the update). Zero: the link alone."""
-
-    sparse_s_per_byte: float = 0.0
-    dense_s_per_byte: float = 0.0
-
-    def __post_init__(self) -> None:
-        for value in (self.sparse_s_per_byte, self.dense_s_per_byte):
-            if not (_finite(value) and value >= 0):
-                raise UserError(f"invalid setting: host cost per byte must be >= 0, got {value!r}")
-
-
-@dataclass(frozen=True)
 class Config:
     """One way of exchanging a step: a strategy, a value type, an optional byte budget (``"auto"`` or bytes per
-    rank and step). ``implemented``: whether ``sparsembed train`` can run it today."""
+    rank and step), and whether the hot rows are synced after every round (``hot``: the trainer's ``--hot-rows
+    auto``, which syncs beyond two ranks only; off: ``--hot-rows 0``, the exchange before the hot syncs).
+    ``implemented``: whether ``sparsembed train`` can run it today."""
 
     name: str
     strategy: str  # "dense" (ring all-reduce of every row), "replicated" (the trainer's default), "sharded"
     values: str = "fp32"  # "fp32", "fp16" or "int8": the trainer's --values
     budget: str | float | None = None
     implemented: bool = True
+    hot: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in _STRATEGIES:
@@ -118,6 +105,8 @@ class Config:
             raise UserError(f"invalid setting: budget must be 'auto' or a positive byte count, got {self.budget!r}")
         if self.budget is not None and self.strategy != "replicated":
             raise UserError("invalid setting: a byte budget applies to the replicated strategy only")
+        if self.hot and self.strategy != "replicated":
+            raise UserError("invalid setting: hot-row syncs apply to the replicated strategy only")
 
     @property
     def overlaps(self) -> bool:
@@ -125,7 +114,20 @@ class Config:
         return self.strategy != "sharded"
 
 
-#: The strategies the model compares; a ``*`` marks what the trainer does not implement yet.
+    def hot_rows(self, world: int, num_rows: int) -> int:
+        """Rows of each matrix synced after every round at ``world`` ranks (the trainer's rule), 0 without."""
+        return _HOT_AUTO.hot_rows_for(world, num_rows) if self.hot else 0
+
+
+#: The trainer's hot-row rules (``--hot-rows auto --hot-tokens auto``, replicated, static balance).
+_HOT_AUTO = ExchangeOptions().validate()
+
+#: The config whose overlapped column is what ``sparsembed train`` does across hosts by default
+#: (``ExchangeOptions.across_hosts``: replicated, int8 values, ``--overlap``, hot-row syncs beyond two ranks).
+ACROSS_HOSTS = "replicated-int8-hot"
+
+#: The strategies the model compares; a ``*`` marks what the trainer does not implement yet. The configs without
+#: ``-hot`` leave the hot rows in the main exchange (``--hot-rows 0``: the earlier tables).
 CONFIGS = (
     Config("dense", "dense"),
     Config("replicated", "replicated"),
@@ -134,12 +136,9 @@ CONFIGS = (
     Config("sharded-fp16", "sharded", "fp16"),
     Config("replicated-int8", "replicated", "int8"),
     Config("replicated-int8-budget*", "replicated", "int8", budget="auto", implemented=False),
+    Config("replicated-hot", "replicated", hot=True),
+    Config(ACROSS_HOSTS, "replicated", "int8", hot=True),
 )
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
-        and math.isfinite(value)
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -152,8 +151,8 @@ def _positive_int(value: Any, what: str) -> int:
 @numba.njit(nogil=True, cache=True)
 def _mark_negatives(packed, n_rows, negative, state, touched1):  # pragma: no cover - compiled
     for _ in range(negative):
-        state, bits = kernels._next(state)
-        touched1[kernels._draw_negative(packed, n_rows, bits)] = 1
+        state, bits = kernels.next_bits(state)
+        touched1[kernels.draw_negative(packed, n_rows, bits)] = 1
     return state
 
 
@@ -175,7 +174,7 @@ def mark_job(ids, starts, first_sentence, last_sentence, sample_ints, use_sample
         for t in range(starts[s], starts[s + 1]):
             w = ids[t]
             if use_sample:
-                state, bits = kernels._next(state)
+                state, bits = kernels.next_bits(state)
                 if sample_ints[w] < (bits >> np.uint64(32)):
                     continue
             kept[n] = w
@@ -183,7 +182,7 @@ def mark_job(ids, starts, first_sentence, last_sentence, sample_ints, use_sample
             touched0[w] = 1
             touched1[w] = 1
         for i in range(n):
-            state, bits = kernels._next(state)
+            state, bits = kernels.next_bits(state)
             reduced = int((bits >> np.uint64(32)) % np.uint64(window))
             lo = max(0, i - window + reduced)
             hi = min(n, i + window + 1 - reduced)
@@ -211,34 +210,46 @@ class Workload:
     Args:
         model: a :class:`~sparsembed.word2vec.model.Word2Vec` with its vocabulary and corpus (its ``settings``
             give sg, window, negative, sample, seed, dim).
-        job_tokens: tokens of a job (the trainer's ``--job-tokens``); threads: training threads per rank.
+        job_tokens: tokens of a job, each thread's share of a rank's step (the trainer's ``--job-tokens``);
+            ``None``: the trainer's default for each ``N`` (:meth:`job_tokens_for`). threads: training threads per
+            rank.
     """
 
-    def __init__(self, model: Any, job_tokens: int = 250_000, threads: int = 1) -> None:
+    def __init__(self, model: Any, job_tokens: int | None = None, threads: int = 1) -> None:
         model.require_corpus()
         self.model = model
-        self.job_tokens = _positive_int(job_tokens, "job tokens")
+        self.fixed_job_tokens = None if job_tokens is None else _positive_int(job_tokens, "job tokens")
+        #: Tokens of a job where no ``N`` decides them (timing the kernel): the fixed ones, else the trainer's
+        #: default up to four ranks.
+        self.job_tokens = self.fixed_job_tokens or STEP_TOKENS
         self.threads = _positive_int(threads, "threads")
         self.tokens = int(model.corpus.sentence_starts[-1])
         if self.tokens == 0:
             raise UserError("the corpus has no token from the vocabulary; nothing to model")
         self.tables = model.kernel_tables()
         self._bounds: dict[int, np.ndarray] = {}
+        self._starts: dict[int, np.ndarray] = {}
         self._marks = (np.zeros(self.num_rows, np.uint8), np.zeros(self.num_rows, np.uint8))
 
     @classmethod
-    def scan(cls, corpus: Any, *, job_tokens: int = 250_000, threads: int = 1, **settings: Any) -> Workload:
+    def scan(cls, corpus: Any, *, job_tokens: int | None = None, threads: int = 1, **settings: Any) -> Workload:
         """Scan ``corpus`` (a path, or token lists) with ``Word2Vec`` settings (gensim's defaults otherwise)."""
         from sparsembed.word2vec.model import Word2Vec
 
-        model = Word2Vec(workers=1, **settings)
+        # mark_job replays the exact kernel's draws (one noise set per pair), so the model trains with that kernel.
+        model = Word2Vec(workers=1, **{"kernel": "exact", **settings})
         model.build_vocab(corpus)
         return cls(model, job_tokens, threads)
 
     def with_settings(self, job_tokens: int | None = None, threads: int | None = None, **settings: Any) -> Workload:
         """The same scan with other settings (e.g. ``sg=1``): no second pass over the corpus."""
         model = _model_like(self.model, dataclasses.replace(self.model.settings, **settings).validate())
-        return Workload(model, job_tokens or self.job_tokens, threads or self.threads)
+        return Workload(model, job_tokens or self.fixed_job_tokens, threads or self.threads)
+
+    def job_tokens_for(self, world: int) -> int:
+        """Tokens of a job at ``world`` ranks: the fixed ones, else the trainer's default
+        (:func:`~sparsembed.dataparallel.options.step_tokens_for`: 250000 up to four ranks, 1000000 / N beyond)."""
+        return self.fixed_job_tokens or step_tokens_for(world)
 
     @property
     def num_rows(self) -> int:
@@ -255,22 +266,35 @@ class Workload:
         """Raw words (out-of-vocabulary ones too, as the trainer's words/s counts them) per in-vocabulary token."""
         return self.model.corpus.raw_words / self.tokens
 
+    def starts(self, job_tokens: int | None = None) -> np.ndarray:
+        """Starts of the units jobs of ``job_tokens`` are cut from: the sentences, or where one is longer than a
+        job, the sentences cut into pieces of a job (:func:`~sparsembed.word2vec.schedule.split_sentences`), so
+        that a job holds about its tokens, as the trainer's pieces do with hot syncs (pieces of ``hot_tokens``)."""
+        size = job_tokens or self.job_tokens
+        if size not in self._starts:
+            starts = self.model.corpus.sentence_starts
+            self._starts[size] = split_sentences(starts, size) if int(np.diff(starts).max(initial=0)) > size \
+                else starts
+        return self._starts[size]
+
     def bounds(self, job_tokens: int | None = None) -> np.ndarray:
-        """Sentence bounds of the jobs of ``job_tokens`` (default: the workload's), as the schedule cuts them."""
+        """Bounds of the jobs of ``job_tokens`` (default: the workload's) in :meth:`starts`' units, as the
+        schedule cuts them."""
         size = job_tokens or self.job_tokens
         if size not in self._bounds:
-            self._bounds[size] = job_boundaries(self.model.corpus.sentence_starts, size)
+            self._bounds[size] = job_boundaries(self.starts(size), size)
         return self._bounds[size]
 
     def touched(self, jobs: Sequence[tuple[int, int]], job_tokens: int | None = None) -> tuple[np.ndarray, ...]:
         """Sorted distinct rows of ``syn0`` and ``syn1`` that the ``(epoch, job)`` jobs mark, and their tokens."""
         s, corpus, bounds = self.model.settings, self.model.corpus, self.bounds(job_tokens)
+        starts = self.starts(job_tokens)
         mark0, mark1 = self._marks
         tokens = 0
         for epoch, job in jobs:
             first, last = int(bounds[job]), int(bounds[job + 1])
-            tokens += int(corpus.sentence_starts[last] - corpus.sentence_starts[first])
-            mark_job(corpus.ids, corpus.sentence_starts, first, last, self.tables["sample_ints"], s.sample > 0,
+            tokens += int(starts[last] - starts[first])
+            mark_job(corpus.ids, starts, first, last, self.tables["sample_ints"], s.sample > 0,
                      self.tables["packed_alias"], s.sg, s.window, s.negative, s.seed, epoch, job, mark0, mark1)
         rows0, rows1 = np.flatnonzero(mark0), np.flatnonzero(mark1)
         mark0[rows0] = 0  # clear only what was set: a step touches a fraction of the rows
@@ -298,9 +322,11 @@ def sample_steps(work: Workload, world: int, steps: int | None = 4, max_ranks: i
     ``steps`` of them, spread over the first epoch (continuing into the next ones when an epoch holds fewer
     steps; ``None``: every step of the first epoch), and of each at most ``max_ranks`` ranks, evenly spaced
     (a rank's rows depend only on its own jobs: the others are taken to touch what the sampled ones do).
+    ``job_tokens``: default :meth:`Workload.job_tokens_for` this ``world``.
     """
     world = _positive_int(world, "hosts (N)")
     max_ranks = _positive_int(max_ranks, "sampled ranks")
+    job_tokens = job_tokens or work.job_tokens_for(world)
     per_step = world * work.threads
     n_jobs = len(work.bounds(job_tokens)) - 1
     in_epoch = -(-n_jobs // per_step)
@@ -454,6 +480,26 @@ def _sharded(name: str, ids: list[np.ndarray], step: StepRows, owners: Any, num_
     return Traffic(name, "sharded", counts, frames_out, sent, recv, sent + recv + widen, "sparse", 3)  # 3 all-to-alls
 
 
+def hot_sync(config: Config, world: int, num_rows: int, dim: int, job_tokens: int) -> HotSync | None:
+    """A step's hot syncs under ``config`` at ``world`` ranks (``None``: none, as at two ranks or without ``hot``):
+    the trainer's ``hot_rows_for`` rows, in ``rounds = job_tokens // hot_tokens_for(world)`` rounds (at least one),
+    both matrices after every round, the last one included."""
+    rows = config.hot_rows(world, num_rows)
+    if not rows:
+        return None
+    rounds = max(1, int(job_tokens) // _HOT_AUTO.hot_tokens_for(world))
+    return HotSync(rows, rounds, dim, world)
+
+
+def without_hot(step: StepRows, hot: int) -> StepRows:
+    """The step's rows without rows ``[0, hot)`` (their marks cleared by the hot syncs: the main exchange leaves
+    them out)."""
+    if hot <= 0:
+        return step
+    rows = tuple([a[np.searchsorted(a, hot):] for a in m] for m in step.rows)
+    return StepRows(step.world, step.step, step.ranks, (rows[0], rows[1]), step.tokens)
+
+
 def apply_budget(traffic: list[Traffic], world: int, budget: float) -> list[Traffic]:
     """Replicated sparse traffic capped at ``budget`` bytes a rank and step on its busier direction: each rank's
     messages (both matrices) shrink to ``budget / (N - 1)``, sending its most significant rows; the rest stay
@@ -475,116 +521,55 @@ def apply_budget(traffic: list[Traffic], world: int, budget: float) -> list[Traf
     return out
 
 
-# ----------------------------------------------------------------------------------------------- time
-@dataclass
-class StepTime:
-    """A step's seconds: compute, and the exchange's link, latency and host parts; ``step_s`` as run. ``agree_s``
-    is the part of ``latency_s`` that the step's agreement (loss, stop) costs: it never runs in the background."""
-
-    compute_s: float
-    link_s: float
-    latency_s: float
-    host_s: float
-    step_s: float
-    agree_s: float = 0.0
-
-    @property
-    def exchange_s(self) -> float:
-        """The exchange alone: link, latency and host work."""
-        return self.link_s + self.latency_s + self.host_s
-
-    def behind(self, compute_s: float, shared_cores: bool) -> float:
-        """Seconds until the next step may start when this step's exchange runs behind ``compute_s`` of the next."""
-        background = self.link_s + self.latency_s - self.agree_s
-        if shared_cores:
-            return self.host_s + max(compute_s, background) + self.agree_s
-        return max(compute_s, background + self.host_s) + self.agree_s
-
-
-def step_time(traffic: list[Traffic], compute_s: float, world: int, link: Link, host: HostCost | None = None, *,
-              overlap: bool = False, shared_cores: bool = False) -> StepTime:
-    """One step's time: the busiest rank's bytes each way at the link's rate (full duplex), a latency per round
-    (the matrices' rounds and the step's agreement, a ring all-reduce: ``2 (N-1)``), and the host's work.
-
-    Synchronous: compute + exchange. Overlapped: the exchange runs behind the next step's compute, so the step
-    takes the longer of the two (and the agreement); with ``shared_cores`` the host's exchange work takes the
-    training core's time (hosts with one core each, as network namespaces on one small machine are).
-    """
-    host = host or HostCost()
-    link_s = sum(float(np.maximum(t.sent, t.recv).max()) for t in traffic) / link.bytes_per_s
-    agree_s = 2 * (world - 1) * link.latency_s
-    latency_s = sum(t.rounds for t in traffic) * link.latency_s + agree_s
-    rate = {"sparse": host.sparse_s_per_byte, "dense": host.dense_s_per_byte}
-    host_s = sum(float(t.host_bytes.max()) * rate[t.host_kind] for t in traffic if t.mode != "none")
-    out = StepTime(compute_s, link_s, latency_s, host_s, compute_s + link_s + latency_s + host_s, agree_s)
-    if overlap:
-        out.step_s = out.behind(compute_s, shared_cores)
-    return out
-
-
-def run_seconds(times: Sequence[StepTime], overlap: bool = False, shared_cores: bool = False) -> float:
-    """Seconds of a run of these steps: their sum; overlapped, the first compute and the last exchange stand alone
-    (nothing to hide them behind) and between them each step costs the longer of its exchange and the next
-    step's compute."""
-    if not times:
-        return 0.0
-    if not overlap:
-        return sum(t.step_s for t in times)
-    total = times[0].compute_s + times[-1].exchange_s
-    for done, nxt in zip(times[:-1], times[1:], strict=True):
-        total += done.behind(nxt.compute_s, shared_cores)
-    return total
-
-
-def auto_budget(traffic: list[Traffic], compute_s: float, world: int, link: Link, host: HostCost | None) -> float:
-    """The budget that lets an overlapped exchange hide behind compute: the bytes each way that the link, and the
-    host's work on them (sent and received, per float32 value), get through in a step's compute, less the rounds'
-    latency (at least a tenth of the compute is left for bytes)."""
-    host = host or HostCost()
-    rounds = sum(t.rounds for t in traffic) + 2 * (world - 1)
-    usable = max(compute_s - rounds * link.latency_s, 0.1 * compute_s)
-    wire = sum(float(t.message.sum()) for t in traffic)
-    widen = sum(float(t.message_fp32.sum()) for t in traffic if t.message_fp32 is not None) / max(wire, 1.0)
-    return max(usable / (1 / link.bytes_per_s + 2 * max(widen, 1.0) * host.sparse_s_per_byte), 1.0)
-
-
 # ----------------------------------------------------------------------------------------------- prediction
 @dataclass
 class SampledWorld:
-    """The traffic of every sampled step of one world, per config: what the time model needs."""
+    """The traffic of every sampled step of one world, per config: what the time model needs. ``hot``: each
+    config's hot syncs a step (``None``: none); ``job_tokens``: the job size simulated."""
 
     world: int
     tokens: list[float] = field(default_factory=list)  # mean tokens per rank, per step
     traffic: dict[str, list[list[Traffic]]] = field(default_factory=dict)
+    hot: dict[str, HotSync | None] = field(default_factory=dict)
+    job_tokens: int = 0
 
 
 def simulate_world(work: Workload, world: int, configs: Sequence[Config] = CONFIGS, steps: int | None = 4,
                    max_ranks: int = 16, job_tokens: int | None = None) -> SampledWorld:
-    """Simulate ``steps`` steps of ``world`` ranks and size every config's exchange of each."""
+    """Simulate ``steps`` steps of ``world`` ranks and size every config's exchange of each (the main exchange
+    without the hot rows where the config syncs them). ``job_tokens``: default :meth:`Workload.job_tokens_for`."""
     from sparsembed.dataparallel.owners import Owners
 
+    job_tokens = job_tokens or work.job_tokens_for(world)
     owners = None
     if world > 1 and any(c.strategy == "sharded" for c in configs):
-        owners = Owners(work.model.vocab.counts, world, (job_tokens or work.job_tokens) * work.threads)
-    out = SampledWorld(world, traffic={c.name: [] for c in configs})
+        owners = Owners(work.model.vocab.counts, world, job_tokens * work.threads)
+    hot = {c.name: hot_sync(c, world, work.num_rows, work.dim, job_tokens) for c in configs}
+    out = SampledWorld(world, traffic={c.name: [] for c in configs}, hot=hot, job_tokens=job_tokens)
     for step in sample_steps(work, world, steps, max_ranks, job_tokens):
         out.tokens.append(float(step.tokens.mean()))
+        cut: dict[int, StepRows] = {}  # the step without its hot rows, once per count of them
         for c in configs:
-            out.traffic[c.name].append([exchange_traffic(c, step, m, work.num_rows, work.dim, owners)
+            rows = hot[c.name].rows if hot[c.name] is not None else 0
+            if rows not in cut:
+                cut[rows] = without_hot(step, rows)
+            out.traffic[c.name].append([exchange_traffic(c, cut[rows], m, work.num_rows, work.dim, owners)
                                         for m in (0, 1)])
     return out
 
 
 def time_world(sampled: SampledWorld, config: Config, rate: float, threads: int, link: Link, host: HostCost | None,
                overlap: bool, shared_cores: bool = False) -> tuple[list[StepTime], list[list[Traffic]]]:
-    """Step times of a simulated world under ``config`` (budget applied per step), and the traffic as sent."""
+    """Step times of a simulated world under ``config`` (budget applied per step, hot syncs added), and the
+    traffic as sent."""
     times, sent = [], []
+    hot = sampled.hot.get(config.name)
     for tokens, traffic in zip(sampled.tokens, sampled.traffic[config.name], strict=True):
         compute_s = tokens / (rate * threads)
         if config.budget is not None:
             traffic = _within_budget(config, traffic, compute_s, sampled.world, link, host)
         times.append(step_time(traffic, compute_s, sampled.world, link, host, overlap=overlap,
-                               shared_cores=shared_cores))
+                               shared_cores=shared_cores, hot=hot))
         sent.append(traffic)
     return times, sent
 
@@ -640,10 +625,15 @@ def predicted_rows(work: Workload, sampled: Sequence[SampledWorld], rate: float,
 
 def _predicted_row(work: Workload, sampled: SampledWorld, config: Config, link: Link, host: HostCost | None,
                    rate: float, single: float) -> dict[str, Any]:
-    world = sampled.world
+    """One prediction: sync and overlapped figures (``exchange_s``: the main exchange; ``hot_s``: the hot syncs,
+    in the foreground), bytes a rank sends and receives a step (``mb_hot_per_step`` of them in the hot syncs)."""
+    world, hot = sampled.world, sampled.hot.get(config.name)
     row: dict[str, Any] = {"hosts": world, "gbit_s": link.gbit_s, "config": config.name,
                            "implemented": config.implemented, "sampled_steps": len(sampled.tokens),
-                           "sampled_ranks": min(world, len(sampled.traffic[config.name][0][0].rows))}
+                           "sampled_ranks": min(world, len(sampled.traffic[config.name][0][0].rows)),
+                           "job_tokens": sampled.job_tokens, "hot_rows": hot.rows if hot else 0,
+                           "hot_rounds": hot.rounds if hot else 0,
+                           "mb_hot_per_step": (hot.bytes_per_step if hot else 0) / 1e6}
     for overlap in (False, True):
         if overlap and not config.overlaps:
             row["overlap"] = None
@@ -657,10 +647,13 @@ def _predicted_row(work: Workload, sampled: SampledWorld, config: Config, link: 
             "exchange_s": float(np.mean([t.exchange_s for t in times])),
             "link_s": float(np.mean([t.link_s for t in times])), "host_s": float(np.mean([t.host_s for t in times])),
             "latency_s": float(np.mean([t.latency_s for t in times])),
+            "hot_s": float(np.mean([t.hot_s for t in times])),
             "words_per_s": words, "efficiency": words / (world * single)}
         if not overlap:
-            row["mb_sent_per_step"] = float(np.mean([sum(t.sent.mean() for t in s) for s in sent])) / 1e6
-            row["mb_recv_per_step"] = float(np.mean([sum(t.recv.mean() for t in s) for s in sent])) / 1e6
+            row["mb_sent_per_step"] = float(np.mean([sum(t.sent.mean() for t in s) for s in sent])) / 1e6 \
+                + row["mb_hot_per_step"]
+            row["mb_recv_per_step"] = float(np.mean([sum(t.recv.mean() for t in s) for s in sent])) / 1e6 \
+                + row["mb_hot_per_step"]
             row["modes"] = {m: sorted({s[i].mode for s in sent}) for i, m in enumerate(("syn0", "syn1"))}
             row["rows_sent_share"] = float(np.mean([np.mean([t.rows_sent_share for t in s]) for s in sent]))
     return row
@@ -677,7 +670,7 @@ def measure_rate(work: Workload, seconds: float = 3.0, job_tokens: int | None = 
     s = m.settings
     model = _model_like(m, s, copy=True)  # train a copy: the workload's matrices stay as scanned
     size = job_tokens or work.job_tokens
-    schedule = Schedule(m.corpus.sentence_starts, size, s.epochs, s.alpha, s.min_alpha)
+    schedule = Schedule(work.starts(size), size, s.epochs, s.alpha, s.min_alpha)
     warm = Schedule(m.corpus.sentence_starts, min(size, 1000), s.epochs, s.alpha, s.min_alpha)
     model.run_job(warm, 0, 0, work.tables)  # the kernel's compiled code loads from numba's cache once
     rates, total_tokens, total_s = [], 0, 0.0
