@@ -10,7 +10,9 @@ restrict_vocab=30000), wordsim353 and simlex999 Spearman.
 
 Who runs: ``--kernels`` (sparsembed's job kernels, default all) and ``--peers``, a comma list of
 ``gensim`` (4.4, iterable mode; the default), ``gensim_file`` (its ``corpus_file`` mode, on the text cut into lines
-of at most 10,000 words, or it would train on a fraction), ``fasttext`` (the ``fasttext-numpy2`` bindings,
+of 1,000 words: on one line it trains a fraction, and on 10,000-word lines it still drops about 15% of the words,
+since its reader lets a batch grow past 10,000 words by a line and the trainer keeps the first 10,000),
+``fasttext`` (the ``fasttext-numpy2`` bindings,
 ``minn=0 maxn=0``: plain word2vec), ``pword2vec`` (Intel's HogBatch skip-gram) and ``word2vec_c`` (the original
 word2vec.c); the last two are built by ``../shared/peers/build.sh`` into this run's scratch directory (never into
 the package). pWord2Vec has no CBOW.
@@ -170,9 +172,9 @@ def build_programs(wanted: list[str], scratch: Path) -> dict[str, Path]:
     return {"pword2vec": target / "pWord2Vec", "word2vec_c": target / "word2vec"}
 
 
-def cut_lines(text: Path, target: Path, words_per_line: int = 10_000) -> int:
-    """``text``'s words, lines of at most ``words_per_line`` (gensim's corpus_file mode caps a line at 10,000 words
-    and drops the rest); returns the word count."""
+def cut_lines(text: Path, target: Path, words_per_line: int = 1_000) -> int:
+    """``text``'s words, lines of at most ``words_per_line`` (gensim's corpus_file mode caps a batch at 10,000 words
+    and drops the rest, and a batch grows by whole lines: short lines lose nearly nothing); returns the word count."""
     count = 0
     with open(text, "rb") as src, open(target, "wb") as dst:
         carry = b""
