@@ -215,7 +215,7 @@ def warm_numba_cache(corpus: Path, scratch: Path) -> None:
 def summarise(runs: list[dict]) -> dict:
     """The median of each figure over the repeats."""
     keys = runs[0].keys()
-    return {k: statistics.median(r[k] for r in runs) for k in keys} | {"runs": len(runs)}
+    return {k: statistics.median(r[k] for r in runs) for k in keys} | {"runs": len(runs), "each": runs}
 
 
 def main() -> None:
@@ -274,7 +274,7 @@ def main() -> None:
 def update_markdown(path: Path, table: str, report: dict) -> None:
     """Replace the table between this benchmark's markers in ``path`` (the prose around it stays)."""
     start, end = "<!-- bench_word2vec table: start -->", "<!-- bench_word2vec table: end -->"
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8") if path.exists() else f"{start}\n{end}\n"  # a new file: just the table
     if start not in text or end not in text:
         print(f"{path} has no bench_word2vec markers; table not written there", file=sys.stderr)
         return
