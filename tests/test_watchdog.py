@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from dist_utils import free_port
-from sparsembed.dataparallel.watchdog import CollectiveFailed, PeerLost, PeerWatch, summarize_error
+from sparsembed.dataparallel.watchdog import STORE_ANSWER_S, CollectiveFailed, PeerLost, PeerWatch, summarize_error
 from sparsembed.errors import UserError
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(90)]
@@ -265,3 +265,45 @@ def test_restart_attempts_do_not_share_beats(monkeypatch):
     PeerWatch(store, 1, 2).beat(50)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     assert PeerWatch(store, 0, 2).missing(3) == [1]  # the first attempt's beat of step 50 does not count
+
+
+class _CutStore:
+    """A store behind a cut link: writes pass until the cut, then every read and write waits (as TCP does for
+    minutes before it gives up)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.inner, self.cut = dist.HashStore(), threading.Event()
+
+    def _wait(self) -> None:
+        if self.cut.is_set():
+            time.sleep(3600)
+
+    def set(self, key, value):
+        self._wait()
+        return self.inner.set(key, value)
+
+    def check(self, keys):
+        self._wait()
+        return self.inner.check(keys)
+
+    def get(self, key):
+        self._wait()
+        return self.inner.get(key)
+
+
+def test_a_store_behind_a_cut_link_is_named_within_the_deadline(monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "10.77.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29511")
+    store = _CutStore()
+    watch = PeerWatch(store, 1, 2, prefix="cut/", grace=0.0)
+    watch.beat(5)
+    store.cut.set()
+    t0 = time.monotonic()
+    failure = watch.diagnose(RuntimeError(GLOO_RESET), 6, "the exchange of syn0", 0.0)
+    assert time.monotonic() - t0 < STORE_ANSWER_S + 2  # not the minutes TCP would take to give up
+    assert isinstance(failure, CollectiveFailed) and not isinstance(failure, PeerLost)
+    message = str(failure)
+    assert "the rendezvous store (10.77.0.1:29511) is unreachable too (no answer in" in message
+    assert "died or the network to it is down" in message and "\n" not in message

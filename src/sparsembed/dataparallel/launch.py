@@ -91,12 +91,22 @@ def join(timeout: float) -> None:
                             timeout=timedelta(seconds=timeout))
 
 
+#: Seconds leaving the process group may take before the process exits without waiting for it.
+LEAVE_S = 10.0
+
+
 def leave() -> None:
     """Leave the process group (no-op when not in one)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        # After a lost peer or a cut link the teardown may wait on a dead connection: give it a few seconds in a
+        # daemon thread, then leave anyway (the process is about to exit).
+        import threading
+
+        thread = threading.Thread(target=dist.destroy_process_group, name="sparsembed-leave", daemon=True)
+        thread.start()
+        thread.join(LEAVE_S)
 
 
 def free_port() -> int:

@@ -275,23 +275,25 @@ class PeerWatch:
         """The one-line error for ``exc``, raised by a collective of ``step`` during ``what``."""
         detail = summarize_error(exc)
         fields = {"step": step, "what": what, "detail": detail}
+        # Behind a cut link a store read waits for TCP to give up (many minutes): each read gets a deadline.
+        deadline = wait + 3 * self.pulse_interval + STORE_ANSWER_S
         try:
-            behind = self.missing(step, wait)
-            seen = self.seen()
-        except Exception as store_exc:  # the store is gone too: its host died
+            behind, seen = _within(deadline, lambda: (self.missing(step, wait), self.seen()))
+            quiet = [] if behind else _within(deadline, self.silent)
+        except Exception as store_exc:  # the store is gone too: its host died, or the network to it
             return self._failure(
                 CollectiveFailed,
                 f"{what} failed at step {step} on rank {self.rank} of {self.world} ({detail}) and the rendezvous "
-                f"store is unreachable too ({summarize_error(store_exc)}): the process hosting it (rank 0 unless "
-                f"under torchrun) has probably died", "", **fields)
+                f"store{_store_address()} is unreachable too ({summarize_error(store_exc)}): the host running "
+                "it (rank 0's unless under torchrun) died or the network to it is down", "", **fields)
         if not behind:
-            quiet = self.silent()
             if quiet:
                 who = f"rank {quiet[0]}" if len(quiet) == 1 else "ranks " + ", ".join(map(str, quiet))
                 return self._failure(
                     PeerLost,
                     f"{who} of {self.world} stopped responding during {what} at step {step} (no heartbeat for "
-                    f"{3 * self.pulse_interval:g} s: the process died or hung)", "it" if len(quiet) == 1 else "them",
+                    f"{3 * self.pulse_interval:g} s: the process died or hung, or the network to its host is down)",
+                    "it" if len(quiet) == 1 else "them",
                     ranks=quiet, world=self.world, last={r: seen[r] for r in quiet}, **fields)
             return self._failure(
                 CollectiveFailed,
@@ -316,6 +318,39 @@ class PeerWatch:
         else:
             ending = _stop_ending(lost, RESTART_ADVICE)
         return kind(f"{situation}; {ending}", situation=situation, lost=lost, restart=restart, **fields)
+
+
+#: Seconds a diagnosis waits for the rendezvous store beyond the beats' own wait before calling it unreachable.
+STORE_ANSWER_S = 5.0
+
+
+def _within(seconds: float, read: Any) -> Any:
+    """``read()``, or TimeoutError when it has not returned after ``seconds`` (it goes on in a daemon thread, which
+    the process does not wait for at exit)."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = read()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="sparsembed-store-read", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer in {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _store_address() -> str:
+    """`` (MASTER_ADDR:MASTER_PORT)``, the rendezvous store's address as the launcher gave it, or ``""``."""
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    return f" ({host}:{port})" if host and port else ""
 
 
 def _is_comm_error(exc: BaseException) -> bool:
