@@ -30,6 +30,7 @@ import glob
 import json
 import os
 import platform
+import re
 import sys
 import time
 from datetime import datetime
@@ -130,8 +131,12 @@ def load_measured(patterns: list[str]) -> list[dict[str, Any]]:
         matrices = {m: {k: float(np.median([r["matrices"][m][k] for r in runs])) for k in ("median_mb_sent",
                         "median_s", "median_density")} | {"encodings": runs[0]["matrices"][m]["encodings"]}
                     for m in runs[0].get("matrices") or {}}
+        rate = re.search(r"netns (\d+(?:\.\d+)?) ?gbit", setup, re.IGNORECASE)  # "netns 1 Gbit/s", "netns 10gbit"
         out.append({"file": name, "setup": setup, "loopback": setup.startswith("loopback"), "job_tokens": job_tokens,
-                    "variant": variant, "epochs": runs[0]["epochs"], "steps": runs[0]["steps"],
+                    "gbit": float(rate.group(1)) if rate else 1.0,
+                    # "default": what ranks on different hosts run without flags (int8, overlapped)
+                    "variant": "overlap-int8" if variant == "default" else variant,
+                    "epochs": runs[0]["epochs"], "steps": runs[0]["steps"],
                     "repeats": len(runs), "link_mbit_s": runs[0]["link_mbit_s"], "started": runs[0]["started"],
                     "compute_s": med("median_compute_s"),
                     "exchange_s": med("median_exchange_s"), "mb_sent": med("median_mb_sent_per_step"),
@@ -212,7 +217,7 @@ def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], hos
     config = Config(f"replicated-{values}", "replicated", values)
     job_tokens = even_job_tokens(work.tokens, g["job_tokens"], 2)
     # loopback: no link limit and no latency to speak of; the host cost is all there is (it is calibrated there)
-    link = Link(1e6, 0.0, 1.0) if g["loopback"] else Link(1.0, latency_s, g["link_mbit_s"] / 1000)
+    link = Link(1e6, 0.0, 1.0) if g["loopback"] else Link(g["gbit"], latency_s, g["link_mbit_s"] / (1000 * g["gbit"]))
     sampled = simulate_world(work, 2, [config], steps=None, max_ranks=2, job_tokens=job_tokens)
     times, sent = time_world(sampled, config, rate, 1, link, host, overlap, shared_cores=True)
     run_s = run_seconds(times * g["epochs"], overlap, shared_cores=True)
@@ -242,23 +247,28 @@ def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], hos
 
 def validate_whole(work: Workload, timed: float, mode: str, scan_s: float, points: list[str], host: HostCost,
                    latency_s: float, goodput: float) -> list[dict[str, Any]]:
-    """Whole-command wall times: the scan (timed here) plus the modelled training, 2 hosts x 1 thread
-    (synchronous, fp32, J = 250000, 5 epochs) against one process x 1 thread (the scan plus tokens / rate).
-    ``mode`` ``session``: the rate of the session, from its single process's wall time (an input, then);
-    ``timed``: the rate timed here."""
+    """Whole-command wall times: the scan (timed here) plus the modelled training, 2 hosts x 1 thread (J = 250000,
+    5 epochs; synchronous fp32, or with a ``:default`` suffix today's defaults across hosts, int8 overlapped on
+    hosts of one core) against one process x 1 thread (the scan plus tokens / rate). ``mode`` ``session``: the rate
+    of the session, from its single process's wall time (an input, then); ``timed``: the rate timed here."""
     epochs = work.model.settings.epochs
-    config = Config("replicated", "replicated")
-    sampled = simulate_world(work, 2, [config], steps=None, max_ranks=2,
+    configs = {"sync": Config("replicated", "replicated"), "default": Config("replicated-int8", "replicated", "int8")}
+    sampled = simulate_world(work, 2, list(configs.values()), steps=None, max_ranks=2,
                              job_tokens=even_job_tokens(work.tokens, 250_000, 2))
     out = []
     for point in points:
-        gbit, pair_s, single_s = _numbers(point, 3, "--whole-command GBIT:PAIR_S:SINGLE_S", sep=":")
+        variant = point.split(":")[3] if point.count(":") == 3 else "sync"
+        if variant not in configs:
+            raise SystemExit(f"bench_scaling: --whole-command {point}: the variant must be sync or default")
+        gbit, pair_s, single_s = _numbers(point.rsplit(":", 1)[0] if point.count(":") == 3 else point, 3,
+                                          "--whole-command GBIT:PAIR_S:SINGLE_S[:sync|default]", sep=":")
         rate = epochs * work.tokens / (single_s - scan_s) if mode == "session" else timed
         link = Link(gbit, latency_s, goodput)
-        times, _ = time_world(sampled, config, rate, 1, link, host, overlap=False)
-        pair = scan_s + run_seconds(times * epochs)
+        overlap = variant == "default"
+        times, _ = time_world(sampled, configs[variant], rate, 1, link, host, overlap=overlap, shared_cores=overlap)
+        pair = scan_s + run_seconds(times * epochs, overlap, shared_cores=overlap)
         single = scan_s + epochs * work.tokens / rate
-        out.append({"gbit_s": gbit, "goodput": goodput, "rate": rate,
+        out.append({"gbit_s": gbit, "variant": variant, "goodput": goodput, "rate": rate,
                     "inputs": ["single_s"] if mode == "session" else [],
                     "measured": {"pair_s": pair_s, "single_s": single_s,
                                                                      "speedup": single_s / pair_s},
@@ -340,8 +350,9 @@ def validation_table(runs: list[dict[str, Any]], whole: list[dict[str, Any]], ex
     for w in whole:
         for key in ("pair_s", "single_s", "speedup"):
             inp = key in w["inputs"]
-            row(f"| whole command, {w['gbit_s']:g} Gbit/s, 5 ep | 250k | sync", key, w["measured"][key],
-                w["predicted"][key], "{:.2f}".format, not inp, " (input)" if inp else "")
+            label = f"| whole command, {w['gbit_s']:g} Gbit/s, 5 ep | 250k | {w.get('variant', 'sync')}"
+            row(label, key, w["measured"][key], w["predicted"][key], "{:.2f}".format, not inp,
+                " (input)" if inp else "")
     for e in exchange:
         for key in ("ours_ms", "dense_ms"):
             row(f"| bench exchange, {e['hosts']} netns, 1 Gbit/s | - | {e['values']}", key, e["measured"][key],
@@ -353,8 +364,8 @@ def verdict(runs: list[dict[str, Any]], whole: list[dict[str, Any]], exchange: l
     """How many judged figures lie within the target, and which do not."""
     judged = [(f"{v['setup']} J={v['job_tokens']} {v['variant']} {v['epochs']} ep: {k}", r)
               for v in runs if not v["calibration"] for k, r in v["ratio"].items() if k not in v["inputs"]]
-    judged += [(f"whole command {w['gbit_s']:g} Gbit/s: {k}", r) for w in whole for k, r in w["ratio"].items()
-               if k not in w["inputs"]]
+    judged += [(f"whole command {w['gbit_s']:g} Gbit/s {w.get('variant', 'sync')}: {k}", r) for w in whole
+               for k, r in w["ratio"].items() if k not in w["inputs"]]
     judged += [(f"bench exchange {e['hosts']} hosts {e['values']} ({e['file']}): {k}", r) for e in exchange
                 for k, r in e["ratio"].items()]
     off = {name: round(r, 3) for name, r in judged if abs(r - 1) > TARGET}
@@ -470,7 +481,7 @@ def validation(args: argparse.Namespace, cbow: Workload | None, timed: float | N
     if cbow is not None:  # every measured run is CBOW (sparsembed train's default)
         by_file = session_rates(cbow, measured, timed, args.validation_rate)
         runs = [validate_run(cbow, by_file[g["file"]], g, host, latency) for g in measured]
-        goodput = next((g["link_mbit_s"] / 1000 for g in measured if not g["loopback"]), args.goodput)
+        goodput = next((g["link_mbit_s"] / (1000 * g["gbit"]) for g in measured if not g["loopback"]), args.goodput)
         whole = validate_whole(cbow, timed, args.validation_rate, scan_s, args.whole_command, host, latency, goodput)
     exchange = validate_exchange(args.exchange_measured, host, latency)
     # the session's rate for the predictions: the whole commands' single process, else the runs' median
@@ -489,7 +500,8 @@ def check(args: argparse.Namespace) -> None:
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
     for point in args.whole_command:
-        _numbers(point, 3, "--whole-command GBIT:PAIR_S:SINGLE_S", sep=":")
+        numbers = point.rsplit(":", 1)[0] if point.count(":") == 3 else point
+        _numbers(numbers, 3, "--whole-command GBIT:PAIR_S:SINGLE_S[:sync|default]", sep=":")
     if args.host_cost not in ("auto", "none"):
         _numbers(args.host_cost, 2, "--host-cost SPARSE_NS,DENSE_NS")
 
