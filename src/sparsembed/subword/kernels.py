@@ -32,9 +32,12 @@ from sparsembed.word2vec.kernels import (
     NOT_TRACKED,
     draw_negatives,
     job_seed,
+    job_start,
+    longest_sentence,
     negative_pass,
     next_bits,
     prefetch_row,
+    sentence_alpha,
     subsample,
 )
 
@@ -54,16 +57,11 @@ def train_job(
     ``sub_gain[w]`` how far an error added to each of them moves their mean (see the module docstring)."""
     dim = syn0.shape[1]
     track = touched0.shape[0] > 0
-    max_len = 0
-    for s in range(first_sentence, last_sentence):
-        max_len = max(max_len, starts[s + 1] - starts[s])
-    kept = np.empty(max(max_len, 1), dtype=np.int32)
+    kept = np.empty(longest_sentence(starts, first_sentence, last_sentence), dtype=np.int32)
     hidden = np.empty(dim, dtype=np.float32)
     work = np.empty(dim, dtype=np.float32)
     total = np.empty(dim, dtype=np.float32)
-    state = job_seed(seed, epoch, job)
-    negs = np.empty((2, negative), dtype=np.int64)
-    state = draw_negatives(syn1, packed_alias, negs[0], state, touched1)
+    state, negs = job_start(syn1, packed_alias, negative, seed, epoch, job, touched1)
     example = 0
     loss = 0.0
     pairs = 0
@@ -72,7 +70,7 @@ def train_job(
     slope = (alpha_start - alpha_end) / max(total_tokens, 1)
     for s in range(first_sentence, last_sentence):
         first, last = starts[s], starts[s + 1]
-        alpha = np.float32(max(alpha_start - slope * done, alpha_end))
+        alpha = sentence_alpha(alpha_start, alpha_end, slope, done)
         done += last - first
         n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1)
         trained += n

@@ -37,9 +37,11 @@ from sparsembed.word2vec.kernels import (
     MAX_EXP,
     NOT_TRACKED,
     draw_negatives,
-    job_seed,
+    job_start,
+    longest_sentence,
     next_bits,
     prefetch_row,
+    sentence_alpha,
     subsample,
     table_index,
 )
@@ -263,10 +265,7 @@ def train_job_batched(
     window draws.
     """
     dim = syn0.shape[1]
-    max_len = 0
-    for s in range(first_sentence, last_sentence):
-        max_len = max(max_len, starts[s + 1] - starts[s])
-    kept = np.empty(max(max_len, 1), dtype=np.int32)
+    kept = np.empty(longest_sentence(starts, first_sentence, last_sentence), dtype=np.int32)
     span = 2 * window
     ctx = np.empty(span, dtype=np.int64)
     outs = np.empty(negative + 1, dtype=np.int64)
@@ -280,9 +279,7 @@ def train_job_batched(
     coef = np.empty(max(span, negative + 1, CBOW_GROUP), dtype=np.float32)
     cbow_rows = np.empty(max(span, CBOW_GROUP), dtype=np.int64)
     highs = np.empty(CBOW_GROUP, dtype=np.int64)
-    state = job_seed(seed, epoch, job)
-    negs = np.empty((2, negative), dtype=np.int64)
-    state = draw_negatives(syn1, packed_alias, negs[0], state, touched1)
+    state, negs = job_start(syn1, packed_alias, negative, seed, epoch, job, touched1)
     example = 0
     loss = 0.0
     pairs = 0
@@ -291,7 +288,7 @@ def train_job_batched(
     slope = (alpha_start - alpha_end) / max(total_tokens, 1)
     for s in range(first_sentence, last_sentence):
         first, last = starts[s], starts[s + 1]
-        alpha = np.float32(max(alpha_start - slope * done, alpha_end))
+        alpha = sentence_alpha(alpha_start, alpha_end, slope, done)
         done += last - first
         n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1)
         trained += n

@@ -91,6 +91,15 @@ def prefetch_row(matrix, row):
         _prefetch(matrix, row, k)
 
 
+@njit(inline="always")
+def longest_sentence(starts, first_sentence, last_sentence):
+    """Tokens of the longest of sentences ``[first_sentence, last_sentence)`` (at least 1): a job's buffer size."""
+    longest = 1
+    for s in range(first_sentence, last_sentence):
+        longest = max(longest, starts[s + 1] - starts[s])
+    return longest
+
+
 @njit(nogil=True, cache=True)
 def job_seed(seed: int, epoch: int, job: int) -> np.uint64:
     """A non-zero generator state from (seed, epoch, job), well mixed (splitmix64)."""
@@ -174,6 +183,23 @@ def negative_pass(syn1, hidden, target, work, alpha, negs, sig, logsig):
 FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
 
 
+@njit(inline="always")
+def job_start(syn1, packed_alias, negative, seed, epoch, job, touched1):
+    """A job's generator state (:func:`job_seed`) and its noise-row buffers: each example's noise rows are drawn
+    one example ahead (see :func:`draw_negatives`) into one of two buffers, which the job swaps; the first is
+    drawn here."""
+    state = job_seed(seed, epoch, job)
+    negs = np.empty((2, negative), dtype=np.int64)
+    state = draw_negatives(syn1, packed_alias, negs[0], state, touched1)
+    return state, negs
+
+
+@njit(inline="always")
+def sentence_alpha(alpha_start, alpha_end, slope, done):
+    """The learning rate of a sentence that starts ``done`` tokens into the run (linear decay, floored)."""
+    return np.float32(max(alpha_start - slope * done, alpha_end))
+
+
 @njit(nogil=True, fastmath=FASTMATH, cache=True)
 def train_job(
     syn0, syn1, ids, starts, first_sentence, last_sentence, sample_ints, use_sample, packed_alias,
@@ -192,16 +218,10 @@ def train_job(
     ``(tokens_before + t) / total_tokens`` of the whole run (all epochs).
     """
     dim = syn0.shape[1]
-    max_len = 0
-    for s in range(first_sentence, last_sentence):
-        max_len = max(max_len, starts[s + 1] - starts[s])
-    kept = np.empty(max(max_len, 1), dtype=np.int32)
+    kept = np.empty(longest_sentence(starts, first_sentence, last_sentence), dtype=np.int32)
     hidden = np.empty(dim, dtype=np.float32)
     work = np.empty(dim, dtype=np.float32)
-    state = job_seed(seed, epoch, job)
-    # Each example's noise rows are drawn one example ahead (see draw_negatives); swap the two buffers.
-    negs = np.empty((2, negative), dtype=np.int64)
-    state = draw_negatives(syn1, packed_alias, negs[0], state, touched1)
+    state, negs = job_start(syn1, packed_alias, negative, seed, epoch, job, touched1)
     example = 0
     loss = 0.0
     pairs = 0
@@ -210,7 +230,7 @@ def train_job(
     slope = (alpha_start - alpha_end) / max(total_tokens, 1)
     for s in range(first_sentence, last_sentence):
         first, last = starts[s], starts[s + 1]
-        alpha = np.float32(max(alpha_start - slope * done, alpha_end))
+        alpha = sentence_alpha(alpha_start, alpha_end, slope, done)
         done += last - first
         n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1)
         trained += n
