@@ -6,9 +6,10 @@ under the sharded strategy, and naming the rank that died or hung. The exchanges
 :mod:`sparsembed.comm`'s. Modules, in the order one step uses them:
 
 * :mod:`~sparsembed.dataparallel.launch`: ``--nproc N`` through torch's elastic launcher; joining the group;
-* :mod:`~sparsembed.dataparallel.options`: ``ExchangeOptions``, ``Balance``, the jobs of a step;
-* :mod:`~sparsembed.dataparallel.trainer`: ``DataParallelTrainer``: train the step's jobs, exchange, agree,
-  advance, checkpoint;
+* :mod:`~sparsembed.dataparallel.options`: ``ExchangeOptions``, ``Balance``, the jobs of a step, the defaults
+  across hosts and beyond two ranks (hot rows, step tokens) and why;
+* :mod:`~sparsembed.dataparallel.trainer`: ``DataParallelTrainer``: train the step's jobs (in rounds, the hot rows
+  summed after each), exchange, agree, advance, checkpoint;
 * :mod:`~sparsembed.dataparallel.replica`: ``Replica``: a matrix's working copy, agreed reference and touched
   rows, and the compiled loops that take and add changes;
 * :mod:`~sparsembed.dataparallel.owners`: ``Owners``: which rank sums which row under ``--strategy sharded``;
