@@ -15,7 +15,7 @@ from sparsembed.cli import main
 from sparsembed.word2vec import batched, checkpoint, kernels
 from sparsembed.word2vec.demo import generate_corpus, write_analogies
 from test_kernels import _next, _sigmoid_index, _tiny_problem
-from train_utils import FAST, StopAfter, train_argv
+from train_utils import FAST, interrupt_after, train_argv
 
 
 def _gradient(score: np.float32, label: float, alpha: np.float32) -> tuple[np.float32, float]:
@@ -252,15 +252,6 @@ def in_tmp(tmp_path: Path):
         os.chdir(cwd)
 
 
-def _interrupt_after(monkeypatch, questions: int) -> None:
-    real = Word2Vec.train
-
-    def train(model, *args, **kwargs):
-        kwargs["stop"] = StopAfter(questions)
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(Word2Vec, "train", train)
-
 
 @pytest.mark.parametrize("model", ["skipgram", "cbow"])
 def test_cli_kernel_flag_and_exact_resume(in_tmp: Path, monkeypatch, capsys, model: str) -> None:
@@ -273,7 +264,7 @@ def test_cli_kernel_flag_and_exact_resume(in_tmp: Path, monkeypatch, capsys, mod
     assert (in_tmp / "whole" / "vectors.bin").read_bytes() != (in_tmp / "exact" / "vectors.bin").read_bytes()
 
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 3)
+        interrupt_after(patch, 3)
         assert main(["train", "corpus.txt", "--out", "part", *argv]) == 130
     capsys.readouterr()
     assert main(["train", "--resume", "part", "--quiet"]) == 0

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sparsembed import Word2Vec
 from sparsembed.cli import main
 from sparsembed.word2vec import checkpoint
-from train_utils import FAST, StopAfter, reference_run, small_corpus, snapshot, train_argv
+from train_utils import FAST, interrupt_after, reference_run, small_corpus, snapshot, train_argv
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +30,6 @@ def corpus(tmp_path_factory) -> Path:
 def reference(corpus: Path, tmp_path_factory) -> Path:
     return reference_run(corpus, tmp_path_factory.mktemp("reference") / "run")
 
-
-def _interrupt_after(monkeypatch, questions: int) -> None:
-    """The next training run stops as Ctrl-C stops it (checkpoint, exit 130), after a few jobs."""
-    real = Word2Vec.train
-
-    def train(model, *args, **kwargs):
-        kwargs["stop"] = StopAfter(questions)
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(Word2Vec, "train", train)
 
 
 def _refused(argv: list[str], capsys) -> str:
@@ -70,7 +59,7 @@ def _stop_in(home: Path, corpus: Path, monkeypatch, capsys, extra: tuple[str, ..
     shutil.copy2(corpus, home / "corpus.txt")
     monkeypatch.chdir(home)
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, questions)
+        interrupt_after(patch, questions)
         code = main(["train", "corpus.txt", "--out", "run", *train_argv(FAST), *extra, "--quiet"])
     assert code == 128 + signal.SIGINT
     assert capsys.readouterr().err.strip() == "sparsembed: interrupted; resume with: sparsembed train --resume run"
@@ -170,7 +159,7 @@ def test_keep_checkpoints_sets_how_many_generations_stay(corpus: Path, tmp_path:
     assert "--keep-checkpoints must be an integer >= 1" in _refused(
         ["train", "--resume", "run", "--keep-checkpoints", "0"], capsys)
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 9)
+        interrupt_after(patch, 9)
         code = main(["train", "--resume", "run", "--checkpoint-every", "0", "--keep-checkpoints", "3", "--quiet"])
     assert code == 128 + signal.SIGINT
     assert len(_generations(Path("run/model"))) == 3

@@ -497,21 +497,15 @@ def test_cli_interrupted_and_resumed_run_is_byte_identical(planted, tmp_path: Pa
     the same vectors.bin and final checkpoint matrices as an uninterrupted run."""
     import signal
 
-    from train_utils import FAST, StopAfter, train_argv
+    from train_utils import FAST, interrupt_after, train_argv
 
     corpus, _, _ = planted
     shutil.copy(corpus, tmp_path / "corpus.txt")
     monkeypatch.chdir(tmp_path)
     argv = ["train", "corpus.txt", *train_argv(FAST), "--subwords", "3-5", "--buckets", "30000", "--quiet"]
     assert main([*argv, "--out", "whole"]) == 0
-    real = Word2Vec.train
-
-    def stopped(model, *args, **kwargs):
-        kwargs["stop"] = StopAfter(3)
-        return real(model, *args, **kwargs)
-
     with monkeypatch.context() as patch:
-        patch.setattr(Word2Vec, "train", stopped)
+        interrupt_after(patch, 3)
         assert main([*argv, "--out", "run"]) == 128 + signal.SIGINT
     assert "resume with: sparsembed train --resume run" in capsys.readouterr().err
     assert not Word2Vec.load("run").done

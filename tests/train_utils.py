@@ -1,10 +1,12 @@
 """What the single-process fault and resume tests share: quick settings, their command line, a small corpus,
-an uninterrupted reference run, a directory's bytes, and a stop event that fires mid-epoch."""
+an uninterrupted reference run, a directory's bytes, and a stop event that fires mid-epoch (and the patch that
+hands it to the next training run)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from sparsembed import Word2Vec
 from sparsembed.cli import main
 from sparsembed.word2vec.demo import generate_corpus
 
@@ -44,3 +46,14 @@ class StopAfter:
     def is_set(self) -> bool:
         self.calls += 1
         return self.calls > self.n
+
+
+def interrupt_after(monkeypatch, questions: int) -> None:
+    """The next training run stops as Ctrl-C stops it (checkpoint, exit 130), after ``questions`` questions."""
+    real = Word2Vec.train
+
+    def train(model, *args, **kwargs):
+        kwargs["stop"] = StopAfter(questions)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(Word2Vec, "train", train)
