@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import lzma
 import math
 import os
 import shutil
@@ -62,6 +61,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_word2vec import decompressed  # noqa: E402  (the same .xz handling as the word2vec benchmark)
 
 LIBRARIES = ("sparsembed", "fasttext", "gensim", "gensim_iter")
 DEFAULT_LIBRARIES = "sparsembed,fasttext,gensim"
@@ -319,16 +321,6 @@ def child_json(argv: list[str], what: str) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def decompressed(corpus: Path, scratch: Path) -> Path:
-    """The corpus as plain text (an .xz decompressed once into ``scratch``)."""
-    if corpus.suffix != ".xz":
-        return corpus
-    target = scratch / corpus.stem
-    with lzma.open(corpus) as src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 22)
-    return target
 
 
 def cut_lines(text: Path, target: Path, words_per_line: int = GENSIM_LINE_WORDS, block_size: int = 1 << 24) -> Counter:
