@@ -101,6 +101,27 @@ def _add_rows(x, matrix, rows, coef, n):
         j += 1
 
 
+@njit(fastmath=FASTMATH, inline="always")
+def _dot3(a, b0, b1, b2):
+    """The dot products of ``a`` with three rows in one pass (``a`` loaded once for the three)."""
+    s0 = np.float32(0.0)
+    s1 = np.float32(0.0)
+    s2 = np.float32(0.0)
+    for k in range(a.shape[0]):
+        s0 += b0[k] * a[k]
+        s1 += b1[k] * a[k]
+        s2 += b2[k] * a[k]
+    return s0, s1, s2
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _dot(a, b):
+    s = np.float32(0.0)
+    for k in range(a.shape[0]):
+        s += b[k] * a[k]
+    return s
+
+
 @njit(nogil=True, fastmath=FASTMATH, inline="always")
 def _skipgram_window(syn0, syn1, ctx, nc, outs, no, alpha, grad, grad_t, old, sig, logsig):
     """One window: ``nc`` context rows ``ctx`` of syn0 against ``no`` output rows ``outs`` of syn1 (the first is the
@@ -111,26 +132,13 @@ def _skipgram_window(syn0, syn1, ctx, nc, outs, no, alpha, grad, grad_t, old, si
         row = syn0[ctx[c]]
         o = 0
         while o + 2 < no:
-            out0 = syn1[outs[o]]
-            out1 = syn1[outs[o + 1]]
-            out2 = syn1[outs[o + 2]]
-            s0 = np.float32(0.0)
-            s1 = np.float32(0.0)
-            s2 = np.float32(0.0)
-            for k in range(dim):
-                s0 += out0[k] * row[k]
-                s1 += out1[k] * row[k]
-                s2 += out2[k] * row[k]
+            s0, s1, s2 = _dot3(row, syn1[outs[o]], syn1[outs[o + 1]], syn1[outs[o + 2]])
             grad[o, c] = s0
             grad[o + 1, c] = s1
             grad[o + 2, c] = s2
             o += 3
         while o < no:
-            out0 = syn1[outs[o]]
-            s0 = np.float32(0.0)
-            for k in range(dim):
-                s0 += out0[k] * row[k]
-            grad[o, c] = s0
+            grad[o, c] = _dot(row, syn1[outs[o]])
             o += 1
     for o in range(no):
         label = np.float32(1.0) if o == 0 else np.float32(0.0)
@@ -192,26 +200,13 @@ def _cbow_group(syn0, syn1, kept, group_first, group_last, lows, highs, negs, ne
         o = 0
         while o <= negative:  # three output rows a pass (the hidden row loaded once for them)
             if o + 2 <= negative:
-                out0 = syn1[outs[o]]
-                out1 = syn1[outs[o + 1]]
-                out2 = syn1[outs[o + 2]]
-                s0 = np.float32(0.0)
-                s1 = np.float32(0.0)
-                s2 = np.float32(0.0)
-                for k in range(dim):
-                    s0 += out0[k] * h[k]
-                    s1 += out1[k] * h[k]
-                    s2 += out2[k] * h[k]
+                s0, s1, s2 = _dot3(h, syn1[outs[o]], syn1[outs[o + 1]], syn1[outs[o + 2]])
                 grad[b, o] = s0
                 grad[b, o + 1] = s1
                 grad[b, o + 2] = s2
                 o += 3
             else:
-                out0 = syn1[outs[o]]
-                s0 = np.float32(0.0)
-                for k in range(dim):
-                    s0 += out0[k] * h[k]
-                grad[b, o] = s0
+                grad[b, o] = _dot(h, syn1[outs[o]])
                 o += 1
         for d in range(negative + 1):
             if d > 0 and outs[d] == word:
