@@ -142,12 +142,14 @@ class DataParallelTrainer:
         self.hot = self.options.hot_rows_for(self.world, len(model.vocab)) if self.counter is None else 0
         fresh = (model.position.epoch, model.position.job) == (0, 0)  # a fresh run; a resumed one keeps its jobs
         self.rounds = DYNAMIC_ROUNDS if self.counter is not None else 1
-        if self.hot:  # a step of job_tokens per rank and thread, in rounds of about hot_tokens
+        if self.hot and fresh:
+            # a step of job_tokens per rank and thread, in rounds of about hot_tokens each; a round may be shorter
+            # than a sentence, so sentences are trained in pieces
             hot_tokens = self.options.hot_tokens_for(self.world)
-            step = model.settings.job_tokens if fresh else step_tokens_for(self.world)
-            self.rounds = max(1, step // (hot_tokens if fresh else model.settings.job_tokens))
-            if fresh:  # a round's job may be shorter than a sentence: train pieces of sentences
-                model.settings.piece_tokens = hot_tokens
+            self.rounds = max(1, model.settings.job_tokens // hot_tokens)
+            model.settings.piece_tokens = hot_tokens
+        elif self.hot:  # resumed: the checkpoint's jobs, as many a round as make up the default step
+            self.rounds = max(1, step_tokens_for(self.world) // model.settings.job_tokens)
         self.drawn = 0  # numbers drawn from the counter in this session's steps (every rank counts them alike)
         if fresh:
             per_epoch = int(model.corpus.sentence_starts[-1])
@@ -158,8 +160,8 @@ class DataParallelTrainer:
         self.watch = PeerWatch(grace=min(2.0, 0.1 * self.timeout))
         self.watch.start_pulse(interval=min(0.5, 0.05 * self.timeout))
         # Where a restarted group would resume, for the watchdog's message; checkpoint() moves it on.
-        fresh = (model.position.epoch, model.position.job) == (0, 0) and not model.history
-        self.watch.resume_point = "the start (no checkpoint yet)" if fresh else "the checkpoint it started from"
+        untrained = fresh and not model.history
+        self.watch.resume_point = "the start (no checkpoint yet)" if untrained else "the checkpoint it started from"
         self.step = 0  # steps of this session: the same count on every rank, for the watchdog's beats
         # overlap: the exchange of step k runs on its own group, in one background thread, during step k + 1
         self.async_group = dist.new_group(
