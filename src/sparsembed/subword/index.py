@@ -5,7 +5,7 @@ matrix ``syn0`` holds the ``nwords`` word rows, then one row per *used* bucket, 
 (``bucket_of_row[i]`` is the bucket of row ``nwords + i``; sorted, so a bucket's row is a binary search away).
 ``syn0`` stays one dense array, sparse-sent: the data-parallel exchange carries bucket rows like word rows. A
 bucket no word uses keeps its initial value, a function of (seed, bucket) alone
-(:func:`~sparsembed.subword.kernels.fill_initial_rows`), so an out-of-vocabulary query or an export of all buckets
+(:func:`~sparsembed.word2vec.kernels.fill_initial_rows`), so an out-of-vocabulary query or an export of all buckets
 sees what a dense ``(nwords + buckets) x dim`` matrix would hold, at ``n_used / buckets`` of its memory.
 """
 
@@ -19,7 +19,7 @@ from numba import njit
 
 from sparsembed.subword import kernels
 from sparsembed.subword.ngrams import ngram_buckets
-from sparsembed.word2vec.kernels import init_input_matrix
+from sparsembed.word2vec.kernels import fill_initial_rows, init_input_matrix
 
 __all__ = ["SubwordIndex"]
 
@@ -62,7 +62,7 @@ class SubwordIndex:
         """A fresh input matrix: the word rows word2vec starts from, then the used buckets' initial rows."""
         syn0 = np.empty((self.n_rows, dim), dtype=np.float32)
         syn0[:self.nwords] = init_input_matrix(self.nwords, dim, seed)
-        kernels.fill_initial_rows(syn0[self.nwords:], self.bucket_of_row, seed, kernels.BUCKET_STREAM)
+        fill_initial_rows(syn0[self.nwords:], self.bucket_of_row, seed, kernels.BUCKET_STREAM)
         return syn0
 
     def initial_bucket_rows(self, dim: int, seed: int, buckets: np.ndarray | None = None) -> np.ndarray:
@@ -70,7 +70,7 @@ class SubwordIndex:
         order)."""
         keys = self.bucket_of_row if buckets is None else np.asarray(buckets, dtype=np.int64)
         out = np.empty((len(keys), dim), dtype=np.float32)
-        kernels.fill_initial_rows(out, keys, seed, kernels.BUCKET_STREAM)
+        fill_initial_rows(out, keys, seed, kernels.BUCKET_STREAM)
         return out
 
     def word_vectors(self, syn0: np.ndarray) -> np.ndarray:

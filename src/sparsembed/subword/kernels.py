@@ -31,7 +31,6 @@ from sparsembed.word2vec.kernels import (
     FASTMATH,
     NOT_TRACKED,
     draw_negatives,
-    job_seed,
     job_start,
     longest_sentence,
     negative_pass,
@@ -41,7 +40,7 @@ from sparsembed.word2vec.kernels import (
     subsample,
 )
 
-#: The generator stream of bucket rows' initial values (word rows use the word2vec kernels' own, 0x5EED).
+#: The generator stream of bucket rows' initial values (``fill_initial_rows``; word rows use ``INPUT_STREAM``).
 BUCKET_STREAM = 0xB0C4E7
 
 
@@ -168,21 +167,6 @@ def mean_gains(offsets, rows):
         if b > a:
             out[w] = np.float32(square_sum / (b - a))
     return out
-
-
-@njit(nogil=True, cache=True)
-def fill_initial_rows(out, keys, seed, stream):
-    """``out[i]`` = the initial row of key ``keys[i]``: uniform in [-1/dim, 1/dim) from the generator of
-    ``(seed, stream, key)``, the arithmetic of :func:`sparsembed.word2vec.kernels.init_input_matrix` (whose rows
-    are stream 0x5EED keyed by row), so a bucket's initial row depends on its number alone."""
-    dim = out.shape[1]
-    scale = np.float32(1.0 / dim)
-    for i in range(keys.shape[0]):
-        state = job_seed(seed, stream, keys[i])
-        for k in range(dim):
-            state, bits = next_bits(state)
-            u = np.float32((bits >> np.uint64(40)) * (1.0 / (1 << 24)))
-            out[i, k] = (np.float32(2.0) * u - np.float32(1.0)) * scale
 
 
 @njit(nogil=True, cache=True)

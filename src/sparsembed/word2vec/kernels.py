@@ -282,17 +282,30 @@ def train_job(
     return loss, pairs, trained
 
 
+#: The generator stream of word rows' initial values (:func:`init_input_matrix`); subword buckets use their own.
+INPUT_STREAM = 0x5EED
+
+
 @njit(nogil=True, cache=True)
 def init_input_matrix(n_rows: int, dim: int, seed: int) -> np.ndarray:
     """Rows uniform in [-1/dim, 1/dim) as gensim 4 draws them (word2vec.c uses half that range; gensim's range
     scored +0.3 analogy points on wiki17m CBOW over 3 seeds), each a function of (seed, row) only, so a row
     does not depend on the vocabulary size."""
     out = np.empty((n_rows, dim), dtype=np.float32)
+    fill_initial_rows(out, np.arange(n_rows, dtype=np.int64), seed, INPUT_STREAM)
+    return out
+
+
+@njit(nogil=True, cache=True)
+def fill_initial_rows(out, keys, seed, stream):
+    """``out[i]`` = the initial row of key ``keys[i]``: uniform in [-1/dim, 1/dim) from the generator of
+    ``(seed, stream, key)``, so a row depends on its key alone (word rows: :func:`init_input_matrix`; subword
+    buckets: their number, in their own stream)."""
+    dim = out.shape[1]
     scale = np.float32(1.0 / dim)
-    for r in range(n_rows):
-        state = job_seed(seed, 0x5EED, r)
+    for i in range(keys.shape[0]):
+        state = job_seed(seed, stream, keys[i])
         for k in range(dim):
             state, bits = next_bits(state)
             u = np.float32((bits >> np.uint64(40)) * (1.0 / (1 << 24)))
-            out[r, k] = (np.float32(2.0) * u - np.float32(1.0)) * scale
-    return out
+            out[i, k] = (np.float32(2.0) * u - np.float32(1.0)) * scale
