@@ -20,6 +20,9 @@ the generator seeded by (seed, epoch, job), word2vec's subsampling, the window d
 noise from the alias table, the sigmoid tables, a learning rate falling linearly per sentence with the global
 position, and the ``touched0`` / ``touched1`` marks of the rows a job may change (every input row of every kept
 word, every target and noise row).
+
+Functions over 80 lines: a job is one compiled loop whose per-example state (generator, noise buffers, window,
+counters) lives in locals; cut into calls, each example would pass a dozen arrays back and forth.
 """
 
 from __future__ import annotations

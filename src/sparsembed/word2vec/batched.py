@@ -25,6 +25,9 @@ As in pWord2Vec (and word2vec.c), a score outside [-6, 6] gives the saturated gr
 (:mod:`sparsembed.word2vec.kernels`): the (seed, epoch, job) generator, subsampling, window shrinking, the alias
 table, the sigmoid tables, per-sentence learning rate, the touched-row marks, the NaN report, and the return value
 (loss, pairs, trained words); ``pairs`` counts (context, target) pairs for skip-gram and targets for CBOW, as there.
+
+Functions over 80 lines: a job is one compiled loop whose per-example state (generator, noise buffers, window,
+counters) lives in locals; cut into calls, each example would pass a dozen arrays back and forth.
 """
 
 from __future__ import annotations
