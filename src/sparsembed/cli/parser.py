@@ -72,6 +72,10 @@ def _add_train(sub: Any) -> None:
                        help="exact: gensim's updates, pair by pair; batched: pWord2Vec's minibatches, one set of "
                        "negatives shared by a window and updated as small matrices; auto: batched for skipgram, "
                        "exact for cbow (auto)")
+    train.add_argument("--device", default=None, metavar="cpu|cuda|cuda:N",
+                       help="where to train: cpu (the compiled kernels on --workers threads) or a CUDA GPU "
+                       "(Triton kernels: CBOW with the exact kernel's updates, skip-gram with the batched one's; "
+                       "one process); a resumed run may move (cpu)")
     train.add_argument("--checkpoint-every", type=float, default=600.0, metavar="SECONDS",
                        help="also checkpoint every SECONDS, besides each epoch end (600)")
     train.add_argument("--keep-checkpoints", type=int, default=2, metavar="K",
@@ -164,7 +168,7 @@ def _add_bench(sub: Any) -> None:
     shards.add_argument("--seed", type=int, default=0, help="seed of the random permutation")
     shards.add_argument("--json", action="store_true", help="print the full result as JSON")
     exch = bench_sub.add_parser("exchange", help="sparse gradient exchange vs torch's sparse and dense all_reduce",
-                                description="Spawns --nproc gloo ranks on this host; under torchrun (RANK, "
+                                description="Spawns --nproc ranks on this host; under torchrun (RANK, "
                                 "WORLD_SIZE, MASTER_ADDR set) this process is one rank and rank 0 prints.")
     exch.add_argument("--nproc", type=int, default=None, help="ranks to spawn (2; under torchrun: WORLD_SIZE)")
     exch.add_argument("--rows", type=int, default=200000, help="rows of the matrix (200000)")
@@ -183,6 +187,10 @@ def _add_bench(sub: Any) -> None:
     exch.add_argument("--align", default="auto", choices=["auto", "barrier"],
                       help="line up the ranks' starts through shared-memory flags when on one host (auto), or "
                       "start each rank when its gloo barrier returns (barrier)")
+    exch.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                      help="where the gradients live (cpu); cuda: rank r on CUDA device r mod the devices")
+    exch.add_argument("--backend", default="gloo", choices=["gloo", "nccl"],
+                      help="the ranks' process group (gloo); nccl needs --device cuda and one GPU a rank")
     exch.add_argument("--sweep", action="store_true", help="also vary the density of distinct rows up to 100%%")
     exch.add_argument("--densities", help="comma-separated densities in (0, 1] for the sweep (implies --sweep)")
     exch.add_argument("--seed", type=int, default=0, help="seed of the row ranking and of the ids each rank draws (0)")

@@ -80,7 +80,6 @@ class StopSignals:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``sparsembed train``: a fresh run into --out, or --resume DIR."""
-    from sparsembed.word2vec.model import Word2Vec
 
     if args.nproc is not None and not launch.under_launcher():
         return _spawn_ranks(args)
@@ -91,11 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         out = Path(args.resume)
         with signals.installed(), _fault_advice(out):
-            model = Word2Vec.load(out, with_corpus=True, corpus=args.corpus)
-            model.keep_checkpoints = args.keep_checkpoints
-            if args.workers is not None:
-                model.settings.workers = args.workers
-                model.settings.validate()
+            model = _load_to_resume(args, out)
             finished_before = model.done
             if not finished_before:
                 _train_and_report(model, out, args, signals)
@@ -118,6 +113,31 @@ def cmd_train(args: argparse.Namespace) -> int:
             shutil.rmtree(out, ignore_errors=True)
         raise
     return 0
+
+
+def _load_to_resume(args: argparse.Namespace, out: Path):
+    """The checkpoint in ``out`` with its corpus, and this command's run-time options (``--workers``,
+    ``--device``, ``--keep-checkpoints``), checked: a device that cannot train before the corpus is read."""
+    from sparsembed.word2vec.model import Word2Vec
+
+    if args.device not in (None, "cpu"):
+        _check_device(args.device)
+    model = Word2Vec.load(out, with_corpus=True, corpus=args.corpus)
+    model.keep_checkpoints = args.keep_checkpoints
+    if args.workers is not None:
+        model.settings.workers = args.workers
+    if args.device is not None:
+        model.settings.device = args.device
+    model.settings.validate()
+    if model.settings.device != "cpu" and not model.done:  # the checkpoint's own device
+        _check_device(model.settings.device)
+    return model
+
+
+def _check_device(device: str) -> None:
+    from sparsembed.gpu.engine import check_device
+
+    check_device(device)
 
 
 def _check_run_args(args: argparse.Namespace) -> None:
@@ -174,9 +194,10 @@ def _new_model(args: argparse.Namespace, workers: int | None, default_job_tokens
         min_count=args.min_count, max_vocab=args.max_vocab, sample=args.sample, epochs=args.epochs,
         alpha=args.alpha, min_alpha=args.min_alpha, workers=workers, seed=args.seed,
         kernel=args.kernel if args.kernel is not None else Settings.kernel,
-        subwords=parse_subwords(args.subwords), buckets=args.buckets,
+        subwords=parse_subwords(args.subwords), buckets=args.buckets, device=args.device or Settings.device,
     )
-    model.settings.job_tokens = args.job_tokens or default_job_tokens
+    if args.job_tokens or model.settings.device == "cpu":  # a device's own default is larger
+        model.settings.job_tokens = args.job_tokens or default_job_tokens
     model.settings.validate()
     model.keep_checkpoints = args.keep_checkpoints
     return model
@@ -191,8 +212,17 @@ def _check_subword_strategy(subwords: bool, options: ExchangeOptions) -> None:
                         "--strategy replicated")
 
 
+def _check_cpu_ranks(args: argparse.Namespace) -> None:
+    """Data-parallel word2vec trains on CPUs (the exchange of ``parallel(model)`` takes CUDA tensors; the word2vec
+    ranks do not yet)."""
+    if args.device not in (None, "cpu"):
+        raise UserError(f"--device {args.device} trains in one process; data-parallel word2vec (--nproc, torchrun) "
+                        "runs on CPUs only for now: drop --device, or train on one GPU without --nproc")
+
+
 def _spawn_ranks(args: argparse.Namespace) -> int:
     """``train --nproc N``: check what can be checked once, then run the same command as N ranks."""
+    _check_cpu_ranks(args)
     _check_run_args(args)
     options = _exchange_options(args)
     if not args.resume:
@@ -244,6 +274,7 @@ def _train_rank(args: argparse.Namespace) -> int:
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a rank is (a hung run's first question)
     options = _exchange_options(args)
+    _check_cpu_ranks(args)
     _check_run_args(args)
     launch.join(args.timeout)
     lead = launch.rank() == 0
@@ -375,7 +406,7 @@ def _train_and_report(model, out: Path, args: argparse.Namespace, signals: StopS
         vocab, corpus = model.vocab, model.corpus
         print(f"vocabulary: {len(vocab)} words (min_count {model.settings.min_count}) from "
               f"{corpus.raw_words} tokens{_subword_note(model)}; training "
-              f"{'skip-gram' if model.settings.sg else 'CBOW'} with {model.settings.workers} threads", file=sys.stderr)
+              f"{'skip-gram' if model.settings.sg else 'CBOW'} {_where(model.settings)}", file=sys.stderr)
     started = time.perf_counter()
     signals.armed = True
     try:
@@ -388,6 +419,11 @@ def _train_and_report(model, out: Path, args: argparse.Namespace, signals: StopS
     if not args.quiet:
         print(f"trained in {time.perf_counter() - started:.1f} s at {summary['words_per_s'] / 1e6:.2f}M words/s; "
               f"vectors in {out / 'vectors.bin'}", file=sys.stderr)
+
+
+def _where(settings) -> str:
+    """Where a run trains, for its first line."""
+    return f"with {settings.workers} threads" if settings.device == "cpu" else f"on {settings.device}"
 
 
 def _subword_note(model) -> str:

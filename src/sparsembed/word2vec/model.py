@@ -45,6 +45,7 @@ from sparsembed.word2vec.vocab import Vocab
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from sparsembed.gpu.engine import DeviceTrainer
     from sparsembed.subword.parts import SubwordParts
     from sparsembed.word2vec.vectors import Vectors
 
@@ -97,6 +98,8 @@ class Word2Vec:
     ``subwords=(3, 6)`` trains fastText's model instead (:mod:`sparsembed.subword`): a word's input is the mean of
     its own row and the rows of its character n-grams of 3 to 6 characters, hashed into ``buckets`` buckets, and
     ``model.wv`` composes vectors for words outside the vocabulary too.
+    ``device="cuda"`` trains on a GPU (:mod:`sparsembed.gpu`): jobs of ``DEVICE_JOB_TOKENS`` run one after another,
+    each a kernel launch over its tokens; checkpoints and outputs are the same files as on the CPU.
     """
 
     def __init__(
@@ -121,14 +124,20 @@ class Word2Vec:
         subwords: tuple[int, int] | None = None,
         buckets: int = 2_000_000,
         kernel: str = Settings.kernel,
+        device: str = Settings.device,
     ) -> None:
         minn, maxn = _subword_range(subwords)
         self.settings = Settings(
             sg=sg, vector_size=vector_size, window=window, negative=negative, min_count=min_count,
             max_vocab=max_vocab, sample=sample, epochs=epochs, alpha=alpha, min_alpha=min_alpha,
             workers=default_workers() if workers is None else workers, seed=seed, minn=minn, maxn=maxn,
-            buckets=buckets, kernel=kernel,
+            buckets=buckets, kernel=kernel, device=device,
         ).validate()
+        if device != "cpu":
+            from sparsembed.gpu.engine import DEVICE_JOB_TOKENS, check_device
+
+            check_device(device)  # before the corpus scan, not after it
+            self.settings.job_tokens = DEVICE_JOB_TOKENS
         self.vocab: Vocab | None = None
         self.corpus: EncodedCorpus | None = None
         self.corpus_source: str | None = None
@@ -140,6 +149,7 @@ class Word2Vec:
         self.history: list[dict[str, Any]] = []
         self.keep_checkpoints = checkpoint.DEFAULT_KEEP
         self._damaged: tuple[Path, list[int]] | None = None  # (model directory, damaged generations) of a load
+        self._device: DeviceTrainer | None = None  # the state on the device while training there
         source = corpus_file if corpus_file is not None else sentences
         if source is not None:
             self.build_vocab(source)
@@ -231,7 +241,8 @@ class Word2Vec:
         run = _Run(schedule, tables, reporter, out_dir, checkpoint_every, stop, last_checkpoint=started,
                    stop_after_jobs=stop_after_jobs)
         try:
-            with ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="sparsembed") as pool:
+            self._device = self._device_trainer(schedule, tables)
+            with ThreadPoolExecutor(max_workers=self.concurrent_jobs, thread_name_prefix="sparsembed") as pool:
                 while not self.done:
                     if self._train_epoch(pool, run):
                         break
@@ -243,6 +254,9 @@ class Word2Vec:
                 self.save(out_dir)
         finally:
             reporter.close()
+            if self._device is not None:  # the host matrices are the record; the device's memory goes back
+                self._device.pull(self.syn0, self.syn1)
+                self._device = None
         seconds = time.perf_counter() - started
         return {
             "seconds": seconds,
@@ -261,7 +275,7 @@ class Word2Vec:
         while True:
             if run.stop_requested():
                 run.interrupted = stopping = True
-            while not stopping and next_job < run.schedule.n_jobs and len(pending) < self.settings.workers:
+            while not stopping and next_job < run.schedule.n_jobs and len(pending) < self.concurrent_jobs:
                 pending[pool.submit(self.run_job, run.schedule, epoch, next_job, run.tables)] = next_job
                 next_job += 1
                 run.jobs_run += 1
@@ -288,6 +302,23 @@ class Word2Vec:
             loss, pairs, _trained = finished_early.pop(self.position.job)
             self.advance(run.schedule, self.position.job + 1, float(loss), int(pairs))
         self.report(run.schedule, run.reporter)
+
+    @property
+    def concurrent_jobs(self) -> int:
+        """Jobs that train side by side: ``workers`` on the CPU, one on a device (a job fills it)."""
+        return self.settings.workers if self.settings.device == "cpu" else 1
+
+    def _device_trainer(self, schedule: Schedule, tables: dict[str, np.ndarray]) -> DeviceTrainer | None:
+        """The training state on ``settings.device`` (None on the CPU): matrices, corpus and tables copied there."""
+        s = self.settings
+        if s.device == "cpu":
+            return None
+        from sparsembed.gpu.engine import DeviceTrainer, check_device
+
+        packed = tables["packed_alias"]
+        return DeviceTrainer(self.syn0, self.syn1, self.corpus.ids, schedule.sentence_starts,
+                             tables["sample_ints"] if s.sample > 0 else None, (packed >> np.uint64(32)),
+                             packed & np.uint64(0xFFFFFFFF), check_device(s.device))
 
     # -------------------------------------------------------------- the steps of a training loop, public
     def require_corpus(self) -> None:
@@ -345,6 +376,9 @@ class Word2Vec:
         s = self.settings
         total, before = schedule.decay(epoch, job) if decay is None else decay
         corpus = self.corpus
+        if self._device is not None:
+            return self._device.train_job(s.sg, s.window, s.negative, s.alpha, s.min_alpha, total, before, s.seed,
+                                          epoch, *schedule.tokens(job, job + 1))
         if self.subwords is not None:  # fastText's model: a word's input rows are its own and its n-grams'
             sub = self.subwords
             return subword_kernels.train_job(
@@ -401,6 +435,8 @@ class Word2Vec:
 
     def save(self, out: str | os.PathLike) -> None:
         """Write the full training state to ``out/model`` (atomic; the previous checkpoint survives a crash)."""
+        if self._device is not None:
+            self._device.pull(self.syn0, self.syn1)
         self.save_state(out, self.snapshot())
 
     def save_state(self, out: str | os.PathLike, state: TrainingState) -> None:
@@ -487,6 +523,7 @@ class Word2Vec:
         self.history = list(meta.get("history", []))
         self.keep_checkpoints = checkpoint.DEFAULT_KEEP
         self._damaged = None
+        self._device = None
         self.corpus_source = meta["corpus"]["source"]
         self.fingerprint = meta["corpus"]["fingerprint"]
         self.corpus = None

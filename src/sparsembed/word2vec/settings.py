@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,11 +59,14 @@ class Settings:
     minn: int = 0
     maxn: int = 0
     buckets: int = 2_000_000
+    #: Where jobs train: ``cpu`` (the compiled kernels, ``workers`` threads) or ``cuda`` / ``cuda:N``
+    #: (:mod:`sparsembed.gpu`: CBOW with the exact kernel's updates, skip-gram with the batched kernel's).
+    device: str = "cpu"
 
     @property
     def resolved_kernel(self) -> str:
         """The kernel that trains: ``kernel``, with ``auto`` resolved by the model (batched for skip-gram)."""
-        if self.kernel == "auto":
+        if self.kernel == "auto" or self.device != "cpu":
             return "batched" if self.sg else "exact"
         return self.kernel
 
@@ -92,7 +96,18 @@ class Settings:
              f"--subwords must be MINN-MAXN with 1 <= MINN <= MAXN <= {MAX_SUBWORD_N} (e.g. 3-6), or 0 for none"),
             (is_int(self.buckets) and 1 <= self.buckets <= 2**31 - 1,
              "--buckets must be an integer in 1..2147483647 (fastText's default: 2000000)"),
+            (isinstance(self.device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+             f"--device must be cpu, cuda or cuda:N (got {self.device!r})"),
         ]
+        if self.device != "cpu":
+            gpu_kernel = "batched" if self.sg else "exact"
+            checks += [
+                (self.kernel in ("auto", gpu_kernel),
+                 f"--kernel {self.kernel}: on --device {self.device} {'skip-gram' if self.sg else 'CBOW'} trains "
+                 f"with the {gpu_kernel} kernel's updates only; use --kernel auto or {gpu_kernel}"),
+                (self.minn == 0, f"--subwords is not available on --device {self.device} yet; train subwords on the "
+                 "CPU (drop --device)"),
+            ]
         for ok, message in checks:
             if not ok:
                 raise UserError(f"invalid setting: {message}")
