@@ -9,6 +9,7 @@ the interpreter's order are skipped.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -251,3 +252,50 @@ def test_cli_trains_on_the_device_and_resumes_on_the_cpu(tmp_path: Path) -> None
     assert model.settings.device == "cuda" and model.done
     again = _cli(["train", "--resume", "o", "--device", "cpu"], tmp_path)
     assert again.returncode == 0 and "already complete" in again.stderr
+
+
+@needs_interpreter
+def test_the_gpu_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    """benchmarks/bench_gpu.py on a tiny corpus through the interpreter: the device run has no chance to debug it."""
+    rng = np.random.default_rng(2)
+    (tmp_path / "tiny.txt").write_text(" ".join(rng.choice([f"w{i}" for i in range(30)], 600)) + "\n")
+    (tmp_path / "questions-words.txt").write_text(": s\nw1 w2 w3 w4\nw5 w6 w7 w8\n")
+    (tmp_path / "wordsim353.tsv").write_text("w1\tw2\t5.0\nw3\tw4\t1.0\nw5\tw9\t3.0\n")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    done = subprocess.run([sys.executable, str(script), "--corpus", "tiny.txt", "--epochs", "1", "--shapes", "8:1",
+                           "--eval-dir", ".", "--json", "g.json"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert [row["model"] for row in report["results"]] == ["cbow", "skipgram"]
+    for row in report["results"]:
+        assert row["chunk"] == 8 and row["gpu"]["words_per_s"] > 0 and "analogy" in row["cpu_scores"]
+        assert 0 < row["kept_share"] <= 1
+    assert "| cbow | gpu |" in done.stdout
+
+
+COMPILE = r"""
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+from sparsembed.gpu import kernels
+sig = {"syn0": "*fp32", "syn1": "*fp32", "tokens": "*i32", "positions": "*i64", "lows": "*i32", "highs": "*i32",
+       "n_tokens": "i32", "chunk": "i32", "key": "i32", "window": "i32", "n_rows": "i32", "alias_threshold": "*i64",
+       "alias_row": "*i32", "alpha_start": "fp32", "alpha_end": "fp32", "slope": "fp32", "done_before": "fp32",
+       "first_position": "i32", "loss_out": "*fp32", "pairs_out": "*i32", "DIM": "constexpr", "NEG": "constexpr",
+       "BD": "constexpr", "BW": "constexpr", "BN": "constexpr"}
+for arch in (90, 80):
+    for fn, least in ((kernels.cbow_kernel, 1), (kernels.skipgram_kernel, 16)):
+        const = {"DIM": 100, "NEG": 5, "BD": 128, "BW": 16, "BN": max(least, 8)}
+        k = compile(ASTSource(fn, sig, const), target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
+        assert "st.global" in k.asm["ptx"], fn
+        print(arch, fn.__name__, len(k.asm["cubin"]))
+"""
+
+
+def test_the_kernels_compile_for_hopper_and_ampere() -> None:
+    """The compiled path, which the interpreter does not take: Triton lowers both kernels to machine code for sm_90
+    (H100 / H200) and sm_80 (A100) without a GPU present."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(done.stdout.split("\n")) >= 4

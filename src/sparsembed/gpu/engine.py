@@ -27,8 +27,10 @@ __all__ = ["DEVICE_JOB_TOKENS", "DEFAULT_CHUNK", "DeviceTrainer", "check_device"
 #: Tokens per job on a device when the user set none: a launch must hold enough programs to fill the GPU, and
 #: each job costs one synchronisation (its loss) and a little preparation.
 DEVICE_JOB_TOKENS = 1 << 22
-#: Kept tokens each program trains one after another (the launch has ``kept / chunk`` programs).
+#: Kept tokens each program trains one after another (the launch has ``kept / chunk`` programs), and the warps of
+#: a program: the launch shape, read when a trainer is made (``benchmarks/bench_gpu.py`` sweeps them).
 DEFAULT_CHUNK = 64
+NUM_WARPS = 4
 _U32 = 0xFFFFFFFF
 #: The hash stream of a run key (see :func:`run_key`), apart from the CPU generators' streams.
 _KEY_STREAM = 0x6B1D
@@ -105,14 +107,15 @@ class DeviceTrainer:
         sample_ints: per-row subsampling thresholds (keep a token when its draw is at most its row's), or None.
         alias_threshold, alias_row: the noise distribution's Walker alias table (:meth:`Vocab.noise_alias`).
         device: where to train (:func:`check_device`).
-        chunk: kept tokens per program.
+        chunk: kept tokens per program (default :data:`DEFAULT_CHUNK`).
     """
 
     def __init__(self, syn0: np.ndarray, syn1: np.ndarray, ids: np.ndarray, sentence_starts: np.ndarray,
                  sample_ints: np.ndarray | None, alias_threshold: np.ndarray, alias_row: np.ndarray,
-                 device: torch.device, chunk: int = DEFAULT_CHUNK) -> None:
+                 device: torch.device, chunk: int | None = None) -> None:
         self.device = device
-        self.chunk = int(chunk)
+        self.chunk = DEFAULT_CHUNK if chunk is None else int(chunk)
+        self.num_warps = NUM_WARPS
         self.syn0 = torch.from_numpy(np.ascontiguousarray(syn0, np.float32)).to(device, copy=True)
         self.syn1 = torch.from_numpy(np.ascontiguousarray(syn1, np.float32)).to(device, copy=True)
         self.ids = torch.from_numpy(np.array(ids, dtype=np.int32)).to(device)  # a copy: ids may be a read-only map
@@ -168,7 +171,7 @@ class DeviceTrainer:
                 float(alpha - min_alpha) / max(total_tokens, 1), float(tokens_before), first_token, loss, pairs,
                 DIM=dim, NEG=negative, BD=max(16, triton.next_power_of_2(dim)),
                 BW=max(least, triton.next_power_of_2(2 * window + 1)),
-                BN=max(least, triton.next_power_of_2(negative + 1)),
+                BN=max(least, triton.next_power_of_2(negative + 1)), num_warps=self.num_warps,
             )
         return float(loss.double().sum().item()), int(pairs.sum().item()), job.n
 
