@@ -157,6 +157,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         res = run_exchange_bench(args.nproc, args.rows, args.dim, args.ids, steps=args.steps, warmup=args.warmup,
                                  values=args.values, rows_encoding=args.rows_encoding, sweep=args.sweep,
                                  transport=args.transport, inputs=args.inputs, align=args.align,
+                                 device=args.device, backend=args.backend,
                                  densities=densities, seed=args.seed, timeout=args.timeout)
         if res["launcher"] != "torchrun" or os.environ.get("RANK") == "0":  # every rank has the same figures
             print(json.dumps(res, indent=1) if args.json else format_text(res))

@@ -9,7 +9,10 @@ A step that :func:`sparsembed.comm.policy.goes_dense` sends dense sums the whole
   adds all slots in rank order (the same bits everywhere).
 
 :func:`touched_rows` keeps, after a dense sum, only the rows some rank touched (what lazy optimizers need);
-:func:`dense_all_reduce` sums dense parameters in buckets.
+:func:`dense_all_reduce` sums dense parameters in buckets, on whatever device they live (gloo and NCCL both
+all-reduce CUDA tensors). Over NCCL (:mod:`sparsembed.comm.device`) the dense fallback densifies and all-reduces on
+the device (:func:`sum_on_device`, :func:`dense_rows_on_wire`): the matrix is the size of the parameter, and
+NCCL's all-reduce of it costs less than a round trip of it through the host.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from sparsembed.comm.device import device_wire, wire_device
 from sparsembed.comm.policy import ring_bytes
 from sparsembed.comm.stats import Clock, ExchangeStats
 from sparsembed.comm.transport import rank_world
 from sparsembed.errors import UserError
 from sparsembed.rows.coalesce import RowSparse
 
-__all__ = ["sum_all_reduce", "sum_shared", "touched_rows", "dense_all_reduce", "DENSE_BLOCK_BYTES"]
+__all__ = ["sum_all_reduce", "sum_shared", "sum_on_device", "dense_rows_on_wire", "touched_rows", "dense_all_reduce",
+           "DENSE_BLOCK_BYTES"]
 
 #: Dense fallback: rows are densified and all-reduced in blocks of about this many bytes, so that densifying
 #: block k+1 overlaps the all-reduce of block k (gloo runs it on its own thread; the kernel releases the GIL).
@@ -64,9 +69,14 @@ def _unshared(buf: torch.Tensor) -> bool:
 
 
 def sum_all_reduce(grad: RowSparse, group: Any, clock: Clock) -> RowSparse:
-    """Every rank's ``grad`` summed densely over gloo: all rows, ``ids = arange(num_rows)``. Collective."""
+    """Every rank's ``grad`` summed densely over gloo: all rows, ``ids = arange(num_rows)``. Collective.
+
+    Over NCCL the sum runs on the device (:func:`sum_on_device`) and is copied back to the host, as this host-side
+    API returns it; :func:`sparsembed.comm.replicated.replicated_rows` keeps it on the device."""
     num_rows, dim = grad.num_rows, grad.dim
-    if grad.is_coalesced() and grad.n == num_rows and grad.dtype == torch.float32:
+    if device_wire(group):
+        dense = sum_on_device(grad.ids, grad.values, num_rows, group).cpu()
+    elif grad.is_coalesced() and grad.n == num_rows and grad.dtype == torch.float32:
         dense = grad.values  # every row present, in row order: already the dense matrix
         dist.all_reduce(dense, group=group)
     else:
@@ -109,14 +119,40 @@ def sum_shared(grad: RowSparse, slots: Any, clock: Clock) -> RowSparse:
     return RowSparse.from_sorted(torch.arange(num_rows), dense, num_rows)
 
 
+def sum_on_device(ids: torch.Tensor, vals: torch.Tensor, num_rows: int, group: Any) -> torch.Tensor:
+    """Every rank's rows (``ids`` may repeat) summed densely by one all-reduce on the wire's device
+    (:func:`~sparsembed.comm.device.wire_device`): a ``num_rows x dim`` float32 matrix there. Collective."""
+    wire = wire_device(group)
+    dense = torch.zeros(num_rows, vals.shape[1], dtype=torch.float32, device=wire)
+    dense.index_add_(0, ids.to(wire), vals.to(wire, torch.float32))
+    dist.all_reduce(dense, group=group)
+    return dense
+
+
+def dense_rows_on_wire(ids: torch.Tensor, vals: torch.Tensor, num_rows: int, group: Any, name: str = ""
+                       ) -> tuple[torch.Tensor, torch.Tensor, ExchangeStats]:
+    """The dense path over NCCL: every rank's rows (sorted distinct ``ids``, float32 ``vals``) summed on the
+    wire's device (:func:`sum_on_device`), then only the rows some rank touched (:func:`touched_rows`), left on
+    that device; and the stats. Collective."""
+    t0 = time.perf_counter()
+    _, world = rank_world(group)
+    n = int(ids.shape[0])
+    out_ids, out_vals = touched_rows(ids, sum_on_device(ids, vals, num_rows, group), group)
+    ring = ring_bytes(num_rows * vals.shape[1] * 4, world)
+    stats = ExchangeStats(name, "replicated", "dense", "dense", n / max(num_rows, 1), n, ring, ring, 0.0)
+    stats.seconds = time.perf_counter() - t0
+    return out_ids, out_vals, stats
+
+
 def touched_rows(own: torch.Tensor, dense: torch.Tensor, group: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """After a dense sum: only the rows some rank touched (``own``: this rank's row ids), so that lazy optimizers
     update the same rows as with a sparse exchange (an untouched row's Adam moments must not move); costs a byte
-    a row. Collective."""
-    mask = torch.zeros(dense.shape[0], dtype=torch.uint8)
-    mask[own] = 1
+    a row. The mask travels on the wire's device; the result is on ``dense``'s. Collective."""
+    wire = wire_device(group)
+    mask = torch.zeros(dense.shape[0], dtype=torch.uint8, device=wire)
+    mask[own.to(wire)] = 1
     dist.all_reduce(mask, op=dist.ReduceOp.MAX, group=group)
-    ids = mask.nonzero().squeeze(1)
+    ids = mask.nonzero().squeeze(1).to(dense.device)
     return ids, dense.index_select(0, ids)
 
 

@@ -13,6 +13,10 @@ replicas stay bit-identical. How the messages travel, one round in the steady st
 * otherwise every rank first learns every segment's size (one small all-gather), all take the same per-table
   decisions, and the dense part and the sparse tables travel in one all-gather padded to the largest message.
 
+Messages are host bytes whatever device the gradients are on. Over NCCL (:mod:`sparsembed.comm.device`) the
+all-gathers are staged through a CUDA buffer, shared memory is never used (its slots announce over gloo), and a
+table that goes dense is summed on the device.
+
 This module knows nothing of ``nn.Module``: :func:`sparsembed.nn.parallel.parallel`'s sync hands it plain tensors
 and applies the sums.
 """
@@ -27,7 +31,8 @@ import numpy as np
 import torch
 
 from sparsembed.comm import shm
-from sparsembed.comm.dense import touched_rows
+from sparsembed.comm.dense import dense_rows_on_wire, touched_rows
+from sparsembed.comm.device import device_wire, to_host
 from sparsembed.comm.messages import coalesce_keyed, pack_raw, unpack_raw
 from sparsembed.comm.policy import Mode, Transport, goes_dense, parse
 from sparsembed.comm.replicated import replicated
@@ -59,7 +64,8 @@ class Segment(NamedTuple):
 @dataclass
 class FusedSums:
     """What :meth:`FusedExchange.exchange` returns: per segment (input order) the sorted distinct ids or keys
-    some rank sent and their summed float32 rows; the summed dense tensors (input order and shapes); the stats."""
+    some rank sent and their summed float32 rows (on the host; over NCCL, a table that went dense on the device);
+    the summed dense tensors (input order and shapes, on the host); the stats."""
 
     rows: list[tuple[torch.Tensor, torch.Tensor]]
     dense: list[torch.Tensor]
@@ -103,21 +109,22 @@ class FusedExchange:
         self._link: Link | None = None
 
     def link(self) -> Link:
-        """Shared-memory slots when allowed and every rank is on this host, else a padded all-gather (decided
-        once, collectively, on first use)."""
+        """Shared-memory slots when allowed, the group carries host tensors (gloo) and every rank is on this host,
+        else a padded all-gather (decided once, collectively, on first use)."""
         if self._link is None:
-            if self.transport is Transport.AUTO and shm.one_host(self.group):
+            if self.transport is Transport.AUTO and not device_wire(self.group) and shm.one_host(self.group):
                 self._link = SharedSlots(self.group, self.shared_capacity)
             else:
                 self._link = PaddedAllGather(self.group, self.eager_capacity)
         return self._link
 
     def exchange(self, segments: list[Segment], mode: Mode | str, dense: Sequence[torch.Tensor] = ()) -> FusedSums:
-        """Sum every rank's ``segments`` and float32 ``dense`` tensors (world > 1). Collective: every rank passes
-        the same tables in the same order, and ``mode`` (``auto``, ``sparse``, ``dense``) for the row tables."""
+        """Sum every rank's ``segments`` (host tensors) and float32 ``dense`` tensors (any device; the sums are
+        on the host) (world > 1). Collective: every rank passes the same tables in the same order, and ``mode``
+        (``auto``, ``sparse``, ``dense``) for the row tables."""
         mode = parse(mode, Mode, "mode")
         rank, world = rank_world(self.group)
-        flat = torch.cat([t.reshape(-1).float() for t in dense]) if dense else torch.zeros(0)
+        flat = to_host(torch.cat([t.reshape(-1).float() for t in dense])) if dense else torch.zeros(0)
         packed = [pack_raw(s.ids, s.values) for s in segments]
         mine = [flat.numel() * 4] + [m.shape[0] for m in packed]
         link = self.link()
@@ -133,9 +140,7 @@ class FusedExchange:
                 stats.append(st)
         for j, seg in enumerate(segments):  # tables dense enough for a dense all-reduce: a second round, these only
             if got.dense_path[j]:
-                rs = RowSparse.from_sorted(seg.ids, seg.values, seg.num_rows)
-                summed, st = replicated(rs, mode="dense", group=self.group, name=seg.name)
-                sums[j] = touched_rows(rs.ids, summed.values, self.group)
+                sums[j], st = self._dense_table(seg)
                 stats.append(st)
         out = FusedSums(sums, [], stats)
         if dense:
@@ -149,6 +154,16 @@ class FusedExchange:
             sent = (world - 1) * int(got.lengths[rank, 0])
             stats.append(ExchangeStats("dense", "fused", "dense", "dense", 1.0, len(dense), sent, sent, 0.0))
         return out
+
+    def _dense_table(self, seg: Segment) -> tuple[tuple[torch.Tensor, torch.Tensor], ExchangeStats]:
+        """A table the sizes send dense: one dense sum, then only the rows some rank touched; over NCCL on the
+        device (the result stays there: the matrix never crosses to the host)."""
+        if device_wire(self.group):
+            ids, vals, st = dense_rows_on_wire(seg.ids, seg.values, seg.num_rows, self.group, seg.name)
+            return (ids, vals), st
+        rs = RowSparse.from_sorted(seg.ids, seg.values, seg.num_rows)
+        summed, st = replicated(rs, mode="dense", group=self.group, name=seg.name)
+        return touched_rows(rs.ids, summed.values, self.group), st
 
     def _may_go_dense(self, mode: Mode, seg: Segment, world: int) -> bool:
         """Whether :meth:`_goes_dense` could say yes for this table whatever the sizes: asked with the largest

@@ -14,6 +14,10 @@
    bit-identical sums, equal to a dense ``all_reduce`` of the same gradients; **dense**: one dense sum
    (:mod:`sparsembed.comm.dense`).
 
+:func:`replicated_rows` takes coalesced rows on any device (what :func:`sparsembed.nn.parallel.parallel` sends for
+a sparse weight): on a CUDA device they cross to the host once for the codec and the sums come back once; over NCCL
+the decision is taken from every rank's row count first, so that a dense step sums on the device.
+
 Every call returns an :class:`~sparsembed.comm.stats.ExchangeStats`. All calls are collective: every rank of the
 group makes the same calls in the same order (an empty gradient is fine).
 """
@@ -29,14 +33,15 @@ import numpy as np
 import torch
 
 from sparsembed.comm import dense
+from sparsembed.comm.device import device_wire, gather_ints, to_host
 from sparsembed.comm.messages import KeyMessages, RowMessages, as_wire, check_keyed, coalesce_keyed
 from sparsembed.comm.policy import Mode, Transport, goes_dense, parse, ring_bytes
 from sparsembed.comm.stats import Clock, ExchangeStats
-from sparsembed.comm.transport import EagerSends, Link, rank_world, replicated_link
+from sparsembed.comm.transport import Link, collective_link, rank_world, replicated_link
 from sparsembed.rows import codec
 from sparsembed.rows.coalesce import RowSparse
 
-__all__ = ["replicated", "replicated_keyed"]
+__all__ = ["replicated", "replicated_rows", "replicated_keyed"]
 
 
 def replicated(
@@ -136,13 +141,65 @@ def _sum_sparse(grad: RowSparse, rc: RowMessages, sizes: np.ndarray, link: Link,
     return out, *_gathered_bytes(sizes, link.rank, link.world)
 
 
+def replicated_rows(
+    ids: torch.Tensor,
+    vals: torch.Tensor,
+    num_rows: int,
+    *,
+    rows: str = "auto",
+    values: str = "fp32",
+    compress: str | None = None,
+    mode: Mode | str = Mode.AUTO,
+    group: Any = None,
+    name: str = "",
+    transport: Transport | str = Transport.AUTO,
+) -> tuple[torch.Tensor, torch.Tensor, ExchangeStats]:
+    """:func:`replicated` of sorted distinct row ``ids`` and their float32 rows ``vals`` on any one device: every
+    rank gets the sum at the rows some rank touched (after a dense sum too:
+    :func:`~sparsembed.comm.dense.touched_rows`), on the device of ``vals``. Options as for :func:`replicated`.
+    Collective.
+
+    On the CPU this is :func:`replicated` without a copy. Rows on a CUDA device are copied to the host once for
+    the codec (numba on host arrays) and the sum copied back once. Over NCCL every rank first learns every rank's
+    row count (one all-gather of an int) and takes the sparse-or-dense decision from it, messages sized by their
+    values (the ids add a few percent): a dense step then sums on the device
+    (:func:`~sparsembed.comm.dense.dense_rows_on_wire`), and nothing the size of the matrix crosses to the host.
+    """
+    mode = parse(mode, Mode, "mode")
+    _, world = rank_world(group)
+    if world == 1:
+        n = int(ids.shape[0])
+        return ids, vals, ExchangeStats(name, "replicated", "sparse", "none", n / max(num_rows, 1), n, 0, 0, 0.0)
+    if device_wire(group):
+        if _dense_by_counts(mode, int(ids.shape[0]), num_rows, int(vals.shape[1]), values, group):
+            return dense.dense_rows_on_wire(ids, vals, num_rows, group, name)
+        mode = Mode.SPARSE  # every rank took the same decision
+    grad = RowSparse.from_sorted(to_host(ids), to_host(vals), num_rows)
+    summed, stats = replicated(grad, rows=rows, values=values, compress=compress, mode=mode, group=group, name=name,
+                               transport=transport)
+    out_ids, out_vals = summed.ids, summed.values
+    if stats.mode == "dense":
+        out_ids, out_vals = dense.touched_rows(grad.ids, out_vals, group)
+    return out_ids.to(vals.device), out_vals.to(vals.device), stats
+
+
+def _dense_by_counts(mode: Mode, n: int, num_rows: int, dim: int, values: str, group: Any) -> bool:
+    """Over NCCL, before any message is encoded: :func:`~sparsembed.comm.policy.goes_dense` from every rank's
+    row count (``auto``: one all-gather of ``n``). Collective."""
+    if mode is not Mode.AUTO:
+        return mode is Mode.DENSE
+    counts = gather_ints([n], group)[:, 0]
+    world = counts.shape[0]
+    return goes_dense(mode, counts * codec.value_type(values).row_bytes(dim), num_rows * dim * 4, world)
+
+
 def replicated_keyed(
     keys: Any, vals: Any, *, values: str = "fp32", group: Any = None, name: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor, ExchangeStats]:
     """Sum a keyed gradient (arbitrary int64 ``keys [n]``, ``vals [n, dim]``) over all ranks.
 
     Returns sorted distinct keys, their summed float32 rows (identical on every rank) and the stats. Always
-    sparse (keys have no dense form) and over TCP (:class:`~sparsembed.comm.transport.EagerSends`).
+    sparse (keys have no dense form) and over TCP (:func:`~sparsembed.comm.transport.collective_link`).
     """
     t0 = time.perf_counter()
     keys, vals = check_keyed(keys, vals)
@@ -154,7 +211,7 @@ def replicated_keyed(
     kc = KeyMessages(vals.shape[1], values)
     msg = kc.encode(keys, vals)
     clock.lap("encode")
-    msgs = EagerSends(group).gather(msg, clock)
+    msgs = collective_link(group).gather(msg, clock)
     own = (keys, as_wire(vals, values))
     out_keys, out_vals = _decode_merge(kc, msgs, rank, world, own, clock)
     sent, recv = _gathered_bytes(np.array([m.shape[0] for m in msgs], np.int64), rank, world)

@@ -4,10 +4,11 @@ Row ``i`` is owned by rank ``r`` with ``boundaries[r] <= i < boundaries[r+1]`` (
 :class:`~sparsembed.comm.sharding.ShardMap` relabelling produces, or :func:`even_boundaries`); keys are owned by a
 hash (:func:`key_owner`). Each worker sends each owner one frame (:func:`_frame`): the gradient rows it owns
 (:mod:`sparsembed.comm.messages`) and the ids whose fresh rows it wants, with one variable-split
-``all_to_all_single`` (gloo supports it, splits in bytes after a tiny ``all_to_all`` of the sizes). The owner
-sums them in rank order, applies the update (``apply_owned``), reads the fresh rows (``read_owned``) and sends
-each worker the rows it asked for (by default the rows it sent a gradient for), again with ``all_to_all_single``
-whose sizes both sides already know. Every row crosses the wire at most once each way, so the volume is bounded
+``all_to_all_single`` (gloo supports it, splits in bytes after a tiny ``all_to_all`` of the sizes; over NCCL
+staged through CUDA buffers, :func:`~sparsembed.comm.device.staged_all_to_all`). The owner sums them in rank
+order, applies the update (``apply_owned``), reads the fresh rows (``read_owned``) and sends each worker the rows
+it asked for (by default the rows it sent a gradient for), again with ``all_to_all_single`` whose sizes both sides
+already know. Every row crosses the wire at most once each way, so the volume is bounded
 by a ring all-reduce's ``2 (P-1)/P`` of the matrix even at full density: no dense fallback is needed.
 
 Every call returns an :class:`~sparsembed.comm.stats.ExchangeStats`. All calls are collective: every rank of the
@@ -23,8 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from sparsembed.comm.device import staged_all_to_all
 from sparsembed.comm.messages import KeyMessages, RowMessages, check_keyed, coalesce_keyed
 from sparsembed.comm.stats import ExchangeStats
 from sparsembed.comm.transport import buffer, rank_world
@@ -231,7 +232,7 @@ def _owner_round(
     send_sizes = torch.tensor([m.shape[0] for m in msgs], dtype=torch.int64)
     if world > 1:
         recv_sizes = torch.empty(world, dtype=torch.int64)
-        dist.all_to_all_single(recv_sizes, send_sizes, group=group)
+        staged_all_to_all(recv_sizes, send_sizes, group=group)
     else:
         recv_sizes = send_sizes.clone()
     ss, rs = send_sizes.tolist(), recv_sizes.tolist()
@@ -242,7 +243,7 @@ def _owner_round(
         offset += m.shape[0]
     recv = buffer("a2a-recv", sum(rs))
     if world > 1:
-        dist.all_to_all_single(recv, send, rs, ss, group=group)
+        staged_all_to_all(recv, send, rs, ss, group=group)
     else:
         recv.copy_(send)
     starts = np.concatenate([[0], np.cumsum(rs)])
@@ -257,7 +258,7 @@ def _owner_round(
     in_counts = [k * dim for k in pulled]
     fresh_in = torch.empty(sum(in_counts), dtype=torch.float32)
     if world > 1:
-        dist.all_to_all_single(fresh_in, fresh_out.contiguous(), in_counts, out_counts, group=group)
+        staged_all_to_all(fresh_in, fresh_out.contiguous(), in_counts, out_counts, group=group)
     else:
         fresh_in.copy_(fresh_out)
     sent = sum(ss) - ss[rank] + 4 * (sum(out_counts) - out_counts[rank]) + 8 * world

@@ -13,7 +13,11 @@ all three. Three transports remain, each for a reason (measured, see BENCHMARKS.
 * :class:`SharedSlots` (slots in shared memory, :mod:`sparsembed.comm.shm`; every rank on one host): no byte crosses
   TCP, peers' messages are read in place, and an announcement costs microseconds instead of a gloo round.
 
-:func:`replicated_link` picks the link of a replicated exchange; :func:`buffer` keeps byte buffers across steps.
+:func:`replicated_link` picks the link of a replicated exchange, :func:`collective_link` the one of an exchange
+that never uses shared memory; :func:`buffer` keeps byte buffers across steps. Over NCCL (a group whose
+collectives need CUDA tensors, :func:`sparsembed.comm.device.device_wire`) every message travels by
+:class:`PaddedAllGather`, staged through a CUDA buffer: NCCL's point-to-point receives must match the sent size,
+which the eager frames do not, and shared memory announces over gloo.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ import torch
 import torch.distributed as dist
 
 from sparsembed.comm import shm
+from sparsembed.comm.device import device_wire, gather_ints, staged_all_gather
 from sparsembed.comm.stats import Clock
 from sparsembed.rows import codec
 
-__all__ = ["Link", "EagerSends", "PaddedAllGather", "SharedSlots", "replicated_link", "rank_world", "buffer",
-           "EAGER_BYTES"]
+__all__ = ["Link", "EagerSends", "PaddedAllGather", "SharedSlots", "replicated_link", "collective_link", "rank_world",
+           "buffer", "EAGER_BYTES"]
 
 #: Per peer, messages up to this many bytes travel in the same round as their size (see :class:`EagerSends`).
 EAGER_BYTES = 32 << 20
@@ -174,7 +179,9 @@ class EagerSends(Link):
 class PaddedAllGather(Link):
     """Every rank's message by ``all_gather``: a first round of ``capacity`` bytes a rank (padded) holds each
     message's length and its head; a rank whose message is longer says so, and a second all-gather moves the
-    tails. The capacity then grows, identically on every rank, to 5/4 of the longest message seen.
+    tails. The capacity then grows, identically on every rank, to 5/4 of the longest message seen. Messages are
+    host arrays; over NCCL each all-gather is staged through a CUDA buffer
+    (:func:`~sparsembed.comm.device.staged_all_gather`).
     """
 
     def __init__(self, group: Any, capacity: int = 64 << 10) -> None:
@@ -192,7 +199,7 @@ class PaddedAllGather(Link):
         if msg is not None:
             first[8 : 8 + min(cap, size)] = msg[:cap]
         out = torch.empty(world * (cap + 8), dtype=torch.uint8)
-        _all_gather_flat(out, torch.from_numpy(first), self.group)
+        staged_all_gather(out, torch.from_numpy(first), self.group)
         got = out.numpy().reshape(world, cap + 8)
         total = got[:, :8].copy().view(np.int64)[:, 0]
         self._msg, self._total = msg, total
@@ -208,7 +215,7 @@ class PaddedAllGather(Link):
             if msg is not None:
                 tail[: max(0, msg.shape[0] - cap)] = msg[cap:]
             out2 = torch.empty(world * tail.shape[0], dtype=torch.uint8)
-            _all_gather_flat(out2, torch.from_numpy(tail), self.group)
+            staged_all_gather(out2, torch.from_numpy(tail), self.group)
             got2 = out2.numpy().reshape(world, tail.shape[0])
             blocks = [np.concatenate([blocks[r], got2[r, : max(0, int(total[r]) - cap)]]) for r in range(world)]
             self.capacity = (longest * 5 // 4 + 4095) // 4096 * 4096
@@ -216,10 +223,7 @@ class PaddedAllGather(Link):
 
     def gather_ints(self, values: list[int]) -> np.ndarray:
         """Every rank's int vector, ``[world, len(values)]``, by one all-gather."""
-        mine = torch.tensor(values, dtype=torch.int64)
-        out = torch.empty(self.world * len(values), dtype=torch.int64)
-        _all_gather_flat(out, mine, self.group)
-        return out.view(self.world, len(values)).numpy()
+        return gather_ints(values, self.group)
 
     def gather_sized(self, msg: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
         """Every rank's message when every rank knows every size: one all-gather padded to the largest."""
@@ -227,13 +231,8 @@ class PaddedAllGather(Link):
         padded = torch.zeros(width, dtype=torch.uint8)
         padded[: msg.shape[0]] = torch.from_numpy(msg)
         out = torch.empty(self.world * width, dtype=torch.uint8)
-        _all_gather_flat(out, padded, self.group)
+        staged_all_gather(out, padded, self.group)
         return [out.numpy()[r * width : r * width + int(sizes[r])] for r in range(self.world)]
-
-
-def _all_gather_flat(out: torch.Tensor, inp: torch.Tensor, group: Any) -> None:
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.10
-    gather(out, inp, group=group)
 
 
 class SharedSlots(Link):
@@ -294,14 +293,27 @@ class SharedSlots(Link):
 
 _ONE_HOST: dict[Any, bool] = {}
 _SLOTS: dict[Any, SharedSlots] = {}
+_GATHERS: dict[Any, PaddedAllGather] = {}
+
+
+def collective_link(group: Any) -> Link:
+    """The link of an exchange without shared memory: eager sends over gloo; over NCCL a padded all-gather (kept
+    per group: its capacity adapts to the messages)."""
+    if not device_wire(group):
+        return EagerSends(group)
+    key = (id(group), *rank_world(group))  # a group made again after destroy_process_group may differ in size
+    if key not in _GATHERS:
+        _GATHERS[key] = PaddedAllGather(group)
+    return _GATHERS[key]
 
 
 def replicated_link(group: Any, num_rows: int, dim: int, shared: bool) -> Link:
     """The link of a replicated exchange of a ``num_rows x dim`` matrix: shared-memory slots when ``shared`` is
-    allowed and every rank of ``group`` is on this host (slots kept per group and shape), else eager sends.
-    Collective on first use per group and shape (every rank reaches it in the same call)."""
-    if not shared:
-        return EagerSends(group)
+    allowed, the group carries host tensors (gloo) and every rank of ``group`` is on this host (slots kept per
+    group and shape), else :func:`collective_link`. Collective on first use per group and shape (every rank
+    reaches it in the same call)."""
+    if not shared or device_wire(group):
+        return collective_link(group)
     key = id(group)
     if key not in _ONE_HOST:
         _ONE_HOST[key] = shm.one_host(group)

@@ -14,6 +14,11 @@ its average over the workers (like DDP; ``average=False`` sums):
   (which falls back to a dense all-reduce the same way), the dense parameters by
   :func:`sparsembed.comm.dense.dense_all_reduce`.
 
+Parameters may live on a CUDA device, over NCCL or gloo (:mod:`sparsembed.comm.device`): a sparse weight's
+gradient is coalesced there by torch (:func:`local_grad`), crosses to the host once for the codec (numba on host
+arrays; the step's distinct rows only) and its sum comes back once, as a sparse gradient of the same layout as on
+the CPU; dense gradients are all-reduced where they are, except the small ones that ride in the fused message.
+
 Either way every worker ends up creating and updating the same HashEmbedding rows, and every rank makes the same
 collectives in the same order whatever it touched: an unused table or an empty gradient is exchanged as an empty
 message, an unused dense parameter as zeros. Without an initialized process group ``sync`` only coalesces (a
@@ -29,17 +34,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sparsembed.comm.dense import dense_all_reduce, touched_rows
+from sparsembed.comm.dense import dense_all_reduce
+from sparsembed.comm.device import coalesce_rows, to_host
 from sparsembed.comm.fused import FusedExchange, FusedSums, Segment
 from sparsembed.comm.policy import Mode, Transport, parse
-from sparsembed.comm.replicated import replicated, replicated_keyed
+from sparsembed.comm.replicated import replicated_keyed, replicated_rows
 from sparsembed.comm.stats import ExchangeStats
 from sparsembed.comm.transport import rank_world
 from sparsembed.nn.families import Families, families
 from sparsembed.nn.hashembedding import HashEmbedding
 from sparsembed.rows.coalesce import RowSparse
 
-__all__ = ["ParallelModel", "parallel", "local_rows", "set_sparse_grad"]
+__all__ = ["ParallelModel", "parallel", "local_rows", "local_grad", "set_sparse_grad"]
 
 #: Fused sync: dense parameters up to this many bytes in all ride in the sparse message (saves a round trip; at 2
 #: workers an all-gather moves the same bytes as a ring all-reduce).
@@ -57,8 +63,9 @@ class ParallelModel:
         mode: row-sparse weights: ``"auto"`` (sparse or dense by density), ``"sparse"`` or ``"dense"``.
         fuse: send every sparse gradient and the small dense ones in one message per rank (float32 only; see the
             module docstring); ``False``: one exchange per table.
-        transport: ``"auto"``: when every rank is on this host, the fused messages and the exchanges of sparse
-            weights go through shared memory (:mod:`sparsembed.comm.shm`); ``"tcp"``: always gloo.
+        transport: ``"auto"``: when every rank is on this host (and the group is gloo), the fused messages and
+            the exchanges of sparse weights go through shared memory (:mod:`sparsembed.comm.shm`); ``"tcp"``:
+            always the group's collectives.
     """
 
     def __init__(
@@ -128,12 +135,9 @@ class ParallelModel:
         return stats
 
     def _sync_sparse(self, name: str, p: nn.Parameter, scale: float) -> ExchangeStats:
-        rs = local_rows(p)
-        summed, stats = replicated(rs, values=self.values, mode=self.mode, group=self.group, name=name,
-                                   transport=self.transport)
-        ids, vals = summed.ids, summed.values
-        if stats.mode == "dense" and self.world_size > 1:
-            ids, vals = touched_rows(rs.ids, vals, self.group)
+        ids, vals = local_grad(p)
+        ids, vals, stats = replicated_rows(ids, vals, p.shape[0], values=self.values, mode=self.mode,
+                                           group=self.group, name=name, transport=self.transport)
         set_sparse_grad(p, ids, vals, scale)
         return stats
 
@@ -160,17 +164,35 @@ def local_rows(p: nn.Parameter) -> RowSparse:
         rs = RowSparse(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dim), num_rows, check=False)
     elif g.is_sparse:
         g = g.coalesce() if g._values().dtype != torch.float32 else g  # RowSparse coalesces float32 itself
-        rs = RowSparse(g._indices()[0], g._values().float(), num_rows, check=False)
+        # The indices can be a view of the caller's ids (nn.Embedding's backward reshapes its input), and the
+        # coalescing sorts in place: a copy of 8 bytes a row keeps the caller's tensor as it was.
+        rs = RowSparse(g._indices()[0].clone(), g._values().float(), num_rows, check=False)
     else:  # a dense gradient (e.g. a tied weight): every row, the exchange picks its dense path
         rs = RowSparse(torch.arange(num_rows), g.float().contiguous(), num_rows, check=False)
     return rs.coalesce_()
 
 
+def local_grad(p: nn.Parameter) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's gradient of a sparse embedding weight as sorted distinct row ids and float32 rows, on the
+    parameter's device: :func:`local_rows` on the CPU (numba, in place), torch's coalesce on a CUDA device."""
+    if p.device.type == "cpu":
+        rs = local_rows(p)
+        return rs.ids, rs.values
+    num_rows, dim = p.shape
+    g = p.grad
+    if g is None:  # table unused on this rank: still joins the exchange
+        return torch.zeros(0, dtype=torch.int64, device=p.device), torch.zeros(0, dim, device=p.device)
+    if g.is_sparse:
+        return coalesce_rows(g._indices()[0], g._values(), num_rows)
+    return torch.arange(num_rows, device=p.device), g.float().contiguous()  # a dense gradient: every row
+
+
 def set_sparse_grad(p: nn.Parameter, ids: torch.Tensor, vals: torch.Tensor, scale: float) -> None:
-    """``p.grad :=`` the coalesced sparse gradient ``scale * vals`` at rows ``ids``."""
+    """``p.grad :=`` the coalesced sparse gradient ``scale * vals`` at rows ``ids``, on ``p``'s device."""
     vals = vals * scale if scale != 1.0 else vals
     p.grad = torch.sparse_coo_tensor(
-        ids.unsqueeze(0), vals.to(p.dtype), tuple(p.shape), is_coalesced=True, check_invariants=False
+        ids.to(p.device).unsqueeze(0), vals.to(p.device, p.dtype), tuple(p.shape), is_coalesced=True,
+        check_invariants=False,
     )
 
 
@@ -188,8 +210,8 @@ def _fused_sync(pm: ParallelModel, scale: float) -> list[ExchangeStats]:
     fam = pm.families
     segments = [Segment(name, *emb.local_gradient()) for name, emb in fam.hashed]
     for name, p in fam.sparse:
-        rs = local_rows(p)
-        segments.append(Segment(name, rs.ids, rs.values, rs.num_rows))
+        ids, vals = local_grad(p)  # the fused message is host bytes: one copy of the distinct rows off a device
+        segments.append(Segment(name, to_host(ids), to_host(vals), p.shape[0]))
     small, big = _split_dense(fam.dense)
     out = pm.fused.exchange(segments, pm.mode, [p.grad for p in small])
     _apply_sums(fam, out, small, scale)
