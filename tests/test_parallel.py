@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -328,3 +329,16 @@ def test_docs_call_parallel_the_function() -> None:
     for path in texts:
         for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
             assert not re.search(r"sparsembed\.parallel(?![(\w])", line), f"{path.name}:{number}: {line}"
+
+
+def test_sync_leaves_the_callers_ids_as_they_were() -> None:
+    """nn.Embedding's sparse gradient can hold a view of the input ids; coalescing must not sort them in place."""
+    from sparsembed.nn.parallel import parallel
+
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    ids = torch.from_numpy(np.array([5, 1, 5, 0, 9]))
+    pm = parallel(emb)
+    (pm(ids) * 2).sum().backward()
+    pm.sync()
+    assert ids.tolist() == [5, 1, 5, 0, 9]
+    assert emb.weight.grad.coalesce().indices()[0].tolist() == [0, 1, 5, 9]
