@@ -145,6 +145,12 @@ def main() -> None:
     info["copy_bandwidth_GBps"] = bandwidth / 1e9
     shapes = [tuple(int(v) for v in shape.split(":")) for shape in args.shapes.split(",")]
     results = []
+    report = {"info": info, "results": results}
+
+    def save() -> None:  # after every run: a device check cut short still brings back what it measured
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+
     with tempfile.TemporaryDirectory() as scratch:
         corpus = decompressed(Path(args.corpus), Path(scratch))
         warm = Path(scratch) / "warm.txt"
@@ -152,25 +158,25 @@ def main() -> None:
             warm.write_bytes(src.read(300_000).rsplit(b" ", 1)[0])
         for name in args.models.split(","):
             sg = int(name == "skipgram")
-            swept = sweep(corpus, warm, files, sg, shapes)
-            best = max(swept, key=lambda row: row["words_per_s"])
+            row: dict = {"model": name}
+            results.append(row)
+            row["sweep"] = sweep(corpus, warm, files, sg, shapes)
+            best = max(row["sweep"], key=lambda r: r["words_per_s"])
             engine.DEFAULT_CHUNK, engine.NUM_WARPS = best["chunk"], best["warps"]
             model, gpu = train(corpus, sg, args.epochs, "cuda")
-            row = {"model": name, "sweep": swept, "chunk": best["chunk"], "warps": best["warps"], "gpu": gpu,
-                   "gpu_scores": evaluate(model, files), "kept_share": kept_share(model),
-                   "floor_words_per_s": floor_words_per_s(model, bandwidth)}
+            row.update({"chunk": best["chunk"], "warps": best["warps"], "gpu": gpu,
+                        "gpu_scores": evaluate(model, files), "kept_share": kept_share(model),
+                        "floor_words_per_s": floor_words_per_s(model, bandwidth)})
+            save()
             print(f"{name}: GPU {gpu['words_per_s'] / 1e6:.1f}M words/s ({gpu['train_s']:.1f} s), "
                   f"{row['gpu_scores']}", flush=True)
             if args.cpu:
                 model, cpu = train(corpus, sg, args.epochs, "cpu")
                 row["cpu"], row["cpu_scores"] = cpu, evaluate(model, files)
+                save()
                 print(f"{name}: CPU {cpu['words_per_s'] / 1e6:.1f}M words/s ({cpu['train_s']:.1f} s), "
                       f"{row['cpu_scores']}", flush=True)
-            results.append(row)
-    report = {"info": info, "results": results}
     print(table(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
 
 
 def table(report: dict) -> str:

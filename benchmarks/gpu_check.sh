@@ -8,7 +8,9 @@
 #                                           # logs and JSON go to DIR (default $OUT, else /tmp/gpu_check)
 #
 # The device image has torch with CUDA, Triton, numba, pytest and hypothesis: the package runs from src/ as it is
-# (PYTHONPATH), nothing is installed. Each step has its own time limit, so one that hangs cannot eat the others.
+# (PYTHONPATH), nothing is installed. Each step has its own time limit, so one that hangs cannot eat the others; all
+# of them together stay under the device tool's 10 minutes a command (the benchmark writes its JSON after every run).
+# GPU_CHECK_CORPUS replaces the corpus (a tiny one checks this script through Triton's interpreter, no GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 step=${1:-run}
@@ -34,15 +36,15 @@ py=${PYTHON:-python3}
 } 2>&1 | tee "$out/device.txt"
 
 echo "== tests (CUDA)"
-timeout 240 $py -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/test_gpu.py tests/test_cuda_exchange.py \
+timeout 150 $py -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/test_gpu.py tests/test_cuda_exchange.py \
     2>&1 | tee "$out/tests.log" | tail -15
 
 echo "== word2vec on the GPU against the CPU"
-timeout 420 $py benchmarks/bench_gpu.py --corpus .gpu/wiki17m.txt.xz --eval-dir .gpu \
+timeout 300 $py benchmarks/bench_gpu.py --corpus "${GPU_CHECK_CORPUS:-.gpu/wiki17m.txt.xz}" --eval-dir .gpu \
     --json "$out/gpu_word2vec.json" 2>&1 | tee "$out/bench_gpu.log" | grep -v '^  sweep' | tail -12
 
 echo "== exchange on CUDA tensors (200000 x 128, 8192 Zipf ids)"
-timeout 120 $py benchmarks/bench_exchange.py --device cuda --backend nccl --nproc 1 --rows 200000 --dim 128 \
+timeout 60 $py benchmarks/bench_exchange.py --device cuda --backend nccl --nproc 1 --rows 200000 --dim 128 \
     --ids 8192 --steps 40 --json 2>&1 | tee "$out/exchange_nccl.log" | tail -8
-timeout 180 $py benchmarks/bench_exchange.py --device cuda --backend gloo --nproc 2 --rows 200000 --dim 128 \
+timeout 70 $py benchmarks/bench_exchange.py --device cuda --backend gloo --nproc 2 --rows 200000 --dim 128 \
     --ids 8192 --steps 40 --json 2>&1 | tee "$out/exchange_gloo.log" | tail -8
