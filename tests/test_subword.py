@@ -14,6 +14,7 @@ import pytest
 from sparsembed import Word2Vec
 from sparsembed.cli import main
 from sparsembed.errors import UserError
+from sparsembed.subword import batched as subword_batched
 from sparsembed.subword import kernels as subword_kernels
 from sparsembed.subword.index import SubwordIndex
 from sparsembed.subword.ngrams import compute_ngrams, ft_hash, ngram_buckets, parse_subwords
@@ -188,6 +189,117 @@ def test_kernel_equals_reference_on_one_sentence(sg: int) -> None:
     changed1 = np.flatnonzero(np.any(a1 != syn1, axis=1))
     assert len(changed0) > len(words) and set(changed0) <= set(np.flatnonzero(touched0))
     assert set(changed1) <= set(np.flatnonzero(touched1))
+
+
+def _reference_batched_cbow(syn0, syn1, offsets, rows, sentence, sample_ints, packed, window, negative, alpha,
+                            seed):
+    """One sentence of the batched subword CBOW (:mod:`sparsembed.subword.batched`), literally: each position's
+    rows summed when it enters the window, its errors added to that sum and kept pending until it leaves, then
+    added to its rows once per listing. Returns (loss, pairs)."""
+    sig, logsig = kernels.SIGMOID_TABLE, kernels.LOG_SIGMOID_TABLE
+    state = int(kernels.job_seed(seed, 0, 0))
+
+    def draw_negs(state):
+        out = []
+        for _ in range(negative):
+            state, bits = _next(state)
+            out.append(_draw(packed, bits))
+        return state, out
+
+    state, negs = draw_negs(state)
+    kept = []
+    for w in sentence:
+        state, bits = _next(state)
+        if sample_ints[w] >= (bits >> 32):
+            kept.append(w)
+    listed = [list(rows[offsets[w]:offsets[w + 1]]) for w in kept]
+    sums, pending, loss, pairs = {}, {}, 0.0, 0
+    entered = released = 0
+    for i, word in enumerate(kept):
+        state, bits = _next(state)
+        reduced = (bits >> 32) % window
+        lo, hi = max(0, i - window + reduced), min(len(kept), i + window + 1 - reduced)
+        while released < i - window:
+            for r in listed[released]:
+                syn0[r] += pending[released]
+            released += 1
+        while entered < hi:
+            sums[entered] = syn0[listed[entered]].sum(axis=0, dtype=np.float32)
+            pending[entered] = np.zeros(syn0.shape[1], np.float32)
+            entered += 1
+        context = [j for j in range(lo, hi) if j != i]
+        if not context:
+            continue
+        hidden = (sum(sums[j] for j in context) / sum(len(listed[j]) for j in context)).astype(np.float32)
+        state, next_negs = draw_negs(state)
+        work = np.zeros_like(hidden)
+        for d, row in enumerate([word, *negs]):
+            if d > 0 and row == word:
+                continue
+            score = float(np.dot(hidden.astype(np.float64), syn1[row].astype(np.float64)))
+            if score <= -6 or score >= 6:
+                continue
+            g = np.float32((float(d == 0) - sig[int((score + 6) * (1000 / 12))]) * alpha)
+            signed = score if d == 0 else -score
+            if -6 < signed < 6:
+                loss -= float(logsig[int((signed + 6) * (1000 / 12))])
+            work += g * syn1[row]
+            syn1[row] += g * hidden
+        negs = next_negs
+        pairs += 1
+        for j in context:
+            multiplicity = np.unique(listed[j], return_counts=True)[1]
+            pending[j] += work
+            sums[j] += np.float32((multiplicity ** 2).sum()) * work
+    for j in range(released, len(kept)):
+        for r in listed[j]:
+            syn0[r] += pending[j]
+    return loss, pairs
+
+
+def test_batched_cbow_equals_its_reference_and_marks_what_it_changes() -> None:
+    words = ["aaaa", "abab", "baab", "bbbb", "cab", "abc", "ca", "cc"]
+    index = SubwordIndex.build(words, 2, 4, 50)
+    dim, negative, window, alpha, seed = 8, 3, 2, 0.05, 11
+    syn0 = index.initial_input_matrix(dim, seed) * 20
+    syn1 = (np.random.default_rng(0).standard_normal((len(words), dim)) * 0.3).astype(np.float32)
+    sentence = np.array([0, 1, 2, 3, 4, 5, 6, 7, 0, 0, 1, 3, 5, 2, 0, 4, 4, 1], dtype=np.int32)
+    sample_ints = np.full(len(words), 2**32 - 1, dtype=np.uint64)
+    sample_ints[0] = 2**31
+    packed = kernels.pack_alias(np.full(len(words), 2**32 - 1, dtype=np.uint64), np.arange(len(words)))
+    ref0, ref1 = syn0.copy(), syn1.copy()
+    ref_loss, ref_pairs = _reference_batched_cbow(ref0, ref1, index.offsets, index.rows, sentence.tolist(),
+                                                  sample_ints, packed, window, negative, np.float32(alpha), seed)
+    a0, a1 = syn0.copy(), syn1.copy()
+    touched0, touched1 = np.zeros(index.n_rows, np.uint8), np.zeros(len(words), np.uint8)
+    loss, pairs, trained = subword_batched.train_cbow_job_batched(
+        a0, a1, index.offsets, index.rows, index.gain, sentence, np.array([0, len(sentence)], dtype=np.int64), 0, 1,
+        sample_ints, True, packed, 0, window, negative, alpha, alpha, 1, 0, seed, 0, 0, kernels.SIGMOID_TABLE,
+        kernels.LOG_SIGMOID_TABLE, touched0, touched1)
+    assert pairs == ref_pairs > 0 and 0 < trained <= len(sentence)
+    assert loss == pytest.approx(ref_loss, rel=1e-4)
+    np.testing.assert_allclose(a0, ref0, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a1, ref1, rtol=1e-4, atol=1e-5)
+    assert set(np.flatnonzero(np.any(a0 != syn0, axis=1))) <= set(np.flatnonzero(touched0))
+    assert set(np.flatnonzero(np.any(a1 != syn1, axis=1))) <= set(np.flatnonzero(touched1))
+    # not fastText's arithmetic: the same sentence through the exact kernel ends elsewhere
+    e0, e1 = syn0.copy(), syn1.copy()
+    subword_kernels.train_job(
+        e0, e1, index.offsets, index.rows, index.gain, sentence, np.array([0, len(sentence)], dtype=np.int64), 0, 1,
+        sample_ints, True, packed, 0, window, negative, alpha, alpha, 1, 0, seed, 0, 0, kernels.SIGMOID_TABLE,
+        kernels.LOG_SIGMOID_TABLE)
+    assert not np.allclose(e0, a0, rtol=1e-4, atol=1e-5)
+
+
+def test_the_kernel_setting_picks_the_subword_cbow_kernel() -> None:
+    kernels_of = {}
+    for sg in (0, 1):
+        for kernel in ("auto", "exact", "batched"):
+            model = Word2Vec(sg=sg, subwords=(3, 6), kernel=kernel)
+            kernels_of[sg, kernel] = model.subword_job_kernel()
+    assert kernels_of[0, "auto"] is kernels_of[0, "batched"] is subword_batched.train_cbow_job_batched
+    assert kernels_of[0, "exact"] is subword_kernels.train_job
+    assert {kernels_of[1, k] for k in ("auto", "exact", "batched")} == {subword_kernels.train_job}
 
 
 # ------------------------------------------------------------------------------------ training, queries

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sparsembed.errors import UserError
+from sparsembed.subword import batched as subword_batched
 from sparsembed.subword import kernels as subword_kernels
 from sparsembed.subword.index import SubwordIndex
 from sparsembed.word2vec import batched, checkpoint, kernels
@@ -381,7 +382,7 @@ class Word2Vec:
                                           epoch, *schedule.tokens(job, job + 1))
         if self.subwords is not None:  # fastText's model: a word's input rows are its own and its n-grams'
             sub = self.subwords
-            return subword_kernels.train_job(
+            return self.subword_job_kernel()(
                 self.syn0, self.syn1, sub.offsets, sub.rows, sub.gain, corpus.ids, schedule.sentence_starts,
                 int(schedule.bounds[job]), int(schedule.bounds[job + 1]), tables["sample_ints"], s.sample > 0,
                 tables["packed_alias"], s.sg, s.window, s.negative, s.alpha, s.min_alpha, total, before, s.seed,
@@ -399,6 +400,14 @@ class Word2Vec:
         arguments and result: the one place that choice is made (:meth:`run_job`, and through it the data-parallel
         trainer, call it)."""
         return batched.train_job_batched if self.settings.resolved_kernel == "batched" else kernels.train_job
+
+    def subword_job_kernel(self) -> Callable[..., tuple[float, int, int]]:
+        """With subwords, the compiled job function: fastText's updates (:func:`sparsembed.subword.kernels.train_job`,
+        CBOW and skip-gram) or, for CBOW with the batched kernel, each position composed once
+        (:mod:`sparsembed.subword.batched`)."""
+        if not self.settings.sg and self.settings.resolved_kernel == "batched":
+            return subword_batched.train_cbow_job_batched
+        return subword_kernels.train_job
 
     def advance(self, schedule: Schedule, job: int, loss: float, pairs: int) -> None:
         """Move the position to job ``job`` of the current epoch, adding the loss and pairs of the jobs it passes;

@@ -66,9 +66,13 @@ class Settings:
     @property
     def resolved_kernel(self) -> str:
         """The kernel that trains: ``kernel``, with ``auto`` resolved by the model (batched for skip-gram)."""
-        if self.kernel == "auto" or self.device != "cpu":
+        if self.device != "cpu":
             return "batched" if self.sg else "exact"
-        return self.kernel
+        if self.kernel != "auto":
+            return self.kernel
+        if self.minn:  # subwords: skip-gram's kernel is one-pass already; CBOW's batched one composes once
+            return "exact" if self.sg else "batched"
+        return "batched" if self.sg else "exact"
 
     def validate(self) -> Settings:
         """Raise UserError naming the first invalid setting; return self."""
