@@ -18,6 +18,9 @@ __all__ = ["KERNELS", "Settings", "default_workers", "is_int"]
 #: The job kernels ``kernel`` names: gensim-exact updates (:mod:`sparsembed.word2vec.kernels`), minibatched ones with
 #: negatives shared per window (:mod:`sparsembed.word2vec.batched`), or ``auto``: batched for skip-gram (1.9x the
 #: exact kernel's speed at +2 analogy points on wiki17m), exact for CBOW (batched CBOW measured 1.05x at -0.6 pt).
+#: With subwords: ``exact`` is fastText's arithmetic (:mod:`sparsembed.subword.kernels`), ``batched`` CBOW composes
+#: each position once (:mod:`sparsembed.subword.batched`; skip-gram has one kernel), ``auto`` is batched for CBOW.
+#: On a CUDA device the GPU's kernels train (:mod:`sparsembed.gpu`): CBOW exact, skip-gram batched.
 KERNELS = ("auto", "exact", "batched")
 
 #: The longest character n-gram ``--subwords`` accepts (:data:`sparsembed.subword.ngrams.MAX_N`).
@@ -48,7 +51,7 @@ class Settings:
     min_alpha: float = 1e-4
     workers: int = dataclasses.field(default_factory=default_workers)
     seed: int = 1
-    #: Which job kernel trains (one of :data:`KERNELS`); subword models have their own and ignore it.
+    #: Which job kernel trains (one of :data:`KERNELS`, see there for subwords and devices).
     kernel: str = "auto"
     max_sentence_len: int = 10_000
     job_tokens: int = 50_000
@@ -65,7 +68,7 @@ class Settings:
 
     @property
     def resolved_kernel(self) -> str:
-        """The kernel that trains: ``kernel``, with ``auto`` resolved by the model (batched for skip-gram)."""
+        """The kernel that trains: ``kernel``, with ``auto`` resolved (see :data:`KERNELS`) and a device's own."""
         if self.device != "cpu":
             return "batched" if self.sg else "exact"
         if self.kernel != "auto":
