@@ -129,7 +129,7 @@ def reference_job(trainer: DeviceTrainer, syn0: np.ndarray, syn1: np.ndarray, sg
     key = run_key(seed, epoch)
     job = trainer.prepare(key, first_token, last_token)
     loss, pairs = train_reference(
-        syn0, syn1, job.tokens.numpy(), job.positions.numpy(), job.lows.numpy(), job.highs.numpy(), key, window,
-        negative, trainer.alias_threshold.numpy(), trainer.alias_row.numpy(), alpha, min_alpha,
+        syn0, syn1, *(t.cpu().numpy() for t in (job.tokens, job.positions, job.lows, job.highs)), key, window,
+        negative, trainer.alias_threshold.cpu().numpy(), trainer.alias_row.cpu().numpy(), alpha, min_alpha,
         (alpha - min_alpha) / max(total_tokens, 1), float(tokens_before), first_token, sg)
     return loss, pairs, job.n

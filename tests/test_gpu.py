@@ -57,10 +57,11 @@ def test_kernels_equal_the_sequential_reference(sg: int) -> None:
         got = trainer.train_job(*args)
         want = reference_job(trainer, ref0, ref1, *args)
         assert got[1:] == want[1:]
-        assert got[0] == pytest.approx(want[0], rel=1e-5)
+        assert got[0] == pytest.approx(want[0], rel=1e-5 if interpreting() else 1e-4)
     assert np.abs(ref0 - syn0).max() > 1e-3  # it trained
-    np.testing.assert_allclose(trainer.syn0.cpu().numpy(), ref0, atol=2e-6)
-    np.testing.assert_allclose(trainer.syn1.cpu().numpy(), ref1, atol=2e-6)
+    atol = 2e-6 if interpreting() else 2e-5  # a GPU's exp / log and fused multiply-adds round a little otherwise
+    np.testing.assert_allclose(trainer.syn0.cpu().numpy(), ref0, atol=atol)
+    np.testing.assert_allclose(trainer.syn1.cpu().numpy(), ref1, atol=atol)
 
 
 @needs_interpreter
