@@ -19,7 +19,7 @@ from train_utils import FAST, interrupt_after, train_argv
 
 
 def _gradient(score: np.float32, label: float, alpha: np.float32) -> tuple[np.float32, float]:
-    """batched._gradient: saturated outside (-6, 6), log sigmoid(-x) = log sigmoid(x) - x from one index."""
+    """batched.saturated_gradient: saturated outside (-6, 6), log sigmoid(-x) = log sigmoid(x) - x from one index."""
     sig, logsig = kernels.SIGMOID_TABLE, kernels.LOG_SIGMOID_TABLE
     if -6 < score < 6:
         i = _sigmoid_index(float(score))

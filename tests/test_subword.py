@@ -21,6 +21,7 @@ from sparsembed.subword.ngrams import compute_ngrams, ft_hash, ngram_buckets, pa
 from sparsembed.word2vec import kernels
 from sparsembed.word2vec.planted import generate_corpus, planted_groups, write_analogies
 from sparsembed.word2vec.vectors import UnknownWordError
+from test_batched import _gradient as batched_gradient
 
 gensim_fasttext = pytest.importorskip("gensim.models.fasttext")
 
@@ -191,11 +192,11 @@ def test_kernel_equals_reference_on_one_sentence(sg: int) -> None:
     assert set(changed1) <= set(np.flatnonzero(touched1))
 
 
-def _reference_batched_cbow(syn0, syn1, offsets, rows, sentence, sample_ints, packed, window, negative, alpha,
-                            seed):
-    """One sentence of the batched subword CBOW (:mod:`sparsembed.subword.batched`), literally: each position's
+def _reference_batched(syn0, syn1, offsets, rows, sentence, sample_ints, packed, sg, window, negative, alpha, seed):
+    """One sentence of the batched subword kernel (:mod:`sparsembed.subword.batched`), literally: each position's
     rows summed when it enters the window, its errors added to that sum and kept pending until it leaves, then
-    added to its rows once per listing. Returns (loss, pairs)."""
+    added to its rows once per listing; CBOW as fastText's, skip-gram as pWord2Vec's minibatch over the context's
+    mean vectors. Returns (loss, pairs)."""
     sig, logsig = kernels.SIGMOID_TABLE, kernels.LOG_SIGMOID_TABLE
     state = int(kernels.job_seed(seed, 0, 0))
 
@@ -230,34 +231,54 @@ def _reference_batched_cbow(syn0, syn1, offsets, rows, sentence, sample_ints, pa
         context = [j for j in range(lo, hi) if j != i]
         if not context:
             continue
-        hidden = (sum(sums[j] for j in context) / sum(len(listed[j]) for j in context)).astype(np.float32)
         state, next_negs = draw_negs(state)
-        work = np.zeros_like(hidden)
-        for d, row in enumerate([word, *negs]):
-            if d > 0 and row == word:
-                continue
-            score = float(np.dot(hidden.astype(np.float64), syn1[row].astype(np.float64)))
-            if score <= -6 or score >= 6:
-                continue
-            g = np.float32((float(d == 0) - sig[int((score + 6) * (1000 / 12))]) * alpha)
-            signed = score if d == 0 else -score
-            if -6 < signed < 6:
-                loss -= float(logsig[int((signed + 6) * (1000 / 12))])
-            work += g * syn1[row]
-            syn1[row] += g * hidden
+        squares = {j: np.float32((np.unique(listed[j], return_counts=True)[1] ** 2).sum()) for j in context}
+        if sg:
+            outs = [word, *negs]
+            inputs = np.array([sums[j] / np.float32(len(listed[j])) for j in context], dtype=np.float32)
+            old = syn1[outs].copy()
+            grad = np.zeros((len(context), len(outs)), np.float32)
+            for c in range(len(context)):
+                for o, row in enumerate(outs):
+                    if o > 0 and row == word:
+                        continue
+                    grad[c, o], part = batched_gradient(np.float32(inputs[c] @ old[o]), o == 0, alpha)
+                    loss += part
+            for o, row in enumerate(outs):
+                syn1[row] += grad[:, o] @ inputs
+            for c, j in enumerate(context):
+                change = grad[c] @ old
+                pending[j] += change
+                sums[j] += squares[j] * change
+            pairs += len(context)
+        else:
+            hidden = (sum(sums[j] for j in context) / sum(len(listed[j]) for j in context)).astype(np.float32)
+            work = np.zeros_like(hidden)
+            for d, row in enumerate([word, *negs]):
+                if d > 0 and row == word:
+                    continue
+                score = float(np.dot(hidden.astype(np.float64), syn1[row].astype(np.float64)))
+                if score <= -6 or score >= 6:
+                    continue
+                g = np.float32((float(d == 0) - sig[int((score + 6) * (1000 / 12))]) * alpha)
+                signed = score if d == 0 else -score
+                if -6 < signed < 6:
+                    loss -= float(logsig[int((signed + 6) * (1000 / 12))])
+                work += g * syn1[row]
+                syn1[row] += g * hidden
+            pairs += 1
+            for j in context:
+                pending[j] += work
+                sums[j] += squares[j] * work
         negs = next_negs
-        pairs += 1
-        for j in context:
-            multiplicity = np.unique(listed[j], return_counts=True)[1]
-            pending[j] += work
-            sums[j] += np.float32((multiplicity ** 2).sum()) * work
     for j in range(released, len(kept)):
         for r in listed[j]:
             syn0[r] += pending[j]
     return loss, pairs
 
 
-def test_batched_cbow_equals_its_reference_and_marks_what_it_changes() -> None:
+@pytest.mark.parametrize("sg", [0, 1])
+def test_batched_kernel_equals_its_reference_and_marks_what_it_changes(sg: int) -> None:
     words = ["aaaa", "abab", "baab", "bbbb", "cab", "abc", "ca", "cc"]
     index = SubwordIndex.build(words, 2, 4, 50)
     dim, negative, window, alpha, seed = 8, 3, 2, 0.05, 11
@@ -268,13 +289,13 @@ def test_batched_cbow_equals_its_reference_and_marks_what_it_changes() -> None:
     sample_ints[0] = 2**31
     packed = kernels.pack_alias(np.full(len(words), 2**32 - 1, dtype=np.uint64), np.arange(len(words)))
     ref0, ref1 = syn0.copy(), syn1.copy()
-    ref_loss, ref_pairs = _reference_batched_cbow(ref0, ref1, index.offsets, index.rows, sentence.tolist(),
-                                                  sample_ints, packed, window, negative, np.float32(alpha), seed)
+    ref_loss, ref_pairs = _reference_batched(ref0, ref1, index.offsets, index.rows, sentence.tolist(), sample_ints,
+                                             packed, sg, window, negative, np.float32(alpha), seed)
     a0, a1 = syn0.copy(), syn1.copy()
     touched0, touched1 = np.zeros(index.n_rows, np.uint8), np.zeros(len(words), np.uint8)
-    loss, pairs, trained = subword_batched.train_cbow_job_batched(
+    loss, pairs, trained = subword_batched.train_job_batched(
         a0, a1, index.offsets, index.rows, index.gain, sentence, np.array([0, len(sentence)], dtype=np.int64), 0, 1,
-        sample_ints, True, packed, 0, window, negative, alpha, alpha, 1, 0, seed, 0, 0, kernels.SIGMOID_TABLE,
+        sample_ints, True, packed, sg, window, negative, alpha, alpha, 1, 0, seed, 0, 0, kernels.SIGMOID_TABLE,
         kernels.LOG_SIGMOID_TABLE, touched0, touched1)
     assert pairs == ref_pairs > 0 and 0 < trained <= len(sentence)
     assert loss == pytest.approx(ref_loss, rel=1e-4)
@@ -286,20 +307,17 @@ def test_batched_cbow_equals_its_reference_and_marks_what_it_changes() -> None:
     e0, e1 = syn0.copy(), syn1.copy()
     subword_kernels.train_job(
         e0, e1, index.offsets, index.rows, index.gain, sentence, np.array([0, len(sentence)], dtype=np.int64), 0, 1,
-        sample_ints, True, packed, 0, window, negative, alpha, alpha, 1, 0, seed, 0, 0, kernels.SIGMOID_TABLE,
+        sample_ints, True, packed, sg, window, negative, alpha, alpha, 1, 0, seed, 0, 0, kernels.SIGMOID_TABLE,
         kernels.LOG_SIGMOID_TABLE)
     assert not np.allclose(e0, a0, rtol=1e-4, atol=1e-5)
 
 
-def test_the_kernel_setting_picks_the_subword_cbow_kernel() -> None:
-    kernels_of = {}
-    for sg in (0, 1):
-        for kernel in ("auto", "exact", "batched"):
-            model = Word2Vec(sg=sg, subwords=(3, 6), kernel=kernel)
-            kernels_of[sg, kernel] = model.subword_job_kernel()
-    assert kernels_of[0, "auto"] is kernels_of[0, "batched"] is subword_batched.train_cbow_job_batched
-    assert kernels_of[0, "exact"] is subword_kernels.train_job
-    assert {kernels_of[1, k] for k in ("auto", "exact", "batched")} == {subword_kernels.train_job}
+@pytest.mark.parametrize("sg", [0, 1])
+def test_the_kernel_setting_picks_the_subword_kernel(sg: int) -> None:
+    chosen = {kernel: Word2Vec(sg=sg, subwords=(3, 6), kernel=kernel).subword_job_kernel()
+              for kernel in ("auto", "exact", "batched")}
+    assert chosen["auto"] is chosen["batched"] is subword_batched.train_job_batched
+    assert chosen["exact"] is subword_kernels.train_job
 
 
 # ------------------------------------------------------------------------------------ training, queries

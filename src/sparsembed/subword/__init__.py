@@ -13,8 +13,8 @@ Modules:
   buckets' compact rows after the word rows (``bucket_of_row``); unused buckets keep their initial values;
 * :mod:`~sparsembed.subword.kernels`: the compiled training jobs with fastText's arithmetic (no GIL, touched-row
   marks), initial rows and the mean of a word's rows;
-* :mod:`~sparsembed.subword.batched`: CBOW with each sentence position's rows summed once and updated once (the
-  default for CBOW; ``kernel="exact"`` keeps fastText's arithmetic);
+* :mod:`~sparsembed.subword.batched`: CBOW and skip-gram with each sentence position's rows summed once and
+  updated once (the default; ``kernel="exact"`` keeps fastText's arithmetic);
 * :mod:`~sparsembed.subword.vectors`: ``SubwordVectors``: composed word vectors, and vectors for unknown words;
 * :mod:`~sparsembed.subword.parts`: ``SubwordParts``, everything a fastText ``.bin`` file holds
   (``Word2Vec.fasttext_parts()``);

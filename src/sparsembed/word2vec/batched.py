@@ -49,7 +49,7 @@ from sparsembed.word2vec.kernels import (
     table_index,
 )
 
-__all__ = ["CBOW_GROUP", "train_job_batched"]
+__all__ = ["CBOW_GROUP", "saturated_gradient", "train_job_batched"]
 
 #: How many consecutive CBOW targets share one set of noise words.
 CBOW_GROUP = 4
@@ -59,7 +59,7 @@ _IDENTITY = np.arange(1024, dtype=np.int64)
 
 
 @njit(nogil=True, inline="always")
-def _gradient(score, label, alpha, sig, logsig):
+def saturated_gradient(score, label, alpha, sig, logsig):
     """(gradient times alpha, loss) of one score: saturated outside (-6, 6), one table index for both.
 
     ``log sigmoid(-x) = log sigmoid(x) - x``. A NaN score (diverged weights) fails every comparison and lands in
@@ -146,7 +146,7 @@ def _skipgram_window(syn0, syn1, ctx, nc, outs, no, alpha, grad, grad_t, old, si
     for o in range(no):
         label = np.float32(1.0) if o == 0 else np.float32(0.0)
         for c in range(nc):
-            g, part = _gradient(grad[o, c], label, alpha, sig, logsig)
+            g, part = saturated_gradient(grad[o, c], label, alpha, sig, logsig)
             grad[o, c] = g
             grad_t[c, o] = g
             loss += part
@@ -215,7 +215,7 @@ def _cbow_group(syn0, syn1, kept, group_first, group_last, lows, highs, negs, ne
             if d > 0 and outs[d] == word:
                 grad[b, d] = 0.0
                 continue
-            g, part = _gradient(grad[b, d], np.float32(1.0) if d == 0 else np.float32(0.0), alpha, sig, logsig)
+            g, part = saturated_gradient(grad[b, d], np.float32(1.0) if d == 0 else np.float32(0.0), alpha, sig, logsig)
             grad[b, d] = g
             loss += part
         _add_rows(w, syn1, outs, grad[b], negative + 1)

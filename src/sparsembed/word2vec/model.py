@@ -402,11 +402,10 @@ class Word2Vec:
         return batched.train_job_batched if self.settings.resolved_kernel == "batched" else kernels.train_job
 
     def subword_job_kernel(self) -> Callable[..., tuple[float, int, int]]:
-        """With subwords, the compiled job function: fastText's updates (:func:`sparsembed.subword.kernels.train_job`,
-        CBOW and skip-gram) or, for CBOW with the batched kernel, each position composed once
-        (:mod:`sparsembed.subword.batched`)."""
-        if not self.settings.sg and self.settings.resolved_kernel == "batched":
-            return subword_batched.train_cbow_job_batched
+        """With subwords, the compiled job function: fastText's updates (:func:`sparsembed.subword.kernels.train_job`)
+        or, with the batched kernel, each position composed once (:mod:`sparsembed.subword.batched`)."""
+        if self.settings.resolved_kernel == "batched":
+            return subword_batched.train_job_batched
         return subword_kernels.train_job
 
     def advance(self, schedule: Schedule, job: int, loss: float, pairs: int) -> None:

@@ -18,8 +18,8 @@ __all__ = ["KERNELS", "Settings", "default_workers", "is_int"]
 #: The job kernels ``kernel`` names: gensim-exact updates (:mod:`sparsembed.word2vec.kernels`), minibatched ones with
 #: negatives shared per window (:mod:`sparsembed.word2vec.batched`), or ``auto``: batched for skip-gram (1.9x the
 #: exact kernel's speed at +2 analogy points on wiki17m), exact for CBOW (batched CBOW measured 1.05x at -0.6 pt).
-#: With subwords: ``exact`` is fastText's arithmetic (:mod:`sparsembed.subword.kernels`), ``batched`` CBOW composes
-#: each position once (:mod:`sparsembed.subword.batched`; skip-gram has one kernel), ``auto`` is batched for CBOW.
+#: With subwords: ``exact`` is fastText's arithmetic (:mod:`sparsembed.subword.kernels`), ``batched`` composes each
+#: position once (:mod:`sparsembed.subword.batched`), ``auto`` is batched.
 #: On a CUDA device the GPU's kernels train (:mod:`sparsembed.gpu`): CBOW exact, skip-gram batched.
 KERNELS = ("auto", "exact", "batched")
 
@@ -73,8 +73,8 @@ class Settings:
             return "batched" if self.sg else "exact"
         if self.kernel != "auto":
             return self.kernel
-        if self.minn:  # subwords: skip-gram's kernel is one-pass already; CBOW's batched one composes once
-            return "exact" if self.sg else "batched"
+        if self.minn:  # subwords: the batched kernels compose each position once
+            return "batched"
         return "batched" if self.sg else "exact"
 
     def validate(self) -> Settings:
