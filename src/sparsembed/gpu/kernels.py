@@ -98,6 +98,16 @@ def _window(tokens, positions, lows, highs, i, key, window, BW: tl.constexpr):
     return word, position, slots, is_context
 
 
+@triton.jit
+def _load_rows(matrix, ids, present, DIM: tl.constexpr, BD: tl.constexpr):
+    """Rows ``ids`` of ``matrix`` (those ``present``) as a ``[len(ids), BD]`` tile: their pointers, mask and values
+    (0 where absent)."""
+    d = tl.arange(0, BD)
+    ptrs = matrix + ids[:, None] * DIM + d[None, :]
+    mask = present[:, None] & (d < DIM)[None, :]
+    return ptrs, mask, tl.load(ptrs, mask=mask, other=0.0)
+
+
 # Integer arguments equal to 1 would otherwise become compile-time constants (Triton's specialisation), and
 # ``window`` is used as a tensor.
 @triton.jit(do_not_specialize=["window"])
@@ -107,8 +117,6 @@ def cbow_kernel(syn0, syn1, tokens, positions, lows, highs, n_tokens, chunk, key
                 DIM: tl.constexpr, NEG: tl.constexpr, BD: tl.constexpr, BW: tl.constexpr, BN: tl.constexpr):
     """Train kept tokens ``[pid * chunk, (pid + 1) * chunk)`` with CBOW; write this program's loss and targets."""
     pid = tl.program_id(0)
-    d = tl.arange(0, BD)
-    in_dim = d < DIM
     loss = tl.zeros((BN,), tl.float32)
     pairs = pid * 0
     start = pid * chunk
@@ -120,14 +128,10 @@ def cbow_kernel(syn0, syn1, tokens, positions, lows, highs, n_tokens, chunk, key
             alpha = tl.maximum(alpha_start - slope * (done_before + (position - first_position).to(tl.float32)),
                                alpha_end)
             context = tl.load(tokens + slots, mask=is_context, other=0).to(tl.int64)
-            in_ptrs = syn0 + context[:, None] * DIM + d[None, :]
-            in_mask = is_context[:, None] & in_dim[None, :]
-            rows = tl.load(in_ptrs, mask=in_mask, other=0.0)
+            in_ptrs, in_mask, rows = _load_rows(syn0, context, is_context, DIM, BD)
             hidden = tl.sum(rows, 0) / count.to(tl.float32)
             outs, valid = _noise_rows(key, position, word, n_rows, alias_threshold, alias_row, NEG, BN)
-            out_ptrs = syn1 + outs[:, None] * DIM + d[None, :]
-            out_mask = valid[:, None] & in_dim[None, :]
-            out = tl.load(out_ptrs, mask=out_mask, other=0.0)
+            out_ptrs, out_mask, out = _load_rows(syn1, outs, valid, DIM, BD)
             score = tl.sum(out * hidden[None, :], 1)
             label = (tl.arange(0, BN) == 0).to(tl.float32)
             live = valid & (score > -_MAX_EXP) & (score < _MAX_EXP)
@@ -153,8 +157,6 @@ def skipgram_kernel(syn0, syn1, tokens, positions, lows, highs, n_tokens, chunk,
     """Train kept tokens ``[pid * chunk, (pid + 1) * chunk)`` with minibatched skip-gram; write this program's loss
     and (context, target) pairs."""
     pid = tl.program_id(0)
-    d = tl.arange(0, BD)
-    in_dim = d < DIM
     loss = tl.zeros((BW, BN), tl.float32)
     pairs = pid * 0
     start = pid * chunk
@@ -166,13 +168,9 @@ def skipgram_kernel(syn0, syn1, tokens, positions, lows, highs, n_tokens, chunk,
             alpha = tl.maximum(alpha_start - slope * (done_before + (position - first_position).to(tl.float32)),
                                alpha_end)
             context = tl.load(tokens + slots, mask=is_context, other=0).to(tl.int64)
-            in_ptrs = syn0 + context[:, None] * DIM + d[None, :]
-            in_mask = is_context[:, None] & in_dim[None, :]
-            rows = tl.load(in_ptrs, mask=in_mask, other=0.0)
+            in_ptrs, in_mask, rows = _load_rows(syn0, context, is_context, DIM, BD)
             outs, valid = _noise_rows(key, position, word, n_rows, alias_threshold, alias_row, NEG, BN)
-            out_ptrs = syn1 + outs[:, None] * DIM + d[None, :]
-            out_mask = valid[:, None] & in_dim[None, :]
-            out = tl.load(out_ptrs, mask=out_mask, other=0.0)
+            out_ptrs, out_mask, out = _load_rows(syn1, outs, valid, DIM, BD)
             score = tl.dot(rows, tl.trans(out), input_precision="ieee")
             label = (tl.arange(0, BN) == 0).to(tl.float32)[None, :]
             live = is_context[:, None] & valid[None, :]
