@@ -94,50 +94,63 @@ def _draw(packed: np.ndarray, bits: int) -> int:
     return row if (bits & 0xFFFFFFFF) < (entry >> 32) else entry & 0xFFFFFFFF
 
 
-def _reference_job(syn0, syn1, offsets, rows, sentence, sample_ints, packed, sg, window, negative, alpha, seed):
-    """One sentence of fastText's CBOW / skip-gram, literally (skip-gram recomputes the mean after every update),
-    with the kernels' generator, subsampling, window and noise draws. Returns (loss, pairs)."""
-    sig, logsig = kernels.SIGMOID_TABLE, kernels.LOG_SIGMOID_TABLE
-    state = int(kernels.job_seed(seed, 0, 0))
-    negs = []
+def _noise(packed: np.ndarray, negative: int, state: int) -> tuple[int, list[int]]:
+    """The next ``negative`` noise words from the kernels' generator."""
+    out = []
+    for _ in range(negative):
+        state, bits = _next(state)
+        out.append(_draw(packed, bits))
+    return state, out
 
-    def draw_negs(state):
-        out = []
-        for _ in range(negative):
-            state, bits = _next(state)
-            out.append(_draw(packed, bits))
-        return state, out
 
-    state, negs = draw_negs(state)
-    loss, pairs = 0.0, 0
-
-    def update(inputs, target, state, negs):
-        nonlocal loss, pairs
-        hidden = np.mean(syn0[inputs], axis=0, dtype=np.float64).astype(np.float32)
-        state, next_negs = draw_negs(state)
-        work = np.zeros_like(hidden)
-        for d, row in enumerate([target, *negs]):
-            if d > 0 and row == target:
-                continue
-            score = float(np.dot(hidden.astype(np.float64), syn1[row].astype(np.float64)))
-            if score <= -6 or score >= 6:
-                continue
-            g = np.float32((float(d == 0) - sig[int((score + 6) * (1000 / 12))]) * alpha)
-            signed = score if d == 0 else -score
-            if -6 < signed < 6:
-                loss -= float(logsig[int((signed + 6) * (1000 / 12))])
-            work += g * syn1[row]
-            syn1[row] += g * hidden
-        for r in inputs:  # a row listed twice gets the error twice
-            syn0[r] += work
-        pairs += 1
-        return state, next_negs
-
+def _subsampled(sentence: list[int], sample_ints: np.ndarray, state: int) -> tuple[int, list[int]]:
+    """The words of ``sentence`` that subsampling keeps, one draw each."""
     kept = []
     for w in sentence:
         state, bits = _next(state)
         if sample_ints[w] >= (bits >> 32):
             kept.append(w)
+    return state, kept
+
+
+def _fasttext_pass(hidden: np.ndarray, syn1: np.ndarray, target: int, negs: list[int], alpha) -> tuple:
+    """fastText's negative-sampling step as the exact kernels do it (gensim's skipping outside (-6, 6)): updates
+    ``syn1``'s rows; returns (the error for the input rows, loss)."""
+    sig, logsig = kernels.SIGMOID_TABLE, kernels.LOG_SIGMOID_TABLE
+    work, loss = np.zeros_like(hidden), 0.0
+    for d, row in enumerate([target, *negs]):
+        if d > 0 and row == target:
+            continue
+        score = float(np.dot(hidden.astype(np.float64), syn1[row].astype(np.float64)))
+        if score <= -6 or score >= 6:
+            continue
+        g = np.float32((float(d == 0) - sig[int((score + 6) * (1000 / 12))]) * alpha)
+        signed = score if d == 0 else -score
+        if -6 < signed < 6:
+            loss -= float(logsig[int((signed + 6) * (1000 / 12))])
+        work += g * syn1[row]
+        syn1[row] += g * hidden
+    return work, loss
+
+
+def _reference_job(syn0, syn1, offsets, rows, sentence, sample_ints, packed, sg, window, negative, alpha, seed):
+    """One sentence of fastText's CBOW / skip-gram, literally (skip-gram recomputes the mean after every update),
+    with the kernels' generator, subsampling, window and noise draws. Returns (loss, pairs)."""
+    state, negs = _noise(packed, negative, int(kernels.job_seed(seed, 0, 0)))
+    loss, pairs = 0.0, 0
+
+    def update(inputs, target, state, negs):
+        nonlocal loss, pairs
+        hidden = np.mean(syn0[inputs], axis=0, dtype=np.float64).astype(np.float32)
+        state, next_negs = _noise(packed, negative, state)
+        work, part = _fasttext_pass(hidden, syn1, target, negs, alpha)
+        loss += part
+        for r in inputs:  # a row listed twice gets the error twice
+            syn0[r] += work
+        pairs += 1
+        return state, next_negs
+
+    state, kept = _subsampled(sentence, sample_ints, state)
     for i, word in enumerate(kept):
         state, bits = _next(state)
         reduced = (bits >> 32) % window
@@ -197,22 +210,8 @@ def _reference_batched(syn0, syn1, offsets, rows, sentence, sample_ints, packed,
     rows summed when it enters the window, its errors added to that sum and kept pending until it leaves, then
     added to its rows once per listing; CBOW as fastText's, skip-gram as pWord2Vec's minibatch over the context's
     mean vectors. Returns (loss, pairs)."""
-    sig, logsig = kernels.SIGMOID_TABLE, kernels.LOG_SIGMOID_TABLE
-    state = int(kernels.job_seed(seed, 0, 0))
-
-    def draw_negs(state):
-        out = []
-        for _ in range(negative):
-            state, bits = _next(state)
-            out.append(_draw(packed, bits))
-        return state, out
-
-    state, negs = draw_negs(state)
-    kept = []
-    for w in sentence:
-        state, bits = _next(state)
-        if sample_ints[w] >= (bits >> 32):
-            kept.append(w)
+    state, negs = _noise(packed, negative, int(kernels.job_seed(seed, 0, 0)))
+    state, kept = _subsampled(sentence, sample_ints, state)
     listed = [list(rows[offsets[w]:offsets[w + 1]]) for w in kept]
     sums, pending, loss, pairs = {}, {}, 0.0, 0
     entered = released = 0
@@ -231,7 +230,7 @@ def _reference_batched(syn0, syn1, offsets, rows, sentence, sample_ints, packed,
         context = [j for j in range(lo, hi) if j != i]
         if not context:
             continue
-        state, next_negs = draw_negs(state)
+        state, next_negs = _noise(packed, negative, state)
         squares = {j: np.float32((np.unique(listed[j], return_counts=True)[1] ** 2).sum()) for j in context}
         if sg:
             outs = [word, *negs]
@@ -253,19 +252,8 @@ def _reference_batched(syn0, syn1, offsets, rows, sentence, sample_ints, packed,
             pairs += len(context)
         else:
             hidden = (sum(sums[j] for j in context) / sum(len(listed[j]) for j in context)).astype(np.float32)
-            work = np.zeros_like(hidden)
-            for d, row in enumerate([word, *negs]):
-                if d > 0 and row == word:
-                    continue
-                score = float(np.dot(hidden.astype(np.float64), syn1[row].astype(np.float64)))
-                if score <= -6 or score >= 6:
-                    continue
-                g = np.float32((float(d == 0) - sig[int((score + 6) * (1000 / 12))]) * alpha)
-                signed = score if d == 0 else -score
-                if -6 < signed < 6:
-                    loss -= float(logsig[int((signed + 6) * (1000 / 12))])
-                work += g * syn1[row]
-                syn1[row] += g * hidden
+            work, part = _fasttext_pass(hidden, syn1, word, negs, alpha)
+            loss += part
             pairs += 1
             for j in context:
                 pending[j] += work
