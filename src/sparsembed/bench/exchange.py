@@ -37,6 +37,9 @@ Two ways to run the ranks: by default :func:`run_exchange_bench` spawns ``nproc`
 127.0.0.1, ``GLOO_SOCKET_IFNAME=lo`` unless set); started by ``torchrun`` (``RANK``, ``WORLD_SIZE`` and
 ``MASTER_ADDR`` in the environment) this process is one rank: it joins the group with ``env://`` and runs the
 benchmark itself, so ranks can sit on different hosts (set ``GLOO_SOCKET_IFNAME`` to the interface between them).
+
+Just over 500 lines: one harness whose timing discipline (barriers, pauses, cache eviction, device waits) every
+method shares; the methods themselves are the comm package's.
 """
 
 from __future__ import annotations
