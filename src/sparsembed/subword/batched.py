@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from sparsembed.subword.kernels import add_rows_of, add_to_rows_of, mark_rows_of, prefetch_rows_of
 from sparsembed.word2vec.batched import saturated_gradient
 from sparsembed.word2vec.kernels import (
     FASTMATH,
@@ -48,28 +49,6 @@ __all__ = ["train_job_batched"]
 
 #: How many positions ahead of the one being composed its rows are prefetched.
 PREFETCH_AHEAD = 2
-
-
-@njit(nogil=True, fastmath=FASTMATH, inline="always")
-def _compose(syn0, sub_offsets, sub_rows, word, out):
-    """``out`` = the sum of ``word``'s input rows."""
-    dim = out.shape[0]
-    for k in range(dim):
-        out[k] = 0.0
-    for r in range(sub_offsets[word], sub_offsets[word + 1]):
-        row = syn0[sub_rows[r]]
-        for k in range(dim):
-            out[k] += row[k]
-
-
-@njit(nogil=True, fastmath=FASTMATH, inline="always")
-def _release(syn0, sub_offsets, sub_rows, word, pending):
-    """Add ``pending`` to each of ``word``'s input rows (once per listing)."""
-    dim = pending.shape[0]
-    for r in range(sub_offsets[word], sub_offsets[word + 1]):
-        row = syn0[sub_rows[r]]
-        for k in range(dim):
-            row[k] += pending[k]
 
 
 @njit(nogil=True, fastmath=FASTMATH, inline="always")
@@ -196,9 +175,7 @@ def train_job_batched(
         n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1)
         trained += n
         if track:
-            for i in range(n):
-                for r in range(sub_offsets[kept[i]], sub_offsets[kept[i] + 1]):
-                    touched0[sub_rows[r]] = 1
+            mark_rows_of(kept, n, sub_offsets, sub_rows, touched0)
         entered = 0  # positions [0, entered) are composed; [0, released) have given back their changes
         released = 0
         for i in range(n):
@@ -208,17 +185,16 @@ def train_job_batched(
             hi = min(n, i + window + 1 - reduced)
             while released < i - window:  # no later target's window reaches it
                 slot = released % ring
-                _release(syn0, sub_offsets, sub_rows, kept[released], pending[slot])
+                add_to_rows_of(syn0, sub_offsets, sub_rows, kept[released], pending[slot])
                 released += 1
             while entered < hi:
                 slot = entered % ring
-                _compose(syn0, sub_offsets, sub_rows, kept[entered], sums[slot])
+                sums[slot, :] = 0.0
+                add_rows_of(syn0, sub_offsets, sub_rows, kept[entered], sums[slot])
                 pending[slot, :] = 0.0
                 entered += 1
                 if entered + PREFETCH_AHEAD < n:
-                    w = kept[entered + PREFETCH_AHEAD]
-                    for r in range(sub_offsets[w], sub_offsets[w + 1]):
-                        prefetch_row(syn0, sub_rows[r])
+                    prefetch_rows_of(syn0, sub_offsets, sub_rows, kept[entered + PREFETCH_AHEAD])
             if i + 1 < n:
                 prefetch_row(syn1, kept[i + 1])
             if hi - lo - 1 <= 0:  # no context: nothing to train, nothing drawn (as in the exact kernel)
@@ -235,6 +211,6 @@ def train_job_batched(
             pairs += count
         while released < n:
             slot = released % ring
-            _release(syn0, sub_offsets, sub_rows, kept[released], pending[slot])
+            add_to_rows_of(syn0, sub_offsets, sub_rows, kept[released], pending[slot])
             released += 1
     return loss, pairs, trained

@@ -47,6 +47,41 @@ from sparsembed.word2vec.kernels import (
 BUCKET_STREAM = 0xB0C4E7
 
 
+@njit(inline="always")
+def add_rows_of(syn0, sub_offsets, sub_rows, word, out):
+    """``out +=`` each of ``word``'s input rows, in list order (a row listed twice, twice)."""
+    dim = out.shape[0]
+    for r in range(sub_offsets[word], sub_offsets[word + 1]):
+        row = syn0[sub_rows[r]]
+        for k in range(dim):
+            out[k] += row[k]
+
+
+@njit(inline="always")
+def add_to_rows_of(syn0, sub_offsets, sub_rows, word, change):
+    """Each of ``word``'s input rows ``+= change``, once per listing, as fastText adds an error."""
+    dim = change.shape[0]
+    for r in range(sub_offsets[word], sub_offsets[word + 1]):
+        row = syn0[sub_rows[r]]
+        for k in range(dim):
+            row[k] += change[k]
+
+
+@njit(inline="always")
+def prefetch_rows_of(syn0, sub_offsets, sub_rows, word):
+    """Prefetch ``word``'s input rows (a hint, no effect on results)."""
+    for r in range(sub_offsets[word], sub_offsets[word + 1]):
+        prefetch_row(syn0, sub_rows[r])
+
+
+@njit(inline="always")
+def mark_rows_of(kept, n, sub_offsets, sub_rows, touched0):
+    """``touched0`` marks every input row of the words ``kept[:n]``."""
+    for i in range(n):
+        for r in range(sub_offsets[kept[i]], sub_offsets[kept[i] + 1]):
+            touched0[sub_rows[r]] = 1
+
+
 @njit(nogil=True, fastmath=FASTMATH, cache=True)
 def train_job(
     syn0, syn1, sub_offsets, sub_rows, sub_gain, ids, starts, first_sentence, last_sentence, sample_ints, use_sample,
@@ -77,9 +112,7 @@ def train_job(
         n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1)
         trained += n
         if track:
-            for i in range(n):
-                for r in range(sub_offsets[kept[i]], sub_offsets[kept[i] + 1]):
-                    touched0[sub_rows[r]] = 1
+            mark_rows_of(kept, n, sub_offsets, sub_rows, touched0)
         for i in range(n):
             state, bits = next_bits(state)
             reduced = int((bits >> np.uint64(32)) % np.uint64(window))
@@ -90,17 +123,13 @@ def train_job(
                 prefetch_row(syn1, kept[i + 1])
             ahead = i + 1 if sg else i + window + 1
             if ahead < n:
-                for r in range(sub_offsets[kept[ahead]], sub_offsets[kept[ahead] + 1]):
-                    prefetch_row(syn0, sub_rows[r])
+                prefetch_rows_of(syn0, sub_offsets, sub_rows, kept[ahead])
             if sg:
                 a, b = sub_offsets[word], sub_offsets[word + 1]
                 if lo + 1 >= hi or a == b:
                     continue
                 hidden[:] = 0.0
-                for r in range(a, b):
-                    row = syn0[sub_rows[r]]
-                    for k in range(dim):
-                        hidden[k] += row[k]
+                add_rows_of(syn0, sub_offsets, sub_rows, word, hidden)
                 inv = np.float32(1.0) / np.float32(b - a)
                 for k in range(dim):
                     hidden[k] *= inv
@@ -117,10 +146,7 @@ def train_job(
                     for k in range(dim):  # what fastText's recomputed mean would be after adding work to each row
                         hidden[k] += gain * work[k]
                         total[k] += work[k]
-                for r in range(a, b):
-                    row = syn0[sub_rows[r]]
-                    for k in range(dim):
-                        row[k] += total[k]
+                add_to_rows_of(syn0, sub_offsets, sub_rows, word, total)
             else:
                 count = 0
                 hidden[:] = 0.0
@@ -128,10 +154,7 @@ def train_job(
                     if j == i:
                         continue
                     c = kept[j]
-                    for r in range(sub_offsets[c], sub_offsets[c + 1]):
-                        row = syn0[sub_rows[r]]
-                        for k in range(dim):
-                            hidden[k] += row[k]
+                    add_rows_of(syn0, sub_offsets, sub_rows, c, hidden)
                     count += sub_offsets[c + 1] - sub_offsets[c]
                 if count == 0:
                     continue
@@ -146,11 +169,7 @@ def train_job(
                 for j in range(lo, hi):
                     if j == i:
                         continue
-                    c = kept[j]
-                    for r in range(sub_offsets[c], sub_offsets[c + 1]):
-                        row = syn0[sub_rows[r]]
-                        for k in range(dim):
-                            row[k] += work[k]
+                    add_to_rows_of(syn0, sub_offsets, sub_rows, kept[j], work)
     return loss, pairs, trained
 
 
@@ -181,10 +200,7 @@ def mean_rows(syn0, offsets, rows, out):
         a, b = offsets[w], offsets[w + 1]
         for k in range(dim):
             out[w, k] = 0.0
-        for r in range(a, b):
-            row = syn0[rows[r]]
-            for k in range(dim):
-                out[w, k] += row[k]
+        add_rows_of(syn0, offsets, rows, w, out[w])
         if b > a:
             inv = np.float32(1.0) / np.float32(b - a)
             for k in range(dim):
