@@ -27,6 +27,7 @@ from sparsembed.errors import UserError  # noqa: E402
 from sparsembed.gpu import kernels  # noqa: E402
 from sparsembed.gpu.engine import DeviceTrainer, check_device, interpreting, run_key, subsample_draws  # noqa: E402
 from sparsembed.word2vec.demo import generate_corpus, write_analogies  # noqa: E402
+from sparsembed.word2vec.kernels import unpack_alias  # noqa: E402
 
 needs_interpreter = pytest.mark.skipif(not interpreting(), reason="needs Triton's interpreter (programs in order)")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -176,10 +177,9 @@ def test_the_device_updates_learn_as_well_as_the_cpu_kernels(planted, sg: int) -
     model = Word2Vec(sg=sg, vector_size=48, epochs=5, workers=1, seed=1)
     model.build_vocab(corpus)
     schedule, tables = model.schedule(), model.kernel_tables()
-    packed = tables["packed_alias"]
     trainer = DeviceTrainer(np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32), model.corpus.ids,
-                            schedule.sentence_starts, tables["sample_ints"], packed >> np.uint64(32),
-                            packed & np.uint64(0xFFFFFFFF), torch.device("cpu"))
+                            schedule.sentence_starts, tables["sample_ints"], *unpack_alias(tables["packed_alias"]),
+                            torch.device("cpu"))
     s = model.settings
     losses = []
     for epoch in range(s.epochs):

@@ -162,3 +162,11 @@ def test_init_rows_depend_on_seed_and_row_only() -> None:
     assert not np.array_equal(large, kernels.init_input_matrix(50, 16, 4))
     # Uniform on [-1/dim, 1/dim): the mean of 800 values has sd ~0.0013.
     assert abs(large.mean()) < 0.008
+
+
+def test_unpack_alias_undoes_pack_alias() -> None:
+    threshold = np.array([0, 1, 2**32 - 1, 12345], dtype=np.uint64)
+    alias = np.array([3, 0, 2, 1], dtype=np.int32)
+    got_threshold, got_alias = kernels.unpack_alias(kernels.pack_alias(threshold, alias))
+    np.testing.assert_array_equal(got_threshold, threshold)
+    np.testing.assert_array_equal(got_alias, alias.astype(np.uint64))

@@ -41,6 +41,11 @@ def pack_alias(threshold: np.ndarray, alias: np.ndarray) -> np.ndarray:
     return (threshold.astype(np.uint64) << np.uint64(32)) | alias.astype(np.uint64)
 
 
+def unpack_alias(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pack_alias` undone: (threshold, alias), uint64 each."""
+    return packed >> np.uint64(32), packed & np.uint64(0xFFFFFFFF)
+
+
 @njit(inline="always")
 def next_bits(state):
     # xorshift64*: 64 good bits per step for a few cycles; the state must never be 0.

@@ -316,10 +316,9 @@ class Word2Vec:
             return None
         from sparsembed.gpu.engine import DeviceTrainer, check_device
 
-        packed = tables["packed_alias"]
         return DeviceTrainer(self.syn0, self.syn1, self.corpus.ids, schedule.sentence_starts,
-                             tables["sample_ints"] if s.sample > 0 else None, (packed >> np.uint64(32)),
-                             packed & np.uint64(0xFFFFFFFF), check_device(s.device))
+                             tables["sample_ints"] if s.sample > 0 else None,
+                             *kernels.unpack_alias(tables["packed_alias"]), check_device(s.device))
 
     # -------------------------------------------------------------- the steps of a training loop, public
     def require_corpus(self) -> None:
