@@ -82,24 +82,24 @@ def coalesce_rows(ids: torch.Tensor, vals: torch.Tensor, num_rows: int) -> tuple
 def staged_all_gather(out: torch.Tensor, inp: torch.Tensor, group: Any = None) -> None:
     """``all_gather_into_tensor(out, inp)`` for host tensors, through a CUDA buffer when the wire is NCCL."""
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.10
-    wire = wire_device(group)
-    if wire.type == out.device.type:
-        gather(out, inp, group=group)
-        return
-    staged = torch.empty(out.shape, dtype=out.dtype, device=wire)
-    gather(staged, inp.to(wire), group=group)
-    out.copy_(staged)
+    _through_wire(lambda o, i: gather(o, i, group=group), out, inp, group)
 
 
 def staged_all_to_all(out: torch.Tensor, inp: torch.Tensor, out_splits: list[int] | None = None,
                       in_splits: list[int] | None = None, group: Any = None) -> None:
     """``all_to_all_single`` for host tensors, through CUDA buffers when the wire is NCCL."""
+    _through_wire(lambda o, i: dist.all_to_all_single(o, i, out_splits, in_splits, group=group), out, inp, group)
+
+
+def _through_wire(collective: Any, out: torch.Tensor, inp: torch.Tensor, group: Any) -> None:
+    """``collective(out, inp)`` on the wire's device: as it is when ``out`` is there, else on copies there, the
+    result copied back into ``out``."""
     wire = wire_device(group)
     if wire.type == out.device.type:
-        dist.all_to_all_single(out, inp, out_splits, in_splits, group=group)
+        collective(out, inp)
         return
     staged = torch.empty(out.shape, dtype=out.dtype, device=wire)
-    dist.all_to_all_single(staged, inp.to(wire), out_splits, in_splits, group=group)
+    collective(staged, inp.to(wire))
     out.copy_(staged)
 
 
