@@ -19,6 +19,11 @@ the same training also runs on loopback without namespaces for comparison::
     .venv/bin/python -m sparsembed train CORPUS --out OUT2 --nproc 2 --workers 1 --epochs E --job-tokens J \\
         --transport tcp --quiet
 
+``--flags NAME=FLAGS`` adds a variant of its own (``--flags "b4=--budget 4"``); ``--single`` also times one
+process with one thread (``sparsembed train CORPUS --out D --workers 1``, no namespace) before each repeat, for the
+speedup of the pair, whole command against whole command; ``--eval`` scores every run's vectors (analogy with
+restrict_vocab 30000, wordsim353; gensim's files, ``sparsembed eval``).
+
 From each run's ``metrics.jsonl`` (rank 0's step records): median compute_s and exchange_s, exchange share
 (sum exchange_s / sum (compute_s + exchange_s)), MB sent per step (median, and per matrix), words/s.
 Namespaces, veths and the bridge are removed on exit, on error and on Ctrl-C / SIGTERM.
@@ -84,6 +89,28 @@ def train_loopback(corpus: str, out: Path, epochs: int, job_tokens: int, timeout
     return time.perf_counter() - t0, [".venv/bin/python " + " ".join(cmd[1:])]
 
 
+def train_single(corpus: str, out: Path, epochs: int, timeout: float) -> tuple[float, list[str]]:
+    """One process with one thread, no namespace: the run the pair must beat."""
+    cmd = [sys.executable, "-m", "sparsembed", "train", corpus, "--out", str(out), "--workers", "1", "--epochs",
+           str(epochs), "--quiet"]
+    t0 = time.perf_counter()
+    nx.wait_all([subprocess.Popen(cmd, env=nx.clean_env(), cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, start_new_session=True)], timeout)
+    return time.perf_counter() - t0, [".venv/bin/python " + " ".join(cmd[1:])]
+
+
+def evaluate(out: Path) -> dict:
+    """Analogy (restrict_vocab 30000) and wordsim353 of the vectors in ``out``, by ``sparsembed eval``."""
+    from gensim.test.utils import datapath
+
+    result = subprocess.run([sys.executable, "-m", "sparsembed", "eval", str(out), "--analogies",
+                             datapath("questions-words.txt"), "--pairs", datapath("wordsim353.tsv"),
+                             "--restrict-vocab", "30000"], capture_output=True, text=True, check=True)
+    scores = json.loads(result.stdout)
+    return {"analogy_pct": round(scores["analogies"]["accuracy_pct"], 2),
+            "ws353": round(next(iter(scores["pairs"].values()))["spearman"], 4)}
+
+
 def summarize(metrics: Path) -> dict:
     """The figures of one run from rank 0's metrics.jsonl."""
     steps, words = [], None
@@ -127,9 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--job-tokens", type=int, nargs="+", default=[250000, 1000000])
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1, help="runs of every setup and J, interleaved (1)")
-    ap.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS),
+    ap.add_argument("--variants", nargs="+", default=["default"],
                     help="default (no exchange flag), sync (float32, synchronous), fp16 / int8 (--values), overlap "
-                         "(--overlap), overlap-fp16, overlap-int8")
+                         "(--overlap), overlap-fp16, overlap-int8, or a name given by --flags")
+    ap.add_argument("--flags", action="append", default=[], metavar="NAME=FLAGS",
+                    help="a variant of its own: NAME=\"--budget 4 --values fp16\" (repeatable)")
+    ap.add_argument("--single", action="store_true", help="also time one process with one thread, each repeat")
+    ap.add_argument("--eval", action="store_true", help="score every run's vectors (analogy, wordsim353)")
     ap.add_argument("--rate", default="1gbit", help="each veth end's tc tbf rate (1gbit; e.g. 10gbit)")
     ap.add_argument("--no-loopback", action="store_true", help="skip the loopback (--nproc 2 --transport tcp) runs")
     ap.add_argument("--workdir", default=None, help="where the runs' --out directories go (a temporary one)")
@@ -137,6 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the results here")
     ap.add_argument("--cleanup", action="store_true", help="only remove what an earlier run left")
     args = ap.parse_args(argv)
+    variants = dict(VARIANTS)
+    for given in args.flags:
+        name, sep, flags = given.partition("=")
+        if not sep or not name:
+            ap.error(f"--flags wants NAME=FLAGS, got {given!r}")
+        variants[name] = flags.split()
+    unknown = [v for v in args.variants if v not in variants]
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(unknown)}: one of {', '.join(sorted(variants))}")
     if os.geteuid() != 0:
         ap.error("needs root (ip netns, tc)")
     if args.cleanup:
@@ -155,11 +195,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"link {results['link_mbit_s']:.0f} Mbit/s (one TCP stream)", flush=True)
             for rep, j, v in ((rep, j, v) for rep in range(args.repeats) for j in args.job_tokens
                               for v in args.variants):
+                if args.single and j == args.job_tokens[0] and v == args.variants[0]:
+                    out = work / f"single-r{rep}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    wall, commands = train_single(corpus, out, args.epochs, args.timeout)
+                    res = {"setup": "one process, 1 thread", "repeat": rep, "wall_s": round(wall, 1),
+                           "commands": commands, **(evaluate(out) if args.eval else {})}
+                    results["runs"].append(res)
+                    print(json.dumps({k: v for k, v in res.items() if k != "commands"}), flush=True)
                 out = work / f"netns-j{j}-{v}-r{rep}"
                 shutil.rmtree(out, ignore_errors=True)
-                wall, commands = train_netns(corpus, out, args.epochs, j, args.timeout, VARIANTS[v])
+                wall, commands = train_netns(corpus, out, args.epochs, j, args.timeout, variants[v])
                 res = {"setup": f"netns {args.rate}, auto, {v}", "job_tokens": j, "repeat": rep, "variant": v,
-                       "wall_s": round(wall, 1), "commands": commands, **summarize(out / "metrics.jsonl")}
+                       "flags": variants[v], "wall_s": round(wall, 1), "commands": commands,
+                       **summarize(out / "metrics.jsonl"), **(evaluate(out) if args.eval else {})}
                 res["shm_used"] = "shm" in res["encodings"]
                 ok &= not res["shm_used"]
                 results["runs"].append(res)
@@ -171,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep, j, v in ((rep, j, v) for rep in range(args.repeats) for j in args.job_tokens for v in args.variants):
             out = work / f"loopback-j{j}-{v}-r{rep}"
             shutil.rmtree(out, ignore_errors=True)
-            wall, commands = train_loopback(corpus, out, args.epochs, j, args.timeout, VARIANTS[v])
+            wall, commands = train_loopback(corpus, out, args.epochs, j, args.timeout, variants[v])
             res = {"setup": f"loopback, tcp, {v}", "job_tokens": j, "repeat": rep, "variant": v,
                    "wall_s": round(wall, 1),
                    "commands": commands, **summarize(out / "metrics.jsonl")}
@@ -180,9 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'setup':<34} {'J':>8} {'steps':>5} {'compute':>8} {'exchange':>8} {'share':>6} {'MB/step':>8} "
           f"{'words/s':>8}")
     for r in results["runs"]:
+        if "steps" not in r:  # the single process
+            print(f"{r['setup']:<34} {'':>8} {'':>5} {'':>8} {'':>8} {'':>6} {'':>8} {'':>8}  wall {r['wall_s']} s"
+                  + (f"  analogy {r['analogy_pct']}% ws353 {r['ws353']}" if "ws353" in r else ""))
+            continue
         print(f"{r['setup']:<34} {r['job_tokens']:>8} {r['steps']:>5} {r['median_compute_s']:>8.3f} "
               f"{r['median_exchange_s']:>8.3f} {r['exchange_share']:>6.1%} {r['median_mb_sent_per_step']:>8.1f} "
-              f"{(r['words_per_s'] or 0) / 1e6:>7.2f}M")
+              f"{(r['words_per_s'] or 0) / 1e6:>7.2f}M  wall {r['wall_s']} s"
+              + (f"  analogy {r['analogy_pct']}% ws353 {r['ws353']}" if "ws353" in r else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if not ok:

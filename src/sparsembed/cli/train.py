@@ -146,6 +146,7 @@ def _check_run_args(args: argparse.Namespace) -> None:
     from sparsembed.word2vec import checkpoint
 
     checkpoint.check_keep(args.keep_checkpoints)
+    _exchange_options(args)  # the data-parallel flags are checked on one process too: a bad one is no silent no-op
     if not args.resume:
         if not args.corpus or not args.out:
             raise UserError("train needs a CORPUS and --out DIR (or --resume DIR)")
@@ -180,7 +181,7 @@ def _exchange_options(args: argparse.Namespace) -> ExchangeOptions:
     """The data-parallel options of the command line, validated (UserError naming the bad one)."""
     return ExchangeOptions(args.strategy, args.rows, args.values, transport=args.transport,
                            overlap=args.overlap, balance=args.balance, hot_rows=args.hot_rows,
-                           hot_tokens=args.hot_tokens).validate()
+                           hot_tokens=args.hot_tokens, budget=args.budget).validate()
 
 
 def _new_model(args: argparse.Namespace, workers: int | None, default_job_tokens: int):

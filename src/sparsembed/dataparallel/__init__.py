@@ -10,6 +10,8 @@ under the sharded strategy, and naming the rank that died or hung. The exchanges
   across hosts and beyond two ranks (hot rows, step tokens) and why;
 * :mod:`~sparsembed.dataparallel.trainer`: ``DataParallelTrainer``: train the step's jobs (in rounds, the hot rows
   summed after each), exchange, agree, advance, checkpoint;
+* :mod:`~sparsembed.dataparallel.budget`: ``Budget``: which touched rows a step sends under ``--budget`` (the
+  largest changes first, none waiting more than ``MAX_AGE`` steps), ``auto`` sized from the measured exchange;
 * :mod:`~sparsembed.dataparallel.replica`: ``Replica``: a matrix's working copy, agreed reference and touched
   rows, and the compiled loops that take and add changes;
 * :mod:`~sparsembed.dataparallel.owners`: ``Owners``: which rank sums which row under ``--strategy sharded``;

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from sparsembed.comm.policy import Mode, Strategy, Transport, parse
+from sparsembed.dataparallel.budget import parse_budget
 from sparsembed.errors import UserError
 from sparsembed.rows.rowsets import ENCODINGS
 from sparsembed.rows.values import Values
@@ -86,6 +87,8 @@ class ExchangeOptions:
     balance: Balance | str = Balance.STATIC  # "dynamic": ranks on one host draw a step's jobs as each becomes free
     hot_rows: int | str = "auto"  # rows [0, hot_rows) of each matrix summed after every round; "auto": hot_rows_for
     hot_tokens: int | str = "auto"  # tokens per rank between those syncs; "auto": hot_tokens_for
+    budget: str | float | None = None  # "off", "auto" or megabytes a step that a rank's change may take on the
+    # wire, most significant rows first (sparsembed.dataparallel.budget); None: decided by across_hosts
 
     def validate(self) -> ExchangeOptions:
         """Raise UserError naming the first invalid option; return self, its closed sets as members."""
@@ -107,6 +110,10 @@ class ExchangeOptions:
         if self.hot_tokens != "auto" and not (isinstance(self.hot_tokens, int) and self.hot_tokens >= 1):
             raise UserError(f"invalid setting: --hot-tokens must be auto or a whole number >= 1, got "
                             f"{self.hot_tokens!r}")
+        self.budget = parse_budget(self.budget)
+        if self.budget not in (None, "off") and self.strategy is not Strategy.REPLICATED:
+            raise UserError("invalid setting: --budget needs --strategy replicated (a sharded owner sends fresh "
+                            "rows back within the step; a row held back would leave the replicas apart)")
         if self.hot_rows not in ("auto", 0) and (self.strategy is not Strategy.REPLICATED
                                                  or self.balance is Balance.DYNAMIC):
             raise UserError("invalid setting: --hot-rows needs --strategy replicated and --balance static (the hot "
@@ -126,7 +133,8 @@ class ExchangeOptions:
         wide = spans_hosts and self.strategy is Strategy.REPLICATED
         values = (Values.INT8.value if wide else Values.FP32.value) if self.values == "auto" else self.values
         overlap = (wide and self.balance is Balance.STATIC) if self.overlap is None else self.overlap
-        return replace(self, values=values, overlap=overlap)
+        budget = "off" if self.budget is None else self.budget
+        return replace(self, values=values, overlap=overlap, budget=budget)
 
     def hot_rows_for(self, world: int, num_rows: int) -> int:
         """Rows of each matrix synced after every round: as set, or with ``auto`` :data:`HOT_ROWS` beyond two

@@ -45,15 +45,27 @@ class Replica:
         self.dense: torch.Tensor | None = None
         self.dense_half: torch.Tensor | None = None
 
-    def change(self) -> RowSparse:
+    def change(self, ids: np.ndarray | None = None) -> RowSparse:
         """This rank's change since the last exchange, as sorted distinct rows (a pending residual of a touched
-        row included); clears the touched marks, and the pending marks of the rows taken."""
-        ids = np.flatnonzero(self.touched)
-        self.touched[:] = 0
+        row included); clears the touched marks, and the pending marks of the rows taken. ``ids``: only these
+        touched rows (sorted; a byte budget's choice, :mod:`~sparsembed.dataparallel.budget`), the others stay
+        touched and keep their change for a later step."""
+        if ids is None:
+            ids = np.flatnonzero(self.touched)
+            self.touched[:] = 0
+        else:
+            self.touched[ids] = 0
         self.pending[ids] = 0
         values = np.empty((ids.shape[0], self.work.shape[1]), dtype=np.float32)
         _gather_change(self.work, self.ref, ids, values)
         return RowSparse.from_sorted(torch.from_numpy(ids), torch.from_numpy(values), self.work.shape[0])
+
+    def weigh(self) -> tuple[np.ndarray, np.ndarray]:
+        """The touched rows (sorted) and the squared norm of each one's change: what a byte budget ranks them by."""
+        ids = np.flatnonzero(self.touched)
+        weights = np.empty(ids.shape[0], dtype=np.float64)
+        _weights(self.work, self.ref, ids, weights)
+        return ids, weights
 
     def add(self, total: RowSparse | torch.Tensor, own: RowSparse | None = None) -> None:
         """Add the summed change of all ranks (sparse rows, or a dense matrix) to the reference.
@@ -178,6 +190,17 @@ def _gather_change(work, ref, ids, out):  # pragma: no cover - compiled
         r = ids[i]
         for k in range(work.shape[1]):
             out[i, k] = work[r, k] - ref[r, k]
+
+
+@numba.njit(nogil=True, cache=True)
+def _weights(work, ref, ids, out):  # pragma: no cover - compiled
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        s = 0.0
+        for k in range(work.shape[1]):
+            d = work[r, k] - ref[r, k]
+            s += d * d
+        out[i] = s
 
 
 @numba.njit(nogil=True, cache=True)

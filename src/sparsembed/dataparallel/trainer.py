@@ -43,6 +43,11 @@ sends what is still pending in float32. The reference is the agreed sum, the sam
 what checkpoints save; a run resumed from a checkpoint taken mid-run starts without the residuals pending then (at
 most one rounding step per row). Through shared memory the sum is exact and ``values`` does not apply.
 
+A byte budget (``budget``, over gloo; :mod:`~sparsembed.dataparallel.budget`) lets a step send only the touched
+rows with the largest changes that fit; the others stay touched in the working copy, where later updates add to
+them, and go in a later step (at most ``MAX_AGE`` steps later) or in the run's last, exact exchange. A checkpoint
+saves the reference, without the changes still waiting, as it does without the residuals pending.
+
 With ``balance="dynamic"`` (ranks on one host, synchronous) a step covers the same tokens in ``DYNAMIC_ROUNDS``
 times as many jobs, and the ranks draw them from a shared counter (:class:`~sparsembed.comm.shm.HostCounter`) as each
 becomes free, so a rank slowed by a busy core runs fewer: a rank runs its jobs one after another on its working
@@ -92,6 +97,7 @@ from sparsembed.comm.shm import (
     spans_hosts,
 )
 from sparsembed.comm.stats import ExchangeStats
+from sparsembed.dataparallel.budget import Budget
 from sparsembed.dataparallel.options import (
     DYNAMIC_ROUNDS,
     Balance,
@@ -179,7 +185,18 @@ class DataParallelTrainer:
         # error feedback: rounded values over gloo (shared memory sums float32 in place; sharded owners keep none)
         self.feedback = (Values(self.options.values) is not Values.FP32 and not self.shared
                          and self.options.strategy is Strategy.REPLICATED)
+        self.budget = self._make_budget()
         self._check_same_model()
+
+    def _make_budget(self) -> Budget | None:
+        """The byte budget of this rank's messages over gloo (``options.budget``); None without one, and through
+        shared memory (the sum is made in place, nothing travels)."""
+        setting = self.options.budget
+        if setting in (None, "off") or self.shared or self.options.strategy is not Strategy.REPLICATED:
+            return None
+        dim = self.model.syn0.shape[1]
+        row_bytes = Values(self.options.values).row_bytes(dim) + 4  # and at most a 4-byte index naming it
+        return Budget(setting, row_bytes, {r.name: r.work.shape[0] for r in self.replicas})
 
     def _place_matrices(self) -> list[Replica]:
         """Decide whether the exchange goes through shared memory (:attr:`shared`) and make the two replicas; with
@@ -282,6 +299,9 @@ class DataParallelTrainer:
         t1, cpu1 = time.perf_counter(), time.process_time()
         stats = self._exchange_overlapped() if self.async_group is not None else self._exchange()
         t2, self._exchange_cpu = time.perf_counter(), time.process_time() - cpu1
+        if self.budget is not None:  # with overlap: the last step's exchange, as long as it ran in the background
+            self.budget.observe(sum(st.rows for st in stats),
+                                sum(st.phases.get("background", st.seconds) for st in stats), t1 - t0 - self.hot_s)
         if self.hot:  # the hot syncs ran between the rounds: exchange time, not compute
             t1 -= self.hot_s
             stats += [self._hot_stats(replica) for replica in self.replicas]
@@ -357,12 +377,19 @@ class DataParallelTrainer:
                 replica.sync_hot(self.hot, self.group)
         self.hot_s += time.perf_counter() - t0
 
+    def _choose(self) -> dict[str, np.ndarray]:
+        """The rows of each matrix that go this step under the byte budget (all touched rows without one: {})."""
+        if self.budget is None:
+            return {}
+        return self.budget.choose({replica.name: replica.weigh() for replica in self.replicas})
+
     def _exchange(self) -> list[ExchangeStats]:
         stats = []
+        chosen = self._choose()
         for replica in self.replicas:
             with self.watch.guard(self.step, f"the exchange of {replica.name}"):
                 if self.owners is None:
-                    stats.append(self._replicated(replica))
+                    stats.append(self._replicated(replica, ids=chosen.get(replica.name)))
                     continue
                 if replica is self.replicas[0]:
                     self.owners.loads[:] = 0
@@ -376,13 +403,14 @@ class DataParallelTrainer:
         stats = self._land()
         if self.mailer is None:
             self.mailer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparsembed-exchange")
+        chosen = self._choose()
         for replica in self.replicas:  # in the same order on every rank: the mailer runs them one by one
             t0 = time.perf_counter()
             if self.shared:
                 own = replica.put_shared(self._slots(replica))
                 job = self.mailer.submit(self._slots(replica).publish, own.n)  # announce, wait for the peers
             else:
-                own = replica.change()
+                own = replica.change(chosen.get(replica.name))
                 job = self.mailer.submit(self._send, replica, own)
             self.in_flight.append((replica, own, job, time.perf_counter() - t0))
         return stats
@@ -459,29 +487,33 @@ class DataParallelTrainer:
         row_bytes = values.row_bytes(dim)
         return [int(c) * row_bytes for c in counts]
 
-    def _replicated(self, replica: Replica, exact: bool = False) -> ExchangeStats:
+    def _replicated(self, replica: Replica, exact: bool = False, ids: np.ndarray | None = None) -> ExchangeStats:
         """Sparse through :func:`~sparsembed.comm.replicated.replicated`, or one dense all-reduce of the change
         (:meth:`_goes_dense`); through shared memory when every rank is on this host. With rounded values, what
         the rounding dropped stays in the working copy (:meth:`Replica.keep_residual`); ``exact``: float32 values
-        whatever the options say (the last exchange of a run, which leaves nothing pending)."""
+        whatever the options say (the last exchange of a run, which leaves nothing pending); ``ids``: only these
+        touched rows go (the byte budget's choice), the others wait in the working copy."""
         o = self.options
         t0 = time.perf_counter()
         num_rows, dim = replica.work.shape
         values = Values.FP32 if exact else Values(o.values)
-        touched = 0 if replica.host is not None else int(np.count_nonzero(replica.touched))
+        half = self.feedback and not exact
         if replica.host is not None:  # summed in place in shared memory
             st = _shm_stats(replica, replica.host.exchange(), ids=False)
-        elif self._goes_dense(touched, num_rows, dim, self.group, values):
-            half = self.feedback and not exact
+        elif ids is None and self._goes_dense(touched := int(np.count_nonzero(replica.touched)), num_rows, dim,
+                                              self.group, values):
             replica.exchange_dense(self.group, half=half)
             st = self._dense_stats(replica, touched, half)
         else:
-            own = replica.change()
-            total, st = replicated(own, rows=o.rows, values=values.value, mode="sparse", group=self.group,
-                                   name=replica.name, transport="tcp")
+            own = replica.change(ids)
+            if ids is not None and self._goes_dense(own.n, num_rows, dim, self.group, values):
+                total, st = replica.sum_dense(own, self.group, half=half), self._dense_stats(replica, own.n, half)
+            else:
+                total, st = replicated(own, rows=o.rows, values=values.value, mode="sparse", group=self.group,
+                                       name=replica.name, transport="tcp")
             replica.add(total)
-            if self.feedback and not exact:
-                replica.keep_residual(own, as_wire(own.values, values.value))
+            if half:
+                replica.keep_residual(own, self._sent(own, st.mode == "dense"))
         st.seconds = time.perf_counter() - t0
         return st
 
@@ -493,9 +525,10 @@ class DataParallelTrainer:
         return as_wire(own.values, Values.FP16.value if dense else self.options.values)
 
     def _flush(self) -> list[ExchangeStats]:
-        """Send every rank's pending residual in float32, so that no update is lost at the end of training and
-        every rank's working copy is the agreed reference; [] without error feedback. Collective."""
-        if not self.feedback:
+        """Send every rank's pending residual, and the rows a byte budget held back, in float32, so that no update
+        is lost at the end of training and every rank's working copy is the agreed reference; [] without error
+        feedback or budget. Collective."""
+        if not (self.feedback or self.budget is not None):
             return []
         stats = []
         for replica in self.replicas:

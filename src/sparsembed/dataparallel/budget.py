@@ -1,0 +1,125 @@
+"""A step's byte budget (``--budget``): which touched rows travel now, the most significant first.
+
+Zipf makes a step's change lopsided: a few frequent words' rows carry most of it, thousands of rare words' rows a
+little each. Under a budget a rank sends, of the rows it touched, those whose pending change (``work -
+reference``) has the largest squared norm, as many as fit in the budget over both matrices; the others stay
+touched, their change kept in the working copy, where the next steps' updates add to it until it is among the
+largest. Nothing is lost: a row's change waits, it is never dropped (the delta-against-a-reference design of
+:class:`~sparsembed.dataparallel.replica.Replica` holds it, as it holds a rounding residual). No row waits more than
+:data:`MAX_AGE` steps: a row that old goes first, whatever its size. A run's last exchange sends every row.
+
+``auto`` sizes each step's budget from this rank's own measurements: rows a second through its last exchanges
+(link and host work together, :data:`WINDOW` of them) times the last step's training time times :data:`FILL`, so
+that with ``overlap`` the exchange hides behind the next step's training. Until it has measured (the first step)
+it sends every touched row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numba
+import numpy as np
+
+from sparsembed.errors import UserError
+
+__all__ = ["Budget", "parse_budget", "MAX_AGE", "FILL", "WINDOW", "MIN_ROWS"]
+
+#: Steps a touched row may wait before it goes whatever its size (a bound on how stale a rare row can get).
+MAX_AGE = 8
+#: Share of a step's training time that ``auto`` lets the exchange take (room for the peers' skew and the noise
+#: of the estimate).
+FILL = 0.8
+#: Exchanges whose rows and seconds ``auto`` sums for its rate.
+WINDOW = 4
+#: The smallest budget ``auto`` sets, in rows: a fixed cost per exchange (sizes, latency) would otherwise shrink
+#: its measured rate, and with it the budget, on and on.
+MIN_ROWS = 1024
+
+
+def parse_budget(value: str | float | None) -> str | float | None:
+    """``--budget`` as the trainer takes it: ``None`` (decided by where the ranks run), ``"off"``, ``"auto"``, or
+    megabytes a step (a float > 0). Raises UserError naming the flag otherwise."""
+    if value is None or value in ("off", "auto"):
+        return value
+    try:
+        megabytes = float(value)
+    except (TypeError, ValueError):
+        megabytes = math.nan
+    if not (math.isfinite(megabytes) and megabytes > 0):
+        raise UserError(f"invalid setting: --budget must be off, auto or megabytes per step > 0 (e.g. 4), got "
+                        f"{value!r}")
+    return megabytes
+
+
+class Budget:
+    """One rank's budget over a step's matrices: :meth:`choose` picks the rows that go, :meth:`observe` feeds
+    ``auto`` its measurements.
+
+    ``setting``: ``"auto"`` or megabytes a step; ``row_bytes``: one row on the wire (values, scale, and what naming
+    it costs); ``num_rows``: rows of each matrix, by name (for the rows' ages)."""
+
+    def __init__(self, setting: str | float, row_bytes: int, num_rows: dict[str, int]) -> None:
+        self.auto = setting == "auto"
+        self.fixed = None if self.auto else max(1, int(float(setting) * 1e6 / row_bytes))
+        self.age = {name: np.zeros(rows, dtype=np.uint16) for name, rows in num_rows.items()}
+        self.rates: deque[tuple[int, float]] = deque(maxlen=WINDOW)  # (rows sent, seconds) of recent exchanges
+        self.compute_s = 0.0
+
+    def limit(self) -> int | None:
+        """Rows this step may send over all matrices; None: every touched row (``auto`` before it has measured)."""
+        if self.fixed is not None:
+            return self.fixed
+        seconds = sum(s for _, s in self.rates)
+        if not self.rates or seconds <= 0 or self.compute_s <= 0:
+            return None
+        rate = sum(r for r, _ in self.rates) / seconds
+        return max(MIN_ROWS, int(rate * self.compute_s * FILL))
+
+    def observe(self, rows: int, seconds: float, compute_s: float) -> None:
+        """One step's exchange: ``rows`` sent (over all matrices) in ``seconds`` of exchange work, after
+        ``compute_s`` seconds of training."""
+        if rows > 0 and seconds > 0:
+            self.rates.append((rows, seconds))
+        self.compute_s = compute_s
+
+    def choose(self, candidates: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The rows that go this step: ``candidates`` maps a matrix's name to its touched rows (sorted) and their
+        changes' squared norms. Rows :data:`MAX_AGE` steps old go first, then the largest changes over all
+        matrices while the budget lasts; returns each matrix's rows that go, sorted. The ages move on: a row that
+        goes is 0 again, one that waits a step older."""
+        limit = self.limit()
+        chosen: dict[str, np.ndarray] = {}
+        total = sum(ids.shape[0] for ids, _ in candidates.values())
+        if limit is None or total <= limit:
+            for name, (ids, _) in candidates.items():
+                self.age[name][ids] = 0
+                chosen[name] = ids
+            return chosen
+        old = {name: self.age[name][ids] >= MAX_AGE for name, (ids, _) in candidates.items()}
+        room = max(0, limit - sum(int(o.sum()) for o in old.values()))
+        weights = np.concatenate([np.where(old[name], -1.0, w) for name, (_, w) in candidates.items()])
+        take = np.zeros(weights.shape[0], dtype=bool)
+        young = np.flatnonzero(weights >= 0)
+        if room >= young.shape[0]:
+            take[young] = True
+        elif room > 0:
+            take[young[np.argpartition(-weights[young], room - 1)[:room]]] = True
+        at = 0
+        for name, (ids, _) in candidates.items():
+            goes = take[at:at + ids.shape[0]] | old[name]
+            at += ids.shape[0]
+            _age(self.age[name], ids, goes)
+            chosen[name] = ids[goes]
+        return chosen
+
+
+@numba.njit(nogil=True, cache=True)
+def _age(age, ids, goes):  # pragma: no cover - compiled
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        if goes[i]:
+            age[r] = 0
+        elif age[r] < 65535:
+            age[r] += 1

@@ -1,0 +1,185 @@
+"""The byte budget of a data-parallel step (``--budget``): the most significant rows go, the others wait, none is
+lost or starved, replicas stay identical."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dist_utils import DistPool
+from sparsembed import Word2Vec
+from sparsembed.dataparallel.budget import FILL, MAX_AGE, MIN_ROWS, Budget, parse_budget
+from sparsembed.dataparallel.options import ExchangeOptions
+from sparsembed.dataparallel.replica import Replica
+from sparsembed.errors import UserError
+from sparsembed.rows.coalesce import RowSparse
+from sparsembed.word2vec.demo import generate_corpus
+
+SETTINGS = {"vector_size": 16, "epochs": 2, "workers": 1, "seed": 7, "min_count": 2, "window": 3}
+JOB_TOKENS = 700
+ROW_BYTES = 24  # 16 int8 values, a 4-byte scale, a 4-byte index
+
+
+# -- choosing rows ----------------------------------------------------------------------------------------------
+def test_choose_takes_the_largest_changes_over_both_matrices() -> None:
+    budget = Budget(5 * ROW_BYTES / 1e6, ROW_BYTES, {"a": 10, "b": 10})
+    chosen = budget.choose({"a": (np.array([1, 3, 4]), np.array([5.0, 0.1, 9.0])),
+                            "b": (np.array([0, 2, 7, 9]), np.array([0.2, 7.0, 6.0, 0.3]))})
+    assert chosen["a"].tolist() == [1, 4] and chosen["b"].tolist() == [2, 7, 9]  # 9, 7, 6, 5 and 0.3
+    assert budget.age["a"].tolist() == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]  # a row that waits grows a step older
+    assert budget.age["b"].tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_choose_under_a_large_budget_takes_every_touched_row() -> None:
+    budget = Budget(1.0, ROW_BYTES, {"a": 10})
+    ids = np.array([0, 5, 9])
+    assert budget.choose({"a": (ids, np.array([1.0, 2.0, 3.0]))})["a"].tolist() == [0, 5, 9]
+    assert not budget.age["a"].any()
+
+
+def test_a_row_waits_at_most_max_age_steps() -> None:
+    """A small change beside ever larger ones: it goes after MAX_AGE steps of waiting, whatever its size."""
+    budget = Budget(2 * ROW_BYTES / 1e6, ROW_BYTES, {"a": 4})
+    waited = 0
+    for step in range(3 * MAX_AGE):
+        chosen = budget.choose({"a": (np.array([0, 1, 2]), np.array([1e-9, 1.0 + step, 2.0 + step]))})["a"]
+        if 0 in chosen:
+            break
+        waited += 1
+    assert waited == MAX_AGE and chosen.tolist() == [0, 2]  # the old row, then the largest while room is left
+
+
+def test_auto_sends_everything_until_it_has_measured_then_fills_the_training_time() -> None:
+    budget = Budget("auto", ROW_BYTES, {"a": 100_000})
+    assert budget.limit() is None
+    budget.observe(rows=50_000, seconds=0.5, compute_s=0.2)  # 100000 rows a second
+    assert budget.limit() == int(100_000 * 0.2 * FILL)
+    budget.observe(rows=10, seconds=1.0, compute_s=0.001)  # a slow, tiny exchange: never below MIN_ROWS
+    assert budget.limit() == MIN_ROWS
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "nan", "inf", ""])
+def test_bad_budgets_are_refused(bad: str) -> None:
+    with pytest.raises(UserError, match="--budget must be off, auto or megabytes"):
+        parse_budget(bad)
+    assert parse_budget("2.5") == 2.5 and parse_budget("auto") == "auto" and parse_budget(None) is None
+    with pytest.raises(UserError, match="--budget needs --strategy replicated"):
+        ExchangeOptions(strategy="sharded", budget="4").validate()
+
+
+# -- nothing lost: what was sent plus what waits is every change -------------------------------------------------
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), rows_allowed=st.integers(1, 40), steps=st.integers(1, 30))
+def test_sent_plus_waiting_is_every_change_and_no_row_starves(seed: int, rows_allowed: int, steps: int) -> None:
+    """One rank (the sum of one change is the change): Zipf-like rows touched every step, a budget of
+    ``rows_allowed`` rows; after every step what was sent plus what the working copy holds is the sum of all
+    changes, and every row that waits goes within MAX_AGE steps; a last exchange without budget leaves nothing."""
+    rng = np.random.default_rng(seed)
+    num_rows, dim = 120, 4
+    start = rng.standard_normal((num_rows, dim)).astype(np.float32)
+    replica = Replica("m", start.copy())
+    budget = Budget(rows_allowed * ROW_BYTES / 1e6, ROW_BYTES, {"m": num_rows})
+    changes = np.zeros((num_rows, dim), np.float64)
+    sent = np.zeros((num_rows, dim), np.float64)
+    waiting = np.zeros(num_rows, np.int64)  # steps each touched row has waited since it last went
+    for _ in range(steps):
+        rows = np.unique(np.minimum(rng.zipf(1.5, 30) - 1, num_rows - 1))
+        delta = (rng.standard_normal((rows.shape[0], dim)) * 10.0 ** rng.integers(-4, 0, (rows.shape[0], 1)))
+        replica.work[rows] += delta.astype(np.float32)
+        replica.touched[rows] = 1
+        changes[rows] += delta.astype(np.float32)
+        ids = budget.choose({"m": replica.weigh()})["m"]
+        own = replica.change(ids)
+        assert own.n <= max(rows_allowed, int(np.count_nonzero(waiting >= MAX_AGE)))
+        replica.add(own)
+        sent[own.ids.numpy()] += own.values.numpy()
+        waiting[replica.touched.astype(bool)] += 1
+        waiting[own.ids.numpy()] = 0
+        assert waiting.max() <= MAX_AGE
+        np.testing.assert_allclose(sent + (replica.work - replica.ref), changes, rtol=0, atol=1e-5)
+    replica.add(replica.change())  # the run's last exchange: every row
+    np.testing.assert_allclose(replica.ref, start + changes, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(replica.work, replica.ref)
+
+
+def test_deferred_rows_keep_their_change_when_the_others_sum_lands() -> None:
+    """A row held back stays touched, and a peer's change of it adds to both copies: its own change survives."""
+    replica = Replica("m", np.zeros((4, 2), np.float32))
+    replica.work[[1, 2]] = [[1.0, 1.0], [5.0, 5.0]]
+    replica.touched[[1, 2]] = 1
+    own = replica.change(np.array([2]))
+    assert replica.touched[1] and not replica.touched[2]
+    peer = torch.tensor([[0.5, 0.5], [1.0, 1.0]])
+    replica.add(RowSparse.from_sorted(torch.tensor([1, 2]), peer + torch.cat([torch.zeros(1, 2), own.values]), 4))
+    np.testing.assert_array_equal(replica.ref[1:3], [[0.5, 0.5], [6.0, 6.0]])
+    np.testing.assert_array_equal(replica.work[1:3], [[1.5, 1.5], [6.0, 6.0]])
+
+
+# -- two ranks over gloo ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("budget") / "corpus.txt"
+    generate_corpus(path, n_tokens=12_000, seed=11)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with DistPool(2, timeout=120.0) as p:
+        yield p
+
+
+def _train(corpus: str, out: str, budget: str, values: str, overlap: bool) -> tuple:
+    from sparsembed.dataparallel.trainer import DataParallelTrainer
+
+    model = Word2Vec(**SETTINGS)
+    model.settings.job_tokens = JOB_TOKENS
+    model.build_vocab(corpus)
+    options = ExchangeOptions(values=values, transport="tcp", overlap=overlap, budget=budget)
+    trainer = DataParallelTrainer(model, options)
+    assert (trainer.budget is not None) == (budget != "off")
+    trainer.train(progress=False, out=out)
+    return model.syn0.copy(), model.syn1.copy(), model.history
+
+
+@pytest.mark.parametrize(("values", "overlap"), [("fp32", False), ("int8", True)])
+def test_two_ranks_under_a_budget_agree_send_less_and_learn(pool, corpus: Path, tmp_path: Path, values: str,
+                                                            overlap: bool) -> None:
+    tiny = str(40 * (16 * {"fp32": 4, "int8": 1}[values] + 4 * (values == "int8") + 4) / 1e6)  # 40 rows a step
+    limited = pool.run(_train, str(corpus), str(tmp_path / "tiny"), tiny, values, overlap)
+    np.testing.assert_array_equal(limited[0][0], limited[1][0])  # the last exchange sent every row held back
+    np.testing.assert_array_equal(limited[0][1], limited[1][1])
+    steps = [json.loads(line) for line in (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()
+             if '"step"' in line]
+    rows = [sum(m["rows"] for m in s["matrices"].values()) for s in steps]
+    # until a row has waited MAX_AGE steps, exactly the budget goes; then the old rows too; the last step sends
+    # everything still waiting (with overlap a step records the exchange that landed in it: the step before's)
+    assert rows[overlap:overlap + MAX_AGE] == [40] * MAX_AGE and rows[-1] > 40, rows
+    free = pool.run(_train, str(corpus), str(tmp_path / "free"), "off", values, overlap)
+    large = pool.run(_train, str(corpus), str(tmp_path / "large"), "1000", values, overlap)
+    np.testing.assert_array_equal(large[0][0], free[0][0])  # a budget that never binds changes nothing
+    np.testing.assert_array_equal(large[0][1], free[0][1])
+    losses = [h["mean_loss"] for h in limited[0][2]]
+    free_losses = [h["mean_loss"] for h in free[0][2]]
+    assert losses[-1] < losses[0] and abs(losses[-1] - free_losses[-1]) < 0.05 * free_losses[-1]
+    assert not np.array_equal(limited[0][0], free[0][0])  # and it did hold rows back
+
+
+# -- the command line ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra", [["--budget", "0"], ["--budget", "lots"], ["--budget", "4", "--strategy", "sharded",
+                                                                              "--nproc", "2"]])
+def test_cli_bad_budget_is_one_line_exit_2(tmp_path: Path, extra: list[str]) -> None:
+    generate_corpus(tmp_path / "c.txt", n_tokens=2000, seed=1)
+    bad = subprocess.run([sys.executable, "-m", "sparsembed", "train", "c.txt", "--out", "o", *extra],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    errors = [line for line in bad.stderr.splitlines() if "error" in line]
+    assert bad.returncode == 2 and len(errors) == 1 and "--budget" in errors[0], bad.stderr
+    assert not (tmp_path / "o").exists()
