@@ -89,10 +89,11 @@ def train_loopback(corpus: str, out: Path, epochs: int, job_tokens: int, timeout
     return time.perf_counter() - t0, [".venv/bin/python " + " ".join(cmd[1:])]
 
 
-def train_single(corpus: str, out: Path, epochs: int, timeout: float) -> tuple[float, list[str]]:
+def train_single(corpus: str, out: Path, epochs: int, timeout: float,
+                 extra: list[str] = ()) -> tuple[float, list[str]]:
     """One process with one thread, no namespace: the run the pair must beat."""
     cmd = [sys.executable, "-m", "sparsembed", "train", corpus, "--out", str(out), "--workers", "1", "--epochs",
-           str(epochs), "--quiet"]
+           str(epochs), "--quiet", *extra]
     t0 = time.perf_counter()
     nx.wait_all([subprocess.Popen(cmd, env=nx.clean_env(), cwd=ROOT, text=True, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, start_new_session=True)], timeout)
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flags", action="append", default=[], metavar="NAME=FLAGS",
                     help="a variant of its own: NAME=\"--budget 4 --values fp16\" (repeatable)")
     ap.add_argument("--single", action="store_true", help="also time one process with one thread, each repeat")
+    ap.add_argument("--seed", type=int, default=None, help="--seed of every training run (the package's default)")
     ap.add_argument("--eval", action="store_true", help="score every run's vectors (analogy, wordsim353)")
     ap.add_argument("--rate", default="1gbit", help="each veth end's tc tbf rate (1gbit; e.g. 10gbit)")
     ap.add_argument("--no-loopback", action="store_true", help="skip the loopback (--nproc 2 --transport tcp) runs")
@@ -168,12 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the results here")
     ap.add_argument("--cleanup", action="store_true", help="only remove what an earlier run left")
     args = ap.parse_args(argv)
-    variants = dict(VARIANTS)
+    seed = ["--seed", str(args.seed)] if args.seed is not None else []
+    variants = {name: [*flags, *seed] for name, flags in VARIANTS.items()}
     for given in args.flags:
         name, sep, flags = given.partition("=")
         if not sep or not name:
             ap.error(f"--flags wants NAME=FLAGS, got {given!r}")
-        variants[name] = flags.split()
+        variants[name] = [*flags.split(), *seed]
     unknown = [v for v in args.variants if v not in variants]
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}: one of {', '.join(sorted(variants))}")
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.single and j == args.job_tokens[0] and v == args.variants[0]:
                     out = work / f"single-r{rep}"
                     shutil.rmtree(out, ignore_errors=True)
-                    wall, commands = train_single(corpus, out, args.epochs, args.timeout)
+                    wall, commands = train_single(corpus, out, args.epochs, args.timeout, seed)
                     res = {"setup": "one process, 1 thread", "repeat": rep, "wall_s": round(wall, 1),
                            "commands": commands, **(evaluate(out) if args.eval else {})}
                     results["runs"].append(res)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from dist_utils import DistPool
 from sparsembed import Word2Vec
-from sparsembed.dataparallel.budget import FILL, MAX_AGE, MIN_ROWS, Budget, parse_budget
+from sparsembed.dataparallel.budget import FILL, MAX_AGE, MIN_ROWS, ROWS_PER_TOKEN, WINDOW, Budget, parse_budget
 from sparsembed.dataparallel.options import ExchangeOptions
 from sparsembed.dataparallel.replica import Replica
 from sparsembed.errors import UserError
@@ -57,13 +57,17 @@ def test_a_row_waits_at_most_max_age_steps() -> None:
     assert waited == MAX_AGE and chosen.tolist() == [0, 2]  # the old row, then the largest while room is left
 
 
-def test_auto_sends_everything_until_it_has_measured_then_fills_the_training_time() -> None:
-    budget = Budget("auto", ROW_BYTES, {"a": 100_000})
-    assert budget.limit() is None
-    budget.observe(rows=50_000, seconds=0.5, compute_s=0.2)  # 100000 rows a second
-    assert budget.limit() == int(100_000 * 0.2 * FILL)
+def test_auto_fills_the_training_time_within_its_cap_per_token() -> None:
+    budget = Budget("auto", ROW_BYTES, {"a": 100_000}, step_tokens=1_000_000)
+    cap = int(ROWS_PER_TOKEN * 1_000_000)
+    assert budget.limit() == cap  # before it has measured
+    budget.observe(rows=5_000, seconds=0.5, compute_s=0.2)  # 10000 rows a second
+    assert budget.limit() == int(10_000 * 0.2 * FILL) < cap
     budget.observe(rows=10, seconds=1.0, compute_s=0.001)  # a slow, tiny exchange: never below MIN_ROWS
     assert budget.limit() == MIN_ROWS
+    for _ in range(WINDOW):  # a fast link: the cap
+        budget.observe(rows=100_000, seconds=0.01, compute_s=0.2)
+    assert budget.limit() == cap
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "abc", "nan", "inf", ""])

@@ -152,17 +152,19 @@ def test_cli_bad_hot_rows_is_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_auto_values_and_overlap_follow_where_the_ranks_run() -> None:
-    """Across hosts: int8 rows with error feedback, overlapped with the next step; on one host: float32, in step;
-    what the user set stays set."""
+    """Across hosts: int8 rows with error feedback under the auto byte budget, overlapped with the next step; on one
+    host: float32, every touched row, in step; what the user set stays set."""
     auto = ExchangeOptions().validate()
     wide, local = auto.across_hosts(True), auto.across_hosts(False)
-    assert (wide.values, wide.overlap) == ("int8", True)
-    assert (local.values, local.overlap) == ("fp32", False)
-    assert (auto.values, auto.overlap) == ("auto", None)  # the options given are not changed
+    assert (wide.values, wide.overlap, wide.budget) == ("int8", True, "auto")
+    assert (local.values, local.overlap, local.budget) == ("fp32", False, "off")
+    assert (auto.values, auto.overlap, auto.budget) == ("auto", None, None)  # the options given are not changed
     chosen = ExchangeOptions(values="fp16", overlap=False).validate().across_hosts(True)
     assert (chosen.values, chosen.overlap) == ("fp16", False)
     sharded = ExchangeOptions(strategy="sharded").validate().across_hosts(True)
-    assert (sharded.values, sharded.overlap) == ("fp32", False)  # owners send fresh rows back within the step
+    assert (sharded.values, sharded.overlap, sharded.budget) == ("fp32", False, "off")  # owners send fresh rows
+    # back within the step
+    assert ExchangeOptions(budget="3").validate().across_hosts(True).budget == 3.0
     dynamic = ExchangeOptions(balance="dynamic").validate().across_hosts(True)
     assert dynamic.overlap is False
 

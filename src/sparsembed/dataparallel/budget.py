@@ -10,8 +10,10 @@ largest. Nothing is lost: a row's change waits, it is never dropped (the delta-a
 
 ``auto`` sizes each step's budget from this rank's own measurements: rows a second through its last exchanges
 (link and host work together, :data:`WINDOW` of them) times the last step's training time times :data:`FILL`, so
-that with ``overlap`` the exchange hides behind the next step's training. Until it has measured (the first step)
-it sends every touched row.
+that with ``overlap`` the exchange hides behind the next step's training, and at most :data:`ROWS_PER_TOKEN` rows
+per token the step trained: measured on wiki17m across 2 hosts (BENCHMARKS.md), sending more rows than that
+bought no accuracy, sending half of it lost 1.5 points of analogy. Until it has measured (the first step) it sends
+at most that.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from sparsembed.errors import UserError
 
-__all__ = ["Budget", "parse_budget", "MAX_AGE", "FILL", "WINDOW", "MIN_ROWS"]
+__all__ = ["Budget", "parse_budget", "MAX_AGE", "FILL", "WINDOW", "MIN_ROWS", "ROWS_PER_TOKEN"]
 
 #: Steps a touched row may wait before it goes whatever its size (a bound on how stale a rare row can get).
 MAX_AGE = 8
@@ -33,6 +35,8 @@ MAX_AGE = 8
 FILL = 0.8
 #: Exchanges whose rows and seconds ``auto`` sums for its rate.
 WINDOW = 4
+#: The most rows a step's ``auto`` budget holds per token the rank trained in it (see the module docstring).
+ROWS_PER_TOKEN = 0.02
 #: The smallest budget ``auto`` sets, in rows: a fixed cost per exchange (sizes, latency) would otherwise shrink
 #: its measured rate, and with it the budget, on and on.
 MIN_ROWS = 1024
@@ -58,24 +62,26 @@ class Budget:
     ``auto`` its measurements.
 
     ``setting``: ``"auto"`` or megabytes a step; ``row_bytes``: one row on the wire (values, scale, and what naming
-    it costs); ``num_rows``: rows of each matrix, by name (for the rows' ages)."""
+    it costs); ``num_rows``: rows of each matrix, by name (for the rows' ages); ``step_tokens``: tokens the rank
+    trains in a step (``auto``'s cap)."""
 
-    def __init__(self, setting: str | float, row_bytes: int, num_rows: dict[str, int]) -> None:
+    def __init__(self, setting: str | float, row_bytes: int, num_rows: dict[str, int], step_tokens: int = 0) -> None:
         self.auto = setting == "auto"
         self.fixed = None if self.auto else max(1, int(float(setting) * 1e6 / row_bytes))
+        self.cap = max(MIN_ROWS, int(ROWS_PER_TOKEN * step_tokens))
         self.age = {name: np.zeros(rows, dtype=np.uint16) for name, rows in num_rows.items()}
         self.rates: deque[tuple[int, float]] = deque(maxlen=WINDOW)  # (rows sent, seconds) of recent exchanges
         self.compute_s = 0.0
 
-    def limit(self) -> int | None:
-        """Rows this step may send over all matrices; None: every touched row (``auto`` before it has measured)."""
+    def limit(self) -> int:
+        """Rows this step may send over all matrices."""
         if self.fixed is not None:
             return self.fixed
         seconds = sum(s for _, s in self.rates)
         if not self.rates or seconds <= 0 or self.compute_s <= 0:
-            return None
+            return self.cap
         rate = sum(r for r, _ in self.rates) / seconds
-        return max(MIN_ROWS, int(rate * self.compute_s * FILL))
+        return min(self.cap, max(MIN_ROWS, int(rate * self.compute_s * FILL)))
 
     def observe(self, rows: int, seconds: float, compute_s: float) -> None:
         """One step's exchange: ``rows`` sent (over all matrices) in ``seconds`` of exchange work, after
@@ -92,7 +98,7 @@ class Budget:
         limit = self.limit()
         chosen: dict[str, np.ndarray] = {}
         total = sum(ids.shape[0] for ids, _ in candidates.values())
-        if limit is None or total <= limit:
+        if total <= limit:
             for name, (ids, _) in candidates.items():
                 self.age[name][ids] = 0
                 chosen[name] = ids

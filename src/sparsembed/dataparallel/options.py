@@ -126,14 +126,15 @@ class ExchangeOptions:
 
 
     def across_hosts(self, spans_hosts: bool) -> ExchangeOptions:
-        """These options with ``values`` and ``overlap`` left to ``auto`` decided by where the ranks run: ranks
-        that span hosts (a network between them) send int8 rows with error feedback and overlap the exchange with
-        the next step, the fastest setting measured at the same accuracy (BENCHMARKS.md); ranks of one host keep
-        float32 and synchronous steps (shared memory sums in place; nothing to hide)."""
+        """These options with ``values``, ``overlap`` and ``budget`` left to ``auto`` decided by where the ranks
+        run: ranks that span hosts (a network between them) send int8 rows with error feedback under the ``auto``
+        byte budget and overlap the exchange with the next step, the fastest setting measured at the same accuracy
+        (BENCHMARKS.md); ranks of one host keep float32, every touched row and synchronous steps (shared memory
+        sums in place; nothing to hide)."""
         wide = spans_hosts and self.strategy is Strategy.REPLICATED
         values = (Values.INT8.value if wide else Values.FP32.value) if self.values == "auto" else self.values
         overlap = (wide and self.balance is Balance.STATIC) if self.overlap is None else self.overlap
-        budget = "off" if self.budget is None else self.budget
+        budget = ("auto" if wide else "off") if self.budget is None else self.budget
         return replace(self, values=values, overlap=overlap, budget=budget)
 
     def hot_rows_for(self, world: int, num_rows: int) -> int:

@@ -186,6 +186,7 @@ class DataParallelTrainer:
         self.feedback = (Values(self.options.values) is not Values.FP32 and not self.shared
                          and self.options.strategy is Strategy.REPLICATED)
         self.budget = self._make_budget()
+        self.choose_s = 0.0  # seconds the last step took to choose its rows under the budget
         self._check_same_model()
 
     def _make_budget(self) -> Budget | None:
@@ -196,7 +197,8 @@ class DataParallelTrainer:
             return None
         dim = self.model.syn0.shape[1]
         row_bytes = Values(self.options.values).row_bytes(dim) + 4  # and at most a 4-byte index naming it
-        return Budget(setting, row_bytes, {r.name: r.work.shape[0] for r in self.replicas})
+        step_tokens = self.model.settings.job_tokens * self.model.settings.workers * self.rounds
+        return Budget(setting, row_bytes, {r.name: r.work.shape[0] for r in self.replicas}, step_tokens)
 
     def _place_matrices(self) -> list[Replica]:
         """Decide whether the exchange goes through shared memory (:attr:`shared`) and make the two replicas; with
@@ -381,7 +383,10 @@ class DataParallelTrainer:
         """The rows of each matrix that go this step under the byte budget (all touched rows without one: {})."""
         if self.budget is None:
             return {}
-        return self.budget.choose({replica.name: replica.weigh() for replica in self.replicas})
+        t0 = time.perf_counter()
+        chosen = self.budget.choose({replica.name: replica.weigh() for replica in self.replicas})
+        self.choose_s = time.perf_counter() - t0
+        return chosen
 
     def _exchange(self) -> list[ExchangeStats]:
         stats = []
@@ -422,6 +427,7 @@ class DataParallelTrainer:
             t0 = time.perf_counter()
             with self.watch.guard(self.step, f"the exchange of {replica.name}"):
                 result = job.result()
+            waited = time.perf_counter() - t0
             if self.shared:
                 replica.add_shared(self._slots(replica), result, own)
                 st = _shm_stats(replica, own.n)
@@ -431,6 +437,7 @@ class DataParallelTrainer:
                 replica.add(total, RowSparse.from_sorted(own.ids, sent, own.num_rows))
                 replica.keep_residual(own, sent)
             st.seconds = put_s + time.perf_counter() - t0  # what the step waited for, not the background work
+            st.phases.update(take=put_s, wait=waited, land=st.seconds - put_s - waited)
             stats.append(st)
         self.in_flight = []
         return stats
@@ -564,12 +571,13 @@ class DataParallelTrainer:
                 "progress": round(run.schedule.progress(m.position), 6), "rank": self.rank, "world": self.world,
                 "strategy": self.options.strategy.value, "jobs": jobs,
                 "compute_s": round(compute_s, 6), "exchange_s": round(exchange_s, 6),
-                "exchange_cpu_s": round(self._exchange_cpu, 6),
+                "exchange_cpu_s": round(self._exchange_cpu, 6), "choose_s": round(self.choose_s, 6),
                 "bytes_sent": sum(st.bytes_sent for st in stats), "bytes_recv": sum(st.bytes_recv for st in stats),
                 "dense_bytes": dense,
                 "matrices": {st.name: {"mode": st.mode, "encoding": st.encoding, "density": round(st.density, 6),
                                        "rows": st.rows, "bytes_sent": st.bytes_sent, "bytes_recv": st.bytes_recv,
-                                       "seconds": round(st.seconds, 6)} for st in stats},
+                                       "seconds": round(st.seconds, 6),
+                                       "phases": {k: round(v, 6) for k, v in st.phases.items()}} for st in stats},
             }
             if self.owners is not None:
                 record["shard_loads"] = [int(x) for x in self.owners.loads]
