@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from dist_utils import DistPool
 from sparsembed import Word2Vec
-from sparsembed.dataparallel.budget import FILL, MAX_AGE, MIN_ROWS, ROWS_PER_TOKEN, WINDOW, Budget, parse_budget
+from sparsembed.dataparallel.budget import GROW, MAX_AGE, MIN_ROWS, ROWS_PER_TOKEN, SHRINK, Budget, parse_budget
 from sparsembed.dataparallel.options import ExchangeOptions
 from sparsembed.dataparallel.replica import Replica
 from sparsembed.errors import UserError
@@ -57,17 +57,23 @@ def test_a_row_waits_at_most_max_age_steps() -> None:
     assert waited == MAX_AGE and chosen.tolist() == [0, 2]  # the old row, then the largest while room is left
 
 
-def test_auto_fills_the_training_time_within_its_cap_per_token() -> None:
+def test_auto_shrinks_while_the_exchange_holds_training_up_and_grows_back_to_its_cap() -> None:
     budget = Budget("auto", ROW_BYTES, {"a": 100_000}, step_tokens=1_000_000)
     cap = int(ROWS_PER_TOKEN * 1_000_000)
     assert budget.limit() == cap  # before it has measured
-    budget.observe(rows=5_000, seconds=0.5, compute_s=0.2)  # 10000 rows a second
-    assert budget.limit() == int(10_000 * 0.2 * FILL) < cap
-    budget.observe(rows=10, seconds=1.0, compute_s=0.001)  # a slow, tiny exchange: never below MIN_ROWS
-    assert budget.limit() == MIN_ROWS
-    for _ in range(WINDOW):  # a fast link: the cap
-        budget.observe(rows=100_000, seconds=0.01, compute_s=0.2)
-    assert budget.limit() == cap
+    budget.observe(waited_s=0.05, exchange_s=0.3, compute_s=0.2)  # a slow exchange held the step up
+    assert budget.limit() == int(cap * SHRINK)
+    for _ in range(50):
+        budget.observe(waited_s=0.05, exchange_s=0.3, compute_s=0.2)
+    assert budget.limit() == MIN_ROWS  # never below
+    budget.observe(waited_s=0.05, exchange_s=0.1, compute_s=0.2)  # a late peer, not a slow exchange: no shrinking
+    assert budget.limit() == int(MIN_ROWS * GROW)
+    for _ in range(50):
+        budget.observe(waited_s=0.0, exchange_s=0.1, compute_s=0.2)
+    assert budget.limit() == cap  # and never above the cap
+    fixed = Budget(1.0, ROW_BYTES, {"a": 10})
+    fixed.observe(waited_s=1.0, exchange_s=1.0, compute_s=0.1)
+    assert fixed.limit() == int(1e6 / ROW_BYTES)  # a budget in MB stays as set
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "abc", "nan", "inf", ""])
@@ -166,7 +172,7 @@ def test_two_ranks_under_a_budget_agree_send_less_and_learn(pool, corpus: Path, 
     rows = [sum(m["rows"] for m in s["matrices"].values()) for s in steps]
     # until a row has waited MAX_AGE steps, exactly the budget goes; then the old rows too; the last step sends
     # everything still waiting (with overlap a step records the exchange that landed in it: the step before's)
-    assert rows[overlap:overlap + MAX_AGE] == [40] * MAX_AGE and rows[-1] > 40, rows
+    assert rows[overlap:overlap + MAX_AGE - 1] == [40] * (MAX_AGE - 1) and rows[-1] > 40, rows
     free = pool.run(_train, str(corpus), str(tmp_path / "free"), "off", values, overlap)
     large = pool.run(_train, str(corpus), str(tmp_path / "large"), "1000", values, overlap)
     np.testing.assert_array_equal(large[0][0], free[0][0])  # a budget that never binds changes nothing

@@ -140,6 +140,11 @@ def test_overlapped_exchange_equals_replay_one_step_late(pool, corpus: Path, tra
         np.testing.assert_allclose(syn0, reference.syn0, rtol=0, atol=1e-5)
         np.testing.assert_allclose(syn1, reference.syn1, rtol=0, atol=1e-5)
         assert summary["steps"] > 4 and summary["bytes_sent"] > 0
+    # the vote travels with the exchange, a step late, and an epoch's end waits for it: every epoch's pairs (which
+    # depend on its jobs alone) are counted whole, as in synchronous steps, and the losses are near theirs
+    in_step = pool.run(_train_ranks, str(corpus), "replicated", mode, "fp32", None, transport, False)[0][3]
+    assert [h["pairs"] for h in results[0][3]] == [h["pairs"] for h in in_step]
+    np.testing.assert_allclose([h["loss"] for h in results[0][3]], [h["loss"] for h in in_step], rtol=0.05)
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
     synchronous = _replay(_model(corpus), world=2)

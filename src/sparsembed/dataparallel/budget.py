@@ -8,37 +8,39 @@ largest. Nothing is lost: a row's change waits, it is never dropped (the delta-a
 :class:`~sparsembed.dataparallel.replica.Replica` holds it, as it holds a rounding residual). No row waits more than
 :data:`MAX_AGE` steps: a row that old goes first, whatever its size. A run's last exchange sends every row.
 
-``auto`` sizes each step's budget from this rank's own measurements: rows a second through its last exchanges
-(link and host work together, :data:`WINDOW` of them) times the last step's training time times :data:`FILL`, so
-that with ``overlap`` the exchange hides behind the next step's training, and at most :data:`ROWS_PER_TOKEN` rows
-per token the step trained: measured on wiki17m across 2 hosts (BENCHMARKS.md), sending more rows than that
-bought no accuracy, sending half of it lost 1.5 points of analogy. Until it has measured (the first step) it sends
-at most that.
+``auto`` starts at :data:`ROWS_PER_TOKEN` rows per token the step trains (measured on wiki17m across 2 hosts,
+BENCHMARKS.md: more rows than that bought no accuracy, half of it lost 1.3-1.5 points of analogy) and steers by
+what the step waited for: when a step waited for the exchange more than :data:`WAIT_SHARE` of its training time
+while the exchange itself ran longer than :data:`FILL` of it (the link or the host cannot keep up, as opposed to a
+peer that was late), the budget shrinks by :data:`SHRINK`; otherwise it grows by :data:`GROW`, back up to that cap.
+So with ``overlap`` the exchange hides behind the next step's training. A rate measured from the exchange's own
+seconds does not do: with small messages they are mostly the wait for the slower peer, and such a budget shrank
+to half the cap on a 1 Gbit/s link that had room for it.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 
 import numba
 import numpy as np
 
 from sparsembed.errors import UserError
 
-__all__ = ["Budget", "parse_budget", "MAX_AGE", "FILL", "WINDOW", "MIN_ROWS", "ROWS_PER_TOKEN"]
+__all__ = ["Budget", "parse_budget", "MAX_AGE", "FILL", "WAIT_SHARE", "SHRINK", "GROW", "MIN_ROWS", "ROWS_PER_TOKEN"]
 
 #: Steps a touched row may wait before it goes whatever its size (a bound on how stale a rare row can get).
 MAX_AGE = 8
-#: Share of a step's training time that ``auto`` lets the exchange take (room for the peers' skew and the noise
-#: of the estimate).
+#: Share of a step's training time the exchange may run in the background before ``auto`` calls it too slow.
 FILL = 0.8
-#: Exchanges whose rows and seconds ``auto`` sums for its rate.
-WINDOW = 4
+#: Share of a step's training time the step may wait for the exchange before ``auto`` calls it too slow.
+WAIT_SHARE = 0.1
+#: What ``auto`` multiplies its budget by after a step that waited for a slow exchange, and after one that did not.
+SHRINK = 0.7
+GROW = 1.25
 #: The most rows a step's ``auto`` budget holds per token the rank trained in it (see the module docstring).
 ROWS_PER_TOKEN = 0.02
-#: The smallest budget ``auto`` sets, in rows: a fixed cost per exchange (sizes, latency) would otherwise shrink
-#: its measured rate, and with it the budget, on and on.
+#: The smallest budget ``auto`` sets, in rows.
 MIN_ROWS = 1024
 
 
@@ -67,28 +69,23 @@ class Budget:
 
     def __init__(self, setting: str | float, row_bytes: int, num_rows: dict[str, int], step_tokens: int = 0) -> None:
         self.auto = setting == "auto"
-        self.fixed = None if self.auto else max(1, int(float(setting) * 1e6 / row_bytes))
         self.cap = max(MIN_ROWS, int(ROWS_PER_TOKEN * step_tokens))
+        self.rows = self.cap if self.auto else max(1, int(float(setting) * 1e6 / row_bytes))
         self.age = {name: np.zeros(rows, dtype=np.uint16) for name, rows in num_rows.items()}
-        self.rates: deque[tuple[int, float]] = deque(maxlen=WINDOW)  # (rows sent, seconds) of recent exchanges
-        self.compute_s = 0.0
 
     def limit(self) -> int:
         """Rows this step may send over all matrices."""
-        if self.fixed is not None:
-            return self.fixed
-        seconds = sum(s for _, s in self.rates)
-        if not self.rates or seconds <= 0 or self.compute_s <= 0:
-            return self.cap
-        rate = sum(r for r, _ in self.rates) / seconds
-        return min(self.cap, max(MIN_ROWS, int(rate * self.compute_s * FILL)))
+        return self.rows
 
-    def observe(self, rows: int, seconds: float, compute_s: float) -> None:
-        """One step's exchange: ``rows`` sent (over all matrices) in ``seconds`` of exchange work, after
-        ``compute_s`` seconds of training."""
-        if rows > 0 and seconds > 0:
-            self.rates.append((rows, seconds))
-        self.compute_s = compute_s
+    def observe(self, waited_s: float, exchange_s: float, compute_s: float) -> None:
+        """One step: it waited ``waited_s`` for an exchange that ran ``exchange_s`` (in the background with
+        ``overlap``), after ``compute_s`` seconds of training; ``auto`` steers its budget by them."""
+        if not self.auto or compute_s <= 0:
+            return
+        if waited_s > WAIT_SHARE * compute_s and exchange_s > FILL * compute_s:
+            self.rows = max(MIN_ROWS, int(self.rows * SHRINK))
+        else:
+            self.rows = min(self.cap, max(self.rows + 1, int(self.rows * GROW)))
 
     def choose(self, candidates: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
         """The rows that go this step: ``candidates`` maps a matrix's name to its touched rows (sorted) and their

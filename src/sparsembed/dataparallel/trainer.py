@@ -175,6 +175,10 @@ class DataParallelTrainer:
             timeout=timedelta(seconds=self.timeout)) if self.options.overlap else None
         self.mailer: ThreadPoolExecutor | None = None
         self.in_flight: list[tuple] = []  # (replica, own change, future, seconds to start it) of the last step
+        self.vote_in_flight: tuple | None = None  # overlap: the last step's vote (loss, pairs, stop, checkpoint)
+        # and the all-reduce it travels in
+        self.wants = [False, False]  # votes landed and not yet acted on: [stop, checkpoint]
+        self.schedule: Schedule | None = None
         self.agreed: TrainingState | None = None  # where the reference stands while an exchange is in flight
         self.owners = None
         if self.options.strategy is Strategy.SHARDED:
@@ -259,6 +263,7 @@ class DataParallelTrainer:
         reporter = m.reporter(schedule, out_dir / "metrics.jsonl" if (out_dir is not None and lead) else None,
                               report_every, quiet=not (progress and lead))
         tables = m.kernel_tables()
+        self.schedule = schedule
         started = time.perf_counter()
         run = _Run(schedule, tables, reporter, out_dir, checkpoint_every, stop, last_checkpoint=started,
                    stop_after_steps=stop_after_steps, per_step=self.world * m.settings.workers * self.rounds,
@@ -279,7 +284,7 @@ class DataParallelTrainer:
         finally:
             if self.mailer is not None:  # after an error a collective may still be blocked: do not wait for it
                 self.mailer.shutdown(wait=False, cancel_futures=True)
-                self.mailer, self.in_flight = None, []
+                self.mailer, self.in_flight, self.vote_in_flight = None, [], None
             self.watch.stop_pulse()
             reporter.close()
         return {
@@ -292,35 +297,49 @@ class DataParallelTrainer:
 
     def _step(self, pool: ThreadPoolExecutor, run: _Run) -> bool:
         """One step: train this rank's jobs, exchange, agree on the loss and on stopping, advance, report, end the
-        epoch or checkpoint when due; return whether training stops now."""
+        epoch or checkpoint when due; return whether training stops now.
+
+        With ``overlap`` the vote (loss, pairs, stop, checkpoint) travels with the exchange and lands a step
+        later, so no step waits for the slowest rank at its end: a stop or a checkpoint asked in step ``k`` happens
+        in step ``k + 1`` on every rank, and an epoch's end lands what is in flight, so that its loss is whole."""
         m, totals = self.model, run.totals
         first = m.position.job
         self.step += 1
         t0, self.hot_s = time.perf_counter(), 0.0
         results = self._run_jobs(pool, run, first)
         t1, cpu1 = time.perf_counter(), time.process_time()
-        stats = self._exchange_overlapped() if self.async_group is not None else self._exchange()
+        vote = self._vote(results, run.stop_requested(), run.lead and run.checkpoint_due())
+        if self.async_group is not None:
+            stats = self._exchange_overlapped(vote)
+        else:
+            stats = self._exchange()
+            self._agree(vote)
         t2, self._exchange_cpu = time.perf_counter(), time.process_time() - cpu1
         if self.budget is not None:  # with overlap: the last step's exchange, as long as it ran in the background
-            self.budget.observe(sum(st.rows for st in stats),
+            self.budget.observe(sum(st.phases.get("wait", st.seconds) for st in stats),
                                 sum(st.phases.get("background", st.seconds) for st in stats), t1 - t0 - self.hot_s)
         if self.hot:  # the hot syncs ran between the rounds: exchange time, not compute
             t1 -= self.hot_s
             stats += [self._hot_stats(replica) for replica in self.replicas]
-        want_stop = run.stop_requested() or (
-            run.stop_after_steps is not None and totals["steps"] + 1 >= run.stop_after_steps)
-        due = run.lead and run.checkpoint_due()
-        loss, pairs, stop_now, due = self._agree(results, want_stop, due)
+        stop_now, due = self.wants
+        self.wants = [False, False]
+        # every rank counts the steps alike: a stop after so many steps needs no vote
+        stop_now |= run.stop_after_steps is not None and totals["steps"] + 1 >= run.stop_after_steps
         if self.async_group is not None:  # with this step's exchange in flight, the reference stands where
             refs = [r.ref for r in self.replicas]  # training stood before the step
             self.agreed = TrainingState(refs[0], refs[1], replace(m.position), list(m.history))
-        self._advance(run.schedule, first, run.per_step, loss, pairs)
-        last = m.position.job >= run.schedule.n_jobs and m.position.epoch + 1 >= m.settings.epochs
-        if last or stop_now:
-            # the end: this step's sums land now and what rounding held back goes exactly, so every rank holds the
-            # final matrices (epoch ends and checkpoints do not wait: they save the reference, see checkpoint)
+        self._advance(run.schedule, first, run.per_step)
+        epoch_end = m.position.job >= run.schedule.n_jobs
+        last = epoch_end and m.position.epoch + 1 >= m.settings.epochs
+        if last or stop_now or epoch_end:
+            # the end: this step's sums land now and what rounding or the budget held back goes exactly, so every
+            # rank holds the final matrices; an epoch's end waits for the step's vote, for the epoch's whole loss
+            # (its sums land with the next step; checkpoints do not wait: they save the reference, see checkpoint)
             t3 = time.perf_counter()
-            stats += self._land() + self._flush()
+            if last or stop_now:
+                stats += self._land() + self._flush()
+            else:
+                self._land_vote()
             t2 += time.perf_counter() - t3
         totals["steps"] += 1
         totals["jobs"] += len(results)
@@ -331,6 +350,7 @@ class DataParallelTrainer:
         self._log_step(run, t1 - t0, t2 - t1, stats, len(results))
         if m.position.job >= run.schedule.n_jobs:
             self._end_epoch(run)
+            self.wants[1] = False  # a checkpoint asked for in the step now landed: the epoch's end just took one
         elif due and run.out_dir is not None:
             self.checkpoint(run.out_dir)
             run.last_checkpoint = time.perf_counter()
@@ -401,8 +421,8 @@ class DataParallelTrainer:
                 stats.append(self.owners.exchange(replica, self.options, self.group))
         return stats
 
-    def _exchange_overlapped(self) -> list[ExchangeStats]:
-        """Land the previous step's exchange (wait for it, add the sums), then start this step's in the
+    def _exchange_overlapped(self, vote: torch.Tensor) -> list[ExchangeStats]:
+        """Land the previous step's exchange (wait for it, add the sums) and vote, then start this step's in the
         background: the next step trains while these changes travel. A rank's model therefore lags the other
         ranks' changes by one step (never its own); every rank adds the same sums to the same reference."""
         stats = self._land()
@@ -418,6 +438,7 @@ class DataParallelTrainer:
                 own = replica.change(chosen.get(replica.name))
                 job = self.mailer.submit(self._send, replica, own)
             self.in_flight.append((replica, own, job, time.perf_counter() - t0))
+        self.vote_in_flight = (vote, self.mailer.submit(dist.all_reduce, vote, group=self.async_group))
         return stats
 
     def _land(self) -> list[ExchangeStats]:
@@ -440,7 +461,18 @@ class DataParallelTrainer:
             st.phases.update(take=put_s, wait=waited, land=st.seconds - put_s - waited)
             stats.append(st)
         self.in_flight = []
+        self._land_vote()
         return stats
+
+    def _land_vote(self) -> None:
+        """Wait for the vote in flight, if any, and count it (it follows its step's exchange in the mailer: that
+        exchange is done too, its sums not added yet)."""
+        if self.vote_in_flight is not None:
+            vote, job = self.vote_in_flight
+            self.vote_in_flight = None
+            with self.watch.guard(self.step, "the end of the step"):
+                job.result()
+            self._count(vote)
 
     def _send(self, replica: Replica, own: RowSparse) -> tuple[Any, ExchangeStats]:
         """Background thread: the sum over all ranks of their changes, sparse or dense as :meth:`_replicated`."""
@@ -545,20 +577,31 @@ class DataParallelTrainer:
         return stats
 
     # ----------------------------------------------------------------------------- agreeing and accounting
-    def _agree(self, results: list[tuple], want_stop: bool, due: bool) -> tuple[float, int, bool, bool]:
-        """One small all-reduce: the step's loss and pairs over all ranks, and whether any rank wants to stop or
-        rank 0 wants a checkpoint (so every rank takes the same decision)."""
-        vec = torch.tensor([sum(r[0] for r in results), sum(r[1] for r in results), float(want_stop), float(due)],
-                           dtype=torch.float64)
-        with self.watch.guard(self.step, "the end of the step"):
-            dist.all_reduce(vec, group=self.group)
-        loss, pairs, stop_now, due_now = vec.tolist()
-        return loss, int(pairs), stop_now > 0, due_now > 0
+    @staticmethod
+    def _vote(results: list[tuple], want_stop: bool, due: bool) -> torch.Tensor:
+        """This rank's part of the step's agreement: its loss and pairs, whether it wants to stop, whether it
+        (rank 0) wants a checkpoint; summed over the ranks."""
+        return torch.tensor([sum(r[0] for r in results), sum(r[1] for r in results), float(want_stop), float(due)],
+                            dtype=torch.float64)
 
-    def _advance(self, schedule: Schedule, first: int, per_step: int, loss: float, pairs: int) -> None:
-        """Move the model past the step's jobs with the loss and pairs of all ranks; drop their corpus pages."""
+    def _agree(self, vote: torch.Tensor) -> None:
+        """Sum the step's votes over all ranks now (one small all-reduce, synchronous steps) and count them."""
+        with self.watch.guard(self.step, "the end of the step"):
+            dist.all_reduce(vote, group=self.group)
+        self._count(vote)
+
+    def _count(self, vote: torch.Tensor) -> None:
+        """A step's summed votes: its loss and pairs join the model's epoch (a UserError when the loss is not
+        finite), a stop or checkpoint any rank asked for is acted on by the next decision (:attr:`wants`)."""
+        loss, pairs, stop, due = vote.tolist()
+        self.model.advance(self.schedule, self.model.position.job, loss, int(pairs))
+        self.wants = [self.wants[0] or stop > 0, self.wants[1] or due > 0]
+
+    def _advance(self, schedule: Schedule, first: int, per_step: int) -> None:
+        """Move the model past the step's jobs (their loss is counted when their vote lands); drop their corpus
+        pages."""
         last = min(first + per_step, schedule.n_jobs)
-        self.model.advance(schedule, last, loss, pairs)
+        self.model.advance(schedule, last, 0.0, 0)
         self.model.corpus.release(*schedule.tokens(first, last))
 
     def _log_step(self, run: _Run, compute_s: float, exchange_s: float, stats: list[ExchangeStats],
