@@ -113,7 +113,7 @@ def _add_data_parallel(train: argparse.ArgumentParser) -> None:
     dp.add_argument("--budget", default=None, metavar="off|auto|MB",
                     help="megabytes a rank's change may take on the wire a step: the rows with the largest change "
                     "go first, the others wait in the rank's working copy (none is lost; none waits more than "
-                    "8 steps); auto: what the measured exchange gets through in a step's training time, at most 2 "
+                    "8 steps); auto: what the measured exchange gets through in a step's training time, at most 7.5 "
                     "rows per 100 tokens; off: every touched row (default: auto when the ranks span hosts, else off; "
                     "ranks on one host with shared memory ignore it)")
     dp.add_argument("--transport", choices=_values(Transport), default=Transport.AUTO.value,

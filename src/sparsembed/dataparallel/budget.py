@@ -9,7 +9,9 @@ largest. Nothing is lost: a row's change waits, it is never dropped (the delta-a
 :data:`MAX_AGE` steps: a row that old goes first, whatever its size. A run's last exchange sends every row.
 
 ``auto`` starts at :data:`ROWS_PER_TOKEN` rows per token the step trains (measured on wiki17m across 2 hosts,
-BENCHMARKS.md: more rows than that bought no accuracy, half of it lost 1.3-1.5 points of analogy) and steers by
+BENCHMARKS.md: more rows than that bought no accuracy, half of it lost 1.5 points of analogy, a quarter of it 2.4
+points; a budget far below the rows a step touches also makes many rows reach :data:`MAX_AGE` together, and a
+step that must send them all) and steers by
 what the step waited for: when a step waited for the exchange more than :data:`WAIT_SHARE` of its training time
 while the exchange itself ran longer than :data:`FILL` of it (the link or the host cannot keep up, as opposed to a
 peer that was late), the budget shrinks by :data:`SHRINK`; otherwise it grows by :data:`GROW`, back up to that cap.
@@ -39,7 +41,7 @@ WAIT_SHARE = 0.1
 SHRINK = 0.7
 GROW = 1.25
 #: The most rows a step's ``auto`` budget holds per token the rank trained in it (see the module docstring).
-ROWS_PER_TOKEN = 0.02
+ROWS_PER_TOKEN = 0.075
 #: The smallest budget ``auto`` sets, in rows.
 MIN_ROWS = 1024
 
