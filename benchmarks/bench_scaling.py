@@ -12,8 +12,9 @@ Steps (the model is :mod:`sparsembed.bench.scaling`):
    without a link limit: what is left is packing, summing and the TCP stack), or ``--host-cost``;
 4. predict N = 1..256 hosts at each ``--gbit`` for every strategy (sampled steps and ranks, see the output), with
    the trainer's tokens per rank and step for each N (``step_tokens_for``) unless ``--job-tokens`` fixes them, and
-   the hot-row syncs beyond two ranks for the ``-hot`` configs; ``replicated-int8-hot`` overlapped is what the
-   trainer does across hosts by default (its efficiency at 64 hosts, 10 Gbit/s is printed at the end);
+   the hot-row syncs beyond two ranks for the ``-hot`` configs and the trainer's byte budget for the ``-budget``
+   ones; ``replicated-int8-hot-budget`` overlapped is what the trainer does across hosts by default (its efficiency
+   at 64 hosts, 10 Gbit/s is printed at the end, beside ``replicated-int8-hot``, the default before the budget);
 5. validate: the same model at N = 2 against every run in ``--measured`` (per-step bytes and seconds, words/s),
    the whole-command wall times of ``--whole-command GBIT:PAIR_S:SINGLE_S`` (2 hosts x 1 thread against one
    process x 1 thread, 5 epochs, default settings), and the exchange benchmark across 2 and 4 namespaces
@@ -44,6 +45,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sparsembed.bench.scaling import (  # noqa: E402
     ACROSS_HOSTS,
+    ACROSS_HOSTS_UNBUDGETED,
     CONFIGS,
     Config,
     Workload,
@@ -450,7 +452,8 @@ def plot(path: str, predictions: dict[str, list[dict[str, Any]]]) -> None:
         for ax in (top, bottom):
             ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=6, loc="upper left")
-    fig.suptitle("Predicted data-parallel word2vec (* = not implemented in the trainer yet)")
+    pending = " (* = not implemented in the trainer yet)" if not all(c.implemented for c in CONFIGS) else ""
+    fig.suptitle(f"Predicted data-parallel word2vec{pending}")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -556,8 +559,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(predicted: dict[str, dict[str, list]], hosts: int = 64, gbit: float = 10.0) -> None:
     """At ``hosts`` and ``gbit``, in every variant: the efficiency of the trainer's default across hosts
-    (:data:`ACROSS_HOSTS` overlapped) and where its step goes, the earlier default (replicated fp32, no hot syncs)
-    beside it, and the best config there."""
+    (:data:`ACROSS_HOSTS` overlapped) and where its step goes, the earlier defaults (int8 with hot syncs and no
+    budget; replicated fp32, no hot syncs) beside it, and the best config there."""
     for variant, models in predicted.items():
         for name, rows in models.items():
             here = {r["config"]: r for r in rows if r["hosts"] == hosts and r["gbit_s"] == gbit}
@@ -568,6 +571,9 @@ def summary(predicted: dict[str, dict[str, list]], hosts: int = 64, gbit: float 
             o = r["overlap"]
             best = max(here.values(), key=_best_efficiency)
             before = f"; replicated fp32 without hot syncs {_best_efficiency(old):.3f}" if old else ""
+            unbudgeted = here.get(ACROSS_HOSTS_UNBUDGETED)
+            if unbudgeted:
+                before += f"; without the budget ({ACROSS_HOSTS_UNBUDGETED}) {_best_efficiency(unbudgeted):.3f}"
             print(f"{name}, {hosts} hosts, {gbit:g} Gbit/s, {variant}: default across hosts ({ACROSS_HOSTS}, "
                   f"overlapped) efficiency {o['efficiency']:.3f} ({_m(o['words_per_s'])} words/s; synchronous "
                   f"{r['sync']['efficiency']:.3f}; step {o['step_s'] * 1e3:.0f} ms: compute "

@@ -68,13 +68,13 @@ VARIANTS = {"default": [], "sync": ["--values", "fp32", "--no-overlap"], "fp16":
 
 
 def train_netns(corpus: str, out: Path, epochs: int, job_tokens: int, timeout: float,
-                extra: list[str] = ()) -> tuple[float, list[str]]:
+                extra: list[str] = (), hosts: int = HOSTS) -> tuple[float, list[str]]:
     """One training run across the namespaces; its wall seconds and the commands (for the record)."""
     port = str(29600 + os.getpid() % 1000)
     args = ["train", corpus, "--out", str(out), "--workers", "1", "--epochs", str(epochs), "--job-tokens",
             str(job_tokens), "--transport", "auto", "--quiet", *extra]
     t0 = time.perf_counter()
-    _, commands = nx.torchrun_everywhere(HOSTS, args, port, timeout)
+    _, commands = nx.torchrun_everywhere(hosts, args, port, timeout)
     return time.perf_counter() - t0, commands
 
 
@@ -112,6 +112,15 @@ def evaluate(out: Path) -> dict:
             "ws353": round(next(iter(scores["pairs"].values()))["spearman"], 4)}
 
 
+def training_seconds(metrics: Path) -> float | None:
+    """Seconds from the start of training to the last progress record of a run's metrics.jsonl."""
+    last = None
+    for line in metrics.read_text().splitlines():
+        if '"elapsed_s"' in line:
+            last = json.loads(line)["elapsed_s"]
+    return last
+
+
 def summarize(metrics: Path) -> dict:
     """The figures of one run from rank 0's metrics.jsonl."""
     steps, words = [], None
@@ -137,6 +146,7 @@ def summarize(metrics: Path) -> dict:
             "encodings": sorted({r["matrices"][name]["encoding"] for r in steps}),
         }
     return {
+        "train_s": training_seconds(metrics),  # wall_s - train_s: the start (launch, scan) and the end (outputs)
         "steps": len(steps),
         "median_compute_s": round(statistics.median(compute), 4),
         "median_exchange_s": round(statistics.median(exch), 4),
@@ -163,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--single", action="store_true", help="also time one process with one thread, each repeat")
     ap.add_argument("--seed", type=int, default=None, help="--seed of every training run (the package's default)")
     ap.add_argument("--eval", action="store_true", help="score every run's vectors (analogy, wordsim353)")
+    ap.add_argument("--hosts", type=int, default=HOSTS, help=f"namespaces, one rank each ({HOSTS})")
     ap.add_argument("--rate", default="1gbit", help="each veth end's tc tbf rate (1gbit; e.g. 10gbit)")
     ap.add_argument("--no-loopback", action="store_true", help="skip the loopback (--nproc 2 --transport tcp) runs")
     ap.add_argument("--workdir", default=None, help="where the runs' --out directories go (a temporary one)")
@@ -193,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                      "cores": os.cpu_count(), "runs": []}
     ok = True
     try:
-        with nx.network(HOSTS):
+        with nx.network(args.hosts):
             results["link_mbit_s"] = round(nx.link_check(), 1)
             print(f"link {results['link_mbit_s']:.0f} Mbit/s (one TCP stream)", flush=True)
             for rep, j, v in ((rep, j, v) for rep in range(args.repeats) for j in args.job_tokens
@@ -203,13 +214,16 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(out, ignore_errors=True)
                     wall, commands = train_single(corpus, out, args.epochs, args.timeout, seed)
                     res = {"setup": "one process, 1 thread", "repeat": rep, "wall_s": round(wall, 1),
-                           "commands": commands, **(evaluate(out) if args.eval else {})}
+                           "train_s": training_seconds(out / "metrics.jsonl"), "commands": commands,
+                           **(evaluate(out) if args.eval else {})}
                     results["runs"].append(res)
                     print(json.dumps({k: v for k, v in res.items() if k != "commands"}), flush=True)
                 out = work / f"netns-j{j}-{v}-r{rep}"
                 shutil.rmtree(out, ignore_errors=True)
-                wall, commands = train_netns(corpus, out, args.epochs, j, args.timeout, variants[v])
-                res = {"setup": f"netns {args.rate}, auto, {v}", "job_tokens": j, "repeat": rep, "variant": v,
+                wall, commands = train_netns(corpus, out, args.epochs, j, args.timeout, variants[v], args.hosts)
+                hosts = "" if args.hosts == HOSTS else f" x{args.hosts}"
+                res = {"setup": f"netns {args.rate}{hosts}, auto, {v}", "hosts": args.hosts, "job_tokens": j,
+                       "repeat": rep, "variant": v,
                        "flags": variants[v], "wall_s": round(wall, 1), "commands": commands,
                        **summarize(out / "metrics.jsonl"), **(evaluate(out) if args.eval else {})}
                 res["shm_used"] = "shm" in res["encodings"]

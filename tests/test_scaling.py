@@ -1,6 +1,7 @@
 """The scaling model (sparsembed.bench.scaling, its time model sparsembed.bench.steptime): its simulated rows against
-the kernel and a plain-Python count, its byte rules against the package's own, the hot-row syncs and the default
-tokens per step as the trainer has them, and its time model's edge cases."""
+the kernel and a plain-Python count, its byte rules against the package's own, the hot-row syncs, the default
+tokens per step and the byte budget (auto's cap, the rows that go) as the trainer has them, and its time model's
+edge cases."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import torch
 
 from sparsembed.bench.scaling import (
     ACROSS_HOSTS,
+    ACROSS_HOSTS_UNBUDGETED,
     CONFIGS,
     Config,
+    SampledWorld,
     StepRows,
     Workload,
     apply_budget,
+    budget_rows,
+    cut_to_rows,
     exchange_traffic,
     hot_sync,
     message_bytes,
@@ -26,6 +31,7 @@ from sparsembed.bench.scaling import (
 )
 from sparsembed.bench.steptime import HostCost, HotSync, Link, StepTime, hot_seconds, run_seconds, step_time
 from sparsembed.comm.policy import Mode, goes_dense, ring_bytes
+from sparsembed.dataparallel import budget as trainer_budget
 from sparsembed.dataparallel.options import HOT_ROWS, ExchangeOptions, step_tokens_for
 from sparsembed.errors import UserError
 from sparsembed.rows import codec
@@ -260,8 +266,11 @@ def test_bad_inputs_give_one_line(work: Workload) -> None:
     assert "job tokens" in _one_line(e)
 
 
-def test_auto_budget_hides_the_exchange_behind_compute(work: Workload) -> None:
-    budget = next(c for c in CONFIGS if c.budget == "auto")
+def test_auto_budget_hides_the_exchange_behind_compute(work: Workload, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a vocabulary of 80 words: the trainer's floor (MIN_ROWS) would hold every touched row; the cap, far off
+    monkeypatch.setattr(trainer_budget, "MIN_ROWS", 1)
+    monkeypatch.setattr(trainer_budget, "ROWS_PER_TOKEN", 10.0)
+    budget = next(c for c in CONFIGS if c.budget == "auto" and not c.hot)
     plain = next(c for c in CONFIGS if c.name == "replicated")
     rows = predict(work, 2e5, [4], [Link(0.01, latency_s=1e-5)], HostCost(1e-9, 1e-9), configs=[plain, budget],
                    steps=2, max_ranks=4)
@@ -293,8 +302,13 @@ def wide() -> Workload:
 def test_default_across_hosts_is_replicated_int8_with_hot_syncs() -> None:
     config = next(c for c in CONFIGS if c.name == ACROSS_HOSTS)
     wide_opts = ExchangeOptions().validate().across_hosts(True)
-    assert (config.strategy, config.values, config.hot, config.overlaps) == ("replicated", wide_opts.values, True,
-                                                                             wide_opts.overlap)
+    assert (config.strategy, config.values, config.hot, config.overlaps, config.budget) == (
+        wide_opts.strategy.value, wide_opts.values, True, wide_opts.overlap, wide_opts.budget)
+    assert (config.values, config.budget, config.implemented) == ("int8", "auto", True)
+    assert wide_opts.hot_rows_for(4, 50_000) == config.hot_rows(4, 50_000) == HOT_ROWS  # hot syncs beyond 2 ranks
+    assert all(c.implemented and "*" not in c.name for c in CONFIGS)  # the trainer runs every config now
+    before = next(c for c in CONFIGS if c.name == ACROSS_HOSTS_UNBUDGETED)  # the earlier default, its tables
+    assert (before.strategy, before.values, before.hot, before.budget) == ("replicated", "int8", True, None)
     assert any(c.name == "replicated" and not c.hot for c in CONFIGS)  # the earlier table, without hot syncs
 
 
@@ -384,3 +398,114 @@ def test_hot_syncs_cost_words_per_s_at_many_ranks(wide: Workload) -> None:
     for overlap in (False, True):
         times, _ = time_world(sampled, HOT, 1e6, 1, link, HostCost(), overlap)
         assert all(t.step_s >= t.compute_s + t.hot_s > t.compute_s for t in times)
+
+
+# ----------------------------------------------------------------------------------------------- the trainer's budget
+AUTO = Config("b", "replicated", "int8", budget="auto")
+FAST = Link(100.0, latency_s=0.0)  # the whole change hides behind any compute: only the cap can bind
+
+
+def _sent_rows(traffic: list) -> np.ndarray:
+    return sum(t.rows for t in traffic)
+
+
+def test_auto_cap_is_the_trainers(monkeypatch: pytest.MonkeyPatch) -> None:
+    for tokens in (400, 250_000, 10_000_000):
+        assert budget_rows(AUTO, 100, tokens) == trainer_budget.Budget("auto", 108, {}, tokens).cap \
+            == max(trainer_budget.MIN_ROWS, int(trainer_budget.ROWS_PER_TOKEN * tokens))
+    monkeypatch.setattr(trainer_budget, "ROWS_PER_TOKEN", 0.05)  # the constant is read, not copied
+    monkeypatch.setattr(trainer_budget, "MIN_ROWS", 1)
+    assert budget_rows(AUTO, 100, 400) == 20
+    # bytes: a rank's change, in rows of values (int8: dim + a 4-byte scale) and a 4-byte index, as --budget MB
+    assert budget_rows(Config("f", "replicated", "int8", budget=16 * 50 + 8.0), 8, 400) == 50
+    with pytest.raises(UserError):
+        budget_rows(Config("r", "replicated", "int8"), 8, 400)
+
+
+def test_auto_cap_binds(work: Workload, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trainer_budget, "ROWS_PER_TOKEN", 0.05)  # 400 tokens a rank and step: a cap of 20 rows
+    monkeypatch.setattr(trainer_budget, "MIN_ROWS", 1)
+    sampled = simulate_world(work, 4, [AUTO], steps=2, max_ranks=4)
+    for overlap in (False, True):
+        for link in (FAST, Link(0.001)):  # on a slow link the rows that hide are fewer still
+            times, sent = time_world(sampled, AUTO, 1e6, 1, link, HostCost(), overlap)
+            for touched, went in zip(sampled.traffic[AUTO.name], sent, strict=True):
+                assert np.all(_sent_rows(touched) > 20)
+                assert np.all(_sent_rows(went) <= 20) and all(t.mode == "sparse" for t in went)
+                if link is FAST:
+                    assert np.all(_sent_rows(went) == 20)  # the cap, not more
+                    assert all(0 < t.rows_sent_share < 1 for t in went)
+                    plain = [t.unbudgeted for t in touched]
+                    assert all(np.all(w.sent < p.sent) for w, p in zip(went, plain, strict=True))
+    monkeypatch.setattr(trainer_budget, "ROWS_PER_TOKEN", 10.0)  # a cap above every touched row: nothing waits
+    _, sent = time_world(sampled, AUTO, 1e6, 1, FAST, HostCost(), True)
+    for touched, went in zip(sampled.traffic[AUTO.name], sent, strict=True):
+        assert all(w is t.unbudgeted and w.rows_sent_share == 1.0 for w, t in zip(went, touched, strict=True))
+
+
+def test_fixed_budget_counts_a_ranks_change(work: Workload) -> None:
+    config = Config("f", "replicated", "int8", budget=16 * 50 + 8.0)  # dim 8: 50 rows of 16 bytes
+    sampled = simulate_world(work, 3, [config], steps=2, max_ranks=3)
+    _, sent = time_world(sampled, config, 1e6, 1, FAST, HostCost(), False)
+    for touched, went in zip(sampled.traffic[config.name], sent, strict=True):
+        assert np.array_equal(_sent_rows(went), np.minimum(_sent_rows(touched), 50))
+
+
+def test_unbudgeted_configs_ignore_the_budget(work: Workload, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = [c for c in CONFIGS if c.budget is None and c.strategy == "replicated"]
+    sampled = simulate_world(work, 4, [*plain, AUTO], steps=2, max_ranks=4)
+
+    def timed() -> dict[str, list[float]]:
+        return {c.name: [t.step_s for t in time_world(sampled, c, 1e6, 1, Link(0.01), HostCost(), True)[0]]
+                for c in [*plain, AUTO]}
+
+    before = timed()
+    monkeypatch.setattr(trainer_budget, "ROWS_PER_TOKEN", 1e-6)
+    monkeypatch.setattr(trainer_budget, "MIN_ROWS", 1)
+    after = timed()
+    assert after[AUTO.name] != before[AUTO.name]  # the budget bit
+    for c in plain:
+        assert after[c.name] == before[c.name]
+        _, sent = time_world(sampled, c, 1e6, 1, Link(0.01), HostCost(), True)
+        assert all(s is t for s, t in zip(sent, sampled.traffic[c.name], strict=True))  # as simulated, uncut
+
+
+def test_cut_rows_sum_to_the_limit_and_may_go_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    world, num_rows, dim = 8, 2000, 10
+    step = _step(world, [0.9, 0.8, 0.9, 0.85, 0.9, 0.9, 0.7, 0.9], num_rows)
+    traffic = [exchange_traffic(AUTO, step, m, num_rows, dim) for m in (0, 1)]
+    assert all(t.unbudgeted.mode == "dense" for t in traffic)  # the trainer's own way: a dense all-reduce
+    limit = np.array([1000, 1001, 3000, 10, 0, 2000, 5000, 1])
+    cut = cut_to_rows(traffic, world, limit)
+    assert np.array_equal(_sent_rows(cut), np.minimum(limit, _sent_rows(traffic)))
+    assert all(np.all(c.rows <= t.rows) and np.all(c.message <= t.message) for c, t in zip(cut, traffic, strict=True))
+    assert cut[0].message[4] == cut[1].message[4] == codec.HEADER_SIZE  # no row: the header alone
+    sampled = SampledWorld(world, [1000.0], {AUTO.name: [traffic]}, {AUTO.name: None}, 1000, num_rows, dim)
+    monkeypatch.setattr(trainer_budget, "MIN_ROWS", 1)
+    for cap, mode in ((2000, "dense"), (100, "sparse")):  # the trainer decides from the rows chosen
+        monkeypatch.setattr(trainer_budget, "ROWS_PER_TOKEN", cap / 1000)  # 1000 tokens a rank and step
+        sent = time_world(sampled, AUTO, 1e6, 1, FAST, HostCost(), True)[1][0]
+        assert np.all(_sent_rows(sent) == cap)
+        assert {t.mode for t in sent} == {mode} and all(0 < t.rows_sent_share < 1 for t in sent)
+
+
+def test_auto_shrinks_while_the_rows_chosen_go_dense_and_do_not_hide(monkeypatch: pytest.MonkeyPatch) -> None:
+    world, num_rows, dim = 8, 2000, 10
+    step = _step(world, [0.9] * world, num_rows)
+    traffic = [exchange_traffic(AUTO, step, m, num_rows, dim) for m in (0, 1)]
+    sampled = SampledWorld(world, [1000.0], {AUTO.name: [traffic]}, {AUTO.name: None}, 1000, num_rows, dim)
+    monkeypatch.setattr(trainer_budget, "MIN_ROWS", 1)
+    monkeypatch.setattr(trainer_budget, "ROWS_PER_TOKEN", 2.0)  # a cap of 2000 rows: they go dense
+    slow_dense = HostCost(0.0, 1e-6)  # a dense all-reduce's host work takes far longer than the step's compute
+    times, sent = time_world(sampled, AUTO, 1e6, 1, FAST, slow_dense, True)
+    rows = _sent_rows(sent[0])
+    assert {t.mode for t in sent[0]} == {"sparse"} and times[0].exchange_s <= times[0].compute_s
+    steps = [2000]  # the limits auto steers through: SHRINK a step
+    while steps[-1] > rows[0]:
+        steps.append(int(steps[-1] * trainer_budget.SHRINK))
+    assert np.all(rows == steps[-1]) and len(steps) > 2  # shrunk by SHRINK steps, every rank alike
+    before = cut_to_rows(traffic, world, steps[-2])  # one step before: the rows chosen still went dense
+    assert any(goes_dense(Mode.AUTO, t.rows * (dim + 4), num_rows * dim * 4, world) for t in before)
+    dense = HostCost(0.0, 0.0)  # the same rows dense, at no host cost, hide: the cap stands
+    _, sent = time_world(sampled, AUTO, 1e6, 1, FAST, dense, True)
+    assert np.all(_sent_rows(sent[0]) == 2000) and {t.mode for t in sent[0]} == {"dense"}

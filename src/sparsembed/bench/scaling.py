@@ -16,8 +16,12 @@ It owns three things, each from the package's own parts rather than from assumpt
   float32 fresh rows back, for fp32, fp16 and int8 values (``dim`` bytes and a 4-byte scale a row). Beyond two
   ranks a config with ``hot`` syncs the hot rows as the trainer does (``ExchangeOptions.hot_rows_for``): rows
   below ``hot`` leave the step's main exchange (:func:`without_hot`) and travel in ``rounds`` float32 all-reduces
-  a matrix (:func:`hot_sync`). One thing the trainer does not have yet is modelled and marked so (``*``): a byte
-  budget per step (:func:`apply_budget`).
+  a matrix (:func:`hot_sync`). A config with a byte budget cuts each rank's main exchange as the trainer's
+  ``--budget`` (:mod:`sparsembed.dataparallel.budget`) does: at most a limit of rows over both matrices
+  (:func:`budget_rows`: ``auto``'s cap of ``ROWS_PER_TOKEN`` rows per token the rank trains in a step, shrunk to
+  the rows whose bytes hide behind the step's compute, :func:`auto_budget`, when the whole change does not, and
+  by ``SHRINK`` steps while the rows chosen still do not, as when they go dense; bytes: the trainer's megabytes as
+  rows), the rest pending (:func:`cut_to_rows`).
 * **time** (:mod:`sparsembed.bench.steptime`, re-exported here): a step's compute (tokens / a measured rate),
   exchange (bytes at the link's payload rate, a latency per round of messages, and an optional host cost per byte
   for packing, summing and the TCP stack), added (synchronous) or overlapped, and the hot syncs in the foreground;
@@ -60,6 +64,7 @@ from sparsembed.bench.steptime import (
 )
 from sparsembed.comm.policy import Mode, goes_dense, ring_bytes
 from sparsembed.comm.transport import EAGER_BYTES
+from sparsembed.dataparallel import budget as trainer_budget
 from sparsembed.dataparallel.options import STEP_TOKENS, ExchangeOptions, step_tokens_for
 from sparsembed.errors import UserError
 from sparsembed.rows import codec, rowsets
@@ -67,8 +72,9 @@ from sparsembed.rows.values import Values
 from sparsembed.word2vec import kernels
 from sparsembed.word2vec.schedule import Schedule, job_boundaries, split_sentences
 
-__all__ = ["Workload", "Link", "HostCost", "Config", "CONFIGS", "ACROSS_HOSTS", "Traffic", "StepTime", "StepRows",
-           "HotSync", "mark_job", "message_bytes", "row_bytes", "exchange_traffic", "apply_budget", "step_time",
+__all__ = ["Workload", "Link", "HostCost", "Config", "CONFIGS", "ACROSS_HOSTS", "ACROSS_HOSTS_UNBUDGETED", "Traffic",
+           "StepTime", "StepRows", "HotSync", "mark_job", "message_bytes", "row_bytes", "exchange_traffic",
+           "budget_rows", "hide_rows", "cut_to_rows", "apply_budget", "step_time",
            "run_seconds", "hot_seconds", "hot_sync", "without_hot", "sample_steps", "SampledWorld", "simulate_world",
            "simulate_worlds", "time_world", "auto_budget", "predict", "predicted_rows", "measure_rate"]
 
@@ -84,10 +90,14 @@ _VALUES = ("fp32", "fp16", "int8")
 # ----------------------------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class Config:
-    """One way of exchanging a step: a strategy, a value type, an optional byte budget (``"auto"`` or bytes per
-    rank and step), and whether the hot rows are synced after every round (``hot``: the trainer's ``--hot-rows
-    auto``, which syncs beyond two ranks only; off: ``--hot-rows 0``, the exchange before the hot syncs).
-    ``implemented``: whether ``sparsembed train`` can run it today."""
+    """One way of exchanging a step: a strategy, a value type, an optional byte budget, and whether the hot rows
+    are synced after every round (``hot``: the trainer's ``--hot-rows auto``, which syncs beyond two ranks only;
+    off: ``--hot-rows 0``, the exchange before the hot syncs). ``implemented``: whether ``sparsembed train`` can
+    run it today.
+
+    ``budget``: ``None`` (``--budget off``), ``"auto"`` (``--budget auto``) or a number of bytes: what a rank's own
+    change may take a step, the trainer's ``--budget`` megabytes x 1e6 (turned into rows as the trainer does,
+    :func:`budget_rows`)."""
 
     name: str
     strategy: str  # "dense" (ring all-reduce of every row), "replicated" (the trainer's default), "sharded"
@@ -123,11 +133,15 @@ class Config:
 _HOT_AUTO = ExchangeOptions().validate()
 
 #: The config whose overlapped column is what ``sparsembed train`` does across hosts by default
-#: (``ExchangeOptions.across_hosts``: replicated, int8 values, ``--overlap``, hot-row syncs beyond two ranks).
-ACROSS_HOSTS = "replicated-int8-hot"
+#: (``ExchangeOptions.across_hosts``: replicated, int8 values, ``--overlap``, hot-row syncs beyond two ranks,
+#: ``--budget auto``).
+ACROSS_HOSTS = "replicated-int8-hot-budget"
+#: The default across hosts before the byte budget (int8, overlap, hot syncs, every touched row): earlier tables.
+ACROSS_HOSTS_UNBUDGETED = "replicated-int8-hot"
 
-#: The strategies the model compares; a ``*`` marks what the trainer does not implement yet. The configs without
-#: ``-hot`` leave the hot rows in the main exchange (``--hot-rows 0``: the earlier tables).
+#: The strategies the model compares, all of them implemented by the trainer (``implemented=False``, and a ``*``
+#: in the name, would mark one that is not). The configs without ``-hot`` leave the hot rows in the main exchange
+#: (``--hot-rows 0``: the earlier tables).
 CONFIGS = (
     Config("dense", "dense"),
     Config("replicated", "replicated"),
@@ -135,9 +149,10 @@ CONFIGS = (
     Config("sharded", "sharded"),
     Config("sharded-fp16", "sharded", "fp16"),
     Config("replicated-int8", "replicated", "int8"),
-    Config("replicated-int8-budget*", "replicated", "int8", budget="auto", implemented=False),
+    Config("replicated-int8-budget", "replicated", "int8", budget="auto"),
     Config("replicated-hot", "replicated", hot=True),
-    Config(ACROSS_HOSTS, "replicated", "int8", hot=True),
+    Config(ACROSS_HOSTS_UNBUDGETED, "replicated", "int8", hot=True),
+    Config(ACROSS_HOSTS, "replicated", "int8", budget="auto", hot=True),
 )
 
 
@@ -380,14 +395,14 @@ class Traffic:
 
     matrix: str
     mode: str  # "none" (one rank), "sparse", "dense" or "sharded"
-    rows: np.ndarray
+    rows: np.ndarray  # per sampled rank: its distinct rows (under a budget's cut, the rows it sends)
     message: np.ndarray
     sent: np.ndarray
     recv: np.ndarray
     host_bytes: np.ndarray
     host_kind: str  # "sparse" or "dense": which HostCost rate applies
     rounds: int
-    rows_sent_share: float = 1.0
+    rows_sent_share: float = 1.0  # under a budget's cut: the rows sent over the rows touched (sampled ranks)
     message_fp32: np.ndarray | None = None  # sparse: each rank's message with float32 values (the host's share)
     unbudgeted: Traffic | None = None  # under a budget: what the trainer's own rule would send (maybe dense)
 
@@ -408,10 +423,8 @@ def exchange_traffic(config: Config, step: StepRows, matrix: int, num_rows: int,
         if owners is None:
             raise UserError("the sharded strategy needs its owners map (Owners for this world)")
         return _sharded(name, ids, step, owners, num_rows, dim, config.values)
-    # The trainer's decision: every rank's touched rows x the row width, against the float32 ring's bytes.
-    sizes = np.resize(counts * row_bytes(dim, config.values), step.world)
     dense = None
-    if goes_dense(Mode.AUTO, sizes, num_rows * dim * 4, step.world):
+    if _goes_dense(counts, step.world, num_rows, dim, config.values):
         dense = _dense(name, counts, step.world, num_rows, dim, config.values, size_round=True)
         if config.budget is None:
             return dense
@@ -420,6 +433,13 @@ def exchange_traffic(config: Config, step: StepRows, matrix: int, num_rows: int,
     if config.budget is not None:  # a budget cuts the sparse messages, when the trainer's own way does not fit
         sparse.unbudgeted = dense or sparse
     return sparse
+
+
+def _goes_dense(counts: np.ndarray, world: int, num_rows: int, dim: int, values: str) -> bool:
+    """The trainer's decision: every rank's rows x the row width (sampled ranks repeated to ``world``), against
+    the float32 ring's bytes (:func:`~sparsembed.comm.policy.goes_dense`)."""
+    sizes = np.resize(counts * row_bytes(dim, values), world)
+    return goes_dense(Mode.AUTO, sizes, num_rows * dim * 4, world)
 
 
 def _dense(name: str, counts: np.ndarray, world: int, num_rows: int, dim: int, values: str,
@@ -500,38 +520,93 @@ def without_hot(step: StepRows, hot: int) -> StepRows:
     return StepRows(step.world, step.step, step.ranks, (rows[0], rows[1]), step.tokens)
 
 
-def apply_budget(traffic: list[Traffic], world: int, budget: float) -> list[Traffic]:
-    """Replicated sparse traffic capped at ``budget`` bytes a rank and step on its busier direction: each rank's
-    messages (both matrices) shrink to ``budget / (N - 1)``, sending its most significant rows; the rest stay
-    pending (error feedback: the trainer does not implement this yet). ``rows_sent_share`` says how much went."""
+def budget_rows(config: Config, dim: int, step_tokens: int) -> int:
+    """The most rows (both matrices) a rank sends a step under ``config``'s budget, as the trainer's
+    :class:`~sparsembed.dataparallel.budget.Budget` sets it: ``auto``: its cap,
+    :data:`~sparsembed.dataparallel.budget.ROWS_PER_TOKEN` rows per token of ``step_tokens`` (the rank's tokens a
+    step; at least ``MIN_ROWS``); bytes: as many rows of values and a 4-byte index as fit (the trainer's
+    ``--budget`` in megabytes, x 1e6). Raises UserError for a config without a budget."""
+    if config.budget is None:
+        raise UserError(f"config {config.name!r} has no byte budget")
+    setting = "auto" if config.budget == "auto" else float(config.budget) / 1e6
+    row = row_bytes(dim, config.values) + 4  # as the trainer sizes a row: its values and at most a 4-byte index
+    return trainer_budget.Budget(setting, row, {}, int(step_tokens)).limit()
+
+
+def _cuttable(traffic: list[Traffic], world: int) -> bool:
+    """Whether a budget has anything to cut (False: one rank, nothing exchanged); raises UserError for traffic
+    other than replicated sparse messages."""
     if world == 1 or not traffic or traffic[0].mode == "none":
+        return False
+    if any(t.mode != "sparse" for t in traffic):
+        raise UserError("a byte budget applies to the replicated sparse exchange only")
+    return True
+
+
+def hide_rows(traffic: list[Traffic], world: int, budget: float) -> np.ndarray:
+    """Rows each sampled rank may send (both matrices) for its messages to stay within ``budget`` bytes a step on
+    its busier direction: ``budget / (N - 1)`` bytes of messages, their headers and the rest at the rank's own
+    bytes per row (values and row set)."""
+    rows = sum(t.rows for t in traffic)
+    headers = codec.HEADER_SIZE * len(traffic)
+    per_row = (sum(t.message for t in traffic) - headers) / np.maximum(rows, 1)
+    return np.floor(max(budget / (world - 1) - headers, 0.0) / np.maximum(per_row, 1.0)).astype(np.int64)
+
+
+def cut_to_rows(traffic: list[Traffic], world: int, limit: int | np.ndarray) -> list[Traffic]:
+    """Replicated sparse traffic with each rank's rows over both matrices cut to ``limit`` (one for every rank, or
+    one per sampled rank), as the trainer's budget cuts them; the other rows stay pending (error feedback).
+
+    Each matrix keeps the same share of its rows (rounded so that a rank's rows sum to its limit); a message keeps
+    its header, its values shrink with its rows and so does its row-set encoding (in proportion: the index
+    encoding's bytes per row grow by about a bit each time the rows halve, neglected). The result's ``rows``
+    are the rows sent, ``rows_sent_share`` their share of the rows touched."""
+    if not _cuttable(traffic, world):
+        return traffic
+    touched = np.stack([t.rows for t in traffic])
+    share = np.minimum(touched.sum(axis=0), np.maximum(np.asarray(limit, np.int64), 0)) \
+        / np.maximum(touched.sum(axis=0), 1)
+    upto = np.rint(np.cumsum(touched, axis=0) * share).astype(np.int64)  # rounded as a running total
+    sent = np.diff(upto, axis=0, prepend=0)
+    out = []
+    for t, rows in zip(traffic, sent, strict=True):
+        kept = rows / np.maximum(t.rows, 1)
+        capped = _sparse(t.matrix, rows, _shrunk(t.message, kept), _shrunk(t.message_fp32, kept), world)
+        capped.rows_sent_share = float(rows.sum() / max(int(t.rows.sum()), 1))
+        out.append(capped)
+    return out
+
+
+def _shrunk(message: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Messages with ``kept`` of their rows: the header whole, the rest in proportion."""
+    return codec.HEADER_SIZE + np.floor((message - codec.HEADER_SIZE) * kept).astype(np.int64)
+
+
+def apply_budget(traffic: list[Traffic], world: int, budget: float) -> list[Traffic]:
+    """Replicated sparse traffic within ``budget`` bytes a rank and step on its busier direction: each rank's rows
+    cut to those whose messages fit in ``budget / (N - 1)`` (:func:`hide_rows`, :func:`cut_to_rows`), the most
+    significant go, the rest stay pending. ``rows_sent_share`` says how much went."""
+    if not _cuttable(traffic, world):
         return traffic
     if not (_finite(budget) and budget > 0):
         raise UserError(f"invalid setting: budget must be a positive number of bytes, got {budget!r}")
-    if any(t.mode != "sparse" for t in traffic):
-        raise UserError("a byte budget applies to the replicated sparse exchange only")
-    total = sum(t.message for t in traffic)
-    keep = np.minimum(1.0, (budget / (world - 1)) / np.maximum(total, 1))
-    out = []
-    for t in traffic:
-        message = np.floor(t.message * keep).astype(np.int64)
-        capped = _sparse(t.matrix, t.rows, message, np.floor(t.message_fp32 * keep).astype(np.int64), world)
-        capped.rows_sent_share = float((t.rows * keep).sum() / max(int(t.rows.sum()), 1))
-        out.append(capped)
-    return out
+    return cut_to_rows(traffic, world, hide_rows(traffic, world, budget))
 
 
 # ----------------------------------------------------------------------------------------------- prediction
 @dataclass
 class SampledWorld:
     """The traffic of every sampled step of one world, per config: what the time model needs. ``hot``: each
-    config's hot syncs a step (``None``: none); ``job_tokens``: the job size simulated."""
+    config's hot syncs a step (``None``: none); ``job_tokens``: the job size simulated; ``num_rows``, ``dim``: the
+    matrices' shape (a budget's rows may go as a dense all-reduce; 0: unknown, they stay sparse)."""
 
     world: int
     tokens: list[float] = field(default_factory=list)  # mean tokens per rank, per step
     traffic: dict[str, list[list[Traffic]]] = field(default_factory=dict)
     hot: dict[str, HotSync | None] = field(default_factory=dict)
     job_tokens: int = 0
+    num_rows: int = 0
+    dim: int = 0
 
 
 def simulate_world(work: Workload, world: int, configs: Sequence[Config] = CONFIGS, steps: int | None = 4,
@@ -545,7 +620,8 @@ def simulate_world(work: Workload, world: int, configs: Sequence[Config] = CONFI
     if world > 1 and any(c.strategy == "sharded" for c in configs):
         owners = Owners(work.model.vocab.counts, world, job_tokens * work.threads)
     hot = {c.name: hot_sync(c, world, work.num_rows, work.dim, job_tokens) for c in configs}
-    out = SampledWorld(world, traffic={c.name: [] for c in configs}, hot=hot, job_tokens=job_tokens)
+    out = SampledWorld(world, traffic={c.name: [] for c in configs}, hot=hot, job_tokens=job_tokens,
+                       num_rows=work.num_rows, dim=work.dim)
     for step in sample_steps(work, world, steps, max_ranks, job_tokens):
         out.tokens.append(float(step.tokens.mean()))
         cut: dict[int, StepRows] = {}  # the step without its hot rows, once per count of them
@@ -561,32 +637,58 @@ def simulate_world(work: Workload, world: int, configs: Sequence[Config] = CONFI
 def time_world(sampled: SampledWorld, config: Config, rate: float, threads: int, link: Link, host: HostCost | None,
                overlap: bool, shared_cores: bool = False) -> tuple[list[StepTime], list[list[Traffic]]]:
     """Step times of a simulated world under ``config`` (budget applied per step, hot syncs added), and the
-    traffic as sent."""
+    traffic as sent. A rank's step trains ``sampled.job_tokens x threads`` tokens (what a budget's cap counts)."""
     times, sent = [], []
     hot = sampled.hot.get(config.name)
     for tokens, traffic in zip(sampled.tokens, sampled.traffic[config.name], strict=True):
         compute_s = tokens / (rate * threads)
         if config.budget is not None:
-            traffic = _within_budget(config, traffic, compute_s, sampled.world, link, host)
+            traffic = _within_budget(config, traffic, compute_s, sampled, sampled.job_tokens * threads, link, host)
         times.append(step_time(traffic, compute_s, sampled.world, link, host, overlap=overlap,
                                shared_cores=shared_cores, hot=hot))
         sent.append(traffic)
     return times, sent
 
 
-def _within_budget(config: Config, traffic: list[Traffic], compute_s: float, world: int, link: Link,
-                   host: HostCost | None) -> list[Traffic]:
-    """What a budgeted step sends: the trainer's own exchange when it fits (``auto``: it hides behind the compute;
-    bytes: the busier direction stays within them), else the sparse messages cut to the budget."""
+def _within_budget(config: Config, traffic: list[Traffic], compute_s: float, sampled: SampledWorld,
+                   step_tokens: int, link: Link, host: HostCost | None) -> list[Traffic]:
+    """What a budgeted step sends, as the trainer's budget would: at most :func:`budget_rows` rows a rank. With
+    ``auto``, when the trainer's whole change would not hide behind the compute, no more than the rows that do
+    (:func:`auto_budget` in rows, :func:`hide_rows`), and fewer (by ``SHRINK``, as ``auto`` steers) while the step's
+    exchange still does not hide (the rows chosen may go as a dense all-reduce); never below ``MIN_ROWS``."""
+    world = sampled.world
     plain = [t.unbudgeted or t for t in traffic]
-    if config.budget == "auto":
-        if step_time(plain, compute_s, world, link, host).exchange_s <= compute_s:
-            return plain
-        return apply_budget(traffic, world, auto_budget(traffic, compute_s, world, link, host))
-    budget = float(config.budget)
-    if sum(float(np.maximum(t.sent, t.recv).max()) for t in plain) <= budget:
+    limit: int | np.ndarray = budget_rows(config, sampled.dim, step_tokens)
+
+    def hides(sent: list[Traffic]) -> bool:
+        return step_time(sent, compute_s, world, link, host).exchange_s <= compute_s
+
+    if config.budget != "auto" or hides(plain):
+        return _cut_as_trainer(config, traffic, plain, sampled, limit)
+    limit = np.clip(hide_rows(traffic, world, auto_budget(traffic, compute_s, world, link, host)),
+                    trainer_budget.MIN_ROWS, limit)
+    sent = _cut_as_trainer(config, traffic, plain, sampled, limit)
+    while not hides(sent) and np.any(limit > trainer_budget.MIN_ROWS):
+        limit = np.maximum(trainer_budget.MIN_ROWS, (limit * trainer_budget.SHRINK).astype(np.int64))
+        sent = _cut_as_trainer(config, traffic, plain, sampled, limit)
+    return sent
+
+
+def _cut_as_trainer(config: Config, traffic: list[Traffic], plain: list[Traffic], sampled: SampledWorld,
+                    limit: int | np.ndarray) -> list[Traffic]:
+    """A step under a limit of rows a rank: the trainer's own exchange (``plain``) where every rank's touched rows
+    fit, else the rows cut (:func:`cut_to_rows`), each matrix sent sparse or, as the trainer decides from the rows
+    chosen, as one dense all-reduce."""
+    if np.all(sum(t.rows for t in traffic) <= limit):
         return plain
-    return apply_budget(traffic, world, budget)
+    world, num_rows, dim = sampled.world, sampled.num_rows, sampled.dim
+    out = []
+    for t in cut_to_rows(traffic, world, limit):
+        if num_rows and _goes_dense(t.rows, world, num_rows, dim, config.values):
+            t = dataclasses.replace(_dense(t.matrix, t.rows, world, num_rows, dim, config.values, size_round=True),
+                                    rows_sent_share=t.rows_sent_share)
+        out.append(t)
+    return out
 
 
 def predict(work: Workload, rate: float, worlds: Sequence[int], links: Sequence[Link], host: HostCost | None = None,

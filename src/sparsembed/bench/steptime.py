@@ -8,8 +8,10 @@
   ranks the trainer sums the most frequent rows with a float32 all-reduce after every round of a step, in the
   foreground (training waits for them, with ``--overlap`` too), so their time (:func:`hot_seconds`) is added to a
   step whatever else overlaps.
-* **a run** (:func:`run_seconds`) and the byte budget that would let an overlapped exchange hide behind compute
-  (:func:`auto_budget`).
+* **a run** (:func:`run_seconds`) and the bytes that would let an overlapped exchange hide behind compute
+  (:func:`auto_budget`): where the trainer's ``--budget auto`` settles when its whole change does not hide (it
+  shrinks its rows while the exchange holds training up); the scaling model turns them into rows and caps them as
+  the trainer does (``sparsembed.bench.scaling.budget_rows``).
 
 The exchange's bytes come in as :class:`~sparsembed.bench.scaling.Traffic` (only its attributes are read here).
 """
@@ -190,7 +192,8 @@ def run_seconds(times: Sequence[StepTime], overlap: bool = False, shared_cores: 
 def auto_budget(traffic: list[Traffic], compute_s: float, world: int, link: Link, host: HostCost | None) -> float:
     """The budget that lets an overlapped exchange hide behind compute: the bytes each way that the link, and the
     host's work on them (sent and received, per float32 value), get through in a step's compute, less the rounds'
-    latency (at least a tenth of the compute is left for bytes)."""
+    latency (at least a tenth of the compute is left for bytes). The trainer's ``--budget auto`` counts rows, not
+    bytes: :func:`sparsembed.bench.scaling.hide_rows` converts these, and its cap bounds them."""
     host = host or HostCost()
     rounds = sum(t.rounds for t in traffic) + 2 * (world - 1)
     usable = max(compute_s - rounds * link.latency_s, 0.1 * compute_s)
