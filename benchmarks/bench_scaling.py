@@ -94,8 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="netns_word2vec.py JSON files (globs) to validate against")
     p.add_argument("--exchange-measured", nargs="*", default=[str(RESULTS / "netns_exchange_h*.json")],
                    help="netns_exchange.py JSON files (globs) to validate the link model against")
-    p.add_argument("--whole-command", action="append", default=[], metavar="GBIT:PAIR_S:SINGLE_S",
-                   help="measured wall times: 2 hosts x 1 thread and one process x 1 thread, 5 epochs, defaults")
+    p.add_argument("--whole-command", action="append", default=[], metavar="GBIT:PAIR_S:SINGLE_S[:V[:START_S]]",
+                   help="measured wall times: 2 hosts x 1 thread and one process x 1 thread, 5 epochs; V: sync, "
+                   "default (int8 overlapped) or budget (today's defaults); START_S: the pair's measured seconds "
+                   "outside training beyond the single process's (launcher, group), added to the prediction")
     p.add_argument("--json", default=str(RESULTS / "scaling.json"))
     p.add_argument("--plot", default=str(RESULTS / "scaling.png"))
     return p.parse_args(argv)
@@ -247,6 +249,24 @@ def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], hos
             "rate_source": rate_source, "inputs": inputs, "predicted": pred, "measured": meas, "ratio": ratios}
 
 
+#: The variants of ``--whole-command``: synchronous fp32 (the defaults before issue 17), int8 overlapped (the
+#: defaults before the byte budget), and today's defaults across hosts (int8, overlapped, budget auto).
+WHOLE_CONFIGS = {"sync": Config("replicated", "replicated"), "default": Config("replicated-int8", "replicated", "int8"),
+                 "budget": Config("replicated-int8-budget", "replicated", "int8", budget="auto")}
+WHOLE_FORMAT = "--whole-command GBIT:PAIR_S:SINGLE_S[:sync|default|budget[:START_S]]"
+
+
+def whole_point(point: str) -> tuple[float, float, float, str, float]:
+    """``GBIT:PAIR_S:SINGLE_S[:VARIANT[:START_S]]``: the link, the two wall times, the variant (sync) and the
+    seconds the pair spends outside training beyond what the single process does (launcher, group; measured, 0)."""
+    parts = point.split(":")
+    if len(parts) not in (3, 4, 5) or (len(parts) > 3 and parts[3] not in WHOLE_CONFIGS):
+        raise SystemExit(f"bench_scaling: {WHOLE_FORMAT}, got {point!r}")
+    gbit, pair_s, single_s = _numbers(":".join(parts[:3]), 3, WHOLE_FORMAT, sep=":")
+    start_s = _numbers(parts[4], 1, WHOLE_FORMAT)[0] if len(parts) == 5 else 0.0
+    return gbit, pair_s, single_s, parts[3] if len(parts) > 3 else "sync", start_s
+
+
 def validate_whole(work: Workload, timed: float, mode: str, scan_s: float, points: list[str], host: HostCost,
                    latency_s: float, goodput: float) -> list[dict[str, Any]]:
     """Whole-command wall times: the scan (timed here) plus the modelled training, 2 hosts x 1 thread (J = 250000,
@@ -254,23 +274,19 @@ def validate_whole(work: Workload, timed: float, mode: str, scan_s: float, point
     hosts of one core) against one process x 1 thread (the scan plus tokens / rate). ``mode`` ``session``: the rate
     of the session, from its single process's wall time (an input, then); ``timed``: the rate timed here."""
     epochs = work.model.settings.epochs
-    configs = {"sync": Config("replicated", "replicated"), "default": Config("replicated-int8", "replicated", "int8")}
-    sampled = simulate_world(work, 2, list(configs.values()), steps=None, max_ranks=2,
+    sampled = simulate_world(work, 2, list(WHOLE_CONFIGS.values()), steps=None, max_ranks=2,
                              job_tokens=even_job_tokens(work.tokens, 250_000, 2))
     out = []
     for point in points:
-        variant = point.split(":")[3] if point.count(":") == 3 else "sync"
-        if variant not in configs:
-            raise SystemExit(f"bench_scaling: --whole-command {point}: the variant must be sync or default")
-        gbit, pair_s, single_s = _numbers(point.rsplit(":", 1)[0] if point.count(":") == 3 else point, 3,
-                                          "--whole-command GBIT:PAIR_S:SINGLE_S[:sync|default]", sep=":")
+        gbit, pair_s, single_s, variant, start_s = whole_point(point)
         rate = epochs * work.tokens / (single_s - scan_s) if mode == "session" else timed
         link = Link(gbit, latency_s, goodput)
-        overlap = variant == "default"
-        times, _ = time_world(sampled, configs[variant], rate, 1, link, host, overlap=overlap, shared_cores=overlap)
-        pair = scan_s + run_seconds(times * epochs, overlap, shared_cores=overlap)
+        overlap = variant != "sync"
+        times, _ = time_world(sampled, WHOLE_CONFIGS[variant], rate, 1, link, host, overlap=overlap,
+                              shared_cores=overlap)
+        pair = scan_s + start_s + run_seconds(times * epochs, overlap, shared_cores=overlap)
         single = scan_s + epochs * work.tokens / rate
-        out.append({"gbit_s": gbit, "variant": variant, "goodput": goodput, "rate": rate,
+        out.append({"gbit_s": gbit, "variant": variant, "goodput": goodput, "rate": rate, "start_s": start_s,
                     "inputs": ["single_s"] if mode == "session" else [],
                     "measured": {"pair_s": pair_s, "single_s": single_s,
                                                                      "speedup": single_s / pair_s},
@@ -503,8 +519,7 @@ def check(args: argparse.Namespace) -> None:
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
     for point in args.whole_command:
-        numbers = point.rsplit(":", 1)[0] if point.count(":") == 3 else point
-        _numbers(numbers, 3, "--whole-command GBIT:PAIR_S:SINGLE_S[:sync|default]", sep=":")
+        whole_point(point)
     if args.host_cost not in ("auto", "none"):
         _numbers(args.host_cost, 2, "--host-cost SPARSE_NS,DENSE_NS")
 
