@@ -80,22 +80,31 @@ class Replica:
         else:
             _add_rows(self.ref, self.work, self.touched, self.pending, total.ids.numpy(), total.values.numpy())
 
-    def sync_hot(self, rows: int, group: Any) -> None:
+    def sync_hot(self, rows: int, group: Any, half: bool = False) -> None:
         """Sum every rank's change of rows ``[0, rows)`` now, with one float32 all-reduce, and start every rank's
         working copy of them from the new reference (the most frequent words' rows, synced after each round of a
         step so that no rank moves them far on its own; see :mod:`sparsembed.dataparallel.options`). Collective.
+
+        ``half``: the all-reduce runs in float16 (half the bytes, the hot syncs being most of what ranks on
+        different hosts send beyond two); what rounding a rank's change dropped stays in its working rows, marked
+        pending, and goes with the next sync (or the run's last, exact exchange).
 
         Their marks are cleared: the step's exchange leaves these rows to this sync. A reference in shared memory is
         written by every rank with the same values, after every rank has read it (each reads before the
         all-reduce, which no rank leaves before all have entered it)."""
         old = self.ref[:rows].copy()
-        total = torch.from_numpy(self.work[:rows] - old)  # a pending residual of these rows travels now, exactly
+        change = self.work[:rows] - old  # a pending residual of these rows travels now
+        total = torch.from_numpy(change).half() if half else torch.from_numpy(change)
+        residual = change - total.float().numpy() if half else None
         dist.all_reduce(total, group=group)
-        fresh = old + total.numpy()
+        fresh = old + total.float().numpy()
         self.ref[:rows] = fresh
         self.work[:rows] = fresh
         self.touched[:rows] = 0
         self.pending[:rows] = 0
+        if residual is not None:
+            self.work[:rows] += residual
+            self.pending[:rows] = np.any(residual != 0, axis=1)
 
     def send_pending(self) -> None:
         """Mark every row holding a pending residual touched, so that the next change takes it (the run's last,

@@ -396,7 +396,7 @@ class DataParallelTrainer:
         t0 = time.perf_counter()
         for replica in self.replicas:
             with self.watch.guard(self.step, f"the hot rows of {replica.name}"):
-                replica.sync_hot(self.hot, self.group)
+                replica.sync_hot(self.hot, self.group, half=self.feedback)
         self.hot_s += time.perf_counter() - t0
 
     def _choose(self) -> dict[str, np.ndarray]:
@@ -495,8 +495,9 @@ class DataParallelTrainer:
         return self.slots[replica.name]
 
     def _hot_stats(self, replica: Replica) -> ExchangeStats:
-        """Stats of a step's hot-row syncs of a matrix: ``rounds`` float32 all-reduces of ``hot`` rows."""
-        moved = self.rounds * self._ring_bytes(self.hot, replica.work.shape[1])
+        """Stats of a step's hot-row syncs of a matrix: ``rounds`` all-reduces of ``hot`` rows (float32, float16
+        with error feedback)."""
+        moved = self.rounds * self._ring_bytes(self.hot, replica.work.shape[1]) // (2 if self.feedback else 1)
         return ExchangeStats(f"{replica.name}[:{self.hot}]", "replicated", "dense", "dense", 1.0, self.hot, moved,
                              moved, self.hot_s / len(self.replicas))
 
