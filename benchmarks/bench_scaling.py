@@ -34,6 +34,7 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="'auto' (from the loopback runs in --measured), 'none', or SPARSE_NS,DENSE_NS per byte")
     p.add_argument("--measured", nargs="*", default=[str(RESULTS / "netns_word2vec*.json")],
                    help="netns_word2vec.py JSON files (globs) to validate against")
+    p.add_argument("--measured-budget", nargs="*",
+                   default=[str(RESULTS / "netns_defaults_budget_*.json")],
+                   help="netns_word2vec.py JSON files (globs) whose variant default ran with the byte budget")
     p.add_argument("--exchange-measured", nargs="*", default=[str(RESULTS / "netns_exchange_h*.json")],
                    help="netns_exchange.py JSON files (globs) to validate the link model against")
     p.add_argument("--whole-command", action="append", default=[], metavar="GBIT:PAIR_S:SINGLE_S[:V[:START_S]]",
@@ -119,13 +123,22 @@ def rates(args: argparse.Namespace, works: dict[str, Workload]) -> dict[str, dic
     return out
 
 
-def load_measured(patterns: list[str]) -> list[dict[str, Any]]:
-    """The runs of netns_word2vec.py's files, grouped by (file, setup, J, variant): medians over repeats."""
+def load_measured(patterns: list[str], budget_patterns: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The runs of netns_word2vec.py's files, grouped by (file, setup, J, variant): medians over repeats. The
+    files of ``budget_patterns`` ran today's defaults (variant ``default``: int8, overlapped, budget auto); the
+    others, older, the defaults before the budget. A file's single-process runs and runs of more than 2 hosts
+    are left out (the per-step validation simulates 2 ranks)."""
     groups: dict[tuple, list[dict]] = {}
-    for path in sorted({p for pattern in patterns for p in glob.glob(pattern)}):
+    budgeted = {p for pattern in budget_patterns for p in glob.glob(pattern)}
+    for path in sorted({p for pattern in (*patterns, *budget_patterns) for p in glob.glob(pattern)}):
         data = json.loads(Path(path).read_text())
         for run in data["runs"]:
-            key = (Path(path).name, run["setup"], run["job_tokens"], run.get("variant") or "sync")
+            if "job_tokens" not in run or run.get("hosts", 2) != 2:
+                continue
+            variant = run.get("variant") or "sync"
+            if variant == "default":  # what ranks on different hosts ran without flags, that day
+                variant = "overlap-int8-budget" if path in budgeted else "overlap-int8"
+            key = (Path(path).name, run["setup"], run["job_tokens"], variant)
             groups.setdefault(key, []).append({**run, "epochs": data["epochs"], "link_mbit_s": data["link_mbit_s"],
                                                "started": data["started"]})
     out = []
@@ -138,8 +151,7 @@ def load_measured(patterns: list[str]) -> list[dict[str, Any]]:
         rate = re.search(r"netns (\d+(?:\.\d+)?) ?gbit", setup, re.IGNORECASE)  # "netns 1 Gbit/s", "netns 10gbit"
         out.append({"file": name, "setup": setup, "loopback": setup.startswith("loopback"), "job_tokens": job_tokens,
                     "gbit": float(rate.group(1)) if rate else 1.0,
-                    # "default": what ranks on different hosts run without flags (int8, overlapped)
-                    "variant": "overlap-int8" if variant == "default" else variant,
+                    "variant": variant,
                     "epochs": runs[0]["epochs"], "steps": runs[0]["steps"],
                     "repeats": len(runs), "link_mbit_s": runs[0]["link_mbit_s"], "started": runs[0]["started"],
                     "compute_s": med("median_compute_s"),
@@ -218,7 +230,8 @@ def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], hos
     inputs = ["compute_s"] if g["variant"] == "sync" and rate_source.endswith(g["file"]) else []
     values = next((v for v in ("int8", "fp16") if v in g["variant"]), "fp32")
     overlap = "overlap" in g["variant"]
-    config = Config(f"replicated-{values}", "replicated", values)
+    budget = "auto" if "budget" in g["variant"] else None
+    config = Config(f"replicated-{values}" + ("-budget" if budget else ""), "replicated", values, budget=budget)
     job_tokens = even_job_tokens(work.tokens, g["job_tokens"], 2)
     # loopback: no link limit and no latency to speak of; the host cost is all there is (it is calibrated there)
     link = Link(1e6, 0.0, 1.0) if g["loopback"] else Link(g["gbit"], latency_s, g["link_mbit_s"] / (1000 * g["gbit"]))
@@ -533,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scan: {base.tokens:,} tokens, {base.num_rows:,} rows in {scan_s:.1f} s")
     works = {name: base if MODELS[name] == 0 else base.with_settings(sg=1) for name in args.models}
     rate = rates(args, works)
-    measured = load_measured(args.measured)
+    measured = load_measured(args.measured, args.measured_budget)
     host, host_source = host_cost(args.host_cost, measured)
     print(f"host cost: sparse {host.sparse_s_per_byte * 1e9:.2f} ns/byte, dense {host.dense_s_per_byte * 1e9:.2f} "
           f"ns/byte ({host_source})")

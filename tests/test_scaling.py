@@ -318,6 +318,8 @@ def test_rounds_follow_step_and_hot_tokens() -> None:
         assert (hot.rows, hot.rounds, hot.world) == (HOT_ROWS, rounds, world)
         assert hot.rounds == step_tokens_for(world) // ExchangeOptions().validate().hot_tokens_for(world)
         assert hot.bytes_per_step == 2 * rounds * ring_bytes(HOT_ROWS * 100 * 4, world)
+    rounded = hot_sync(Config("h8", "replicated", "int8", hot=True), 8, 50_000, 100, step_tokens_for(8))
+    assert rounded.bytes_per_step == 2 * 50 * ring_bytes(HOT_ROWS * 100 * 2, 8)  # float16 with rounded values
     assert hot_sync(HOT, 8, 50_000, 100, 400).rounds == 1  # a step shorter than a round: one round, one sync
     assert hot_sync(HOT, 8, 300, 100, 250_000).rows == 300  # no more rows than the vocabulary
 

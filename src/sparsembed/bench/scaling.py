@@ -503,12 +503,13 @@ def _sharded(name: str, ids: list[np.ndarray], step: StepRows, owners: Any, num_
 def hot_sync(config: Config, world: int, num_rows: int, dim: int, job_tokens: int) -> HotSync | None:
     """A step's hot syncs under ``config`` at ``world`` ranks (``None``: none, as at two ranks or without ``hot``):
     the trainer's ``hot_rows_for`` rows, in ``rounds = job_tokens // hot_tokens_for(world)`` rounds (at least one),
-    both matrices after every round, the last one included."""
+    both matrices after every round, the last one included; in float16 where the values are rounded (fp16,
+    int8), as the trainer's error feedback does them."""
     rows = config.hot_rows(world, num_rows)
     if not rows:
         return None
     rounds = max(1, int(job_tokens) // _HOT_AUTO.hot_tokens_for(world))
-    return HotSync(rows, rounds, dim, world)
+    return HotSync(rows, rounds, dim, world, width=4 if config.values == "fp32" else 2)
 
 
 def without_hot(step: StepRows, hot: int) -> StepRows:

@@ -80,13 +80,15 @@ class HostCost:
 @dataclass(frozen=True)
 class HotSync:
     """A step's syncs of the hot rows (``Replica.sync_hot``): after each of ``rounds`` rounds, rows
-    ``[0, rows)`` of both matrices summed over ``world`` ranks with one float32 ring all-reduce each."""
+    ``[0, rows)`` of both matrices summed over ``world`` ranks with one ring all-reduce each, of ``width``-byte
+    values (4: float32; 2: float16, where the trainer's values are rounded)."""
 
     rows: int
     rounds: int
     dim: int
     world: int
     matrices: int = 2
+    width: int = 4
 
     @property
     def all_reduces(self) -> int:
@@ -95,8 +97,8 @@ class HotSync:
 
     @property
     def ring(self) -> int:
-        """Bytes each rank sends (and receives) in one of them: ``2 (N-1)/N`` of the float32 rows."""
-        return ring_bytes(self.rows * self.dim * 4, self.world)
+        """Bytes each rank sends (and receives) in one of them: ``2 (N-1)/N`` of the rows."""
+        return ring_bytes(self.rows * self.dim * self.width, self.world)
 
     @property
     def bytes_per_step(self) -> int:
