@@ -176,7 +176,7 @@ class DataParallelTrainer:
         self.mailer: ThreadPoolExecutor | None = None
         self.in_flight: list[tuple] = []  # (replica, own change, future, seconds to start it) of the last step
         self.vote_in_flight: tuple | None = None  # overlap: the last step's vote (loss, pairs, stop, checkpoint)
-        # and the all-reduce it travels in
+        # and the asynchronous all-reduce it travels in
         self.wants = [False, False]  # votes landed and not yet acted on: [stop, checkpoint]
         self.schedule: Schedule | None = None
         self.agreed: TrainingState | None = None  # where the reference stands while an exchange is in flight
@@ -438,7 +438,9 @@ class DataParallelTrainer:
                 own = replica.change(chosen.get(replica.name))
                 job = self.mailer.submit(self._send, replica, own)
             self.in_flight.append((replica, own, job, time.perf_counter() - t0))
-        self.vote_in_flight = (vote, self.mailer.submit(dist.all_reduce, vote, group=self.async_group))
+        # on the step's own group, beside the mailer's exchanges (not behind them: on a slow link each collective
+        # costs round trips, and the vote need not wait for the rows)
+        self.vote_in_flight = (vote, dist.all_reduce(vote, group=self.group, async_op=True))
         return stats
 
     def _land(self) -> list[ExchangeStats]:
@@ -465,13 +467,12 @@ class DataParallelTrainer:
         return stats
 
     def _land_vote(self) -> None:
-        """Wait for the vote in flight, if any, and count it (it follows its step's exchange in the mailer: that
-        exchange is done too, its sums not added yet)."""
+        """Wait for the vote in flight, if any, and count it (its step's exchange may still be travelling)."""
         if self.vote_in_flight is not None:
             vote, job = self.vote_in_flight
             self.vote_in_flight = None
             with self.watch.guard(self.step, "the end of the step"):
-                job.result()
+                job.wait()
             self._count(vote)
 
     def _send(self, replica: Replica, own: RowSparse) -> tuple[Any, ExchangeStats]:
