@@ -177,6 +177,9 @@ def test_two_ranks_under_a_budget_agree_send_less_and_learn(pool, corpus: Path, 
     large = pool.run(_train, str(corpus), str(tmp_path / "large"), "1000", values, overlap)
     np.testing.assert_array_equal(large[0][0], free[0][0])  # a budget that never binds changes nothing
     np.testing.assert_array_equal(large[0][1], free[0][1])
+    again = pool.run(_train, str(corpus), str(tmp_path / "again"), tiny, values, overlap)
+    np.testing.assert_array_equal(again[0][0], limited[0][0])  # a budget in MB is reproducible, run to run
+    np.testing.assert_array_equal(again[0][1], limited[0][1])
     losses = [h["mean_loss"] for h in limited[0][2]]
     free_losses = [h["mean_loss"] for h in free[0][2]]
     assert losses[-1] < losses[0] and abs(losses[-1] - free_losses[-1]) < 0.05 * free_losses[-1]

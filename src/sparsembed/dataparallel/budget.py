@@ -15,7 +15,9 @@ step that must send them all) and steers by
 what the step waited for: when a step waited for the exchange more than :data:`WAIT_SHARE` of its training time
 while the exchange itself ran longer than :data:`FILL` of it (the link or the host cannot keep up, as opposed to a
 peer that was late), the budget shrinks by :data:`SHRINK`; otherwise it grows by :data:`GROW`, back up to that cap.
-So with ``overlap`` the exchange hides behind the next step's training. A rate measured from the exchange's own
+So with ``overlap`` the exchange hides behind the next step's training. Steered by timing, ``auto`` can send
+different rows in two runs of the same settings; a budget in megabytes chooses from the changes alone, and a run
+repeats bit for bit. A rate measured from the exchange's own
 seconds does not do: with small messages they are mostly the wait for the slower peer, and such a budget shrank
 to half the cap on a 1 Gbit/s link that had room for it.
 """
