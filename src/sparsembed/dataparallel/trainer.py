@@ -299,9 +299,10 @@ class DataParallelTrainer:
         """One step: train this rank's jobs, exchange, agree on the loss and on stopping, advance, report, end the
         epoch or checkpoint when due; return whether training stops now.
 
-        With ``overlap`` the vote (loss, pairs, stop, checkpoint) travels with the exchange and lands a step
-        later, so no step waits for the slowest rank at its end: a stop or a checkpoint asked in step ``k`` happens
-        in step ``k + 1`` on every rank, and an epoch's end lands what is in flight, so that its loss is whole."""
+        With ``overlap`` the vote (loss, pairs, stop, checkpoint) is an asynchronous all-reduce that lands with the
+        step's exchange, a step later, so no step waits for the slowest rank at its end: a stop or a checkpoint
+        asked in step ``k`` happens in step ``k + 1`` on every rank, and an epoch's end waits for its last vote, so
+        that its loss is whole."""
         m, totals = self.model, run.totals
         first = m.position.job
         self.step += 1
