@@ -31,17 +31,21 @@ ROW_BYTES = 24  # 16 int8 values, a 4-byte scale, a 4-byte index
 # -- choosing rows ----------------------------------------------------------------------------------------------
 def test_choose_takes_the_largest_changes_over_both_matrices() -> None:
     budget = Budget(5 * ROW_BYTES / 1e6, ROW_BYTES, {"a": 10, "b": 10})
-    chosen = budget.choose({"a": (np.array([1, 3, 4]), np.array([5.0, 0.1, 9.0])),
-                            "b": (np.array([0, 2, 7, 9]), np.array([0.2, 7.0, 6.0, 0.3]))})
+    weights = {"a": np.array([5.0, 0.1, 9.0]), "b": np.array([0.2, 7.0, 6.0, 0.3])}
+    chosen = budget.choose({"a": np.array([1, 3, 4]), "b": np.array([0, 2, 7, 9])}, lambda name, _: weights[name])
     assert chosen["a"].tolist() == [1, 4] and chosen["b"].tolist() == [2, 7, 9]  # 9, 7, 6, 5 and 0.3
     assert budget.age["a"].tolist() == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]  # a row that waits grows a step older
     assert budget.age["b"].tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 
 
+def _no_weighing(name: str, ids: np.ndarray) -> np.ndarray:
+    raise AssertionError(f"weighed {name} although every touched row fits")
+
+
 def test_choose_under_a_large_budget_takes_every_touched_row() -> None:
     budget = Budget(1.0, ROW_BYTES, {"a": 10})
     ids = np.array([0, 5, 9])
-    assert budget.choose({"a": (ids, np.array([1.0, 2.0, 3.0]))})["a"].tolist() == [0, 5, 9]
+    assert budget.choose({"a": ids}, _no_weighing)["a"].tolist() == [0, 5, 9]  # all fit: nothing weighed
     assert not budget.age["a"].any()
 
 
@@ -50,7 +54,8 @@ def test_a_row_waits_at_most_max_age_steps() -> None:
     budget = Budget(2 * ROW_BYTES / 1e6, ROW_BYTES, {"a": 4})
     waited = 0
     for step in range(3 * MAX_AGE):
-        chosen = budget.choose({"a": (np.array([0, 1, 2]), np.array([1e-9, 1.0 + step, 2.0 + step]))})["a"]
+        weights = np.array([1e-9, 1.0 + step, 2.0 + step])
+        chosen = budget.choose({"a": np.array([0, 1, 2])}, lambda *_, w=weights: w)["a"]
         if 0 in chosen:
             break
         waited += 1
@@ -106,7 +111,7 @@ def test_sent_plus_waiting_is_every_change_and_no_row_starves(seed: int, rows_al
         replica.work[rows] += delta.astype(np.float32)
         replica.touched[rows] = 1
         changes[rows] += delta.astype(np.float32)
-        ids = budget.choose({"m": replica.weigh()})["m"]
+        ids = budget.choose({"m": replica.touched_rows()}, lambda _, rows: replica.weigh(rows))["m"]
         own = replica.change(ids)
         assert own.n <= max(rows_allowed, int(np.count_nonzero(waiting >= MAX_AGE)))
         replica.add(own)

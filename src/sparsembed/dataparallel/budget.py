@@ -25,6 +25,7 @@ to half the cap on a 1 Gbit/s link that had room for it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -91,22 +92,22 @@ class Budget:
         else:
             self.rows = min(self.cap, max(self.rows + 1, int(self.rows * GROW)))
 
-    def choose(self, candidates: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-        """The rows that go this step: ``candidates`` maps a matrix's name to its touched rows (sorted) and their
-        changes' squared norms. Rows :data:`MAX_AGE` steps old go first, then the largest changes over all
-        matrices while the budget lasts; returns each matrix's rows that go, sorted. The ages move on: a row that
-        goes is 0 again, one that waits a step older."""
+    def choose(self, touched: dict[str, np.ndarray],
+               weigh: Callable[[str, np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+        """The rows that go this step: ``touched`` maps a matrix's name to its touched rows (sorted), ``weigh(name,
+        ids)`` gives their changes' squared norms, asked only when the rows do not all fit. Rows :data:`MAX_AGE`
+        steps old go first, then the largest changes over all matrices while the budget lasts; returns each
+        matrix's rows that go, sorted. The ages move on: a row that goes is 0 again, one that waits a step older."""
         limit = self.limit()
         chosen: dict[str, np.ndarray] = {}
-        total = sum(ids.shape[0] for ids, _ in candidates.values())
-        if total <= limit:
-            for name, (ids, _) in candidates.items():
+        if sum(ids.shape[0] for ids in touched.values()) <= limit:
+            for name, ids in touched.items():
                 self.age[name][ids] = 0
                 chosen[name] = ids
             return chosen
-        old = {name: self.age[name][ids] >= MAX_AGE for name, (ids, _) in candidates.items()}
+        old = {name: self.age[name][ids] >= MAX_AGE for name, ids in touched.items()}
         room = max(0, limit - sum(int(o.sum()) for o in old.values()))
-        weights = np.concatenate([np.where(old[name], -1.0, w) for name, (_, w) in candidates.items()])
+        weights = np.concatenate([np.where(old[name], -1.0, weigh(name, ids)) for name, ids in touched.items()])
         take = np.zeros(weights.shape[0], dtype=bool)
         young = np.flatnonzero(weights >= 0)
         if room >= young.shape[0]:
@@ -114,7 +115,7 @@ class Budget:
         elif room > 0:
             take[young[np.argpartition(-weights[young], room - 1)[:room]]] = True
         at = 0
-        for name, (ids, _) in candidates.items():
+        for name, ids in touched.items():
             goes = take[at:at + ids.shape[0]] | old[name]
             at += ids.shape[0]
             _age(self.age[name], ids, goes)

@@ -60,12 +60,15 @@ class Replica:
         _gather_change(self.work, self.ref, ids, values)
         return RowSparse.from_sorted(torch.from_numpy(ids), torch.from_numpy(values), self.work.shape[0])
 
-    def weigh(self) -> tuple[np.ndarray, np.ndarray]:
-        """The touched rows (sorted) and the squared norm of each one's change: what a byte budget ranks them by."""
-        ids = np.flatnonzero(self.touched)
+    def touched_rows(self) -> np.ndarray:
+        """The rows touched since the last exchange, sorted."""
+        return np.flatnonzero(self.touched)
+
+    def weigh(self, ids: np.ndarray) -> np.ndarray:
+        """The squared norm of the change of each row of ``ids``: what a byte budget ranks them by."""
         weights = np.empty(ids.shape[0], dtype=np.float64)
         _weights(self.work, self.ref, ids, weights)
-        return ids, weights
+        return weights
 
     def add(self, total: RowSparse | torch.Tensor, own: RowSparse | None = None) -> None:
         """Add the summed change of all ranks (sparse rows, or a dense matrix) to the reference.

@@ -405,7 +405,9 @@ class DataParallelTrainer:
         if self.budget is None:
             return {}
         t0 = time.perf_counter()
-        chosen = self.budget.choose({replica.name: replica.weigh() for replica in self.replicas})
+        replicas = {replica.name: replica for replica in self.replicas}
+        chosen = self.budget.choose({name: replica.touched_rows() for name, replica in replicas.items()},
+                                    lambda name, ids: replicas[name].weigh(ids))
         self.choose_s = time.perf_counter() - t0
         return chosen
 
