@@ -27,6 +27,7 @@ tables as markdown.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -49,6 +50,7 @@ from sparsembed.bench.scaling import (  # noqa: E402
     ACROSS_HOSTS_UNBUDGETED,
     CONFIGS,
     Config,
+    SampledWorld,
     Workload,
     measure_rate,
     message_bytes,
@@ -57,7 +59,7 @@ from sparsembed.bench.scaling import (  # noqa: E402
     simulate_worlds,
     time_world,
 )
-from sparsembed.bench.steptime import HostCost, Link, run_seconds  # noqa: E402
+from sparsembed.bench.steptime import HostCost, Link, StepTime, run_seconds  # noqa: E402
 from sparsembed.comm.policy import ring_bytes  # noqa: E402
 from sparsembed.dataparallel.options import even_job_tokens  # noqa: E402
 from sparsembed.errors import UserError  # noqa: E402
@@ -149,6 +151,10 @@ def load_measured(patterns: list[str], budget_patterns: Sequence[str] = ()) -> l
                         "median_s", "median_density")} | {"encodings": runs[0]["matrices"][m]["encodings"]}
                     for m in runs[0].get("matrices") or {}}
         rate = re.search(r"netns (\d+(?:\.\d+)?) ?gbit", setup, re.IGNORECASE)  # "netns 1 Gbit/s", "netns 10gbit"
+        # the training thread's part of an overlapped exchange (files from 2026-12-05 on record the phases)
+        phased = [r for r in runs if r.get("matrices") and all("median_phases_s" in m for m in r["matrices"].values())]
+        foreground = [r.get("median_choose_s", 0.0) + sum(m["median_phases_s"].get(k, 0.0) for k in ("take", "land")
+                                                          for m in r["matrices"].values()) for r in phased]
         out.append({"file": name, "setup": setup, "loopback": setup.startswith("loopback"), "job_tokens": job_tokens,
                     "gbit": float(rate.group(1)) if rate else 1.0,
                     "variant": variant,
@@ -156,7 +162,8 @@ def load_measured(patterns: list[str], budget_patterns: Sequence[str] = ()) -> l
                     "repeats": len(runs), "link_mbit_s": runs[0]["link_mbit_s"], "started": runs[0]["started"],
                     "compute_s": med("median_compute_s"),
                     "exchange_s": med("median_exchange_s"), "mb_sent": med("median_mb_sent_per_step"),
-                    "words_per_s": med("words_per_s"), "matrices": matrices})
+                    "words_per_s": med("words_per_s"), "matrices": matrices,
+                    "foreground_s": float(np.median(foreground)) if foreground else None})
     return out
 
 
@@ -221,13 +228,10 @@ def session_rates(work: Workload, measured: list[dict[str, Any]], timed: float, 
     return out
 
 
-def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], host: HostCost,
-                 latency_s: float) -> dict[str, Any]:
-    """The model at N = 2 (one thread each, the trainer's even job size, every step of the first epoch) against
-    one group of measured runs: per-step medians of rank 0's bytes and seconds, and words/s of the run.
-    ``rate``: (tokens/s, source); a synchronous run whose own compute gave the rate has compute as an input."""
-    rate, rate_source = rate
-    inputs = ["compute_s"] if g["variant"] == "sync" and rate_source.endswith(g["file"]) else []
+def run_times(work: Workload, rate: float, g: dict[str, Any], host: HostCost,
+              latency_s: float) -> tuple[list[StepTime], list[list[Any]], SampledWorld, bool]:
+    """The model's steps of one group of measured runs at N = 2 (one thread each, the trainer's even job size,
+    every step of the first epoch, on shared cores), their traffic, the simulated world, and whether it overlaps."""
     values = next((v for v in ("int8", "fp16") if v in g["variant"]), "fp32")
     overlap = "overlap" in g["variant"]
     budget = "auto" if "budget" in g["variant"] else None
@@ -237,6 +241,37 @@ def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], hos
     link = Link(1e6, 0.0, 1.0) if g["loopback"] else Link(g["gbit"], latency_s, g["link_mbit_s"] / (1000 * g["gbit"]))
     sampled = simulate_world(work, 2, [config], steps=None, max_ranks=2, job_tokens=job_tokens)
     times, sent = time_world(sampled, config, rate, 1, link, host, overlap, shared_cores=True)
+    return times, sent, sampled, overlap
+
+
+def foreground_share(work: Workload, measured: list[dict[str, Any]], host: HostCost,
+                     rates_by_file: dict[str, tuple], latency_s: float) -> tuple[HostCost, str]:
+    """``host`` with its foreground share: over the loopback runs with ``--overlap`` whose phases were recorded,
+    the median of their training thread's exchange seconds a step (the budget's choice, each matrix's take and
+    land) over the host seconds the model gives the run (0, and all host work in the background, without one)."""
+    shares = []
+    for g in measured:
+        if g["loopback"] and "overlap" in g["variant"] and g.get("foreground_s"):
+            times = run_times(work, rates_by_file[g["file"]][0], g, host, latency_s)[0]
+            host_s = float(np.median([t.host_s for t in times]))
+            if host_s > 0:
+                shares.append(g["foreground_s"] / host_s)
+    if not shares:
+        return host, "no loopback run with --overlap and its phases in --measured: all host work in the background"
+    share = float(np.clip(np.median(shares), 0.0, 1.0))
+    return (dataclasses.replace(host, foreground=share),
+            f"{share:.2f} of it in the foreground when overlapped (median of {len(shares)} loopback run(s) with "
+            "--overlap: the training thread's exchange seconds over the model's host seconds)")
+
+
+def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], host: HostCost,
+                 latency_s: float) -> dict[str, Any]:
+    """The model at N = 2 (:func:`run_times`) against one group of measured runs: per-step medians of rank 0's
+    bytes and seconds, and words/s of the run. ``rate``: (tokens/s, source); a synchronous run whose own compute
+    gave the rate has compute as an input."""
+    rate, rate_source = rate
+    inputs = ["compute_s"] if g["variant"] == "sync" and rate_source.endswith(g["file"]) else []
+    times, sent, sampled, overlap = run_times(work, rate, g, host, latency_s)
     run_s = run_seconds(times * g["epochs"], overlap, shared_cores=True)
     words = g["epochs"] * sum(sampled.tokens) * 2 * work.raw_per_token / run_s
     per_matrix = {m: {"mb_sent": float(np.median([s[i].sent[0] for s in sent])) / 1e6,
@@ -244,8 +279,8 @@ def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], hos
                       "density": float(np.median([s[i].rows[0] for s in sent])) / work.num_rows}
                   for i, m in enumerate(("syn0", "syn1"))}
     # Overlapped on hosts of one core each, the background exchange's host work takes the training core's time (the
-    # trainer's compute_s holds it) and a step waits only for what the link adds beyond that (its exchange_s).
-    busy = [t.compute_s + (t.host_s if overlap else 0.0) for t in times]
+    # trainer's compute_s holds it); its exchange_s is the foreground host work and what the link adds beyond that.
+    busy = [t.compute_s + (t.host_s - t.foreground_s if overlap else 0.0) for t in times]
     compute = float(np.median(busy))
     exchange = float(np.median([t.step_s - c if overlap else t.exchange_s for t, c in zip(times, busy, strict=True)]))
     pred = {"steps": len(times) * g["epochs"], "compute_s": compute, "exchange_s": exchange,
@@ -548,6 +583,10 @@ def main(argv: list[str] | None = None) -> int:
     rate = rates(args, works)
     measured = load_measured(args.measured, args.measured_budget)
     host, host_source = host_cost(args.host_cost, measured)
+    if "cbow" in works and args.host_cost != "none":
+        by_file = session_rates(works["cbow"], measured, rate["cbow"]["tokens_per_s"], args.validation_rate)
+        host, share_source = foreground_share(works["cbow"], measured, host, by_file, args.latency_us * 1e-6)
+        host_source += f"; {share_source}"
     print(f"host cost: sparse {host.sparse_s_per_byte * 1e9:.2f} ns/byte, dense {host.dense_s_per_byte * 1e9:.2f} "
           f"ns/byte ({host_source})")
     checked = validation(args, works.get("cbow"), rate.get("cbow", {}).get("tokens_per_s"), scan_s, measured, host)
@@ -563,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         "sampling": f"per N: {args.steps} steps spread over the corpus, at most {args.max_ranks} ranks of each "
                     "(evenly spaced; the others taken to send what the sampled ones do)",
         "rates": rate, "host_cost": {"sparse_s_per_byte": host.sparse_s_per_byte,
-                                     "dense_s_per_byte": host.dense_s_per_byte, "source": host_source},
+                                     "dense_s_per_byte": host.dense_s_per_byte, "foreground": host.foreground,
+                                     "source": host_source},
         "configs": [{"name": c.name, "strategy": c.strategy, "values": c.values, "budget": c.budget,
                      "implemented": c.implemented, "hot": c.hot} for c in CONFIGS],
         "default_across_hosts": f"{ACROSS_HOSTS}, overlapped",

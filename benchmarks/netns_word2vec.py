@@ -24,8 +24,10 @@ process with one thread (``sparsembed train CORPUS --out D --workers 1``, no nam
 speedup of the pair, whole command against whole command; ``--eval`` scores every run's vectors (analogy with
 restrict_vocab 30000, wordsim353; gensim's files, ``sparsembed eval``).
 
-From each run's ``metrics.jsonl`` (rank 0's step records): median compute_s and exchange_s, exchange share
-(sum exchange_s / sum (compute_s + exchange_s)), MB sent per step (median, and per matrix), words/s.
+From each run's ``metrics.jsonl`` (rank 0's step records): median and mean compute_s and exchange_s, exchange share
+(sum exchange_s / sum (compute_s + exchange_s)), MB sent per step (median, and per matrix), words/s, the median
+phases of each matrix's exchange (take, wait, land in the foreground; background) and of the budget's choice, and
+the training seconds outside the steps (epoch ends, checkpoints, the last exchange).
 Namespaces, veths and the bridge are removed on exit, on error and on Ctrl-C / SIGTERM.
 """
 
@@ -138,18 +140,28 @@ def summarize(metrics: Path) -> dict:
     exch = [r["exchange_s"] for r in steps]
     encodings = sorted({m["encoding"] for r in steps for m in r["matrices"].values()})
     per_matrix = {}
-    for name in steps[0]["matrices"]:
+    # an overlapped step records the exchange that landed in it, so the first step has none: every step that has one
+    for name in sorted({name for r in steps for name in r["matrices"]}):
+        mine = [r["matrices"][name] for r in steps if name in r["matrices"]]
         per_matrix[name] = {
-            "median_mb_sent": round(statistics.median(r["matrices"][name]["bytes_sent"] for r in steps) / 1e6, 2),
-            "median_density": round(statistics.median(r["matrices"][name]["density"] for r in steps), 3),
-            "median_s": round(statistics.median(r["matrices"][name]["seconds"] for r in steps), 4),
-            "encodings": sorted({r["matrices"][name]["encoding"] for r in steps}),
+            "median_mb_sent": round(statistics.median(m["bytes_sent"] for m in mine) / 1e6, 2),
+            "median_density": round(statistics.median(m["density"] for m in mine), 3),
+            "median_s": round(statistics.median(m["seconds"] for m in mine), 4),
+            "encodings": sorted({m["encoding"] for m in mine}),
+            "median_phases_s": {phase: round(statistics.median(m.get("phases", {}).get(phase, 0.0) for m in mine), 4)
+                                for phase in sorted({k for m in mine for k in m.get("phases", {})})},
         }
+    train_s = training_seconds(metrics)
     return {
-        "train_s": training_seconds(metrics),  # wall_s - train_s: the start (launch, scan) and the end (outputs)
+        "train_s": train_s,  # wall_s - train_s: the start (launch, scan) and the end (outputs)
         "steps": len(steps),
         "median_compute_s": round(statistics.median(compute), 4),
         "median_exchange_s": round(statistics.median(exch), 4),
+        "mean_compute_s": round(statistics.fmean(compute), 4),
+        "mean_exchange_s": round(statistics.fmean(exch), 4),
+        "median_choose_s": round(statistics.median(r.get("choose_s", 0.0) for r in steps), 4),
+        # training's seconds outside its steps' compute and exchange: epoch ends, checkpoints, the first step's set-up
+        "outside_steps_s": round(train_s - sum(compute) - sum(exch), 3) if train_s is not None else None,
         "exchange_share": round(sum(exch) / max(sum(compute) + sum(exch), 1e-9), 4),
         "median_mb_sent_per_step": round(statistics.median(r["bytes_sent"] for r in steps) / 1e6, 2),
         "mean_mb_sent_per_step": round(sum(r["bytes_sent"] for r in steps) / len(steps) / 1e6, 2),

@@ -5,6 +5,8 @@ edge cases."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -19,11 +21,13 @@ from sparsembed.bench.scaling import (
     Workload,
     apply_budget,
     budget_rows,
+    carried,
     cut_to_rows,
     exchange_traffic,
     hot_sync,
     message_bytes,
     predict,
+    row_bytes,
     sample_steps,
     simulate_world,
     time_world,
@@ -227,6 +231,27 @@ def test_run_seconds_overlaps_all_but_the_ends() -> None:
     assert run_seconds(slow, overlap=True, shared_cores=True) == pytest.approx(1.0 + 2 * (0.5 + 2.0) + 2.5)
     one = step_time([], 2.0, 1, Link(1.0))
     assert one.step_s == 2.0 and one.exchange_s == 0
+
+
+def test_the_hosts_foreground_work_is_never_hidden() -> None:
+    """With a foreground share f, an overlapped step on a core of its own takes the longer of its compute and the
+    background (link, latency, the host's other work), plus f of the host's work; on shared cores all the host's
+    work is on the training core anyway."""
+    # compute 1.0, link 0.5, host 0.4 of which 0.3 in the foreground
+    step = StepTime(1.0, 0.5, 0.0, 0.4, 0.0, foreground_s=0.3)
+    assert step.behind(1.0, shared_cores=False) == pytest.approx(1.0 + 0.3)
+    assert step.behind(0.2, shared_cores=False) == pytest.approx(0.5 + 0.1 + 0.3)
+    assert step.behind(1.0, shared_cores=True) == pytest.approx(0.4 + 1.0)
+    assert StepTime(1.0, 0.5, 0.0, 0.4, 0.0).behind(1.0, shared_cores=False) == pytest.approx(1.0)  # all behind
+    traffic = [exchange_traffic(Config("r", "replicated"), _step(2, [0.1, 0.1]), m, 2000, 10) for m in (0, 1)]
+    for share in (0.0, 0.5, 1.0):
+        t = step_time(traffic, 1.0, 2, FAST, HostCost(1e-6, 0.0, share), overlap=True)
+        assert t.host_s > 0 and t.foreground_s == pytest.approx(share * t.host_s)
+        assert t.step_s == pytest.approx(max(1.0, t.link_s + t.latency_s - t.agree_s + t.host_s - t.foreground_s)
+                                         + t.foreground_s + t.agree_s)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(UserError, match="foreground"):
+            HostCost(0.0, 0.0, bad)
 
 
 def _one_line(excinfo: pytest.ExceptionInfo) -> str:
@@ -511,3 +536,46 @@ def test_auto_shrinks_while_the_rows_chosen_go_dense_and_do_not_hide(monkeypatch
     dense = HostCost(0.0, 0.0)  # the same rows dense, at no host cost, hide: the cap stands
     _, sent = time_world(sampled, AUTO, 1e6, 1, FAST, dense, True)
     assert np.all(_sent_rows(sent[0]) == 2000) and {t.mode for t in sent[0]} == {"dense"}
+
+
+def test_deferred_rows_wait_for_later_steps_as_in_the_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consecutive steps under a binding budget: each rank's rows a step are the trainer's Budget's choice among
+    the step's rows and those still waiting (replayed here for rank 0), no row waits more than MAX_AGE steps (then
+    it goes over the limit), and every touched row goes in some step or still waits at the end."""
+    world, num_rows, dim, n_steps = 2, 2000, 10, 20
+    monkeypatch.setattr(trainer_budget, "MIN_ROWS", 1)
+    monkeypatch.setattr(trainer_budget, "ROWS_PER_TOKEN", 0.3)  # 300 rows a rank and step, of about 2 x 400 touched
+    steps = [dataclasses.replace(_step(world, [0.2, 0.2], num_rows, seed=k), step=k) for k in range(n_steps)]
+    traffic = [[exchange_traffic(AUTO, s, m, num_rows, dim) for m in (0, 1)] for s in steps]
+    weights = np.arange(num_rows, 0, -1, dtype=np.float64)  # row 0 the most frequent word
+    sampled = SampledWorld(world, [1000.0] * n_steps, {AUTO.name: traffic}, {AUTO.name: None}, 1000, num_rows, dim,
+                           rows={AUTO.name: steps}, weights=weights)
+    sent = carried(AUTO, sampled, 1e6, 1, FAST, HostCost())
+    assert len(sent) == n_steps and all(t.mode == "sparse" for s in sent for t in s)
+    rows = np.array([_sent_rows(s) for s in sent])  # per step and rank
+    assert np.all(rows >= 300) and np.any(rows > 300)  # the limit, and rows past it when they reach MAX_AGE
+    touched = {(r, m): set() for r in range(world) for m in (0, 1)}
+    age = {}
+    for s in steps:
+        for r in range(world):
+            for m in (0, 1):
+                touched[(r, m)] |= set(s.rows[m][r].tolist())
+    # rank 0's rows: what went, step by step, is recomputed from the budget's own choices
+    budget = trainer_budget.Budget("auto", row_bytes(dim, "int8") + 4, {"syn0": num_rows, "syn1": num_rows}, 1000)
+    pending = {0: np.zeros(0, np.int64), 1: np.zeros(0, np.int64)}
+    went = {0: set(), 1: set()}
+    for k, s in enumerate(steps):
+        now = {m: np.union1d(s.rows[m][0], pending[m]) for m in (0, 1)}
+        for m in (0, 1):
+            for row in now[m].tolist():
+                age[(m, row)] = age.get((m, row), -1) + 1
+        goes = budget.choose({"syn0": now[0], "syn1": now[1]}, lambda _n, ids: weights[ids])
+        assert rows[k][0] == goes["syn0"].shape[0] + goes["syn1"].shape[0]
+        for m, name in ((0, "syn0"), (1, "syn1")):
+            went[m] |= set(goes[name].tolist())
+            for row in goes[name].tolist():
+                assert age.pop((m, row)) <= trainer_budget.MAX_AGE  # no row waits longer
+            pending[m] = np.setdiff1d(now[m], goes[name])
+        assert all(a < trainer_budget.MAX_AGE for a in age.values())
+    for m in (0, 1):
+        assert went[m] | set(pending[m].tolist()) == touched[(0, m)]  # nothing lost

@@ -23,7 +23,7 @@ from sparsembed.word2vec.schedule import concurrent_schedule, job_boundaries
 p = argparse.ArgumentParser()
 p.add_argument("--world", type=int, default=4)
 p.add_argument("--job", type=int, default=250_000)
-p.add_argument("--rule", default="sum")  # sum | mean | rowmean
+p.add_argument("--rule", default="sum")  # sum | mean | hotmean | rowmean | align
 p.add_argument("--sub", type=int, default=1, help="sub-steps per step (hot rows merged after each)")
 p.add_argument("--hot", type=int, default=0, help="rows (most frequent) merged every sub-step")
 p.add_argument("--hot1", type=int, default=-1, help="syn1 hot rows (default = --hot)")
@@ -60,6 +60,10 @@ def merge(changes, rows=None):
     if a.rule == "rowmean":
         cnt = sum((np.abs(x).sum(axis=1) > 0).astype(np.float32) for x in d)
         return tot / np.maximum(cnt, 1)[:, None]
+    if a.rule == "align":  # per row: the sum where the ranks' changes disagree, the mean where they all agree
+        sq = sum((x * x).sum(axis=1) for x in d)
+        ss = (tot * tot).sum(axis=1)
+        return tot * np.clip(sq / np.maximum(ss, 1e-30), 1.0 / W, 1.0)[:, None]
     raise SystemExit(a.rule)
 
 t0 = time.time()

@@ -21,7 +21,9 @@ It owns three things, each from the package's own parts rather than from assumpt
   (:func:`budget_rows`: ``auto``'s cap of ``ROWS_PER_TOKEN`` rows per token the rank trains in a step, shrunk to
   the rows whose bytes hide behind the step's compute, :func:`auto_budget`, when the whole change does not, and
   by ``SHRINK`` steps while the rows chosen still do not, as when they go dense; bytes: the trainer's megabytes as
-  rows), the rest pending (:func:`cut_to_rows`).
+  rows), the rest pending (:func:`cut_to_rows`). Over consecutive steps (every step of an epoch, as the validation
+  simulates) the rows deferred wait for the next steps as in the trainer, which choose among them with its own
+  :class:`~sparsembed.dataparallel.budget.Budget` (their age bound and the surges it makes, :func:`carried`).
 * **time** (:mod:`sparsembed.bench.steptime`, re-exported here): a step's compute (tokens / a measured rate),
   exchange (bytes at the link's payload rate, a latency per round of messages, and an optional host cost per byte
   for packing, summing and the TCP stack), added (synchronous) or overlapped, and the hot syncs in the foreground;
@@ -76,7 +78,7 @@ __all__ = ["Workload", "Link", "HostCost", "Config", "CONFIGS", "ACROSS_HOSTS", 
            "StepTime", "StepRows", "HotSync", "mark_job", "message_bytes", "row_bytes", "exchange_traffic",
            "budget_rows", "hide_rows", "cut_to_rows", "apply_budget", "step_time",
            "run_seconds", "hot_seconds", "hot_sync", "without_hot", "sample_steps", "SampledWorld", "simulate_world",
-           "simulate_worlds", "time_world", "auto_budget", "predict", "predicted_rows", "measure_rate"]
+           "simulate_worlds", "time_world", "carried", "auto_budget", "predict", "predicted_rows", "measure_rate"]
 
 #: Bytes of the header that sizes each eager message (comm.transport's frame) and of a sharded frame.
 _SIZE_BYTES = 8
@@ -608,6 +610,11 @@ class SampledWorld:
     job_tokens: int = 0
     num_rows: int = 0
     dim: int = 0
+    #: Budgeted configs, when the steps are consecutive (every step of an epoch): each step's rows (without the
+    #: hot ones), so that the rows a budget defers can wait for later steps as in the trainer (:func:`carried`).
+    rows: dict[str, list[StepRows]] = field(default_factory=dict)
+    #: What ranks the rows a budget chooses (the trainer weighs each change's squared norm): a row's word count.
+    weights: np.ndarray | None = None
 
 
 def simulate_world(work: Workload, world: int, configs: Sequence[Config] = CONFIGS, steps: int | None = 4,
@@ -622,7 +629,8 @@ def simulate_world(work: Workload, world: int, configs: Sequence[Config] = CONFI
         owners = Owners(work.model.vocab.counts, world, job_tokens * work.threads)
     hot = {c.name: hot_sync(c, world, work.num_rows, work.dim, job_tokens) for c in configs}
     out = SampledWorld(world, traffic={c.name: [] for c in configs}, hot=hot, job_tokens=job_tokens,
-                       num_rows=work.num_rows, dim=work.dim)
+                       num_rows=work.num_rows, dim=work.dim, weights=np.asarray(work.model.vocab.counts, np.float64))
+    consecutive = steps is None and world > 1
     for step in sample_steps(work, world, steps, max_ranks, job_tokens):
         out.tokens.append(float(step.tokens.mean()))
         cut: dict[int, StepRows] = {}  # the step without its hot rows, once per count of them
@@ -632,6 +640,8 @@ def simulate_world(work: Workload, world: int, configs: Sequence[Config] = CONFI
                 cut[rows] = without_hot(step, rows)
             out.traffic[c.name].append([exchange_traffic(c, cut[rows], m, work.num_rows, work.dim, owners)
                                         for m in (0, 1)])
+            if consecutive and c.budget is not None:
+                out.rows.setdefault(c.name, []).append(cut[rows])
     return out
 
 
@@ -641,14 +651,61 @@ def time_world(sampled: SampledWorld, config: Config, rate: float, threads: int,
     traffic as sent. A rank's step trains ``sampled.job_tokens x threads`` tokens (what a budget's cap counts)."""
     times, sent = [], []
     hot = sampled.hot.get(config.name)
-    for tokens, traffic in zip(sampled.tokens, sampled.traffic[config.name], strict=True):
+    steps = sampled.traffic[config.name]
+    if config.budget is not None and sampled.rows.get(config.name):
+        steps = carried(config, sampled, rate, threads, link, host)
+    for tokens, traffic in zip(sampled.tokens, steps, strict=True):
         compute_s = tokens / (rate * threads)
-        if config.budget is not None:
+        if config.budget is not None and not sampled.rows.get(config.name):
             traffic = _within_budget(config, traffic, compute_s, sampled, sampled.job_tokens * threads, link, host)
         times.append(step_time(traffic, compute_s, sampled.world, link, host, overlap=overlap,
                                shared_cores=shared_cores, hot=hot))
         sent.append(traffic)
     return times, sent
+
+
+def carried(config: Config, sampled: SampledWorld, rate: float, threads: int, link: Link,
+            host: HostCost | None) -> list[list[Traffic]]:
+    """What a budgeted config sends in each of consecutive steps when, as in the trainer, the rows a step defers
+    stay touched: each sampled rank has its own :class:`~sparsembed.dataparallel.budget.Budget`, which chooses
+    among the step's rows and those still pending (rows :data:`~sparsembed.dataparallel.budget.MAX_AGE` steps
+    old first, then the heaviest, weighed here by their word's count for the change's norm) within the limit
+    :func:`_within_budget` sets; the rows chosen go as the trainer's own exchange would send them (sparse, or
+    one dense all-reduce). A run's last exchange, which sends whatever still waits, is not modelled."""
+    world, num_rows, dim = sampled.world, sampled.num_rows, sampled.dim
+    plain = dataclasses.replace(config, budget=None)
+    step_tokens = sampled.job_tokens * threads
+    weights = sampled.weights if sampled.weights is not None else np.ones(num_rows)
+    ranks = len(sampled.rows[config.name][0].ranks)
+    row = row_bytes(dim, config.values) + 4
+    setting = "auto" if config.budget == "auto" else float(config.budget) / 1e6
+    budgets = [trainer_budget.Budget(setting, row, {"syn0": num_rows, "syn1": num_rows}, step_tokens)
+               for _ in range(ranks)]
+    pending = [[np.zeros(0, np.int64), np.zeros(0, np.int64)] for _ in range(ranks)]
+    out = []
+    for tokens, step in zip(sampled.tokens, sampled.rows[config.name], strict=True):
+        touched = StepRows(world, step.step, step.ranks, tuple(  # type: ignore[arg-type]
+            [np.union1d(step.rows[m][i], pending[i][m]) for i in range(ranks)] for m in (0, 1)), step.tokens)
+        traffic = [exchange_traffic(config, touched, m, num_rows, dim) for m in (0, 1)]
+        cut = _within_budget(config, traffic, tokens / (rate * threads), sampled, step_tokens, link, host)
+        limit = np.broadcast_to(np.asarray(sum(t.rows for t in cut)), (ranks,))
+        chosen: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+        for i, budget in enumerate(budgets):
+            budget.rows = max(1, int(limit[i]))
+            goes = budget.choose({"syn0": touched.rows[0][i], "syn1": touched.rows[1][i]},
+                                 lambda _name, ids: weights[ids])
+            for m, name in enumerate(("syn0", "syn1")):
+                chosen[m].append(goes[name])
+                pending[i][m] = np.setdiff1d(touched.rows[m][i], goes[name], assume_unique=True)
+        sent = StepRows(world, step.step, step.ranks, chosen, step.tokens)
+        step_traffic = []
+        for m in (0, 1):
+            t = exchange_traffic(plain, sent, m, num_rows, dim)
+            t.rows_sent_share = float(sum(a.shape[0] for a in chosen[m]) / max(sum(touched.rows[m][i].shape[0]
+                                                                                 for i in range(ranks)), 1))
+            step_traffic.append(t)
+        out.append(step_traffic)
+    return out
 
 
 def _within_budget(config: Config, traffic: list[Traffic], compute_s: float, sampled: SampledWorld,

@@ -66,15 +66,21 @@ class Link:
 class HostCost:
     """Seconds of a host's own work per byte of an exchange (packing, summing, the TCP stack): ``sparse`` per byte
     sent plus received (replicated sparse, sharded), ``dense`` per byte of the float32 matrix plus the ring's
-    bytes (the dense change, the reduction, the update). Zero: the link alone."""
+    bytes (the dense change, the reduction, the update). Zero: the link alone.
+
+    ``foreground``: the share of that work an overlapped step does on the training thread, where nothing hides it
+    (choosing the rows, taking their changes, landing the sums); the rest runs in the exchange's own thread."""
 
     sparse_s_per_byte: float = 0.0
     dense_s_per_byte: float = 0.0
+    foreground: float = 0.0
 
     def __post_init__(self) -> None:
         for value in (self.sparse_s_per_byte, self.dense_s_per_byte):
             if not (_finite(value) and value >= 0):
                 raise UserError(f"invalid setting: host cost per byte must be >= 0, got {value!r}")
+        if not (_finite(self.foreground) and 0 <= self.foreground <= 1):
+            raise UserError(f"invalid setting: the host's foreground share must be in [0, 1], got {self.foreground!r}")
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,7 @@ class StepTime:
     step_s: float
     agree_s: float = 0.0
     hot_s: float = 0.0
+    foreground_s: float = 0.0  # the part of host_s an overlapped step does on the training thread
 
     @property
     def exchange_s(self) -> float:
@@ -145,11 +152,12 @@ class StepTime:
 
     def behind(self, compute_s: float, shared_cores: bool) -> float:
         """Seconds until the next step may start when this step's exchange runs behind ``compute_s`` of the next
-        (the next step's hot syncs, in the foreground, come on top: see :func:`run_seconds`)."""
+        (the next step's hot syncs, in the foreground, come on top: see :func:`run_seconds`). The host's foreground
+        work is never hidden; on a core of its own the rest runs beside the compute."""
         background = self.link_s + self.latency_s - self.agree_s
         if shared_cores:
             return self.host_s + max(compute_s, background) + self.agree_s
-        return max(compute_s, background + self.host_s) + self.agree_s
+        return max(compute_s, background + self.host_s - self.foreground_s) + self.foreground_s + self.agree_s
 
 
 def step_time(traffic: list[Traffic], compute_s: float, world: int, link: Link, host: HostCost | None = None, *,
@@ -159,9 +167,9 @@ def step_time(traffic: list[Traffic], compute_s: float, world: int, link: Link, 
     foreground hot syncs (``hot``, :func:`hot_seconds`).
 
     Synchronous: compute + exchange + hot syncs. Overlapped: the main exchange runs behind the next step's
-    compute, so the step takes the longer of the two (and the agreement), plus the hot syncs, which training waits
-    for; with ``shared_cores`` the host's exchange work takes the training core's time (hosts with one core each,
-    as network namespaces on one small machine are).
+    compute, so the step takes the longer of the two (and the agreement), plus the host's foreground share of its
+    work and the hot syncs, which training waits for; with ``shared_cores`` all the host's exchange work takes the
+    training core's time (hosts with one core each, as network namespaces on one small machine are).
     """
     host = host or HostCost()
     link_s = sum(float(np.maximum(t.sent, t.recv).max()) for t in traffic) / link.bytes_per_s
@@ -171,7 +179,7 @@ def step_time(traffic: list[Traffic], compute_s: float, world: int, link: Link, 
     host_s = sum(float(t.host_bytes.max()) * rate[t.host_kind] for t in traffic if t.mode != "none")
     hot_s = hot_seconds(hot, link, host)
     out = StepTime(compute_s, link_s, latency_s, host_s, compute_s + link_s + latency_s + host_s + hot_s, agree_s,
-                   hot_s)
+                   hot_s, host_s * host.foreground)
     if overlap:
         out.step_s = out.behind(compute_s, shared_cores) + hot_s
     return out
