@@ -201,3 +201,35 @@ def test_cli_bad_budget_is_one_line_exit_2(tmp_path: Path, extra: list[str]) -> 
     errors = [line for line in bad.stderr.splitlines() if "error" in line]
     assert bad.returncode == 2 and len(errors) == 1 and "--budget" in errors[0], bad.stderr
     assert not (tmp_path / "o").exists()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_keep_residual_puts_back_what_rounding_took_and_marks_only_those_rows(seed: int) -> None:
+    """Error feedback's bookkeeping against plain numpy: a row untouched since its change was taken gets
+    ``own - sent`` back and is marked pending when that is non-zero anywhere; a touched row, or one whose values
+    all went exactly, is left bit for bit as it was (a -0.0 included)."""
+    rng = np.random.default_rng(seed)
+    rows, dim, n = 50, 7, 20
+    work = rng.standard_normal((rows, dim)).astype(np.float32)
+    work[rng.random((rows, dim)) < 0.1] = -0.0
+    replica = Replica("syn0", work.copy())
+    replica.touched[:] = rng.random(rows) < 0.3
+    ids = np.sort(rng.choice(rows, n, replace=False))
+    own = rng.standard_normal((n, dim)).astype(np.float32)
+    sent = own.copy()
+    rounded = rng.random((n, dim)) < 0.5
+    rounded[rng.random(n) < 0.3] = False  # some rows went exactly
+    sent[rounded] = np.round(own[rounded], 1)
+    before_touched, before_pending = replica.touched.copy(), replica.pending.copy()
+    replica.keep_residual(RowSparse.from_sorted(torch.from_numpy(ids), torch.from_numpy(own), rows),
+                          torch.from_numpy(sent))
+    expected, pending = work.copy(), before_pending.copy()
+    for i, r in enumerate(ids):
+        if before_touched[r]:
+            continue
+        d = own[i] - sent[i]
+        expected[r] = np.where(d != 0, expected[r] + d, expected[r])
+        pending[r] |= bool(np.any(d != 0))
+    assert replica.work.tobytes() == expected.tobytes()  # bit for bit, the sign of zeros too
+    assert np.array_equal(replica.pending, pending) and np.array_equal(replica.touched, before_touched)
