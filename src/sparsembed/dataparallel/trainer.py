@@ -458,8 +458,7 @@ class DataParallelTrainer:
                 replica.add_shared(self._slots(replica), result, own)
                 st = _shm_stats(replica, own.n)
             else:
-                total, st = result
-                sent = self._sent(own, st.mode == "dense")
+                total, st, sent = result
                 replica.add(total, RowSparse.from_sorted(own.ids, sent, own.num_rows))
                 replica.keep_residual(own, sent)
             st.seconds = put_s + time.perf_counter() - t0  # what the step waited for, not the background work
@@ -478,8 +477,10 @@ class DataParallelTrainer:
                 job.wait()
             self._count(vote)
 
-    def _send(self, replica: Replica, own: RowSparse) -> tuple[Any, ExchangeStats]:
-        """Background thread: the sum over all ranks of their changes, sparse or dense as :meth:`_replicated`."""
+    def _send(self, replica: Replica, own: RowSparse) -> tuple[Any, ExchangeStats, torch.Tensor]:
+        """Background thread: the sum over all ranks of their changes, sparse or dense as :meth:`_replicated`, and
+        this rank's rows as the sum received them (:meth:`_sent`: rounding them here keeps it off the training
+        thread)."""
         o = self.options
         t0 = time.perf_counter()
         num_rows, dim = replica.work.shape
@@ -489,8 +490,9 @@ class DataParallelTrainer:
         else:
             total, st = replicated(own, rows=o.rows, values=o.values, mode="sparse", group=self.async_group,
                                    name=replica.name, transport="tcp")
+        sent = self._sent(own, st.mode == "dense")
         st.phases["background"] = time.perf_counter() - t0
-        return total, st
+        return total, st, sent
 
     def _slots(self, replica: Replica) -> HostSlots:
         if replica.name not in self.slots:  # collective: every rank creates its slots in the first step
