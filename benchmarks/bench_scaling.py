@@ -246,22 +246,20 @@ def run_times(work: Workload, rate: float, g: dict[str, Any], host: HostCost,
 
 def foreground_share(work: Workload, measured: list[dict[str, Any]], host: HostCost,
                      rates_by_file: dict[str, tuple], latency_s: float) -> tuple[HostCost, str]:
-    """``host`` with its foreground share: over the loopback runs with ``--overlap`` whose phases were recorded,
-    the median of their training thread's exchange seconds a step (the budget's choice, each matrix's take and
-    land) over the host seconds the model gives the run (0, and all host work in the background, without one)."""
-    shares = []
-    for g in measured:
-        if g["loopback"] and "overlap" in g["variant"] and g.get("foreground_s"):
-            times = run_times(work, rates_by_file[g["file"]][0], g, host, latency_s)[0]
-            host_s = float(np.median([t.host_s for t in times]))
-            if host_s > 0:
-                shares.append(g["foreground_s"] / host_s)
-    if not shares:
+    """``host`` with its foreground share: of the newest loopback run with ``--overlap`` whose phases were recorded
+    (the trainer's own work changes as it is made faster), its training thread's exchange seconds a step (the
+    budget's choice, each matrix's take and land) over the host seconds the model gives the run (0, and all host
+    work in the background, without one)."""
+    runs = [g for g in measured if g["loopback"] and "overlap" in g["variant"] and g.get("foreground_s")]
+    if not runs:
         return host, "no loopback run with --overlap and its phases in --measured: all host work in the background"
-    share = float(np.clip(np.median(shares), 0.0, 1.0))
+    g = max(runs, key=lambda g: datetime.strptime(g["started"], "%Y-%m-%d %H:%M:%S"))
+    times = run_times(work, rates_by_file[g["file"]][0], g, host, latency_s)[0]
+    host_s = float(np.median([t.host_s for t in times]))
+    share = float(np.clip(g["foreground_s"] / host_s, 0.0, 1.0)) if host_s > 0 else 0.0
     return (dataclasses.replace(host, foreground=share),
-            f"{share:.2f} of it in the foreground when overlapped (median of {len(shares)} loopback run(s) with "
-            "--overlap: the training thread's exchange seconds over the model's host seconds)")
+            f"{share:.2f} of it in the foreground when overlapped (the loopback run of {g['file']}: the training "
+            f"thread's {1e3 * g['foreground_s']:.1f} ms of exchange work a step over the model's host seconds)")
 
 
 def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], host: HostCost,
