@@ -426,13 +426,16 @@ def validation_table(runs: list[dict[str, Any]], whole: list[dict[str, Any]], ex
 
 def verdict(runs: list[dict[str, Any]], whole: list[dict[str, Any]], exchange: list[dict[str, Any]]) -> dict:
     """How many judged figures lie within the target, and which do not."""
-    judged = [(f"{v['setup']} J={v['job_tokens']} {v['variant']} {v['epochs']} ep: {k}", r)
+    # the file in the name: runs of one setup in several files are figures of their own, each judged
+    judged = [(f"{v['setup']} J={v['job_tokens']} {v['variant']} {v['epochs']} ep ({v['file']}): {k}", r)
               for v in runs if not v["calibration"] for k, r in v["ratio"].items() if k not in v["inputs"]]
     judged += [(f"whole command {w['gbit_s']:g} Gbit/s {w.get('variant', 'sync')}: {k}", r) for w in whole
                for k, r in w["ratio"].items() if k not in w["inputs"]]
     judged += [(f"bench exchange {e['hosts']} hosts {e['values']} ({e['file']}): {k}", r) for e in exchange
                 for k, r in e["ratio"].items()]
     off = {name: round(r, 3) for name, r in judged if abs(r - 1) > TARGET}
+    if len(off) != sum(abs(r - 1) > TARGET for _, r in judged):
+        raise RuntimeError("bench_scaling: two judged figures share a name")  # each must be counted
     return {"target": TARGET, "judged": len(judged), "within": len(judged) - len(off), "off": off}
 
 
