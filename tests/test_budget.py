@@ -18,7 +18,7 @@ from dist_utils import DistPool
 from sparsembed import Word2Vec
 from sparsembed.dataparallel.budget import GROW, MAX_AGE, MIN_ROWS, ROWS_PER_TOKEN, SHRINK, Budget, parse_budget
 from sparsembed.dataparallel.options import ExchangeOptions
-from sparsembed.dataparallel.replica import Replica
+from sparsembed.dataparallel.replica import WEIGH_VALUES, Replica
 from sparsembed.errors import UserError
 from sparsembed.rows.coalesce import RowSparse
 from sparsembed.word2vec.demo import generate_corpus
@@ -233,3 +233,23 @@ def test_keep_residual_puts_back_what_rounding_took_and_marks_only_those_rows(se
         pending[r] |= bool(np.any(d != 0))
     assert replica.work.tobytes() == expected.tobytes()  # bit for bit, the sign of zeros too
     assert np.array_equal(replica.pending, pending) and np.array_equal(replica.touched, before_touched)
+
+
+def test_weigh_estimates_a_rows_change_from_its_first_values() -> None:
+    """The budget's weight of a row: the squared norm of its change over the first WEIGH_VALUES values (all of
+    them in a narrower matrix), never anything the row's other values hold."""
+    rng = np.random.default_rng(3)
+    work = rng.standard_normal((6, 40)).astype(np.float32)
+    replica = Replica("syn0", work.copy())
+    change = np.zeros((6, 40), np.float32)
+    change[1, :WEIGH_VALUES] = 0.5
+    change[2, WEIGH_VALUES:] = 9.0  # beyond the values weighed
+    change[3] = 0.1
+    replica.work += change
+    weights = replica.weigh(np.arange(6))
+    expected = (change[:, :WEIGH_VALUES].astype(np.float64) ** 2).sum(axis=1)
+    np.testing.assert_allclose(weights, expected, rtol=1e-5)
+    assert weights[1] > weights[3] > weights[2] == 0.0
+    narrow = Replica("syn1", np.zeros((3, 4), np.float32))
+    narrow.work[2] = 1.0
+    assert narrow.weigh(np.arange(3)).tolist() == [0.0, 0.0, 4.0]

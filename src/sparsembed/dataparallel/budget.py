@@ -2,7 +2,8 @@
 
 Zipf makes a step's change lopsided: a few frequent words' rows carry most of it, thousands of rare words' rows a
 little each. Under a budget a rank sends, of the rows it touched, those whose pending change (``work -
-reference``) has the largest squared norm, as many as fit in the budget over both matrices; the others stay
+reference``) has the largest squared norm (estimated from its first values, ``Replica.weigh``), as many as fit in
+the budget over both matrices; the others stay
 touched, their change kept in the working copy, where the next steps' updates add to it until it is among the
 largest. Nothing is lost: a row's change waits, it is never dropped (the delta-against-a-reference design of
 :class:`~sparsembed.dataparallel.replica.Replica` holds it, as it holds a rounding residual). No row waits more than

@@ -29,6 +29,11 @@ from sparsembed.rows.coalesce import RowSparse
 __all__ = ["Replica", "slot_bytes"]
 
 
+#: Values of a row whose change a byte budget weighs (:meth:`Replica.weigh`): the whole row's norm would read every
+#: touched row of both matrices twice over, the largest pass of a step's exchange on the training thread.
+WEIGH_VALUES = 16
+
+
 class Replica:
     """One matrix of one rank: the working copy the kernel trains, the reference all ranks agree on, the
     rows touched since the last exchange."""
@@ -65,9 +70,11 @@ class Replica:
         return np.flatnonzero(self.touched)
 
     def weigh(self, ids: np.ndarray) -> np.ndarray:
-        """The squared norm of the change of each row of ``ids``: what a byte budget ranks them by."""
+        """What a byte budget ranks the rows of ``ids`` by: the squared norm of each row's change over its first
+        :data:`WEIGH_VALUES` values, an estimate of the whole row's (an embedding's coordinates are alike) read
+        from one or two cache lines of each row instead of all of them."""
         weights = np.empty(ids.shape[0], dtype=np.float64)
-        _weights(self.work, self.ref, ids, weights)
+        _weights(self.work, self.ref, ids, weights, min(WEIGH_VALUES, self.work.shape[1]))
         return weights
 
     def add(self, total: RowSparse | torch.Tensor, own: RowSparse | None = None) -> None:
@@ -205,12 +212,12 @@ def _gather_change(work, ref, ids, out):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def _weights(work, ref, ids, out):  # pragma: no cover - compiled
+def _weights(work, ref, ids, out, values):  # pragma: no cover - compiled
     # float32 sums in any order (fastmath): they only rank rows, and vectorised they cost a third
     for i in range(ids.shape[0]):
         r = ids[i]
         s = np.float32(0.0)
-        for k in range(work.shape[1]):
+        for k in range(values):
             d = work[r, k] - ref[r, k]
             s += d * d
         out[i] = s
