@@ -27,7 +27,6 @@ from sparsembed.bench.scaling import (
     hot_sync,
     message_bytes,
     predict,
-    row_bytes,
     sample_steps,
     simulate_world,
     time_world,
@@ -561,7 +560,8 @@ def test_deferred_rows_wait_for_later_steps_as_in_the_trainer(monkeypatch: pytes
             for m in (0, 1):
                 touched[(r, m)] |= set(s.rows[m][r].tolist())
     # rank 0's rows: what went, step by step, is recomputed from the budget's own choices
-    budget = trainer_budget.Budget("auto", row_bytes(dim, "int8") + 4, {"syn0": num_rows, "syn1": num_rows}, 1000)
+    budget = trainer_budget.Budget("auto", trainer_budget.wire_row_bytes("int8", dim),
+                                   {"syn0": num_rows, "syn1": num_rows}, 1000)
     pending = {0: np.zeros(0, np.int64), 1: np.zeros(0, np.int64)}
     went = {0: set(), 1: set()}
     for k, s in enumerate(steps):

@@ -531,9 +531,17 @@ def budget_rows(config: Config, dim: int, step_tokens: int) -> int:
     ``--budget`` in megabytes, x 1e6). Raises UserError for a config without a budget."""
     if config.budget is None:
         raise UserError(f"config {config.name!r} has no byte budget")
+    return _trainer_budget(config, dim, step_tokens).limit()
+
+
+def _trainer_budget(config: Config, dim: int, step_tokens: int, num_rows: int = 0) -> trainer_budget.Budget:
+    """The trainer's :class:`~sparsembed.dataparallel.budget.Budget` for ``config`` (its megabytes from the
+    config's bytes), its rows sized as the trainer sizes them; ``num_rows``: rows of each matrix, for the rows'
+    ages (0: none kept)."""
     setting = "auto" if config.budget == "auto" else float(config.budget) / 1e6
-    row = row_bytes(dim, config.values) + 4  # as the trainer sizes a row: its values and at most a 4-byte index
-    return trainer_budget.Budget(setting, row, {}, int(step_tokens)).limit()
+    matrices = {"syn0": num_rows, "syn1": num_rows} if num_rows else {}
+    return trainer_budget.Budget(setting, trainer_budget.wire_row_bytes(config.values, dim), matrices,
+                                 int(step_tokens))
 
 
 def _cuttable(traffic: list[Traffic], world: int) -> bool:
@@ -652,11 +660,12 @@ def time_world(sampled: SampledWorld, config: Config, rate: float, threads: int,
     times, sent = [], []
     hot = sampled.hot.get(config.name)
     steps = sampled.traffic[config.name]
-    if config.budget is not None and sampled.rows.get(config.name):
-        steps = carried(config, sampled, rate, threads, link, host)
+    cut_each = config.budget is not None  # step by step, unless the steps are consecutive: then carried over
+    if cut_each and sampled.rows.get(config.name):
+        steps, cut_each = carried(config, sampled, rate, threads, link, host), False
     for tokens, traffic in zip(sampled.tokens, steps, strict=True):
         compute_s = tokens / (rate * threads)
-        if config.budget is not None and not sampled.rows.get(config.name):
+        if cut_each:
             traffic = _within_budget(config, traffic, compute_s, sampled, sampled.job_tokens * threads, link, host)
         times.append(step_time(traffic, compute_s, sampled.world, link, host, overlap=overlap,
                                shared_cores=shared_cores, hot=hot))
@@ -677,10 +686,7 @@ def carried(config: Config, sampled: SampledWorld, rate: float, threads: int, li
     step_tokens = sampled.job_tokens * threads
     weights = sampled.weights if sampled.weights is not None else np.ones(num_rows)
     ranks = len(sampled.rows[config.name][0].ranks)
-    row = row_bytes(dim, config.values) + 4
-    setting = "auto" if config.budget == "auto" else float(config.budget) / 1e6
-    budgets = [trainer_budget.Budget(setting, row, {"syn0": num_rows, "syn1": num_rows}, step_tokens)
-               for _ in range(ranks)]
+    budgets = [_trainer_budget(config, dim, step_tokens, num_rows) for _ in range(ranks)]
     pending = [[np.zeros(0, np.int64), np.zeros(0, np.int64)] for _ in range(ranks)]
     out = []
     for tokens, step in zip(sampled.tokens, sampled.rows[config.name], strict=True):

@@ -3,11 +3,11 @@
 Zipf makes a step's change lopsided: a few frequent words' rows carry most of it, thousands of rare words' rows a
 little each. Under a budget a rank sends, of the rows it touched, those whose pending change (``work -
 reference``) has the largest squared norm (estimated from its first values, ``Replica.weigh``), as many as fit in
-the budget over both matrices; the others stay
-touched, their change kept in the working copy, where the next steps' updates add to it until it is among the
-largest. Nothing is lost: a row's change waits, it is never dropped (the delta-against-a-reference design of
-:class:`~sparsembed.dataparallel.replica.Replica` holds it, as it holds a rounding residual). No row waits more than
-:data:`MAX_AGE` steps: a row that old goes first, whatever its size. A run's last exchange sends every row.
+the budget over both matrices; the others stay touched, their change kept in the working copy, where the next
+steps' updates add to it until it is among the largest. Nothing is lost: a row's change waits, it is never
+dropped (the delta-against-a-reference design of :class:`~sparsembed.dataparallel.replica.Replica` holds it, as it
+holds a rounding residual). No row waits more than :data:`MAX_AGE` steps: a row that old goes first, whatever its
+size. A run's last exchange sends every row.
 
 ``auto`` starts at :data:`ROWS_PER_TOKEN` rows per token the step trains (measured on wiki17m across 2 hosts,
 BENCHMARKS.md: more rows than that bought no accuracy, half of it lost 1.5 points of analogy, a quarter of it 2.4
@@ -32,8 +32,10 @@ import numba
 import numpy as np
 
 from sparsembed.errors import UserError
+from sparsembed.rows.values import Values
 
-__all__ = ["Budget", "parse_budget", "MAX_AGE", "FILL", "WAIT_SHARE", "SHRINK", "GROW", "MIN_ROWS", "ROWS_PER_TOKEN"]
+__all__ = ["Budget", "parse_budget", "wire_row_bytes", "INDEX_BYTES", "MAX_AGE", "FILL", "WAIT_SHARE", "SHRINK",
+           "GROW", "MIN_ROWS", "ROWS_PER_TOKEN"]
 
 #: Steps a touched row may wait before it goes whatever its size (a bound on how stale a rare row can get).
 MAX_AGE = 8
@@ -63,6 +65,16 @@ def parse_budget(value: str | float | None) -> str | float | None:
         raise UserError(f"invalid setting: --budget must be off, auto or megabytes per step > 0 (e.g. 4), got "
                         f"{value!r}")
     return megabytes
+
+
+#: Bytes that name a row in a message, at most (a 4-byte index): a budget counts them with the row's values.
+INDEX_BYTES = 4
+
+
+def wire_row_bytes(values: str, dim: int) -> int:
+    """One row as a budget counts it on the wire: its values of type ``values`` (``--values``; int8 with its
+    scale) and the index naming it."""
+    return Values(values).row_bytes(dim) + INDEX_BYTES
 
 
 class Budget:

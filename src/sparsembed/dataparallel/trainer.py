@@ -97,7 +97,7 @@ from sparsembed.comm.shm import (
     spans_hosts,
 )
 from sparsembed.comm.stats import ExchangeStats
-from sparsembed.dataparallel.budget import Budget
+from sparsembed.dataparallel.budget import Budget, wire_row_bytes
 from sparsembed.dataparallel.options import (
     DYNAMIC_ROUNDS,
     Balance,
@@ -199,8 +199,7 @@ class DataParallelTrainer:
         setting = self.options.budget
         if setting in (None, "off") or self.shared or self.options.strategy is not Strategy.REPLICATED:
             return None
-        dim = self.model.syn0.shape[1]
-        row_bytes = Values(self.options.values).row_bytes(dim) + 4  # and at most a 4-byte index naming it
+        row_bytes = wire_row_bytes(self.options.values, self.model.syn0.shape[1])
         step_tokens = self.model.settings.job_tokens * self.model.settings.workers * self.rounds
         return Budget(setting, row_bytes, {r.name: r.work.shape[0] for r in self.replicas}, step_tokens)
 
