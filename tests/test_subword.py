@@ -54,7 +54,8 @@ def test_compiled_buckets_equal_gensims(minn: int, maxn: int, buckets: int) -> N
 
 def test_index_rows_word_first_and_compact_buckets() -> None:
     index = SubwordIndex.build(WORDS, 3, 6, 1000)
-    assert np.all(np.diff(index.bucket_of_row) > 0)
+    first_use = list(dict.fromkeys(b for word in WORDS for b in gensim_fasttext.ft_ngram_hashes(word, 3, 6, 1000)))
+    assert index.bucket_of_row.tolist() == first_use  # the most frequent word's n-grams first, each once
     for w, word in enumerate(WORDS):
         rows = index.rows[index.offsets[w]:index.offsets[w + 1]]
         assert rows[0] == w
@@ -62,6 +63,35 @@ def test_index_rows_word_first_and_compact_buckets() -> None:
         assert index.bucket_of_row[rows[1:] - len(WORDS)].tolist() == buckets
     assert index.n_rows == len(WORDS) + len(set(b for word in WORDS
                                                   for b in gensim_fasttext.ft_ngram_hashes(word, 3, 6, 1000)))
+
+
+def test_index_keeps_a_given_layout_and_refuses_a_wrong_one() -> None:
+    """A checkpoint's row order (sorted, as before first-use order) maps every n-gram to the same bucket's row, and
+    lookups by bucket (export, unknown words) read the same values as in the default layout."""
+    default = SubwordIndex.build(WORDS, 3, 6, 1000)
+    rng = np.random.default_rng(3)
+    for layout in (np.sort(default.bucket_of_row), rng.permutation(default.bucket_of_row)):
+        index = SubwordIndex.build(WORDS, 3, 6, 1000, layout=layout)
+        np.testing.assert_array_equal(index.bucket_of_row, layout)
+        np.testing.assert_array_equal(index.offsets, default.offsets)
+        n = len(WORDS)
+        np.testing.assert_array_equal(index.bucket_of_row[index.rows[index.rows >= n] - n],
+                                      default.bucket_of_row[default.rows[default.rows >= n] - n])
+        # the same trained values, stored in each layout's order
+        values = rng.normal(size=(default.n_rows, 4)).astype(np.float32)
+        syn0 = np.empty_like(values)
+        syn0[:n] = values[:n]
+        syn0[n + np.argsort(index.bucket_of_row)] = values[n + np.argsort(default.bucket_of_row)]
+        np.testing.assert_array_equal(index.bucket_rows(syn0, 1, 0, 1000), default.bucket_rows(values, 1, 0, 1000))
+        np.testing.assert_array_equal(index.word_vectors(syn0), default.word_vectors(values))
+        for word in ("wordy", "naïveté", "qqqq"):
+            mine, theirs = index.oov_vector(word, syn0, 1), default.oov_vector(word, values, 1)
+            assert mine[1:] == theirs[1:]
+            np.testing.assert_array_equal(mine[0], theirs[0])
+    for wrong in (default.bucket_of_row[:-1], np.append(default.bucket_of_row[:-1], default.bucket_of_row[0]),
+                  np.append(default.bucket_of_row[:-1], 999_999)):
+        with pytest.raises(ValueError, match="do not match"):
+            SubwordIndex.build(WORDS, 3, 6, 1000, layout=wrong)
 
 
 @pytest.mark.parametrize("text, expected", [("3-6", (3, 6)), ("0", None), ("4", (4, 4)), ("1-20", (1, 20))])
@@ -458,6 +488,23 @@ def test_save_and_load_round_trip(planted, tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.wv["unseenword"], model.wv["unseenword"])
     word = model.vocab.words[3]
     assert loaded.wv.most_similar(word, topn=3) == model.wv.most_similar(word, topn=3)
+
+
+def test_a_checkpoint_with_sorted_bucket_rows_loads_in_its_own_layout(planted, tmp_path: Path) -> None:
+    """Checkpoints written before first-use order hold their bucket rows sorted by bucket: they load (and resume)
+    in that layout, with the same vectors."""
+    corpus, _, _ = planted
+    model = Word2Vec(corpus, **_small(epochs=1))
+    expected = model.wv["unseenword"], model.word_vectors().copy()
+    n, index = len(model.vocab), model.subwords
+    order = np.argsort(index.bucket_of_row)
+    model.syn0 = np.concatenate([model.syn0[:n], model.syn0[n + order]])
+    model.subwords = SubwordIndex.build(model.vocab.words, 3, 5, 20_000, layout=index.bucket_of_row[order])
+    model.save(tmp_path)
+    loaded = Word2Vec.load(tmp_path)
+    assert np.all(np.diff(loaded.subwords.bucket_of_row) > 0)
+    np.testing.assert_array_equal(loaded.wv["unseenword"], expected[0])
+    np.testing.assert_array_equal(loaded.word_vectors(), expected[1])
 
 
 def test_invalid_subword_settings_are_named() -> None:

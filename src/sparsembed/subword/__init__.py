@@ -10,7 +10,8 @@ Modules:
 * :mod:`~sparsembed.subword.ngrams`: fastText's ``computeSubwords`` and ``hash`` (FNV-1a over sign-extended
   bytes), compiled over a whole vocabulary as CSR arrays; ``--subwords`` parsing;
 * :mod:`~sparsembed.subword.index`: ``SubwordIndex``: each word's input rows (its own first), and the used
-  buckets' compact rows after the word rows (``bucket_of_row``); unused buckets keep their initial values;
+  buckets' compact rows after the word rows (``bucket_of_row``, in the order the vocabulary first uses them);
+  unused buckets keep their initial values;
 * :mod:`~sparsembed.subword.kernels`: the compiled training jobs with fastText's arithmetic (no GIL, touched-row
   marks), initial rows and the mean of a word's rows;
 * :mod:`~sparsembed.subword.batched`: CBOW and skip-gram with each sentence position's rows summed once and

@@ -1,8 +1,11 @@
 """Which input rows make up each word, and where the buckets' rows are stored: :class:`SubwordIndex`.
 
 Only the buckets that some vocabulary word's n-grams fall into are ever trained, so only they get rows: the input
-matrix ``syn0`` holds the ``nwords`` word rows, then one row per *used* bucket, in bucket order
-(``bucket_of_row[i]`` is the bucket of row ``nwords + i``; sorted, so a bucket's row is a binary search away).
+matrix ``syn0`` holds the ``nwords`` word rows, then one row per *used* bucket (``bucket_of_row[i]`` is the bucket
+of row ``nwords + i``), in the order the vocabulary (most frequent word first) first uses them. Hashing scatters a
+frequent word's n-grams over all buckets; in first-use order the rows most tokens touch lie together at the start
+of the matrix, so training reuses cache lines and pages (the gain is measured in BENCHMARKS.md). A bucket's row is a
+binary search away in a sorted copy.
 ``syn0`` stays one dense array, sparse-sent: the data-parallel exchange carries bucket rows like word rows. A
 bucket no word uses keeps its initial value, a function of (seed, bucket) alone
 (:func:`~sparsembed.word2vec.kernels.fill_initial_rows`), so an out-of-vocabulary query or an export of all buckets
@@ -28,7 +31,8 @@ __all__ = ["SubwordIndex"]
 class SubwordIndex:
     """Word ``w``'s input rows are ``rows[offsets[w]:offsets[w + 1]]``: its own row ``w`` first, then the rows of
     its n-grams' buckets in fastText's order (:mod:`~sparsembed.subword.ngrams`). ``bucket_of_row`` (int64,
-    sorted, unique) names the bucket of each row after the word rows."""
+    unique, in first-use order unless a checkpoint's layout was given) names the bucket of each row after the word
+    rows."""
 
     nwords: int
     minn: int
@@ -39,13 +43,31 @@ class SubwordIndex:
     bucket_of_row: np.ndarray  # int64 [n_used]
     gain: np.ndarray  # float32 [nwords]: sum(multiplicity**2) / len of each word's rows (skip-gram's mean update)
 
+    def __post_init__(self) -> None:
+        self._sorted_order = np.argsort(self.bucket_of_row, kind="stable")  # row - nwords, by bucket
+        self._sorted_buckets = self.bucket_of_row[self._sorted_order]
+
     @classmethod
-    def build(cls, words: Sequence[str], minn: int, maxn: int, buckets: int) -> SubwordIndex:
-        """The index of ``words`` (vocabulary order), compiled over all of them at once."""
+    def build(cls, words: Sequence[str], minn: int, maxn: int, buckets: int,
+              layout: np.ndarray | None = None) -> SubwordIndex:
+        """The index of ``words`` (vocabulary order), compiled over all of them at once.
+
+        ``layout`` (a checkpoint's ``bucket_of_row``) keeps the row order a model was trained with; by default the
+        used buckets get rows in first-use order. ValueError when ``layout`` is not the used buckets, each once.
+        """
         offsets, ngrams = ngram_buckets(words, minn, maxn, buckets)
-        used = np.unique(ngrams).astype(np.int64)
-        rows_offsets, rows = _with_word_rows(offsets, ngrams, used)
-        return cls(len(words), minn, maxn, buckets, rows_offsets, rows, used, kernels.mean_gains(rows_offsets, rows))
+        used, first = np.unique(ngrams.astype(np.int64), return_index=True)
+        if layout is None:
+            bucket_of_row = used[np.argsort(first, kind="stable")]
+        else:
+            bucket_of_row = np.asarray(layout, dtype=np.int64)
+            if not np.array_equal(np.sort(bucket_of_row), used):
+                raise ValueError("its bucket rows do not match its vocabulary's n-grams")
+        row_of_used = np.empty(len(used), dtype=np.int64)  # sorted position of a bucket -> its row - nwords
+        row_of_used[np.searchsorted(used, bucket_of_row)] = np.arange(len(used))
+        rows_offsets, rows = _with_word_rows(offsets, ngrams, used, row_of_used)
+        return cls(len(words), minn, maxn, buckets, rows_offsets, rows, bucket_of_row,
+                   kernels.mean_gains(rows_offsets, rows))
 
     @property
     def n_rows(self) -> int:
@@ -84,8 +106,8 @@ class SubwordIndex:
         ``syn0`` for the used buckets, initial values for the others."""
         start, stop = max(0, int(start)), min(self.buckets, int(stop))
         out = self.initial_bucket_rows(syn0.shape[1], seed, np.arange(start, max(start, stop), dtype=np.int64))
-        lo, hi = np.searchsorted(self.bucket_of_row, [start, stop])
-        out[self.bucket_of_row[lo:hi] - start] = syn0[self.nwords + lo:self.nwords + hi]
+        lo, hi = np.searchsorted(self._sorted_buckets, [start, stop])
+        out[self._sorted_buckets[lo:hi] - start] = syn0[self.nwords + self._sorted_order[lo:hi]]
         return out
 
     def oov_vector(self, word: str, syn0: np.ndarray, seed: int) -> tuple[np.ndarray | None, int, int]:
@@ -95,11 +117,11 @@ class SubwordIndex:
         if len(ngrams) == 0:
             return None, 0, 0
         ngrams = ngrams.astype(np.int64)
-        where = np.searchsorted(self.bucket_of_row, ngrams)
-        where = np.minimum(where, max(len(self.bucket_of_row) - 1, 0))
-        trained = (self.bucket_of_row[where] == ngrams) if len(self.bucket_of_row) else np.zeros(len(ngrams), bool)
+        where = np.searchsorted(self._sorted_buckets, ngrams)
+        where = np.minimum(where, max(len(self._sorted_buckets) - 1, 0))
+        trained = (self._sorted_buckets[where] == ngrams) if len(self._sorted_buckets) else np.zeros(len(ngrams), bool)
         rows = np.empty((len(ngrams), syn0.shape[1]), dtype=np.float32)
-        rows[trained] = syn0[self.nwords + where[trained]]
+        rows[trained] = syn0[self.nwords + self._sorted_order[where[trained]]]
         if not trained.all():
             rows[~trained] = self.initial_bucket_rows(syn0.shape[1], seed, ngrams[~trained])
         vector = np.zeros(syn0.shape[1], dtype=np.float32)
@@ -110,8 +132,9 @@ class SubwordIndex:
 
 
 @njit(cache=True)
-def _with_word_rows(offsets, ngrams, used):
-    """CSR of input rows: each word's own row, then ``nwords + (index of its bucket in used)`` per n-gram."""
+def _with_word_rows(offsets, ngrams, used, row_of_used):
+    """CSR of input rows: each word's own row, then ``nwords + row_of_used[index of its bucket in used]`` per
+    n-gram (``used`` sorted)."""
     nwords = offsets.shape[0] - 1
     out_offsets = offsets + np.arange(nwords + 1)
     rows = np.empty(out_offsets[nwords], dtype=np.int32)
@@ -120,5 +143,5 @@ def _with_word_rows(offsets, ngrams, used):
         rows[p] = w
         for q in range(offsets[w], offsets[w + 1]):
             p += 1
-            rows[p] = nwords + np.searchsorted(used, ngrams[q])
+            rows[p] = nwords + row_of_used[np.searchsorted(used, ngrams[q])]
     return out_offsets, rows

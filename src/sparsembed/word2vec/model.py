@@ -520,9 +520,9 @@ class Word2Vec:
         self.subwords = None
         if self.settings.minn:
             s = self.settings
-            self.subwords = SubwordIndex.build(self.vocab.words, s.minn, s.maxn, s.buckets)
-            if not np.array_equal(self.subwords.bucket_of_row, arrays["subword.bucket_of_row"]):
-                raise ValueError("its bucket rows do not match its vocabulary's n-grams")
+            # The layout it was trained with: checkpoints before first-use order hold their buckets sorted.
+            self.subwords = SubwordIndex.build(self.vocab.words, s.minn, s.maxn, s.buckets,
+                                               layout=arrays["subword.bucket_of_row"])
         self.position = Position(**meta["position"])
         p = self.position
         if not (is_int(p.epoch) and is_int(p.job) and 0 <= p.epoch <= self.settings.epochs and p.job >= 0):
