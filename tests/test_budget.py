@@ -235,37 +235,6 @@ def test_keep_residual_puts_back_what_rounding_took_and_marks_only_those_rows(se
     assert np.array_equal(replica.pending, pending) and np.array_equal(replica.touched, before_touched)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.booleans())
-def test_land_is_add_then_keep_residual_bit_for_bit(seed: int, shuffled: bool) -> None:
-    """An overlapped step lands the sum in one pass (``Replica.land``): the same bits as ``add`` (with this rank's
-    change as sent) then ``keep_residual``, marks included, whichever rows are touched, pending, in the sum only,
-    in this rank's change only; ids that are not increasing take the two-pass path."""
-    rng = np.random.default_rng(seed)
-    rows, dim = 60, 5
-    work = rng.standard_normal((rows, dim)).astype(np.float32)
-    work[rng.random((rows, dim)) < 0.1] = -0.0
-    fused, twice = Replica("syn1", work.copy()), Replica("syn1", work.copy())
-    ref = work - rng.standard_normal((rows, dim)).astype(np.float32)
-    touched, pending = rng.random(rows) < 0.3, rng.random(rows) < 0.2
-    for replica in (fused, twice):
-        replica.ref[:], replica.touched[:], replica.pending[:] = ref, touched, pending
-    own_ids = np.sort(rng.choice(rows, 20, replace=False))
-    total_ids = np.union1d(own_ids[rng.random(20) < 0.9], rng.choice(rows, 25, replace=False))
-    if shuffled:
-        total_ids = rng.permutation(total_ids)
-    own = rng.standard_normal((20, dim)).astype(np.float32)
-    sent = np.where(rng.random((20, dim)) < 0.5, np.round(own, 1), own).astype(np.float32)
-    total = RowSparse(torch.from_numpy(total_ids), torch.from_numpy(rng.standard_normal((len(total_ids), dim))
-                                                                     .astype(np.float32)), rows)
-    mine = RowSparse.from_sorted(torch.from_numpy(own_ids), torch.from_numpy(own), rows)
-    fused.land(total, mine, torch.from_numpy(sent))
-    twice.add(total, RowSparse.from_sorted(torch.from_numpy(own_ids), torch.from_numpy(sent), rows))
-    twice.keep_residual(mine, torch.from_numpy(sent))
-    for name in ("work", "ref", "touched", "pending"):
-        assert getattr(fused, name).tobytes() == getattr(twice, name).tobytes(), name
-
-
 def test_weigh_estimates_a_rows_change_from_its_first_values() -> None:
     """The budget's weight of a row: the squared norm of its change over the first WEIGH_VALUES values (all of
     them in a narrower matrix), never anything the row's other values hold."""

@@ -90,17 +90,6 @@ class Replica:
         else:
             _add_rows(self.ref, self.work, self.touched, self.pending, total.ids.numpy(), total.values.numpy())
 
-    def land(self, total: RowSparse | torch.Tensor, own: RowSparse, sent: torch.Tensor) -> None:
-        """:meth:`add` of ``total`` for a change ``own`` that travelled as ``sent`` (its rows as the sum received
-        them, rounded or not), then :meth:`keep_residual`: the same values, bit for bit, in one pass over the rows
-        when ``total`` is sparse (each working row read and written once instead of up to three times: this runs
-        on the training thread of an overlapped step)."""
-        if isinstance(total, torch.Tensor) or not _land_rows(
-                self.ref, self.work, self.touched, self.pending, total.ids.numpy(), total.values.numpy(),
-                own.ids.numpy(), own.values.numpy(), sent.numpy()):
-            self.add(total, RowSparse.from_sorted(own.ids, sent, own.num_rows))
-            self.keep_residual(own, sent)
-
     def sync_hot(self, rows: int, group: Any, half: bool = False) -> None:
         """Sum every rank's change of rows ``[0, rows)`` now, with one float32 all-reduce, and start every rank's
         working copy of them from the new reference (the most frequent words' rows, synced after each round of a
@@ -268,51 +257,6 @@ def _keep_residual(work, touched, pending, ids, own, sent):  # pragma: no cover 
             differs += d != 0
         if differs:
             pending[r] = 1
-
-
-@numba.njit(nogil=True, cache=True)
-def _land_rows(ref, work, touched, pending, ids, values, own_ids, own, sent):  # pragma: no cover - compiled
-    """_retract(sent), _add_rows, _keep_residual fused: per row the same operations in the same order, so the
-    same bits. Both id lists must be strictly increasing; returns False (having changed nothing) when not."""
-    if not (_increasing(ids) and _increasing(own_ids)):
-        return False
-    dim = work.shape[1]
-    n, m = ids.shape[0], own_ids.shape[0]
-    i = j = 0
-    while i < n or j < m:
-        r = ids[i] if i < n else own_ids[j] + 1
-        q = own_ids[j] if j < m else r + 1
-        row = work[min(r, q)]
-        if q <= r and touched[q]:  # _retract: the sum brings this rank's change (as sent) back
-            for k in range(dim):
-                row[k] -= sent[j, k]
-        if r <= q:  # _add_rows
-            keep = touched[r] or pending[r]
-            for k in range(dim):
-                v = ref[r, k] + values[i, k]
-                ref[r, k] = v
-                row[k] = row[k] + values[i, k] if keep else v
-            i += 1
-        if q <= r:
-            if not touched[q]:  # _keep_residual (a select per value, as there)
-                differs = 0
-                for k in range(dim):
-                    d = own[j, k] - sent[j, k]
-                    x = row[k]
-                    row[k] = x + d if d != 0 else x
-                    differs += d != 0
-                if differs:
-                    pending[q] = 1
-            j += 1
-    return True
-
-
-@numba.njit(nogil=True, cache=True)
-def _increasing(ids):  # pragma: no cover - compiled
-    for i in range(1, ids.shape[0]):
-        if ids[i] <= ids[i - 1]:
-            return False
-    return True
 
 
 @numba.njit(nogil=True, cache=True)

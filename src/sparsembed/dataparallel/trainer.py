@@ -458,7 +458,8 @@ class DataParallelTrainer:
                 st = _shm_stats(replica, own.n)
             else:
                 total, st, sent = result
-                replica.land(total, own, sent)
+                replica.add(total, RowSparse.from_sorted(own.ids, sent, own.num_rows))
+                replica.keep_residual(own, sent)
             st.seconds = put_s + time.perf_counter() - t0  # what the step waited for, not the background work
             st.phases.update(take=put_s, wait=waited, land=st.seconds - put_s - waited)
             stats.append(st)
