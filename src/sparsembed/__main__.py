@@ -1,3 +1,3 @@
-from sparsembed.cli import main
+from sparsembed.entry import command
 
-raise SystemExit(main())
+command()
