@@ -316,6 +316,80 @@ def test_fp16_wire_is_close_and_replicas_identical(pool: DistPool) -> None:
             torch.testing.assert_close(results[0][k], ref[k], rtol=0, atol=1e-3, msg=k)
 
 
+def _sparse_grad(p: nn.Parameter) -> torch.Tensor:
+    return p.grad.to_dense() if p.grad is not None else torch.zeros_like(p)
+
+
+def _add_keyed(total: dict, keys: torch.Tensor, vals: torch.Tensor) -> None:
+    for key, row in zip(keys.tolist(), vals, strict=True):
+        total[key] = total.get(key, torch.zeros(DIM, dtype=torch.float64)) + row.double()
+
+
+def _train_int8_bookkeeping(steps: int, flush: bool) -> dict:
+    """Rounded int8 rows with error feedback: this rank's own gradients summed, the exchanged sums summed
+    (average=False), and what is still pending at the end (after ``flush_residuals`` when ``flush``)."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    model = _model()
+    pm = parallel(model, values="int8")
+    opt = optim.SGD(pm, lr=0.1)
+    own = {"item": torch.zeros(40, DIM, dtype=torch.float64), "user": {}}
+    summed = {"item": torch.zeros(40, DIM, dtype=torch.float64), "user": {}}
+    for step in range(steps):
+        opt.zero_grad()
+        _loss(pm, _batch(step, rank)).backward()
+        own["item"] += _sparse_grad(model.item.weight).double()
+        _add_keyed(own["user"], *model.user.local_gradient())
+        pm.sync(average=False)
+        summed["item"] += _sparse_grad(model.item.weight).double()
+        _add_keyed(summed["user"], *model.user.gradient())
+        opt.step()
+    if flush:
+        opt.zero_grad()
+        pm.flush_residuals(average=False)
+        summed["item"] += _sparse_grad(model.item.weight).double()
+        _add_keyed(summed["user"], *model.user.gradient())
+    names = {id(p): name for name, p in pm.families.sparse + pm.families.hashed}
+    pending = {"item": torch.zeros(40, DIM, dtype=torch.float64), "user": {}}
+    item_name, user_name = names[id(model.item.weight)], names[id(model.user)]
+    if item_name in pm.residuals:
+        r = pm.residuals[item_name]
+        pending["item"][r.ids] = r.values.double()
+    if user_name in pm.residuals:
+        _add_keyed(pending["user"], pm.residuals[user_name].ids, pm.residuals[user_name].values)
+    return {"own": own, "summed": summed, "pending": pending, "state": _state(model)}
+
+
+@pytest.mark.parametrize("flush", [False, True])
+def test_int8_rows_with_error_feedback_lose_nothing(pool: DistPool, flush: bool) -> None:
+    """``parallel(model, values="int8")``: over many steps the exchanged sums add up to both ranks' gradients less
+    what each still keeps pending (its rounding residual), for a sparse weight and a HashEmbedding; the residual is
+    non-zero (int8 rounds) and, after ``flush_residuals``, nothing is pending and the sums are the gradients'."""
+    results = pool.run(_train_int8_bookkeeping, 12, flush)
+    a, b = results
+    for k in a["state"]:
+        assert torch.equal(a["state"][k], b["state"][k]), k  # replicas identical
+    got = a["summed"]["item"]
+    expected = a["own"]["item"] + b["own"]["item"] - a["pending"]["item"] - b["pending"]["item"]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    keys = set(a["own"]["user"]) | set(b["own"]["user"])
+    zero = torch.zeros(DIM, dtype=torch.float64)
+    for key in keys:
+        want = sum((r["own"]["user"].get(key, zero) - r["pending"]["user"].get(key, zero)) for r in results)
+        torch.testing.assert_close(a["summed"]["user"].get(key, zero), want, rtol=0, atol=1e-5)
+    pending = sum(float(r["pending"]["item"].abs().sum()) for r in results)
+    pending += sum(float(v.abs().sum()) for r in results for v in r["pending"]["user"].values())
+    assert (pending == 0) == flush
+    if not flush:  # what int8 dropped is small against the gradients, but there
+        assert 0 < a["pending"]["item"].abs().max() < 0.01 * a["own"]["item"].abs().max()
+
+
+def test_parallel_refuses_an_unknown_wire_format() -> None:
+    with pytest.raises(UserError, match="parallel: values must be one of fp32, fp16, bf16, int8, got 'int4'"):
+        parallel(_model(), values="int4")
+
+
 def test_docs_call_parallel_the_function() -> None:
     """`sparsembed.parallel` is a function (there is no `sparsembed.parallel` module): the README, the guide and the
     examples name it as the call users write, `sparsembed.parallel(model)`."""

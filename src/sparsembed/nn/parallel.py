@@ -37,11 +37,14 @@ from torch import nn
 from sparsembed.comm.dense import dense_all_reduce
 from sparsembed.comm.device import coalesce_rows, to_host
 from sparsembed.comm.fused import FusedExchange, FusedSums, Segment
+from sparsembed.comm.messages import as_wire
 from sparsembed.comm.policy import Mode, Transport, parse
 from sparsembed.comm.replicated import replicated_keyed, replicated_rows
 from sparsembed.comm.stats import ExchangeStats
 from sparsembed.comm.transport import rank_world
+from sparsembed.errors import UserError
 from sparsembed.nn.families import Families, families
+from sparsembed.nn.feedback import Residual
 from sparsembed.nn.hashembedding import HashEmbedding
 from sparsembed.rows.coalesce import RowSparse
 
@@ -51,6 +54,9 @@ __all__ = ["ParallelModel", "parallel", "local_rows", "local_grad", "set_sparse_
 #: workers an all-gather moves the same bytes as a ring all-reduce).
 FUSE_DENSE_BYTES = 256 << 10
 
+#: Wire formats of sparse rows: exact, half precision, or int8 with a float32 scale per row.
+WIRE_VALUES = ("fp32", "fp16", "bf16", "int8")
+
 
 class ParallelModel:
     """A module plus the exchange of its gradients over a process group; call it like the module.
@@ -59,7 +65,10 @@ class ParallelModel:
         module: any ``nn.Module``; its parameters must start equal on every rank (:meth:`broadcast_parameters`).
         group: process group (default: the world).
         bucket_bytes: dense all-reduce bucket size.
-        values: wire format of sparse rows, ``"fp32"`` (exact) or ``"fp16"`` / ``"bf16"`` (rounded once per rank).
+        values: wire format of sparse rows, ``"fp32"`` (exact), ``"fp16"`` / ``"bf16"`` (rounded once per rank) or
+            ``"int8"`` (a float32 scale per row: about a quarter of fp32's bytes).
+        feedback: with rounded ``values``, keep what a rank's rounding dropped and send it with the row's next
+            gradient (error feedback, :mod:`sparsembed.nn.feedback`; default: on for rounded values).
         mode: row-sparse weights: ``"auto"`` (sparse or dense by density), ``"sparse"`` or ``"dense"``.
         fuse: send every sparse gradient and the small dense ones in one message per rank (float32 only; see the
             module docstring); ``False``: one exchange per table.
@@ -78,8 +87,13 @@ class ParallelModel:
         mode: Mode | str = Mode.AUTO,
         fuse: bool = True,
         transport: Transport | str = Transport.AUTO,
+        feedback: bool | None = None,
     ) -> None:
         self.transport = parse(transport, Transport, "parallel: transport")
+        if values not in WIRE_VALUES:  # here, not in the first sync
+            raise UserError(f"parallel: values must be one of {', '.join(WIRE_VALUES)}, got {values!r}")
+        self.feedback = values != "fp32" if feedback is None else bool(feedback)
+        self.residuals: dict[str, Residual] = {}  # per table, with feedback: what rounding kept back
         self.mode = parse(mode, Mode, "parallel: mode")
         self.module = module
         self.group, self.bucket_bytes, self.values, self.fuse = group, bucket_bytes, values, fuse
@@ -126,9 +140,52 @@ class ParallelModel:
         """Payload bytes this rank sent in the last :meth:`sync`."""
         return sum(s.bytes_sent for s in self.last_stats)
 
+    def flush_residuals(self, *, average: bool = True) -> list[ExchangeStats]:
+        """Send every rank's pending rounding residuals exactly (float32) and make their average (``average=False``:
+        sum) the gradient of each HashEmbedding and sparse weight; collective. At the end of training, after
+        ``optimizer.zero_grad()``: ``optimizer.step()`` then applies what rounding had kept back, and nothing a rank
+        computed is lost. Dense gradients are left as they are. Without feedback: nothing pending, empty gradients.
+        """
+        world = self.world_size
+        scale = 1.0 / world if average else 1.0
+        stats = []
+        for name, emb in self.families.hashed:
+            keys, vals = self._pending(name, emb.dim)
+            keys, vals, st = replicated_keyed(keys, vals, group=self.group, name=name)
+            emb.set_gradient(keys, vals * scale if scale != 1.0 else vals)
+            stats.append(st)
+        for name, p in self.families.sparse:
+            ids, vals = self._pending(name, p.shape[1])
+            ids, vals, st = replicated_rows(ids.to(p.device), vals.to(p.device), p.shape[0], mode=self.mode,
+                                            group=self.group, name=name, transport=self.transport)
+            set_sparse_grad(p, ids, vals, scale)
+            stats.append(st)
+        self.last_stats = stats
+        return stats
+
+    def _pending(self, name: str, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        residual = self.residuals.get(name)
+        return residual.pop_all() if residual is not None else (torch.zeros(0, dtype=torch.int64),
+                                                                torch.zeros(0, dim))
+
+    def _with_residual(self, name: str, ids: torch.Tensor, vals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Error feedback before a rounded send: the rows plus their pending residual (on the host), and what the
+        rounding will drop from them (``sent - as the peers decode it``)."""
+        residual = self.residuals.setdefault(name, Residual(int(vals.shape[1])))
+        sent = residual.take(to_host(ids), to_host(vals))
+        return sent, sent - as_wire(sent, self.values)
+
+    def _rounds(self) -> bool:
+        return self.feedback and self.values != "fp32" and self.world_size > 1
+
     def _sync_hashed(self, name: str, emb: HashEmbedding, scale: float) -> ExchangeStats:
         keys, vals = emb.local_gradient()
+        if self._rounds():
+            vals, dropped = self._with_residual(name, keys, vals)
+        sent_keys = keys
         keys, vals, stats = replicated_keyed(keys, vals, values=self.values, group=self.group, name=name)
+        if self._rounds():  # keyed messages are always sparse: rounded
+            self.residuals[name].keep(sent_keys, dropped)
         if scale != 1.0:
             vals = vals * scale
         emb.set_gradient(keys, vals)
@@ -136,8 +193,14 @@ class ParallelModel:
 
     def _sync_sparse(self, name: str, p: nn.Parameter, scale: float) -> ExchangeStats:
         ids, vals = local_grad(p)
+        if self._rounds():
+            host, dropped = self._with_residual(name, ids, vals)
+            vals = host.to(vals.device)
+        sent_ids = to_host(ids)
         ids, vals, stats = replicated_rows(ids, vals, p.shape[0], values=self.values, mode=self.mode,
                                            group=self.group, name=name, transport=self.transport)
+        if self._rounds() and stats.mode != "dense":  # a dense all-reduce carried float32: nothing dropped
+            self.residuals[name].keep(sent_ids, dropped)
         set_sparse_grad(p, ids, vals, scale)
         return stats
 
