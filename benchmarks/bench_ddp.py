@@ -7,6 +7,9 @@ same; ``sparse=True`` (gloo all-reduces sparse gradients; torch's SparseAdam + A
 and one thread per worker.
 
     python benchmarks/bench_ddp.py --workers 1 2 --json benchmarks/results/ddp.json
+
+``--systems sparsembed-int8`` (or ``-fp16``, ``-bf16``) runs ours with rounded rows on the wire, per-table
+exchanges and error feedback (``parallel(model, values=...)``).
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def train_ddp(cfg: Config, sparse: bool) -> dict[str, Any]:
 def train_ours(cfg: Config) -> dict[str, Any]:
     res = recommender.train(cfg)
     res.pop("state")
-    return {"system": "sparsembed", **res}
+    return {"system": "sparsembed" if cfg.values == "fp32" else f"sparsembed-{cfg.values}", **res}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for w in a.workers:
         for system in a.systems:
-            if system == "sparsembed":
-                fn, args = train_ours, (cfg,)
+            if system.startswith("sparsembed"):  # sparsembed-fp16, -bf16, -int8: rounded rows, error feedback
+                fn, args = train_ours, (replace(cfg, values=system.partition("-")[2] or "fp32"),)
             else:
                 fn, args = train_ddp, (cfg, system == "ddp-sparse")
             crashes = []

@@ -52,6 +52,7 @@ class Config:
     lr: float = 0.03
     l2: float = 0.02  # per-example L2 penalty on the rows used
     seed: int = 0
+    values: str = "fp32"  # sparse rows on the wire: fp32, fp16, bf16, int8 (rounded ones with error feedback)
 
 
 # -- data -------------------------------------------------------------------------------------------------------
@@ -130,7 +131,7 @@ def train(cfg: Config, data: dict[str, Any] | None = None) -> dict[str, Any]:
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     torch.manual_seed(cfg.seed)
     model = MF(cfg)
-    pm = parallel(model)
+    pm = parallel(model, values=cfg.values)
     opt = optim.Adam(pm, lr=cfg.lr)
     tr = data["train"]
     steps, sync_s, step_s, sent = 0, 0.0, 0.0, 0
