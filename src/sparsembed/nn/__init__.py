@@ -8,5 +8,6 @@ exchanges each family its own way) and optimizers that update only the rows a st
   per-family types ``SparseParam`` / ``RowSparseParam`` / ``DenseParam``;
 * :mod:`~sparsembed.nn.hashembedding`: ``HashEmbedding``, an embedding over arbitrary int64 ids;
 * :mod:`~sparsembed.nn.parallel`: ``parallel`` / ``ParallelModel`` and ``sync``;
+* :mod:`~sparsembed.nn.feedback`: ``Residual``, what a rank's rounded rows dropped, sent with their next gradient;
 * :mod:`~sparsembed.nn.optim`: ``SGD``, ``Adagrad`` and a lazy ``Adam`` over the three families.
 """
