@@ -8,65 +8,67 @@ A row that is never touched again keeps its last residual (at most one rounding 
 :meth:`ParallelModel.flush_residuals <sparsembed.nn.parallel.ParallelModel.flush_residuals>` sends what is pending
 exactly. Rows a dense all-reduce carried (float32) went exactly and leave nothing.
 
-The store holds only rows with a pending residual, as sorted ids and float32 rows on the host (the codec rounds
-on the host too), so a table of millions of rows costs what its recently touched rows cost.
+The store is the hashed family's own keyed rows (:class:`~sparsembed.rows.keytable.KeyedRows`, on the host, where
+the codec rounds too): a row per id this rank ever sent rounded, zero when nothing is pending, so a step costs what
+its own rows cost, however many rows earlier steps left pending.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from sparsembed.rows.keytable import KeyedRows
 
 __all__ = ["Residual"]
 
 
 class Residual:
-    """The pending rounding residual of one table's rows on this rank: sorted distinct ``ids`` (int64) and their
-    float32 rows ``values [n, dim]``."""
+    """The pending rounding residual of one table's rows on this rank, by row id (or key)."""
 
     def __init__(self, dim: int) -> None:
-        self.ids = torch.zeros(0, dtype=torch.int64)
-        self.values = torch.zeros(0, dim, dtype=torch.float32)
+        self._rows = KeyedRows(dim, seed=0, scale=0.0)  # an id's first row: zero, nothing pending
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
+    @property
+    def ids(self) -> torch.Tensor:
+        """The ids with a pending residual, sorted."""
+        return self.pending()[0]
+
+    @property
+    def values(self) -> torch.Tensor:
+        """Their pending residuals (float32 ``[len, dim]``), in the order of :attr:`ids`."""
+        return self.pending()[1]
+
+    def pending(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every id with a pending (non-zero) residual, sorted, and its residual."""
+        n = len(self._rows)
+        keys = torch.from_numpy(self._rows.keys())
+        rows = self._rows.rows[:n]
+        some = torch.any(rows != 0, dim=1)
+        keys, rows = keys[some], rows[some]
+        order = torch.argsort(keys)
+        return keys[order], rows[order].clone()
+
     def take(self, ids: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
-        """``vals`` (rows ``ids``: sorted, distinct, on the host) plus the residual pending for those rows, which
-        leave the store (they go with this message); a new tensor, ``vals`` is not changed."""
+        """``vals`` (rows ``ids``: distinct, on the host) plus the residual pending for those rows, which leave the
+        store (they go with this message); a new tensor, ``vals`` is not changed."""
         out = vals.float().clone()
-        if len(self) == 0 or ids.shape[0] == 0:
-            return out
-        mine, theirs = _matches(self.ids.numpy(), ids.numpy())
-        if mine.shape[0]:
-            out[torch.from_numpy(theirs)] += self.values[torch.from_numpy(mine)]
-            keep = np.ones(len(self), dtype=bool)
-            keep[mine] = False
-            self.ids, self.values = self.ids[torch.from_numpy(keep)], self.values[torch.from_numpy(keep)]
+        if ids.shape[0]:
+            slots = self._rows.slots(ids)
+            out += self._rows.rows[slots]
+            self._rows.rows[slots] = 0
         return out
 
     def keep(self, ids: torch.Tensor, dropped: torch.Tensor) -> None:
-        """Rows ``ids`` went rounded and the rounding dropped ``dropped`` (``sent - as the peers decode it``): keep
-        the rows of it that are not zero. ``ids`` must not be pending (:meth:`take` removed them)."""
-        nonzero = torch.any(dropped != 0, dim=1)
-        if not bool(nonzero.any()):
-            return
-        ids = torch.cat([self.ids, ids[nonzero]])
-        values = torch.cat([self.values, dropped[nonzero]])
-        order = torch.argsort(ids)
-        self.ids, self.values = ids[order], values[order]
+        """Rows ``ids`` went rounded and the rounding dropped ``dropped`` (``sent - as the peers decode it``): that
+        is now their pending residual (:meth:`take` has just taken their previous one)."""
+        if ids.shape[0]:
+            self._rows.put(ids, dropped)
 
     def pop_all(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every pending row (sorted ids, float32 rows); the store is empty afterwards."""
-        ids, values = self.ids, self.values
-        self.ids, self.values = ids[:0], values[:0]
+        """Every pending row (sorted ids, float32 rows); nothing is pending afterwards."""
+        ids, values = self.pending()
+        self._rows.rows[:len(self._rows)] = 0
         return ids, values
-
-
-def _matches(pending: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in ``pending`` and in ``ids`` (both sorted, distinct) of the ids they share."""
-    where = np.searchsorted(pending, ids)
-    inside = where < pending.shape[0]
-    hit = np.zeros(ids.shape[0], dtype=bool)
-    hit[inside] = pending[where[inside]] == ids[inside]
-    return where[hit], np.flatnonzero(hit)
