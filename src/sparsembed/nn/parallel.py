@@ -180,28 +180,28 @@ class ParallelModel:
 
     def _sync_hashed(self, name: str, emb: HashEmbedding, scale: float) -> ExchangeStats:
         keys, vals = emb.local_gradient()
-        if self._rounds():
+        rounds = self._rounds()
+        if rounds:
             vals, dropped = self._with_residual(name, keys, vals)
-        sent_keys = keys
-        keys, vals, stats = replicated_keyed(keys, vals, values=self.values, group=self.group, name=name)
-        if self._rounds():  # keyed messages are always sparse: rounded
-            self.residuals[name].keep(sent_keys, dropped)
+        out_keys, vals, stats = replicated_keyed(keys, vals, values=self.values, group=self.group, name=name)
+        if rounds:  # keyed messages are always sparse: rounded
+            self.residuals[name].keep(keys, dropped)
         if scale != 1.0:
             vals = vals * scale
-        emb.set_gradient(keys, vals)
+        emb.set_gradient(out_keys, vals)
         return stats
 
     def _sync_sparse(self, name: str, p: nn.Parameter, scale: float) -> ExchangeStats:
         ids, vals = local_grad(p)
-        if self._rounds():
+        rounds = self._rounds()
+        if rounds:
             host, dropped = self._with_residual(name, ids, vals)
             vals = host.to(vals.device)
-        sent_ids = to_host(ids)
-        ids, vals, stats = replicated_rows(ids, vals, p.shape[0], values=self.values, mode=self.mode,
-                                           group=self.group, name=name, transport=self.transport)
-        if self._rounds() and stats.mode != "dense":  # a dense all-reduce carried float32: nothing dropped
-            self.residuals[name].keep(sent_ids, dropped)
-        set_sparse_grad(p, ids, vals, scale)
+        out_ids, vals, stats = replicated_rows(ids, vals, p.shape[0], values=self.values, mode=self.mode,
+                                               group=self.group, name=name, transport=self.transport)
+        if rounds and stats.mode != "dense":  # a dense all-reduce carried float32: nothing dropped
+            self.residuals[name].keep(to_host(ids), dropped)
+        set_sparse_grad(p, out_ids, vals, scale)
         return stats
 
     def _sync_dense(self, scale: float) -> ExchangeStats:
