@@ -1,5 +1,5 @@
 """How the command's process ends (sparsembed.entry): with the command's code, after every exit handler and
-non-daemon thread, and, once torch is loaded, without the interpreter's teardown."""
+non-daemon thread, and, once torch is loaded and the command succeeded, without the interpreter's teardown."""
 
 from __future__ import annotations
 
@@ -36,26 +36,28 @@ threading.Thread(target=late).start()
 print("buffered", end="")
 if sys.argv[3] == "raise":
     raise RuntimeError("a bug")
-entry.leave(3)
+entry.leave(int(sys.argv[4]))
 """
 
 
 @pytest.mark.parametrize("loaded", ["torch", "plain"])
 @pytest.mark.parametrize("how", ["leave", "raise"])
-def test_the_process_ends_with_the_code_after_handlers_and_threads(tmp_path: Path, loaded: str, how: str) -> None:
+@pytest.mark.parametrize("code", [0, 3])
+def test_the_process_ends_with_the_code_after_handlers_and_threads(tmp_path: Path, loaded: str, how: str,
+                                                                   code: int) -> None:
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
-    done = subprocess.run([sys.executable, str(script), str(tmp_path), loaded, how], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), loaded, how, str(code)], capture_output=True,
+                          text=True, timeout=120)
     assert done.stdout == "buffered"  # flushed before the process ended
     assert (tmp_path / "handler").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
     if how == "raise":
         assert done.returncode == 1 and "RuntimeError: a bug" in done.stderr
     else:
-        assert done.returncode == 3 and done.stderr == ""
+        assert done.returncode == code and done.stderr == ""
     # the interpreter's teardown (which runs __del__ of module globals) is skipped only once torch is loaded and
-    # the command returned its code
-    assert (tmp_path / "teardown").exists() == (loaded == "plain" or how == "raise")
+    # the command returned 0
+    assert (tmp_path / "teardown").exists() == (loaded == "plain" or how == "raise" or code != 0)
 
 
 def test_python_dash_m_and_the_script_end_with_the_commands_code(tmp_path: Path) -> None:

@@ -7,8 +7,10 @@ before the run can end: a cost every data-parallel run pays and one process with
 command has written, fsynced and closed everything it writes. So :func:`command` arms an exit handler before
 anything else registers one; handlers run last-in, first-out, and Python waits for every non-daemon thread
 before it runs them, so torch's, logging's and multiprocessing's handlers still run, then this one flushes the
-standard streams and ends the process with the command's exit code (:func:`os._exit`). Without torch loaded, or
-when the command did not return (an uncaught exception), the interpreter ends as usual.
+standard streams and ends the process with the command's exit code (:func:`os._exit`). Without torch loaded, when
+the command did not return (an uncaught exception), or when it failed (a non-zero code), the interpreter ends as
+usual: of the ranks that meet the same bad input only rank 0 says so, and a rank that failed and ended at once let
+the launcher stop rank 0 before it had (a test caught it under load), so failures keep the exit they had.
 """
 
 from __future__ import annotations
@@ -40,14 +42,14 @@ def arm() -> None:
 
 def leave(code: int) -> NoReturn:
     """End the program with ``code``: the usual ``SystemExit``, after which the armed handler ends the process
-    without the interpreter's teardown if torch was loaded."""
+    without the interpreter's teardown if torch was loaded and ``code`` is 0."""
     _state["code"] = code
     raise SystemExit(code)
 
 
 def _end() -> None:
     code = _state["code"]
-    if code is None or "torch" not in sys.modules:
+    if code != 0 or "torch" not in sys.modules:
         return
     for stream in (sys.stdout, sys.stderr):
         try:
