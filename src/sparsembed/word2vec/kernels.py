@@ -149,43 +149,69 @@ def draw_negatives(syn1, packed, negs, state, touched1):
     return state
 
 
+# Re-association lets LLVM vectorise the dot products; no "nnan"/"ninf", so the NaN checks survives.
+FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
+
+
 @njit(nogil=True, inline="always")
+def _next_output(negs, d, target):
+    """The position after ``d`` of the next output row to score (noise rows equal to the target are not scored),
+    or ``negs.shape[0] + 1`` when none is left; position 0 is the target, ``d >= 1`` is ``negs[d - 1]``."""
+    d += 1
+    while d <= negs.shape[0] and negs[d - 1] == target:
+        d += 1
+    return d
+
+
+@njit(nogil=True, fastmath=FASTMATH, inline="always")
 def negative_pass(syn1, hidden, target, work, alpha, negs, sig, logsig):
-    """Score ``hidden`` against the target and the noise rows ``negs``; update them; add into ``work``."""
+    """Score ``hidden`` against the target and the noise rows ``negs``; update them; add into ``work``.
+
+    gensim's order, one row after another: a row's score sees every earlier row's update (a noise word drawn twice
+    is scored the second time as the first left it). The pass that updates a row also takes the next row's score,
+    so ``hidden`` is read once for both; a row that follows itself is read in that pass after its element was
+    written, as the one-row-at-a-time order reads it.
+    """
     dim = hidden.shape[0]
+    last = negs.shape[0]
     loss = 0.0
-    for d in range(negs.shape[0] + 1):
-        if d == 0:
-            row = target
-            label = np.float32(1.0)
-        else:
-            row = negs[d - 1]
-            if row == target:
-                continue
-            label = np.float32(0.0)
-        out = syn1[row]
-        score = np.float32(0.0)
-        for k in range(dim):
-            score += hidden[k] * out[k]
+    out = syn1[target]
+    score = np.float32(0.0)
+    for k in range(dim):
+        score += hidden[k] * out[k]
+    d = 0
+    while d <= last:
+        label = np.float32(1.0) if d == 0 else np.float32(0.0)
+        following = _next_output(negs, d, target)
+        g = np.float32(0.0)
         if score != score:
             # NaN: the weights have diverged. Report it through the loss; indexing a table with it is undefined.
             loss += np.nan
-            continue
-        if score <= -MAX_EXP or score >= MAX_EXP:
-            continue
-        g = (label - sig[table_index(score)]) * alpha
-        signed = score if d == 0 else -score
-        if -MAX_EXP < signed < MAX_EXP:
-            loss -= logsig[table_index(signed)]
-        for k in range(dim):
-            work[k] += g * out[k]
-        for k in range(dim):
-            out[k] += g * hidden[k]
+        elif -MAX_EXP < score < MAX_EXP:
+            g = (label - sig[table_index(score)]) * alpha
+            signed = score if d == 0 else -score
+            if -MAX_EXP < signed < MAX_EXP:
+                loss -= logsig[table_index(signed)]
+        score = np.float32(0.0)
+        if following <= last:
+            upcoming = syn1[negs[following - 1]]
+            if g != 0.0:
+                for k in range(dim):
+                    o = out[k]
+                    work[k] += g * o
+                    out[k] = o + g * hidden[k]
+                    score += hidden[k] * upcoming[k]
+            else:
+                for k in range(dim):
+                    score += hidden[k] * upcoming[k]
+            out = upcoming
+        elif g != 0.0:
+            for k in range(dim):
+                o = out[k]
+                work[k] += g * o
+                out[k] = o + g * hidden[k]
+        d = following
     return loss
-
-
-# Re-association lets LLVM vectorise the dot products; no "nnan"/"ninf", so the NaN check above survives.
-FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
 
 
 @njit(inline="always")
