@@ -226,3 +226,49 @@ def test_failed_start_is_one_line_and_leaves_no_out(tmp_path: Path, launcher: st
         assert done.returncode == 2 and done.stderr.strip() == ours[0], done.stderr
     else:  # torchrun reports the failed ranks its own way (its exit code 1), with the ranks' exit code 2
         assert done.returncode != 0 and "exitcode  : 2" in done.stderr, done.stderr
+
+
+# One line for an error every rank meets: rank 0 prints, then marks it in the group's store; the others wait for the
+# mark (a rank that ended at once could let the launcher stop rank 0 before it had printed). Each rank joins as
+# torchrun would start it, leaves the group (as the train command does before its error is reported), then reports.
+_REPORT = r"""
+import sys, time
+from sparsembed.dataparallel import launch
+both, wait_s = sys.argv[1] == "both", float(sys.argv[2])
+launch.join(30)
+launch.leave()
+if launch.rank() == 0:
+    if both:
+        time.sleep(1.5)  # rank 0 comes late to the error the other rank met at once
+        launch.report_once("sparsembed: error: rank 0: bad input")
+        print(f"printed {time.time()}", flush=True)
+    else:
+        time.sleep(2 * wait_s + 2)  # rank 0 never meets the error (and keeps the store alive meanwhile)
+else:
+    launch.report_once(f"sparsembed: error: rank {launch.rank()}: bad input", wait_s=wait_s)
+    print(f"left {time.time()}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("both", [True, False], ids=["every rank met it", "only rank 1 met it"])
+def test_an_error_is_reported_once_and_rank_0_prints_before_the_others_leave(both: bool) -> None:
+    from sparsembed.dataparallel.launch import free_port
+
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
+           "GLOO_SOCKET_IFNAME": "lo"}
+    wait_s = 2.0
+    ranks = [subprocess.Popen([sys.executable, "-c", _REPORT, "both" if both else "one", str(wait_s)],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    started = time.time()
+    (out0, err0), (out1, err1) = (p.communicate(timeout=60) for p in ranks)
+    assert [p.returncode for p in ranks] == [0, 0], (err0, err1)
+    lines0 = [line for line in err0.splitlines() if line.startswith("sparsembed:")]
+    lines1 = [line for line in err1.splitlines() if line.startswith("sparsembed:")]
+    left = float(out1.split()[1])
+    if both:
+        assert lines0 == ["sparsembed: error: rank 0: bad input"] and lines1 == [], (err0, err1)
+        assert left >= float(out0.split()[1]) - 0.05  # rank 1 stayed until rank 0 had printed
+    else:
+        assert lines0 == [] and lines1 == ["sparsembed: error: rank 1: bad input"], (err0, err1)
+        assert left - started >= wait_s  # it waited for rank 0's line first

@@ -36,9 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         # Every rank of a data-parallel run meets the same bad input; rank 0 says it once. A rank that lost a
         # peer speaks for itself (rank 0 may be the one that is gone).
-        if launch.rank() == 0 or getattr(exc, "every_rank_reports", False):
-            who = f"rank {launch.rank()}: " if launch.world_size() > 1 else ""
-            print(f"sparsembed: error: {who}{exc}", file=sys.stderr)
+        who = f"rank {launch.rank()}: " if launch.world_size() > 1 else ""
+        line = f"sparsembed: error: {who}{exc}"
+        if getattr(exc, "every_rank_reports", False):
+            print(line, file=sys.stderr)
+        else:
+            launch.report_once(line)
         return 2
     except KeyboardInterrupt as exc:
         resume = getattr(exc, "resume_dir", None)

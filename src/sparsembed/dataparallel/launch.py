@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -89,6 +90,50 @@ def join(timeout: float) -> None:
     store = dist.PrefixStore(f"sparsembed/attempt-{restart_count()}/", store)
     dist.init_process_group("gloo", store=store, rank=rank(), world_size=world_size(),
                             timeout=timedelta(seconds=timeout))
+    _joined["store"] = store
+
+
+#: The group's store once :func:`join` made it (kept past :func:`leave`: :func:`report_once` runs after it).
+_joined: dict = {"store": None}
+
+#: Seconds a rank other than 0 waits for rank 0 to report an error they both met, before it reports it itself.
+REPORT_WAIT_S = 10.0
+
+#: Seconds a rank other than 0 stays after an error met before the group was joined (see :func:`report_once`).
+PRE_JOIN_WAIT_S = 2.0
+
+
+def report_once(line: str, wait_s: float = REPORT_WAIT_S) -> None:
+    """Print ``line`` on stderr once for the group, for an error every rank meets alike (bad input).
+
+    Rank 0 prints and then marks it in the group's store. Every other rank waits for that mark before it goes
+    on to exit: a rank that ended at once let the launcher stop rank 0 before it had printed, and the run ended
+    without a word. A rank that sees no mark within ``wait_s`` (rank 0 did not meet this error) prints its own
+    line; one that finds the store gone (rank 0 ended, having printed or not) adds nothing. Before a group was
+    joined (a bad setting, which every rank checks alike) there is no store to mark: only rank 0 prints, and the
+    others wait ``PRE_JOIN_WAIT_S`` before they exit, which gives rank 0 that long to print first.
+    """
+    store = _joined["store"]
+    if rank() == 0:
+        print(line, file=sys.stderr, flush=True)
+        if store is not None and world_size() > 1:
+            try:
+                store.set("reported", b"1")
+            except Exception:  # noqa: BLE001  (the store went away: nobody is left waiting for the mark)
+                pass
+        return
+    if store is None:
+        if world_size() > 1:
+            time.sleep(PRE_JOIN_WAIT_S)
+        return
+    import torch.distributed as dist
+
+    try:
+        store.wait(["reported"], timedelta(seconds=wait_s))
+    except dist.DistNetworkError:
+        return
+    except (dist.DistStoreError, RuntimeError):  # no mark in time: rank 0 is elsewhere, this rank speaks
+        print(line, file=sys.stderr, flush=True)
 
 
 #: Seconds leaving the process group may take before the process exits without waiting for it.
