@@ -107,8 +107,11 @@ def _tiny_problem(seed: int, n_rows: int = 12, dim: int = 8):
 
 @pytest.mark.parametrize("sg", [0, 1])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_train_job_equals_reference(sg: int, seed: int) -> None:
-    ids, starts, sample_ints, threshold, alias, syn0, syn1 = _tiny_problem(seed)
+@pytest.mark.parametrize("n_rows", [12, 400], ids=["words repeat in most windows", "most windows distinct"])
+def test_train_job_equals_reference(sg: int, seed: int, n_rows: int) -> None:
+    # 12 words: most windows hold a word twice, so rows change twice in one update and noise words repeat;
+    # 400 words: most windows are distinct, as in a real vocabulary.
+    ids, starts, sample_ints, threshold, alias, syn0, syn1 = _tiny_problem(seed, n_rows=n_rows)
     args = (sg, 3, 4, 0.5, 0.01, 1000, 100, seed, 2, 7)
     ref0, ref1 = syn0.copy(), syn1.copy()
     expected = reference_job(ref0, ref1, ids, starts, sample_ints, threshold, alias, *args)
