@@ -10,7 +10,8 @@ before it runs them, so torch's, logging's and multiprocessing's handlers still 
 standard streams and ends the process with the command's exit code (:func:`os._exit`). Without torch loaded, when
 the command did not return (an uncaught exception), or when it failed (a non-zero code), the interpreter ends as
 usual: of the ranks that meet the same bad input only rank 0 says so, and a rank that failed and ended at once let
-the launcher stop rank 0 before it had (a test caught it under load), so failures keep the exit they had.
+the launcher stop rank 0 before it had (a test caught it under load), so failures keep the exit they had (and the
+other ranks now wait for rank 0's line: :func:`sparsembed.dataparallel.launch.report_once`).
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def draw_negatives(syn1, packed, negs, state, touched1):
     return state
 
 
-# Re-association lets LLVM vectorise the dot products; no "nnan"/"ninf", so the NaN checks survives.
+# Re-association lets LLVM vectorise the dot products; no "nnan"/"ninf", so the NaN checks survive.
 FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
 
 
