@@ -84,7 +84,8 @@ def main() -> None:
             dst.write(src.read(1 << 20))
         for model in args.models.split(","):
             for name, src in trees.items():
-                train(src, sample, scratch / f"warm-{name}-{model}", model, args.workers, 1, extra if name == "new" else [])
+                own = extra if name == "new" else []
+                train(src, sample, scratch / f"warm-{name}-{model}", model, args.workers, 1, own)
             for seed in range(1, args.repeats + 1):
                 for name, src in trees.items():
                     out = scratch / f"{name}-{model}-{seed}"
