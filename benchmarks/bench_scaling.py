@@ -55,6 +55,7 @@ from sparsembed.bench.scaling import (  # noqa: E402
     measure_rate,
     message_bytes,
     predicted_rows,
+    run_extra_seconds,
     simulate_world,
     simulate_worlds,
     time_world,
@@ -163,7 +164,8 @@ def load_measured(patterns: list[str], budget_patterns: Sequence[str] = ()) -> l
                     "compute_s": med("median_compute_s"),
                     "exchange_s": med("median_exchange_s"), "mb_sent": med("median_mb_sent_per_step"),
                     "words_per_s": med("words_per_s"), "matrices": matrices,
-                    "foreground_s": float(np.median(foreground)) if foreground else None})
+                    "foreground_s": float(np.median(foreground)) if foreground else None,
+                    "outside_s": med("outside_steps_s") if all("outside_steps_s" in r for r in runs) else None})
     return out
 
 
@@ -228,17 +230,22 @@ def session_rates(work: Workload, measured: list[dict[str, Any]], timed: float, 
     return out
 
 
+def run_setup(g: dict[str, Any], latency_s: float) -> tuple[Config, Link, bool]:
+    """The config, link and overlap of one group of measured runs, from its variant and setup."""
+    values = next((v for v in ("int8", "fp16") if v in g["variant"]), "fp32")
+    budget = "auto" if "budget" in g["variant"] else None
+    config = Config(f"replicated-{values}" + ("-budget" if budget else ""), "replicated", values, budget=budget)
+    # loopback: no link limit and no latency to speak of; the host cost is all there is (it is calibrated there)
+    link = Link(1e6, 0.0, 1.0) if g["loopback"] else Link(g["gbit"], latency_s, g["link_mbit_s"] / (1000 * g["gbit"]))
+    return config, link, "overlap" in g["variant"]
+
+
 def run_times(work: Workload, rate: float, g: dict[str, Any], host: HostCost,
               latency_s: float) -> tuple[list[StepTime], list[list[Any]], SampledWorld, bool]:
     """The model's steps of one group of measured runs at N = 2 (one thread each, the trainer's even job size,
     every step of the first epoch, on shared cores), their traffic, the simulated world, and whether it overlaps."""
-    values = next((v for v in ("int8", "fp16") if v in g["variant"]), "fp32")
-    overlap = "overlap" in g["variant"]
-    budget = "auto" if "budget" in g["variant"] else None
-    config = Config(f"replicated-{values}" + ("-budget" if budget else ""), "replicated", values, budget=budget)
+    config, link, overlap = run_setup(g, latency_s)
     job_tokens = even_job_tokens(work.tokens, g["job_tokens"], 2)
-    # loopback: no link limit and no latency to speak of; the host cost is all there is (it is calibrated there)
-    link = Link(1e6, 0.0, 1.0) if g["loopback"] else Link(g["gbit"], latency_s, g["link_mbit_s"] / (1000 * g["gbit"]))
     sampled = simulate_world(work, 2, [config], steps=None, max_ranks=2, job_tokens=job_tokens)
     times, sent = time_world(sampled, config, rate, 1, link, host, overlap, shared_cores=True)
     return times, sent, sampled, overlap
@@ -262,6 +269,19 @@ def foreground_share(work: Workload, measured: list[dict[str, Any]], host: HostC
             f"thread's {1e3 * g['foreground_s']:.1f} ms of exchange work a step over the model's host seconds)")
 
 
+def epoch_cost(measured: list[dict[str, Any]], host: HostCost) -> tuple[HostCost, str]:
+    """``host`` with its seconds at an epoch end: of the newest loopback run that recorded the seconds it trained
+    outside its steps, those over its epochs (0 without one)."""
+    runs = [g for g in measured if g["loopback"] and g.get("outside_s") is not None]
+    if not runs:
+        return host, "no loopback run with its seconds outside the steps in --measured: epoch ends cost nothing"
+    g = max(runs, key=lambda g: datetime.strptime(g["started"], "%Y-%m-%d %H:%M:%S"))
+    epoch_s = g["outside_s"] / g["epochs"]
+    return (dataclasses.replace(host, epoch_s=epoch_s),
+            f"{epoch_s:.3f} s at each epoch end (the loopback run of {g['file']}: {g['outside_s']:.2f} s outside its "
+            f"steps over {g['epochs']} epochs)")
+
+
 def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], host: HostCost,
                  latency_s: float) -> dict[str, Any]:
     """The model at N = 2 (:func:`run_times`) against one group of measured runs: per-step medians of rank 0's
@@ -270,7 +290,9 @@ def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], hos
     rate, rate_source = rate
     inputs = ["compute_s"] if g["variant"] == "sync" and rate_source.endswith(g["file"]) else []
     times, sent, sampled, overlap = run_times(work, rate, g, host, latency_s)
-    run_s = run_seconds(times * g["epochs"], overlap, shared_cores=True)
+    config, link, _ = run_setup(g, latency_s)
+    run_s = run_seconds(times * g["epochs"], overlap, shared_cores=True) \
+        + run_extra_seconds(config, 2, work.num_rows, work.dim, g["epochs"], link, host)
     words = g["epochs"] * sum(sampled.tokens) * 2 * work.raw_per_token / run_s
     per_matrix = {m: {"mb_sent": float(np.median([s[i].sent[0] for s in sent])) / 1e6,
                       "modes": sorted({s[i].mode for s in sent}),
@@ -330,7 +352,8 @@ def validate_whole(work: Workload, timed: float, mode: str, scan_s: float, point
         overlap = variant != "sync"
         times, _ = time_world(sampled, WHOLE_CONFIGS[variant], rate, 1, link, host, overlap=overlap,
                               shared_cores=overlap)
-        pair = scan_s + start_s + run_seconds(times * epochs, overlap, shared_cores=overlap)
+        pair = scan_s + start_s + run_seconds(times * epochs, overlap, shared_cores=overlap) \
+            + run_extra_seconds(WHOLE_CONFIGS[variant], 2, work.num_rows, work.dim, epochs, link, host)
         single = scan_s + epochs * work.tokens / rate
         out.append({"gbit_s": gbit, "variant": variant, "goodput": goodput, "rate": rate, "start_s": start_s,
                     "inputs": ["single_s"] if mode == "session" else [],
@@ -587,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     if "cbow" in works and args.host_cost != "none":
         by_file = session_rates(works["cbow"], measured, rate["cbow"]["tokens_per_s"], args.validation_rate)
         host, share_source = foreground_share(works["cbow"], measured, host, by_file, args.latency_us * 1e-6)
-        host_source += f"; {share_source}"
+        host, epoch_source = epoch_cost(measured, host)
+        host_source += f"; {share_source}; {epoch_source}"
     print(f"host cost: sparse {host.sparse_s_per_byte * 1e9:.2f} ns/byte, dense {host.dense_s_per_byte * 1e9:.2f} "
           f"ns/byte ({host_source})")
     checked = validation(args, works.get("cbow"), rate.get("cbow", {}).get("tokens_per_s"), scan_s, measured, host)
@@ -604,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(evenly spaced; the others taken to send what the sampled ones do)",
         "rates": rate, "host_cost": {"sparse_s_per_byte": host.sparse_s_per_byte,
                                      "dense_s_per_byte": host.dense_s_per_byte, "foreground": host.foreground,
-                                     "source": host_source},
+                                     "epoch_s": host.epoch_s, "source": host_source},
         "configs": [{"name": c.name, "strategy": c.strategy, "values": c.values, "budget": c.budget,
                      "implemented": c.implemented, "hot": c.hot} for c in CONFIGS],
         "default_across_hosts": f"{ACROSS_HOSTS}, overlapped",

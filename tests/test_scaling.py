@@ -24,9 +24,11 @@ from sparsembed.bench.scaling import (
     carried,
     cut_to_rows,
     exchange_traffic,
+    flush_seconds,
     hot_sync,
     message_bytes,
     predict,
+    run_extra_seconds,
     sample_steps,
     simulate_world,
     time_world,
@@ -579,3 +581,22 @@ def test_deferred_rows_wait_for_later_steps_as_in_the_trainer(monkeypatch: pytes
         assert all(a < trainer_budget.MAX_AGE for a in age.values())
     for m in (0, 1):
         assert went[m] | set(pending[m].tolist()) == touched[(0, m)]  # nothing lost
+
+
+def test_a_run_ends_with_a_float32_flush_of_what_it_rounded_or_deferred_and_pays_each_epoch_end() -> None:
+    rows, dim, latency, dense = 1000, 16, 1e-4, 1e-9
+    link, host = Link(1.0, latency_s=latency), HostCost(0.0, dense, epoch_s=0.25)
+    ring = ring_bytes(rows * dim * 4, 2)
+    # per matrix: the ring's bytes on the link, 2 (N-1) latencies, the host's dense work; then the agreement's round
+    expected = 2 * (ring / link.bytes_per_s + 2 * latency + (ring + rows * dim * 4) * dense) + 2 * latency
+    int8 = Config("replicated-int8", "replicated", "int8")
+    assert flush_seconds(int8, 2, rows, dim, link, host) == pytest.approx(expected)
+    budget = Config("replicated-budget", "replicated", budget="auto")  # deferred rows, float32 values: the same
+    assert flush_seconds(budget, 2, rows, dim, link, host) == pytest.approx(expected)
+    assert flush_seconds(Config("replicated", "replicated"), 2, rows, dim, link, host) == 0.0  # nothing waits
+    assert flush_seconds(int8, 1, rows, dim, link, host) == 0.0  # one host: no exchange
+    assert run_extra_seconds(int8, 2, rows, dim, 5, link, host) == pytest.approx(5 * 0.25 + expected)
+    assert run_extra_seconds(int8, 2, rows, dim, 5, link, None) == pytest.approx(2 * ring / link.bytes_per_s
+                                                                                + 6 * latency)
+    with pytest.raises(UserError, match="epoch end must be >= 0"):
+        HostCost(epoch_s=-1.0)

@@ -75,6 +75,7 @@ from sparsembed.word2vec import kernels
 from sparsembed.word2vec.schedule import Schedule, job_boundaries, split_sentences
 
 __all__ = ["Workload", "Link", "HostCost", "Config", "CONFIGS", "ACROSS_HOSTS", "ACROSS_HOSTS_UNBUDGETED", "Traffic",
+           "flush_seconds", "run_extra_seconds",
            "StepTime", "StepRows", "HotSync", "mark_job", "message_bytes", "row_bytes", "exchange_traffic",
            "budget_rows", "hide_rows", "cut_to_rows", "apply_budget", "step_time",
            "run_seconds", "hot_seconds", "hot_sync", "without_hot", "sample_steps", "SampledWorld", "simulate_world",
@@ -602,6 +603,25 @@ def apply_budget(traffic: list[Traffic], world: int, budget: float) -> list[Traf
     if not (_finite(budget) and budget > 0):
         raise UserError(f"invalid setting: budget must be a positive number of bytes, got {budget!r}")
     return cut_to_rows(traffic, world, hide_rows(traffic, world, budget))
+
+
+def flush_seconds(config: Config, world: int, num_rows: int, dim: int, link: Link, host: HostCost | None) -> float:
+    """Seconds of a run's last exchange, which sends exactly (float32) every row that still holds a rounding
+    residual or a change a budget deferred. By then nearly every row of both matrices does (on 2 hosts the trainer's
+    last exchange was the whole 68.6 MB, dense: BENCHMARKS.md), so: one float32 ring all-reduce of each matrix.
+    A config that neither rounds its values nor defers rows leaves nothing to flush."""
+    if world < 2 or (config.values == "fp32" and config.budget is None):
+        return 0.0
+    counts = np.array([num_rows], np.int64)
+    traffic = [_dense(m, counts, world, num_rows, dim, "fp32", size_round=False) for m in ("syn0", "syn1")]
+    return step_time(traffic, 0.0, world, link, host).exchange_s
+
+
+def run_extra_seconds(config: Config, world: int, num_rows: int, dim: int, epochs: int, link: Link,
+                      host: HostCost | None) -> float:
+    """What a whole run spends beyond its steps: every epoch end (:attr:`HostCost.epoch_s`) and the last
+    exchange (:func:`flush_seconds`). The steady-state predictions leave it out; a measured run's words/s holds it."""
+    return epochs * (host.epoch_s if host else 0.0) + flush_seconds(config, world, num_rows, dim, link, host)
 
 
 # ----------------------------------------------------------------------------------------------- prediction

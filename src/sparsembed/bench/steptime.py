@@ -69,16 +69,22 @@ class HostCost:
     bytes (the dense change, the reduction, the update). Zero: the link alone.
 
     ``foreground``: the share of that work an overlapped step does on the training thread, where nothing hides it
-    (choosing the rows, taking their changes, landing the sums); the rest runs in the exchange's own thread."""
+    (choosing the rows, taking their changes, landing the sums); the rest runs in the exchange's own thread.
+
+    ``epoch_s``: what a run spends outside its steps at each epoch end (the epoch's loss agreed, a checkpoint of
+    both matrices written): a whole run's time, not a step's (:func:`sparsembed.bench.scaling.run_extra_seconds`)."""
 
     sparse_s_per_byte: float = 0.0
     dense_s_per_byte: float = 0.0
     foreground: float = 0.0
+    epoch_s: float = 0.0
 
     def __post_init__(self) -> None:
         for value in (self.sparse_s_per_byte, self.dense_s_per_byte):
             if not (_finite(value) and value >= 0):
                 raise UserError(f"invalid setting: host cost per byte must be >= 0, got {value!r}")
+        if not (_finite(self.epoch_s) and self.epoch_s >= 0):
+            raise UserError(f"invalid setting: the host's seconds at an epoch end must be >= 0, got {self.epoch_s!r}")
         if not (_finite(self.foreground) and 0 <= self.foreground <= 1):
             raise UserError(f"invalid setting: the host's foreground share must be in [0, 1], got {self.foreground!r}")
 
