@@ -47,6 +47,12 @@ def extract_tree(rev: str, into: Path) -> Path:
     return into / "src"
 
 
+def _fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, nothing run."""
+    print(f"bench_commits: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def train(src: Path, corpus: Path, out: Path, model: str, workers: int, seed: int, extra: list[str]) -> float:
     """Wall seconds of one ``sparsembed train`` command run with ``src`` first on PYTHONPATH."""
     env = {**os.environ, "PYTHONPATH": str(src)}
@@ -68,8 +74,16 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     extra = args.new_args.split()
-    base_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.base], check=True,
-                              capture_output=True, text=True).stdout.strip()
+    bad = [m for m in args.models.split(",") if m not in ("cbow", "skipgram")]
+    if bad:
+        _fail(f"--models takes a comma list of cbow, skipgram; got {', '.join(bad)}")
+    if args.repeats < 1:
+        _fail(f"--repeats must be at least 1, got {args.repeats}")
+    found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "--verify", "--quiet",
+                            f"{args.base}^{{commit}}"], capture_output=True, text=True)
+    if found.returncode != 0:
+        _fail(f"--base {args.base!r} is no commit of {ROOT}; give a hash or a ref")
+    base_rev = found.stdout.strip()
     new_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
                              capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], check=True,
