@@ -77,6 +77,8 @@ def main() -> None:
     bad = [m for m in args.models.split(",") if m not in ("cbow", "skipgram")]
     if bad:
         _fail(f"--models takes a comma list of cbow, skipgram; got {', '.join(bad)}")
+    if not Path(args.corpus).is_file():
+        _fail(f"--corpus {args.corpus} is not a file (wiki17m.txt.xz is in ../shared/data)")
     if args.repeats < 1:
         _fail(f"--repeats must be at least 1, got {args.repeats}")
     found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "--verify", "--quiet",
