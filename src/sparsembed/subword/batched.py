@@ -34,10 +34,10 @@ from sparsembed.subword.kernels import add_rows_of, add_to_rows_of, mark_rows_of
 from sparsembed.word2vec.batched import saturated_gradient
 from sparsembed.word2vec.kernels import (
     FASTMATH,
-    NOT_TRACKED,
     draw_negatives,
     job_start,
     longest_sentence,
+    marks_or_none,
     negative_pass,
     next_bits,
     prefetch_row,
@@ -144,13 +144,14 @@ def _skipgram_target(syn1, sums, pending, kept, sub_offsets, sub_gain, i, lo, hi
 def train_job_batched(
     syn0, syn1, sub_offsets, sub_rows, sub_gain, ids, starts, first_sentence, last_sentence, sample_ints, use_sample,
     packed_alias, sg, window, negative, alpha_start, alpha_end, total_tokens, tokens_before, seed, epoch, job, sig,
-    logsig, touched0=NOT_TRACKED, touched1=NOT_TRACKED,
+    logsig, touched0=None, touched1=None,
 ):
     """:func:`sparsembed.subword.kernels.train_job`'s arguments, marks and result, with each position composed
     once and updated once (module docstring); ``pairs`` counts targets for CBOW and (context, target) pairs for
     skip-gram."""
+    marks0, marks1 = marks_or_none(touched0), marks_or_none(touched1)
     dim = syn0.shape[1]
-    track = touched0.shape[0] > 0
+    track = marks0.shape[0] > 0
     kept = np.empty(longest_sentence(starts, first_sentence, last_sentence), dtype=np.int32)
     ring = 2 * window + 2
     sums = np.zeros((ring, dim), dtype=np.float32)
@@ -161,7 +162,7 @@ def train_job_batched(
     slots = np.empty(2 * window, dtype=np.int64)
     grad = np.empty((2 * window, negative + 1), dtype=np.float32)
     old = np.empty((negative + 1, dim), dtype=np.float32)
-    state, negs = job_start(syn1, packed_alias, negative, seed, epoch, job, touched1)
+    state, negs = job_start(syn1, packed_alias, negative, seed, epoch, job, marks1)
     example = 0
     loss = 0.0
     pairs = 0
@@ -172,10 +173,10 @@ def train_job_batched(
         first, last = starts[s], starts[s + 1]
         alpha = sentence_alpha(alpha_start, alpha_end, slope, done)
         done += last - first
-        n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1)
+        n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, marks0, marks1)
         trained += n
         if track:
-            mark_rows_of(kept, n, sub_offsets, sub_rows, touched0)
+            mark_rows_of(kept, n, sub_offsets, sub_rows, marks0)
         entered = 0  # positions [0, entered) are composed; [0, released) have given back their changes
         released = 0
         for i in range(n):
@@ -199,7 +200,7 @@ def train_job_batched(
                 prefetch_row(syn1, kept[i + 1])
             if hi - lo - 1 <= 0:  # no context: nothing to train, nothing drawn (as in the exact kernel)
                 continue
-            state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, touched1)
+            state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, marks1)
             if sg:
                 part, count = _skipgram_target(syn1, sums, pending, kept, sub_offsets, sub_gain, i, lo, hi,
                                                negs[example & 1], alpha, inputs, slots, grad, old, sig, logsig)

@@ -32,10 +32,10 @@ from numba import njit
 
 from sparsembed.word2vec.kernels import (
     FASTMATH,
-    NOT_TRACKED,
     draw_negatives,
     job_start,
     longest_sentence,
+    marks_or_none,
     negative_pass,
     next_bits,
     prefetch_row,
@@ -86,19 +86,20 @@ def mark_rows_of(kept, n, sub_offsets, sub_rows, touched0):
 def train_job(
     syn0, syn1, sub_offsets, sub_rows, sub_gain, ids, starts, first_sentence, last_sentence, sample_ints, use_sample,
     packed_alias, sg, window, negative, alpha_start, alpha_end, total_tokens, tokens_before, seed, epoch, job, sig,
-    logsig, touched0=NOT_TRACKED, touched1=NOT_TRACKED,
+    logsig, touched0=None, touched1=None,
 ):
     """Train sentences ``[first_sentence, last_sentence)`` in place; return (loss, pairs, trained words), as
     :func:`sparsembed.word2vec.kernels.train_job` does, with word ``w``'s input rows
     ``sub_rows[sub_offsets[w]:sub_offsets[w + 1]]`` (rows of ``syn0``; ``syn1`` has one row per word) and
     ``sub_gain[w]`` how far an error added to each of them moves their mean (see the module docstring)."""
+    marks0, marks1 = marks_or_none(touched0), marks_or_none(touched1)
     dim = syn0.shape[1]
-    track = touched0.shape[0] > 0
+    track = marks0.shape[0] > 0
     kept = np.empty(longest_sentence(starts, first_sentence, last_sentence), dtype=np.int32)
     hidden = np.empty(dim, dtype=np.float32)
     work = np.empty(dim, dtype=np.float32)
     total = np.empty(dim, dtype=np.float32)
-    state, negs = job_start(syn1, packed_alias, negative, seed, epoch, job, touched1)
+    state, negs = job_start(syn1, packed_alias, negative, seed, epoch, job, marks1)
     example = 0
     loss = 0.0
     pairs = 0
@@ -109,10 +110,10 @@ def train_job(
         first, last = starts[s], starts[s + 1]
         alpha = sentence_alpha(alpha_start, alpha_end, slope, done)
         done += last - first
-        n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1)
+        n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, marks0, marks1)
         trained += n
         if track:
-            mark_rows_of(kept, n, sub_offsets, sub_rows, touched0)
+            mark_rows_of(kept, n, sub_offsets, sub_rows, marks0)
         for i in range(n):
             state, bits = next_bits(state)
             reduced = int((bits >> np.uint64(32)) % np.uint64(window))
@@ -139,7 +140,7 @@ def train_job(
                     if j == i:
                         continue
                     work[:] = 0.0
-                    state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, touched1)
+                    state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, marks1)
                     loss += negative_pass(syn1, hidden, kept[j], work, alpha, negs[example & 1], sig, logsig)
                     example += 1
                     pairs += 1
@@ -162,7 +163,7 @@ def train_job(
                 for k in range(dim):
                     hidden[k] *= inv
                 work[:] = 0.0
-                state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, touched1)
+                state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, marks1)
                 loss += negative_pass(syn1, hidden, word, work, alpha, negs[example & 1], sig, logsig)
                 example += 1
                 pairs += 1

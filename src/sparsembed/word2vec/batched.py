@@ -38,10 +38,10 @@ from numba import njit
 from sparsembed.word2vec.kernels import (
     FASTMATH,
     MAX_EXP,
-    NOT_TRACKED,
     draw_negatives,
     job_start,
     longest_sentence,
+    marks_or_none,
     next_bits,
     prefetch_row,
     sentence_alpha,
@@ -252,7 +252,7 @@ def _cbow_group(syn0, syn1, kept, group_first, group_last, lows, highs, negs, ne
 def train_job_batched(
     syn0, syn1, ids, starts, first_sentence, last_sentence, sample_ints, use_sample, packed_alias,
     sg, window, negative, alpha_start, alpha_end, total_tokens, tokens_before, seed, epoch, job, sig, logsig,
-    touched0=NOT_TRACKED, touched1=NOT_TRACKED,
+    touched0=None, touched1=None,
 ):
     """:func:`~sparsembed.word2vec.kernels.train_job`'s contract (arguments, marks, determinism, return value) with
     the minibatched updates of this module.
@@ -262,6 +262,7 @@ def train_job_batched(
     target (prefetched) before it trains; a CBOW group draws the next group's noise words, after its targets'
     window draws.
     """
+    marks0, marks1 = marks_or_none(touched0), marks_or_none(touched1)
     dim = syn0.shape[1]
     kept = np.empty(longest_sentence(starts, first_sentence, last_sentence), dtype=np.int32)
     span = 2 * window
@@ -277,7 +278,7 @@ def train_job_batched(
     coef = np.empty(max(span, negative + 1, CBOW_GROUP), dtype=np.float32)
     cbow_rows = np.empty(max(span, CBOW_GROUP), dtype=np.int64)
     highs = np.empty(CBOW_GROUP, dtype=np.int64)
-    state, negs = job_start(syn1, packed_alias, negative, seed, epoch, job, touched1)
+    state, negs = job_start(syn1, packed_alias, negative, seed, epoch, job, marks1)
     example = 0
     loss = 0.0
     pairs = 0
@@ -288,7 +289,7 @@ def train_job_batched(
         first, last = starts[s], starts[s + 1]
         alpha = sentence_alpha(alpha_start, alpha_end, slope, done)
         done += last - first
-        n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1)
+        n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, marks0, marks1)
         trained += n
         if sg:
             for i in range(n):
@@ -309,7 +310,7 @@ def train_job_batched(
                 if nc == 0:
                     continue
                 current = negs[example & 1]
-                state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, touched1)
+                state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, marks1)
                 example += 1
                 outs[0] = word
                 no = 1
@@ -333,7 +334,7 @@ def train_job_batched(
                     if ahead + window < n:
                         prefetch_row(syn0, kept[ahead + window])
                 current = negs[example & 1]
-                state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, touched1)
+                state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, marks1)
                 example += 1
                 part, targets = _cbow_group(syn0, syn1, kept, group_first, group_last, lows, highs, current,
                                             negative, alpha, hidden, work, grad, outs, coef, cbow_rows, sig, logsig)

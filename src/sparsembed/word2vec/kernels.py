@@ -21,7 +21,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 MAX_EXP = 6.0
-#: Default of train_job's touched-row arrays: no tracking (a single process needs no record of the rows it changed).
+#: Touched-row arrays that track nothing (a single process needs no record of the rows it changed); a job function
+#: called without marks uses an empty array of its own (:func:`marks_or_none`).
 NOT_TRACKED = np.zeros(0, dtype=np.uint8)
 TABLE_SIZE = 1000
 _TABLE_SCALE = TABLE_SIZE / MAX_EXP / 2.0
@@ -94,6 +95,18 @@ def _prefetch(typingctx, matrix, row, col):
 def prefetch_row(matrix, row):
     for k in range(0, matrix.shape[1], 16):  # one hint per 64-byte line of float32
         _prefetch(matrix, row, k)
+
+
+@njit(inline="always")
+def marks_or_none(marks):
+    """A job's touched-row marks, or an empty array (nothing tracked) when the caller gave none.
+
+    The job functions default their marks to None, not to an array: numba keys an omitted argument's type by its
+    default value, and an array default keyed each process's compilation apart, so every process that left the
+    marks out compiled the job anew (about 2 s) and added one more entry to numba's on-disk cache."""
+    if marks is None:
+        return np.zeros(0, dtype=np.uint8)
+    return marks
 
 
 @njit(inline="always")
@@ -235,7 +248,7 @@ def sentence_alpha(alpha_start, alpha_end, slope, done):
 def train_job(
     syn0, syn1, ids, starts, first_sentence, last_sentence, sample_ints, use_sample, packed_alias,
     sg, window, negative, alpha_start, alpha_end, total_tokens, tokens_before, seed, epoch, job, sig, logsig,
-    touched0=NOT_TRACKED, touched1=NOT_TRACKED,
+    touched0=None, touched1=None,
 ):
     """Train sentences ``[first_sentence, last_sentence)`` in place; return (loss, pairs, trained words).
 
@@ -248,11 +261,12 @@ def train_job(
     ``alpha`` falls linearly with the global position: token ``t`` of the job sits at
     ``(tokens_before + t) / total_tokens`` of the whole run (all epochs).
     """
+    marks0, marks1 = marks_or_none(touched0), marks_or_none(touched1)
     dim = syn0.shape[1]
     kept = np.empty(longest_sentence(starts, first_sentence, last_sentence), dtype=np.int32)
     hidden = np.empty(dim, dtype=np.float32)
     work = np.empty(dim, dtype=np.float32)
-    state, negs = job_start(syn1, packed_alias, negative, seed, epoch, job, touched1)
+    state, negs = job_start(syn1, packed_alias, negative, seed, epoch, job, marks1)
     example = 0
     loss = 0.0
     pairs = 0
@@ -263,7 +277,7 @@ def train_job(
         first, last = starts[s], starts[s + 1]
         alpha = sentence_alpha(alpha_start, alpha_end, slope, done)
         done += last - first
-        n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, touched0, touched1)
+        n, state = subsample(ids, first, last, sample_ints, use_sample, kept, state, marks0, marks1)
         trained += n
         for i in range(n):
             state, bits = next_bits(state)
@@ -281,7 +295,7 @@ def train_job(
                         continue
                     row = syn0[kept[j]]
                     work[:] = 0.0
-                    state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, touched1)
+                    state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, marks1)
                     loss += negative_pass(syn1, row, word, work, alpha, negs[example & 1], sig, logsig)
                     example += 1
                     pairs += 1
@@ -301,7 +315,7 @@ def train_job(
                 for k in range(dim):
                     hidden[k] *= inv
                 work[:] = 0.0
-                state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, touched1)
+                state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, marks1)
                 loss += negative_pass(syn1, hidden, word, work, alpha, negs[example & 1], sig, logsig)
                 example += 1
                 pairs += 1
