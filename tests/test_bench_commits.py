@@ -3,23 +3,21 @@ with exit status 2, run from a temporary working directory as a user types it.""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks" / "bench_commits.py"
+from bench_utils import BENCHMARKS, load_benchmark
+
+ROOT = BENCHMARKS.parent
+BENCH = BENCHMARKS / "bench_commits.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_commits", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_commits")
 
 
 def test_extracted_tree_is_the_commits_src(bench, tmp_path: Path) -> None:

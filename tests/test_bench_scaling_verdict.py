@@ -3,18 +3,11 @@ several files."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scaling.py"
+from bench_utils import load_benchmark
 
 
 def _script():  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location("bench_scaling", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_scaling")
 
 
 def _run(file: str, ratio: float) -> dict:
