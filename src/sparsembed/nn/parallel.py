@@ -169,10 +169,10 @@ class ParallelModel:
                                                                 torch.zeros(0, dim))
 
     def _with_residual(self, name: str, ids: torch.Tensor, vals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Error feedback before a rounded send: the rows plus their pending residual (on the host), and what the
-        rounding will drop from them (``sent - as the peers decode it``)."""
+        """Error feedback before a rounded send of rows ``ids`` (on the host): the rows plus their pending residual
+        (on the host), and what the rounding will drop from them (``sent - as the peers decode it``)."""
         residual = self.residuals.setdefault(name, Residual(int(vals.shape[1])))
-        sent = residual.take(to_host(ids), to_host(vals))
+        sent = residual.take(ids, to_host(vals))
         return sent, sent - as_wire(sent, self.values)
 
     def _rounds(self) -> bool:
@@ -182,10 +182,11 @@ class ParallelModel:
         keys, vals = emb.local_gradient()
         rounds = self._rounds()
         if rounds:
-            vals, dropped = self._with_residual(name, keys, vals)
+            host_keys = to_host(keys)
+            vals, dropped = self._with_residual(name, host_keys, vals)
         out_keys, vals, stats = replicated_keyed(keys, vals, values=self.values, group=self.group, name=name)
         if rounds:  # keyed messages are always sparse: rounded
-            self.residuals[name].keep(keys, dropped)
+            self.residuals[name].keep(host_keys, dropped)
         if scale != 1.0:
             vals = vals * scale
         emb.set_gradient(out_keys, vals)
@@ -195,12 +196,13 @@ class ParallelModel:
         ids, vals = local_grad(p)
         rounds = self._rounds()
         if rounds:
-            host, dropped = self._with_residual(name, ids, vals)
+            host_ids = to_host(ids)  # the residual store is on the host, as the codec that rounds
+            host, dropped = self._with_residual(name, host_ids, vals)
             vals = host.to(vals.device)
         out_ids, vals, stats = replicated_rows(ids, vals, p.shape[0], values=self.values, mode=self.mode,
                                                group=self.group, name=name, transport=self.transport)
         if rounds and stats.mode != "dense":  # a dense all-reduce carried float32: nothing dropped
-            self.residuals[name].keep(to_host(ids), dropped)
+            self.residuals[name].keep(host_ids, dropped)
         set_sparse_grad(p, out_ids, vals, scale)
         return stats
 
