@@ -61,12 +61,29 @@ nx = _load_netns_exchange()
 HOSTS = 2
 
 
-#: ``--variants``: extra ``sparsembed train`` flags of each variant
-#: (``default``: no flag, what a user gets: across hosts that is int8 and overlap; ``sync``: the defaults before
-#: that, float32 and synchronous, named explicitly)
-VARIANTS = {"default": [], "sync": ["--values", "fp32", "--no-overlap"], "fp16": ["--values", "fp16", "--no-overlap"],
-            "int8": ["--values", "int8", "--no-overlap"], "overlap": ["--overlap", "--values", "fp32"],
-            "overlap-fp16": ["--overlap", "--values", "fp16"], "overlap-int8": ["--overlap", "--values", "int8"]}
+#: ``--variants``: extra ``sparsembed train`` flags of each variant (``default``: no flag, what a user gets: across
+#: hosts int8, overlapped, under a byte budget; ``sync``: the defaults before that, float32 and synchronous). A
+#: named variant says ``--budget`` too: the budget became a default across hosts after these names were given, and
+#: a name must keep meaning the setting it measured (``benchmarks/bench_scaling.py`` models a run by its name).
+VARIANTS = {"default": [], "sync": ["--values", "fp32", "--no-overlap", "--budget", "off"],
+            "fp16": ["--values", "fp16", "--no-overlap", "--budget", "off"],
+            "int8": ["--values", "int8", "--no-overlap", "--budget", "off"],
+            "overlap": ["--overlap", "--values", "fp32", "--budget", "off"],
+            "overlap-fp16": ["--overlap", "--values", "fp16", "--budget", "off"],
+            "overlap-int8": ["--overlap", "--values", "int8", "--budget", "off"],
+            "overlap-int8-budget": ["--overlap", "--values", "int8", "--budget", "auto"]}
+
+
+def source_commit() -> str:
+    """The commit whose ``src/`` ran, with ``+changes`` when ``src/`` differs from it ("unknown" outside git): the
+    scaling model judges only runs of the trainer it follows."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--", "src") else "")
 
 
 def train_netns(corpus: str, out: Path, epochs: int, job_tokens: int, timeout: float,
@@ -212,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     corpus = str(Path(args.corpus).resolve())
     work = Path(args.workdir or tempfile.mkdtemp(prefix="netns_w2v_", dir="/tmp"))
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "corpus": corpus, "epochs": args.epochs,
-                     "cores": os.cpu_count(), "runs": []}
+    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": source_commit(),
+                     "corpus": corpus, "epochs": args.epochs, "cores": os.cpu_count(), "runs": []}
     ok = True
     try:
         with nx.network(args.hosts):
