@@ -3,6 +3,10 @@ several files."""
 
 from __future__ import annotations
 
+import subprocess
+
+import pytest
+
 from bench_utils import load_benchmark
 
 
@@ -25,3 +29,38 @@ def test_runs_of_one_setup_in_several_files_are_each_judged() -> None:
     assert v["judged"] == 3 * 2 + 1
     assert len(v["off"]) == 3 and v["within"] == 4  # both a.json and b.json's exchange, and the whole command
     assert all(("a.json" in k) or ("b.json" in k) or k.startswith("whole command") for k in v["off"])
+
+
+def test_runs_of_an_earlier_trainer_are_shown_not_judged() -> None:
+    bench = _script()
+    today, earlier = _run("a.json", 1.0), {**_run("b.json", 0.5), "todays_step": False}
+    v = bench.verdict([today, earlier], [], [])
+    assert v["judged"] == 2 and v["within"] == 2 and not v["off"]
+    assert v["earlier_trainers"]["figures"] == 2 and v["earlier_trainers"]["within"] == 1
+
+
+def _git(repo, *args: str) -> str:  # noqa: ANN001
+    done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                          capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def test_todays_step_is_a_commit_that_descends_from_the_last_change_of_the_step(tmp_path, monkeypatch) -> None:
+    bench = _script()
+    _git(tmp_path, "init", "-q")
+    commits = []
+    for n in range(3):
+        (tmp_path / "f").write_text(str(n))
+        _git(tmp_path, "add", "f")
+        _git(tmp_path, "commit", "-qm", str(n))
+        commits.append(_git(tmp_path, "rev-parse", "--short", "HEAD"))
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    monkeypatch.setattr(bench, "STEP_SINCE", commits[1])
+    assert not bench.todays_step("x.json", {"commit": commits[0]})  # before the step changed
+    assert bench.todays_step("x.json", {"commit": commits[1]})
+    assert bench.todays_step("x.json", {"commit": commits[2]})
+    assert not bench.todays_step("x.json", {"commit": commits[2] + "+changes"})  # src/ differed: unknown step
+    assert not bench.todays_step("x.json", {})  # no commit recorded and not listed
+    assert bench.todays_step(next(iter(bench.STEP_SINCE_FILES)), {})
+    with pytest.raises(bench.UserError, match="cannot tell"):
+        bench.todays_step("x.json", {"commit": "0123abc"})  # not in this repository
