@@ -155,13 +155,16 @@ def load_measured(patterns: list[str], budget_patterns: Sequence[str] = ()) -> l
     """The runs of netns_word2vec.py's files, grouped by (file, setup, J, variant): medians over repeats. The
     files of ``budget_patterns`` ran today's defaults (variant ``default``: int8, overlapped, budget auto); the
     others, older, the defaults before the budget. A file's single-process runs and runs of more than 2 hosts
-    are left out (the per-step validation simulates 2 ranks). Each group says whether its file ran the step the
-    model follows (``todays_step``, :func:`todays_step`)."""
+    are left out (the per-step validation simulates 2 ranks), but their training seconds are kept with each group
+    (``single_train_s``, the machine's speed that hour). Each group says whether its file ran the step the model
+    follows (``todays_step``, :func:`todays_step`)."""
     groups: dict[tuple, list[dict]] = {}
     budgeted = {p for pattern in budget_patterns for p in glob.glob(pattern)}
     for path in sorted({p for pattern in (*patterns, *budget_patterns) for p in glob.glob(pattern)}):
         data = json.loads(Path(path).read_text())
         today = todays_step(Path(path).name, data)
+        single = [run["train_s"] for run in data["runs"] if run.get("setup") == "one process, 1 thread"
+                  and run.get("train_s")]
         for run in data["runs"]:
             if "job_tokens" not in run or run.get("hosts", 2) != 2:
                 continue
@@ -170,7 +173,8 @@ def load_measured(patterns: list[str], budget_patterns: Sequence[str] = ()) -> l
                 variant = "overlap-int8-budget" if path in budgeted else "overlap-int8"
             key = (Path(path).name, run["setup"], run["job_tokens"], variant)
             groups.setdefault(key, []).append({**run, "epochs": data["epochs"], "link_mbit_s": data["link_mbit_s"],
-                                               "started": data["started"], "todays_step": today})
+                                               "started": data["started"], "todays_step": today,
+                                               "single_train_s": float(np.median(single)) if single else None})
     out = []
     for (name, setup, job_tokens, variant), runs in groups.items():
         def med(key: str, runs: list[dict] = runs) -> float:
@@ -188,7 +192,7 @@ def load_measured(patterns: list[str], budget_patterns: Sequence[str] = ()) -> l
                     "variant": variant,
                     "epochs": runs[0]["epochs"], "steps": runs[0]["steps"],
                     "repeats": len(runs), "link_mbit_s": runs[0]["link_mbit_s"], "started": runs[0]["started"],
-                    "todays_step": runs[0]["todays_step"],
+                    "todays_step": runs[0]["todays_step"], "single_train_s": runs[0]["single_train_s"],
                     "compute_s": med("median_compute_s"),
                     "exchange_s": med("median_exchange_s"), "mb_sent": med("median_mb_sent_per_step"),
                     "words_per_s": med("words_per_s"), "matrices": matrices,
@@ -197,19 +201,20 @@ def load_measured(patterns: list[str], budget_patterns: Sequence[str] = ()) -> l
     return out
 
 
-def host_cost(arg: str, measured: list[dict[str, Any]]) -> tuple[HostCost, str]:
-    """The host's seconds per exchanged byte, and where the figure comes from.
+def host_cost(arg: str, measured: list[dict[str, Any]]) -> tuple[HostCost, str, list[str]]:
+    """The host's seconds per exchanged byte, where the figure comes from, and the files it was measured in.
 
     ``auto``: the loopback runs (2 ranks, no link limit, synchronous fp32): syn0 sent sparse (``index``) gives
     seconds / (bytes sent + received, equal with 2 ranks); syn1 sent dense gives seconds / (matrix + ring bytes,
     equal with 2 ranks)."""
     if arg == "none":
-        return HostCost(), "none (the link alone)"
+        return HostCost(), "none (the link alone)", []
     if arg != "auto":
         sparse_ns, dense_ns = _numbers(arg, 2, "--host-cost SPARSE_NS,DENSE_NS", sep=",")
-        return HostCost(sparse_ns * 1e-9, dense_ns * 1e-9), "--host-cost"
+        return HostCost(sparse_ns * 1e-9, dense_ns * 1e-9), "--host-cost", []
     sparse, dense = [], []
-    for g in calibrating([g for g in measured if g["loopback"] and g["variant"] == "sync"]):
+    runs = calibrating([g for g in measured if g["loopback"] and g["variant"] == "sync"])
+    for g in runs:
         for m in g["matrices"].values():
             per_byte = m["median_s"] / (2 * m["median_mb_sent"] * 1e6)
             if m["encodings"] == ["index"]:
@@ -221,7 +226,19 @@ def host_cost(arg: str, measured: list[dict[str, Any]]) -> tuple[HostCost, str]:
                         "give --host-cost none or SPARSE_NS,DENSE_NS")
     cost = HostCost(float(np.median(sparse)), float(np.median(dense)))
     return cost, (f"loopback runs in --measured: median of {len(sparse)} sparse and {len(dense)} dense matrix "
-                  "exchanges, each its steps' and repeats' median (2 ranks on 2 cores, no link limit)")
+                  "exchanges, each its steps' and repeats' median (2 ranks on 2 cores, no link limit)"), \
+        sorted({g["file"] for g in runs})
+
+
+def at_rate(host: HostCost, rate: float, host_rate: float | None) -> HostCost:
+    """``host``, measured when this machine computed ``host_rate`` tokens/s a thread, at an hour when it computes
+    ``rate``: its seconds (per byte, at an epoch end) scale as the compute's do, being work of the same cores and
+    memory (this machine's speed moves by 20-50% from hour to hour). Unchanged without ``host_rate``."""
+    if not host_rate or not rate:
+        return host
+    scale = host_rate / rate
+    return dataclasses.replace(host, sparse_s_per_byte=host.sparse_s_per_byte * scale,
+                               dense_s_per_byte=host.dense_s_per_byte * scale, epoch_s=host.epoch_s * scale)
 
 
 def calibrating(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -246,21 +263,25 @@ def session_rates(work: Workload, measured: list[dict[str, Any]], timed: float, 
     """The compute rate (tokens/s, one thread) to validate each file's runs with, and where it comes from.
 
     ``timed``: the rate timed here, for every file. ``session``: the rate of the session that measured them (this
-    machine's speed changes from day to day): tokens of a job / the median compute seconds of a step, over the
-    file's synchronous runs, or those of the file measured nearest in time."""
+    machine's speed changes from hour to hour): tokens of a job / the median compute seconds of a step, over the
+    file's synchronous runs; without any, the file's one-process runs (``--single``, timed beside the pair: the
+    corpus's tokens over their training seconds, epoch ends included); without either, those of the file measured
+    nearest in time."""
     files = {g["file"]: datetime.strptime(g["started"], "%Y-%m-%d %H:%M:%S") for g in measured}
     if mode == "timed":
         return {f: (timed, "timed here") for f in files}
-    per_file: dict[str, list[float]] = {}
+    per_file: dict[str, tuple[list[float], str]] = {}
     for g in (g for g in measured if g["variant"] == "sync"):
         job = work.tokens / (len(work.bounds(even_job_tokens(work.tokens, g["job_tokens"], 2))) - 1)
-        per_file.setdefault(g["file"], []).append(job / g["compute_s"])
+        per_file.setdefault(g["file"], ([], "synchronous runs"))[0].append(job / g["compute_s"])
+    for g in (g for g in measured if g["file"] not in per_file and g.get("single_train_s")):
+        per_file[g["file"]] = ([work.tokens * g["epochs"] / g["single_train_s"]], "one-process runs")
     if not per_file:
         return {f: (timed, "timed here (no synchronous run to take a session's rate from)") for f in files}
     out = {}
     for f, started in files.items():
         source = f if f in per_file else min(per_file, key=lambda x: abs((files[x] - started).total_seconds()))
-        out[f] = (float(np.median(per_file[source])), f"synchronous runs of {source}")
+        out[f] = (float(np.median(per_file[source][0])), f"{per_file[source][1]} of {source}")
     return out
 
 
@@ -285,24 +306,37 @@ def run_times(work: Workload, rate: float, g: dict[str, Any], host: HostCost,
     return times, sent, sampled, overlap
 
 
-def foreground_share(work: Workload, measured: list[dict[str, Any]], host: HostCost,
-                     rates_by_file: dict[str, tuple], latency_s: float) -> tuple[HostCost, str]:
-    """``host`` with its foreground share: of the newest loopback run with ``--overlap`` whose phases were recorded
-    (the trainer's own work changes as it is made faster; today's defaults across hosts, int8 under the budget,
-    first), its training thread's exchange seconds a step (everything the step spends out of training: the
-    budget's choice, each matrix's take and land, handing the exchange to its thread, the vote) over the host
-    seconds the model gives the run (0, and all host work in the background, without one)."""
+def overlap_shares(work: Workload, measured: list[dict[str, Any]], host: HostCost,
+                   rates_by_file: dict[str, tuple], latency_s: float,
+                   host_rate: float | None = None) -> tuple[HostCost, str]:
+    """``host`` with its foreground and background shares, from the newest loopback run with ``--overlap`` whose
+    phases were recorded (the trainer's own work changes as it is made faster; today's defaults across hosts, int8
+    under the budget, first), over the host seconds the model gives that run. Foreground: its training thread's
+    exchange seconds a step (everything the step spends out of training: the budget's choice, each matrix's take
+    and land, handing the exchange to its thread, the vote); 0, all host work in the background, without such a
+    run. Background: what its compute seconds a step exceed those of the synchronous loopback run of the same
+    file (the same hour's speed; two ranks on two cores, so the exchange thread's work takes a training core's
+    time); the rest of the host work without one."""
     runs = calibrating([g for g in measured if g["loopback"] and "overlap" in g["variant"] and g.get("foreground_s")])
     if not runs:
         return host, "no loopback run with --overlap and its phases in --measured: all host work in the background"
     g = max(runs, key=lambda g: (datetime.strptime(g["started"], "%Y-%m-%d %H:%M:%S"), "budget" in g["variant"]))
-    times = run_times(work, rates_by_file[g["file"]][0], g, host, latency_s)[0]
+    rate = rates_by_file[g["file"]][0]
+    times = run_times(work, rate, g, at_rate(host, rate, host_rate), latency_s)[0]
     host_s = float(np.median([t.host_s for t in times]))
     share = float(np.clip(g["exchange_s"] / host_s, 0.0, 1.0)) if host_s > 0 else 0.0
-    return (dataclasses.replace(host, foreground=share),
-            f"{share:.2f} of it in the foreground when overlapped (the loopback run of {g['file']}, {g['variant']}: "
+    text = (f"{share:.2f} of it in the foreground when overlapped (the loopback run of {g['file']}, {g['variant']}: "
             f"the training thread's {1e3 * g['exchange_s']:.1f} ms of exchange a step, {1e3 * g['foreground_s']:.1f} "
             "ms of it the choice, take and land, over the model's host seconds)")
+    sync = [s for s in measured if s["loopback"] and s["variant"] == "sync" and s["file"] == g["file"]]
+    if not sync or host_s <= 0:
+        return dataclasses.replace(host, foreground=share), text + "; the rest in the exchange's thread"
+    extra = max(g["compute_s"] - sync[0]["compute_s"], 0.0)
+    background = extra / host_s
+    return (dataclasses.replace(host, foreground=share, background=background),
+            text + f"; {background:.2f} of it in the exchange's thread (the run's compute, "
+            f"{1e3 * g['compute_s']:.1f} ms a step, over the synchronous loopback run's "
+            f"{1e3 * sync[0]['compute_s']:.1f} ms)")
 
 
 def epoch_cost(measured: list[dict[str, Any]], host: HostCost) -> tuple[HostCost, str]:
@@ -336,7 +370,7 @@ def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], hos
                   for i, m in enumerate(("syn0", "syn1"))}
     # Overlapped on hosts of one core each, the background exchange's host work takes the training core's time (the
     # trainer's compute_s holds it); its exchange_s is the foreground host work and what the link adds beyond that.
-    busy = [t.compute_s + (t.host_s - t.foreground_s if overlap else 0.0) for t in times]
+    busy = [t.compute_s + (t.background_host_s if overlap else 0.0) for t in times]
     compute = float(np.median(busy))
     exchange = float(np.median([t.step_s - c if overlap else t.exchange_s for t, c in zip(times, busy, strict=True)]))
     pred = {"steps": len(times) * g["epochs"], "compute_s": compute, "exchange_s": exchange,
@@ -373,7 +407,7 @@ def whole_point(point: str) -> tuple[float, float, float, str, float]:
 
 
 def validate_whole(work: Workload, timed: float, mode: str, scan_s: float, points: list[str], host: HostCost,
-                   latency_s: float, goodput: float) -> list[dict[str, Any]]:
+                   latency_s: float, goodput: float, host_rate: float | None = None) -> list[dict[str, Any]]:
     """Whole-command wall times: the scan (timed here) plus the modelled training, 2 hosts x 1 thread (J = 250000,
     5 epochs; synchronous fp32, or with a ``:default`` suffix today's defaults across hosts, int8 overlapped on
     hosts of one core) against one process x 1 thread (the scan plus tokens / rate). ``mode`` ``session``: the rate
@@ -387,10 +421,11 @@ def validate_whole(work: Workload, timed: float, mode: str, scan_s: float, point
         rate = epochs * work.tokens / (single_s - scan_s) if mode == "session" else timed
         link = Link(gbit, latency_s, goodput)
         overlap = variant != "sync"
-        times, _ = time_world(sampled, WHOLE_CONFIGS[variant], rate, 1, link, host, overlap=overlap,
+        hour = at_rate(host, rate, host_rate)
+        times, _ = time_world(sampled, WHOLE_CONFIGS[variant], rate, 1, link, hour, overlap=overlap,
                               shared_cores=overlap)
         pair = scan_s + start_s + run_seconds(times * epochs, overlap, shared_cores=overlap) \
-            + run_extra_seconds(WHOLE_CONFIGS[variant], 2, work.num_rows, work.dim, epochs, link, host)
+            + run_extra_seconds(WHOLE_CONFIGS[variant], 2, work.num_rows, work.dim, epochs, link, hour)
         single = scan_s + epochs * work.tokens / rate
         out.append({"gbit_s": gbit, "variant": variant, "goodput": goodput, "rate": rate, "start_s": start_s,
                     "inputs": ["single_s"] if mode == "session" else [],
@@ -610,15 +645,18 @@ def predictions(args: argparse.Namespace, works: dict[str, Workload], rate: dict
 
 
 def validation(args: argparse.Namespace, cbow: Workload | None, timed: float | None, scan_s: float,
-               measured: list[dict[str, Any]], host: HostCost) -> dict[str, Any]:
-    """Every validation (the word2vec runs and the whole commands need the CBOW workload)."""
+               measured: list[dict[str, Any]], host: HostCost, host_rate: float | None = None) -> dict[str, Any]:
+    """Every validation (the word2vec runs and the whole commands need the CBOW workload); ``host_rate``: the
+    compute rate of the hour the host cost was measured (:func:`at_rate`)."""
     latency = args.latency_us * 1e-6
     runs, whole = [], []
     if cbow is not None:  # every measured run is CBOW (sparsembed train's default)
         by_file = session_rates(cbow, measured, timed, args.validation_rate)
-        runs = [validate_run(cbow, by_file[g["file"]], g, host, latency) for g in measured]
+        runs = [validate_run(cbow, by_file[g["file"]], g, at_rate(host, by_file[g["file"]][0], host_rate), latency)
+                for g in measured]
         goodput = next((g["link_mbit_s"] / (1000 * g["gbit"]) for g in measured if not g["loopback"]), args.goodput)
-        whole = validate_whole(cbow, timed, args.validation_rate, scan_s, args.whole_command, host, latency, goodput)
+        whole = validate_whole(cbow, timed, args.validation_rate, scan_s, args.whole_command, host, latency, goodput,
+                               host_rate)
     exchange = validate_exchange(args.exchange_measured, host, latency)
     # the session's rate for the predictions: the whole commands' single process, else the runs' median
     rates_seen = [w["rate"] for w in whole] or [v["rate"] for v in runs]
@@ -651,16 +689,23 @@ def main(argv: list[str] | None = None) -> int:
     works = {name: base if MODELS[name] == 0 else base.with_settings(sg=1) for name in args.models}
     rate = rates(args, works)
     measured = load_measured(args.measured, args.measured_budget)
-    host, host_source = host_cost(args.host_cost, measured)
+    host, host_source, host_files = host_cost(args.host_cost, measured)
+    host_rate = None
     if "cbow" in works and args.host_cost != "none":
         by_file = session_rates(works["cbow"], measured, rate["cbow"]["tokens_per_s"], args.validation_rate)
-        host, share_source = foreground_share(works["cbow"], measured, host, by_file, args.latency_us * 1e-6)
+        if host_files and args.validation_rate == "session":
+            host_rate = float(np.median([by_file[f][0] for f in host_files]))
+            host_source += f", at {host_rate / 1e6:.2f}M tokens/s a thread (scaled to each hour's rate)"
+        host, share_source = overlap_shares(works["cbow"], measured, host, by_file, args.latency_us * 1e-6,
+                                            host_rate)
         host, epoch_source = epoch_cost(measured, host)
         host_source += f"; {share_source}; {epoch_source}"
     print(f"host cost: sparse {host.sparse_s_per_byte * 1e9:.2f} ns/byte, dense {host.dense_s_per_byte * 1e9:.2f} "
           f"ns/byte ({host_source})")
-    checked = validation(args, works.get("cbow"), rate.get("cbow", {}).get("tokens_per_s"), scan_s, measured, host)
-    predicted = predictions(args, works, rate, host, checked["session_rate"])
+    checked = validation(args, works.get("cbow"), rate.get("cbow", {}).get("tokens_per_s"), scan_s, measured, host,
+                         host_rate)
+    predicted = predictions(args, works, rate, at_rate(host, rate.get("cbow", {}).get("tokens_per_s"), host_rate),
+                            checked["session_rate"])
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, load average "
@@ -673,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(evenly spaced; the others taken to send what the sampled ones do)",
         "rates": rate, "host_cost": {"sparse_s_per_byte": host.sparse_s_per_byte,
                                      "dense_s_per_byte": host.dense_s_per_byte, "foreground": host.foreground,
+                                     "background": host.background,
                                      "epoch_s": host.epoch_s, "source": host_source},
         "configs": [{"name": c.name, "strategy": c.strategy, "values": c.values, "budget": c.budget,
                      "implemented": c.implemented, "hot": c.hot} for c in CONFIGS],

@@ -255,6 +255,27 @@ def test_the_hosts_foreground_work_is_never_hidden() -> None:
             HostCost(0.0, 0.0, bad)
 
 
+def test_an_exchange_thread_that_does_more_work_than_the_rest_costs_its_own_share() -> None:
+    """A background share of its own (the overlapped exchange's thread can do more work a byte than the
+    synchronous exchange the per-byte cost comes from): on shared cores the step pays foreground + background + the
+    longer of compute and link; on a core of its own the background hides behind compute; without one it is the
+    rest of the host work, as before."""
+    step = StepTime(1.0, 0.5, 0.0, 0.4, 0.0, foreground_s=0.3, background_s=0.6)
+    assert step.background_host_s == pytest.approx(0.6)
+    assert step.behind(1.0, shared_cores=True) == pytest.approx(0.3 + 0.6 + 1.0)
+    assert step.behind(1.0, shared_cores=False) == pytest.approx(0.5 + 0.6 + 0.3)  # link and thread: 1.1 > 1.0
+    assert step.behind(2.0, shared_cores=False) == pytest.approx(2.0 + 0.3)
+    assert step.behind(0.2, shared_cores=False) == pytest.approx(0.5 + 0.6 + 0.3)
+    assert StepTime(1.0, 0.5, 0.0, 0.4, 0.0, foreground_s=0.3).background_host_s == pytest.approx(0.1)
+    traffic = [exchange_traffic(Config("r", "replicated"), _step(2, [0.1, 0.1]), m, 2000, 10) for m in (0, 1)]
+    t = step_time(traffic, 1.0, 2, FAST, HostCost(1e-6, 0.0, 0.5, background=1.5), overlap=True, shared_cores=True)
+    assert t.background_s == pytest.approx(1.5 * t.host_s) and t.foreground_s == pytest.approx(0.5 * t.host_s)
+    assert t.step_s == pytest.approx(2.0 * t.host_s + max(1.0, t.link_s + t.latency_s - t.agree_s) + t.agree_s)
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(UserError, match="background"):
+            HostCost(0.0, 0.0, 0.5, background=bad)
+
+
 def _one_line(excinfo: pytest.ExceptionInfo) -> str:
     text = str(excinfo.value)
     assert text and "\n" not in text

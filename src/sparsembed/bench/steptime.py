@@ -70,6 +70,9 @@ class HostCost:
 
     ``foreground``: the share of that work an overlapped step does on the training thread, where nothing hides it
     (choosing the rows, taking their changes, landing the sums); the rest runs in the exchange's own thread.
+    ``background``: what that thread does, as a share of the same work (None: the rest, ``1 - foreground``). An
+    overlapped exchange that rounds its rows to int8 and weighs them for a budget does more work a byte than the
+    synchronous float32 exchange the per-byte costs are calibrated on, so the two shares may add up to more than 1.
 
     ``epoch_s``: what a run spends outside its steps at each epoch end (the epoch's loss agreed, a checkpoint of
     both matrices written): a whole run's time, not a step's (:func:`sparsembed.bench.scaling.run_extra_seconds`)."""
@@ -78,6 +81,7 @@ class HostCost:
     dense_s_per_byte: float = 0.0
     foreground: float = 0.0
     epoch_s: float = 0.0
+    background: float | None = None
 
     def __post_init__(self) -> None:
         for value in (self.sparse_s_per_byte, self.dense_s_per_byte):
@@ -87,6 +91,8 @@ class HostCost:
             raise UserError(f"invalid setting: the host's seconds at an epoch end must be >= 0, got {self.epoch_s!r}")
         if not (_finite(self.foreground) and 0 <= self.foreground <= 1):
             raise UserError(f"invalid setting: the host's foreground share must be in [0, 1], got {self.foreground!r}")
+        if self.background is not None and not (_finite(self.background) and self.background >= 0):
+            raise UserError(f"invalid setting: the host's background share must be >= 0, got {self.background!r}")
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,12 @@ class StepTime:
     agree_s: float = 0.0
     hot_s: float = 0.0
     foreground_s: float = 0.0  # the part of host_s an overlapped step does on the training thread
+    background_s: float | None = None  # what the exchange's thread does (None: the rest of host_s)
+
+    @property
+    def background_host_s(self) -> float:
+        """The host work of an overlapped step's exchange thread."""
+        return self.host_s - self.foreground_s if self.background_s is None else self.background_s
 
     @property
     def exchange_s(self) -> float:
@@ -159,11 +171,12 @@ class StepTime:
     def behind(self, compute_s: float, shared_cores: bool) -> float:
         """Seconds until the next step may start when this step's exchange runs behind ``compute_s`` of the next
         (the next step's hot syncs, in the foreground, come on top: see :func:`run_seconds`). The host's foreground
-        work is never hidden; on a core of its own the rest runs beside the compute."""
+        work is never hidden; on a core of its own the exchange thread's runs beside the compute, on shared cores
+        it takes the training core's time."""
         background = self.link_s + self.latency_s - self.agree_s
         if shared_cores:
-            return self.host_s + max(compute_s, background) + self.agree_s
-        return max(compute_s, background + self.host_s - self.foreground_s) + self.foreground_s + self.agree_s
+            return self.foreground_s + self.background_host_s + max(compute_s, background) + self.agree_s
+        return max(compute_s, background + self.background_host_s) + self.foreground_s + self.agree_s
 
 
 def step_time(traffic: list[Traffic], compute_s: float, world: int, link: Link, host: HostCost | None = None, *,
@@ -185,7 +198,7 @@ def step_time(traffic: list[Traffic], compute_s: float, world: int, link: Link, 
     host_s = sum(float(t.host_bytes.max()) * rate[t.host_kind] for t in traffic if t.mode != "none")
     hot_s = hot_seconds(hot, link, host)
     out = StepTime(compute_s, link_s, latency_s, host_s, compute_s + link_s + latency_s + host_s + hot_s, agree_s,
-                   hot_s, host_s * host.foreground)
+                   hot_s, host_s * host.foreground, None if host.background is None else host_s * host.background)
     if overlap:
         out.step_s = out.behind(compute_s, shared_cores) + hot_s
     return out
