@@ -411,8 +411,8 @@ def test_main_messages_exclude_hot_rows(wide: Workload) -> None:
 def test_foreground_hot_time_is_not_hidden_by_overlap() -> None:
     link, host = Link(1.0, latency_s=1e-4), HostCost(1e-9, 2e-9)
     hot = HotSync(rows=1000, rounds=5, dim=100, world=8)
-    ring = ring_bytes(1000 * 100 * 4, 8)
-    by_hand = 10 * (ring / link.bytes_per_s + 14 * 1e-4 + (ring + 400_000) * 2e-9)
+    ring = ring_bytes(2 * 1000 * 100 * 4, 8)  # both matrices' hot rows in one all-reduce a round
+    by_hand = 5 * (ring / link.bytes_per_s + 14 * 1e-4 + (ring + 800_000) * 2e-9)
     assert hot_seconds(hot, link, host) == pytest.approx(by_hand)
     assert hot_seconds(None, link, host) == 0 and hot_seconds(HotSync(0, 5, 100, 8), link) == 0
     step = _step(8, [0.01] * 8)

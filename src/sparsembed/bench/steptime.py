@@ -98,8 +98,8 @@ class HostCost:
 @dataclass(frozen=True)
 class HotSync:
     """A step's syncs of the hot rows (``Replica.sync_hot``): after each of ``rounds`` rounds, rows
-    ``[0, rows)`` of both matrices summed over ``world`` ranks with one ring all-reduce each, of ``width``-byte
-    values (4: float32; 2: float16, where the trainer's values are rounded)."""
+    ``[0, rows)`` of both matrices summed over ``world`` ranks with one ring all-reduce of them all, of
+    ``width``-byte values (4: float32; 2: float16, where the trainer's values are rounded)."""
 
     rows: int
     rounds: int
@@ -110,13 +110,18 @@ class HotSync:
 
     @property
     def all_reduces(self) -> int:
-        """All-reduces a step: one per round and matrix."""
-        return self.rounds * self.matrices
+        """All-reduces a step: one per round (every matrix's hot rows in one)."""
+        return self.rounds
+
+    @property
+    def values(self) -> int:
+        """Values one all-reduce sums: the hot rows of every matrix."""
+        return self.rows * self.dim * self.matrices
 
     @property
     def ring(self) -> int:
         """Bytes each rank sends (and receives) in one of them: ``2 (N-1)/N`` of the rows."""
-        return ring_bytes(self.rows * self.dim * self.width, self.world)
+        return ring_bytes(self.values * self.width, self.world)
 
     @property
     def bytes_per_step(self) -> int:
@@ -131,7 +136,7 @@ def hot_seconds(hot: HotSync | None, link: Link, host: HostCost | None = None) -
         return 0.0
     host = host or HostCost()
     one = (hot.ring / link.bytes_per_s + 2 * (hot.world - 1) * link.latency_s
-           + (hot.ring + hot.rows * hot.dim * 4) * host.dense_s_per_byte)
+           + (hot.ring + hot.values * 4) * host.dense_s_per_byte)
     return hot.all_reduces * one
 
 

@@ -16,6 +16,7 @@ stays the agreed sum. The row loops are compiled (numba, no GIL).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numba
@@ -90,10 +91,14 @@ class Replica:
         else:
             _add_rows(self.ref, self.work, self.touched, self.pending, total.ids.numpy(), total.values.numpy())
 
-    def sync_hot(self, rows: int, group: Any, half: bool = False) -> None:
-        """Sum every rank's change of rows ``[0, rows)`` now, with one float32 all-reduce, and start every rank's
-        working copy of them from the new reference (the most frequent words' rows, synced after each round of a
-        step so that no rank moves them far on its own; see :mod:`sparsembed.dataparallel.options`). Collective.
+    @staticmethod
+    def sync_hot(replicas: Sequence[Replica], rows: int, group: Any, half: bool = False) -> None:
+        """Sum every rank's change of rows ``[0, rows)`` of each replica now, all of them in one float32
+        all-reduce, and start every rank's working copy of them from the new reference (the most frequent words'
+        rows, synced after each round of a step so that no rank moves them far on its own; see
+        :mod:`sparsembed.dataparallel.options`). Collective. One all-reduce for all matrices, not one each: beyond
+        a few hosts a step's hot syncs are dozens of small all-reduces, each a ring of ``2 (N - 1)`` messages, and
+        their latency is most of the step.
 
         ``half``: the all-reduce runs in float16 (half the bytes, the hot syncs being most of what ranks on
         different hosts send beyond two); what rounding a rank's change dropped stays in its working rows, marked
@@ -102,19 +107,22 @@ class Replica:
         Their marks are cleared: the step's exchange leaves these rows to this sync. A reference in shared memory is
         written by every rank with the same values, after every rank has read it (each reads before the
         all-reduce, which no rank leaves before all have entered it)."""
-        old = self.ref[:rows].copy()
-        change = self.work[:rows] - old  # a pending residual of these rows travels now
+        old = [r.ref[:rows].copy() for r in replicas]
+        change = np.concatenate([r.work[:rows] - o for r, o in zip(replicas, old, strict=True)])  # residuals too
         total = torch.from_numpy(change).half() if half else torch.from_numpy(change)
         residual = change - total.float().numpy() if half else None
         dist.all_reduce(total, group=group)
-        fresh = old + total.float().numpy()
-        self.ref[:rows] = fresh
-        self.work[:rows] = fresh
-        self.touched[:rows] = 0
-        self.pending[:rows] = 0
-        if residual is not None:
-            self.work[:rows] += residual
-            self.pending[:rows] = np.any(residual != 0, axis=1)
+        summed = total.float().numpy()
+        for k, (replica, before) in enumerate(zip(replicas, old, strict=True)):
+            part = slice(k * rows, (k + 1) * rows)
+            fresh = before + summed[part]
+            replica.ref[:rows] = fresh
+            replica.work[:rows] = fresh
+            replica.touched[:rows] = 0
+            replica.pending[:rows] = 0
+            if residual is not None:
+                replica.work[:rows] += residual[part]
+                replica.pending[:rows] = np.any(residual[part] != 0, axis=1)
 
     def send_pending(self) -> None:
         """Mark every row holding a pending residual touched, so that the next change takes it (the run's last,

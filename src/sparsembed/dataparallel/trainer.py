@@ -394,9 +394,8 @@ class DataParallelTrainer:
         if not self.hot:
             return
         t0 = time.perf_counter()
-        for replica in self.replicas:
-            with self.watch.guard(self.step, f"the hot rows of {replica.name}"):
-                replica.sync_hot(self.hot, self.group, half=self.feedback)
+        with self.watch.guard(self.step, "the hot rows"):
+            Replica.sync_hot(self.replicas, self.hot, self.group, half=self.feedback)
         self.hot_s += time.perf_counter() - t0
 
     def _choose(self) -> dict[str, np.ndarray]:
