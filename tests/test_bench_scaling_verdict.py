@@ -64,3 +64,36 @@ def test_todays_step_is_a_commit_that_descends_from_the_last_change_of_the_step(
     assert bench.todays_step(next(iter(bench.STEP_SINCE_FILES)), {})
     with pytest.raises(bench.UserError, match="cannot tell"):
         bench.todays_step("x.json", {"commit": "0123abc"})  # not in this repository
+
+
+def test_host_costs_scale_with_the_hours_compute_rate() -> None:
+    """Measured when the machine computed 4M tokens/s, the host's seconds double in an hour when it computes 2M."""
+    bench = _script()
+    host = bench.HostCost(1e-9, 2e-9, 0.5, epoch_s=0.2, background=0.7)
+    slow = bench.at_rate(host, 2e6, 4e6)
+    assert slow.sparse_s_per_byte == 2e-9 and slow.dense_s_per_byte == 4e-9 and slow.epoch_s == 0.4
+    assert (slow.foreground, slow.background) == (0.5, 0.7)  # shares of the work, not seconds
+    assert bench.at_rate(host, 2e6, None) is host and bench.at_rate(host, None, 4e6) is host
+
+
+def _group(file: str, started: str, variant: str = "overlap-int8-budget", single: float | None = None) -> dict:
+    return {"file": file, "started": started, "variant": variant, "epochs": 5, "job_tokens": 250000,
+            "single_train_s": single}
+
+
+def test_a_file_without_synchronous_runs_takes_its_hours_rate_from_its_one_process_runs() -> None:
+    """The rate of a file's hour: its one-process runs (tokens x epochs / their training seconds) where it has no
+    synchronous run; a file with neither takes the one measured nearest in time."""
+    bench = _script()
+
+    class Work:  # what session_rates reads of a workload when no synchronous run needs its jobs
+        tokens = 1_000_000
+
+    measured = [_group("a.json", "2026-12-05 10:00:00", single=10.0),
+                _group("b.json", "2026-12-05 10:20:00", single=20.0),
+                _group("c.json", "2026-12-05 10:15:00")]
+    rates = bench.session_rates(Work(), measured, 9e9, "session")
+    assert rates["a.json"] == (500_000.0, "one-process runs of a.json")
+    assert rates["b.json"] == (250_000.0, "one-process runs of b.json")
+    assert rates["c.json"] == (250_000.0, "one-process runs of b.json")  # 5 minutes from b, 15 from a
+    assert bench.session_rates(Work(), measured, 9e9, "timed")["c.json"] == (9e9, "timed here")
