@@ -47,6 +47,16 @@ def extract_tree(rev: str, into: Path) -> Path:
     return into / "src"
 
 
+def tree_commit() -> tuple[str, bool]:
+    """The commit this repository's ``src/`` comes from (short hash, "unknown" outside git) and whether ``src/``
+    differs from it: what a result file records of the code that ran."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+    head = git("rev-parse", "--short", "HEAD")
+    return (head, bool(git("status", "--porcelain", "--", "src"))) if head else ("unknown", False)
+
+
 def _fail(message: str) -> None:
     """Bad input: one line on stderr, exit status 2, nothing run."""
     print(f"bench_commits: error: {message}", file=sys.stderr)
@@ -86,10 +96,7 @@ def main() -> None:
     if found.returncode != 0:
         _fail(f"--base {args.base!r} is no commit of {ROOT}; give a hash or a ref")
     base_rev = found.stdout.strip()
-    new_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
-                             capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], check=True,
-                                capture_output=True, text=True).stdout.strip())
+    new_rev, dirty = tree_commit()
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_commits_") as tmp:
         scratch = Path(tmp)

@@ -58,6 +58,9 @@ def _load_netns_exchange():  # noqa: ANN202
 
 
 nx = _load_netns_exchange()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_commits import tree_commit  # noqa: E402  (one record of which commit's src/ ran)
+
 HOSTS = 2
 
 
@@ -77,13 +80,8 @@ VARIANTS = {"default": [], "sync": ["--values", "fp32", "--no-overlap", "--budge
 def source_commit() -> str:
     """The commit whose ``src/`` ran, with ``+changes`` when ``src/`` differs from it ("unknown" outside git): the
     scaling model judges only runs of the trainer it follows."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-    head = git("rev-parse", "--short", "HEAD")
-    if not head:
-        return "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--", "src") else "")
+    head, changed = tree_commit()
+    return head + ("+changes" if changed else "")
 
 
 def train_netns(corpus: str, out: Path, epochs: int, job_tokens: int, timeout: float,
