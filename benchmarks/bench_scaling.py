@@ -649,13 +649,14 @@ def predictions(args: argparse.Namespace, works: dict[str, Workload], rate: dict
 
 
 def validation(args: argparse.Namespace, cbow: Workload | None, timed: float | None, scan_s: float,
-               measured: list[dict[str, Any]], host: HostCost, host_rate: float | None = None) -> dict[str, Any]:
-    """Every validation (the word2vec runs and the whole commands need the CBOW workload); ``host_rate``: the
-    compute rate of the hour the host cost was measured (:func:`at_rate`)."""
+               measured: list[dict[str, Any]], host: HostCost, by_file: dict[str, tuple],
+               host_rate: float | None = None) -> dict[str, Any]:
+    """Every validation (the word2vec runs and the whole commands need the CBOW workload); ``by_file``: each
+    file's compute rate (:func:`session_rates`); ``host_rate``: the compute rate of the hour the host cost was
+    measured (:func:`at_rate`)."""
     latency = args.latency_us * 1e-6
     runs, whole = [], []
     if cbow is not None:  # every measured run is CBOW (sparsembed train's default)
-        by_file = session_rates(cbow, measured, timed, args.validation_rate)
         runs = [validate_run(cbow, by_file[g["file"]], g, at_rate(host, by_file[g["file"]][0], host_rate), latency)
                 for g in measured]
         goodput = next((g["link_mbit_s"] / (1000 * g["gbit"]) for g in measured if not g["loopback"]), args.goodput)
@@ -695,8 +696,9 @@ def main(argv: list[str] | None = None) -> int:
     measured = load_measured(args.measured, args.measured_budget)
     host, host_source, host_files = host_cost(args.host_cost, measured)
     host_rate = None
+    by_file = session_rates(works["cbow"], measured, rate["cbow"]["tokens_per_s"], args.validation_rate) \
+        if "cbow" in works else {}
     if "cbow" in works and args.host_cost != "none":
-        by_file = session_rates(works["cbow"], measured, rate["cbow"]["tokens_per_s"], args.validation_rate)
         if host_files and args.validation_rate == "session":
             host_rate = float(np.median([by_file[f][0] for f in host_files]))
             host_source += f", at {host_rate / 1e6:.2f}M tokens/s a thread (scaled to each hour's rate)"
@@ -707,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"host cost: sparse {host.sparse_s_per_byte * 1e9:.2f} ns/byte, dense {host.dense_s_per_byte * 1e9:.2f} "
           f"ns/byte ({host_source})")
     checked = validation(args, works.get("cbow"), rate.get("cbow", {}).get("tokens_per_s"), scan_s, measured, host,
-                         host_rate)
+                         by_file, host_rate)
     predicted = predictions(args, works, rate, at_rate(host, rate.get("cbow", {}).get("tokens_per_s"), host_rate),
                             checked["session_rate"])
     report = {
