@@ -95,7 +95,7 @@ def todays_step(name: str, data: dict[str, Any]) -> bool:
     done = subprocess.run(["git", "merge-base", "--is-ancestor", STEP_SINCE, commit], cwd=ROOT,
                           capture_output=True, text=True)
     if done.returncode not in (0, 1):
-        raise UserError(f"bench_scaling: cannot tell whether {name}'s commit {commit} descends from {STEP_SINCE} "
+        raise UserError(f"cannot tell whether {name}'s commit {commit} descends from {STEP_SINCE} "
                         f"(git: {done.stderr.strip() or done.returncode}); run it from the repository's clone")
     return done.returncode == 0
 
