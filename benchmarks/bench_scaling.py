@@ -26,6 +26,10 @@ Steps (the model is :mod:`sparsembed.bench.scaling`):
 
 Writes ``--json`` and ``--plot`` (default ``benchmarks/results/scaling.json`` / ``scaling.png``) and prints the
 tables as markdown.
+
+Why this script is long (about 800 lines): it is the model's whole harness, the five steps above in order, each
+reading what the netns scripts recorded in their own format; the model itself (traffic, step times, the budget,
+the hot syncs) lives in :mod:`sparsembed.bench.scaling` and :mod:`sparsembed.bench.steptime`, with its tests.
 """
 
 from __future__ import annotations

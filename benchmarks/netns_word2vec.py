@@ -29,6 +29,9 @@ From each run's ``metrics.jsonl`` (rank 0's step records): median and mean compu
 phases of each matrix's exchange (take, wait, land in the foreground; background) and of the budget's choice, and
 the training seconds outside the steps (epoch ends, checkpoints, the last exchange).
 Namespaces, veths and the bridge are removed on exit, on error and on Ctrl-C / SIGTERM.
+
+``main`` is about 100 lines: one sequence of runs (one process, the namespaces, loopback) inside the network's
+set-up and tear-down, which reads best in one place.
 """
 
 from __future__ import annotations
