@@ -162,10 +162,11 @@ def _train_overlapped_keeping_checkpoints(corpus: str, out: str, transport: str)
     trainer = DataParallelTrainer(_model(Path(corpus)), ExchangeOptions(transport=transport, overlap=True))
     write, in_flight = trainer.checkpoint, []
 
-    def keep(out_dir: Path) -> None:
+    def keep(out_dir: Path, **options) -> None:
         in_flight.append(bool(trainer.in_flight))
-        write(out_dir)
+        write(out_dir, **options)
         if trainer.rank == 0:
+            trainer.model.finish_saves()  # a checkpoint written in the background is on disk after this
             shutil.copytree(out_dir / "model", Path(out) / f"kept{len(in_flight) - 1}")
 
     trainer.checkpoint = keep

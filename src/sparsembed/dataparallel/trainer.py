@@ -286,6 +286,7 @@ class DataParallelTrainer:
                 self.mailer, self.in_flight, self.vote_in_flight = None, [], None
             self.watch.stop_pulse()
             reporter.close()
+            m.finish_saves(raise_error=sys.exc_info()[1] is None)
         return {
             "seconds": time.perf_counter() - started,
             "words_per_s": reporter.words_per_second(schedule.progress(m.position)),
@@ -352,7 +353,7 @@ class DataParallelTrainer:
             self._end_epoch(run)
             self.wants[1] = False  # a checkpoint asked for in the step now landed: the epoch's end just took one
         elif due and run.out_dir is not None:
-            self.checkpoint(run.out_dir)
+            self.checkpoint(run.out_dir, background=True)
             run.last_checkpoint = time.perf_counter()
         return stop_now
 
@@ -635,12 +636,14 @@ class DataParallelTrainer:
     def _end_epoch(self, run: _Run) -> None:
         self.model.end_epoch(run.schedule, run.reporter)
         if run.out_dir is not None:
-            self.checkpoint(run.out_dir)
+            self.checkpoint(run.out_dir, background=True)
         run.last_checkpoint = time.perf_counter()
 
-    def checkpoint(self, out_dir: Path) -> None:
+    def checkpoint(self, out_dir: Path, background: bool = False) -> None:
         """Rank 0 saves the agreed matrices (the reference; sharded: every owner's rows) as a single-process
-        checkpoint; collective (every rank must call it).
+        checkpoint; collective (every rank must call it). With ``background`` rank 0 copies them and writes the
+        copies while training goes on (:meth:`Word2Vec.save_in_background`; :meth:`train` waits for the write
+        before it returns).
 
         With an exchange in flight (``overlap``) the reference lacks the last step's changes, so the checkpoint
         is the state before that step (its position and history, :attr:`agreed`): a run resumed from it trains
@@ -648,7 +651,11 @@ class DataParallelTrainer:
         with self.watch.guard(self.step, "a checkpoint"):
             self._consolidate()
             if self.rank == 0:  # the reference, not a working copy holding this rank's residuals
-                self.model.save_state(out_dir, self.agreed if self.in_flight else self._agreed_state())
+                state = self.agreed if self.in_flight else self._agreed_state()
+                if background:
+                    self.model.save_in_background(out_dir, state)
+                else:
+                    self.model.save_state(out_dir, state)
             dist.barrier(group=self.group)
         saved_after = self.step - (1 if self.in_flight else 0)  # in flight: the state before this step
         if saved_after > 0:

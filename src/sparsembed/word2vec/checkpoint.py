@@ -17,6 +17,7 @@ import contextlib
 import json
 import re
 import sys
+import threading
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -325,3 +326,95 @@ def _read_arrays(model_dir: Path, state: dict[str, Any]) -> dict[str, np.ndarray
                                     f"{entry['shape']} {entry['dtype']}")
         arrays[name] = array
     return arrays
+
+
+def memory_available() -> int | None:
+    """Bytes of memory the kernel says a process can still take without swapping (``MemAvailable``), or None
+    where ``/proc/meminfo`` does not say (not Linux)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class BackgroundWriter:
+    """Writes one checkpoint at a time on a thread of its own, from copies, so training goes on meanwhile.
+
+    Most of a save is the wait for ``fsync``; a training loop that saved in its own thread left every core idle
+    for it at each epoch's end. The copies are taken by the caller's thread at the moment the checkpoint
+    describes (:meth:`copy`), into buffers kept for the next save; a save starts only once the previous one is
+    on disk (:meth:`start` waits), so the disk's pace bounds how far training runs ahead of it. A failed write
+    raises, with its own exception, from the next :meth:`start` or :meth:`wait`: the previous checkpoint is then
+    still the one ``state.json`` names (:func:`save_checkpoint` removes a half-made generation).
+
+    Copies cost memory as large as the state they copy; :meth:`fits` says whether they fit in a quarter of the
+    memory still available, and a caller saves in its own thread when they do not.
+    """
+
+    #: The share of the available memory (``MemAvailable``) that copies for a background save may take.
+    MEMORY_SHARE = 0.25
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._buffers: dict[str, np.ndarray] = {}
+
+    @property
+    def busy(self) -> bool:
+        """True while a save is being written."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def fits(self, arrays: dict[str, np.ndarray]) -> bool:
+        """Whether copies of ``arrays`` (name: array, as :meth:`copy` names them), beyond the buffers already
+        held for them, fit in :attr:`MEMORY_SHARE` of the available memory; False where that is unknown."""
+        available = memory_available()
+        if available is None:
+            return False
+        needed = sum(array.nbytes for name, array in arrays.items() if not self._holds(name, array))
+        return needed <= self.MEMORY_SHARE * available
+
+    def _holds(self, name: str, array: np.ndarray) -> bool:
+        buffer = self._buffers.get(name)
+        return buffer is not None and buffer.shape == array.shape and buffer.dtype == array.dtype
+
+    def copy(self, name: str, array: np.ndarray) -> np.ndarray:
+        """A copy of ``array`` in this writer's buffer ``name`` (reused from save to save); waits for the save
+        being written, which may still read that buffer."""
+        self.wait()
+        if not self._holds(name, array):
+            self._buffers[name] = np.empty_like(array, order="C")
+        buffer = self._buffers[name]
+        np.copyto(buffer, array)
+        return buffer
+
+    def start(self, write: Callable[[], Any]) -> None:
+        """Run ``write`` on the writer's thread, after the save before it has finished."""
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(write,), name="sparsembed-checkpoint")
+        self._thread.start()
+
+    def _run(self, write: Callable[[], Any]) -> None:
+        try:
+            write()
+        except BaseException as exc:  # handed to the training thread, which raises it
+            self._error = exc
+
+    def wait(self) -> None:
+        """Return once no save is being written; raise the exception of a save that failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def release(self) -> None:
+        """Wait for the save being written, then give the copies' memory back (training has ended)."""
+        try:
+            self.wait()
+        finally:
+            self._buffers.clear()

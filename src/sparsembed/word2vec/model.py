@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -151,6 +152,7 @@ class Word2Vec:
         self.keep_checkpoints = checkpoint.DEFAULT_KEEP
         self._damaged: tuple[Path, list[int]] | None = None  # (model directory, damaged generations) of a load
         self._device: DeviceTrainer | None = None  # the state on the device while training there
+        self._writer = checkpoint.BackgroundWriter()  # checkpoints written while training goes on
         source = corpus_file if corpus_file is not None else sentences
         if source is not None:
             self.build_vocab(source)
@@ -249,7 +251,7 @@ class Word2Vec:
                         break
                     self.end_epoch(schedule, reporter)
                     if out_dir is not None:
-                        self.save(out_dir)
+                        self.save_in_background(out_dir)
                         run.last_checkpoint = time.perf_counter()
             if run.interrupted and out_dir is not None:
                 self.save(out_dir)
@@ -258,6 +260,7 @@ class Word2Vec:
             if self._device is not None:  # the host matrices are the record; the device's memory goes back
                 self._device.pull(self.syn0, self.syn1)
                 self._device = None
+            self.finish_saves(raise_error=sys.exc_info()[1] is None)
         seconds = time.perf_counter() - started
         return {
             "seconds": seconds,
@@ -290,7 +293,7 @@ class Word2Vec:
                 # A checkpoint must describe a complete prefix of jobs: let the running ones finish.
                 self._collect(wait(pending).done, pending, finished_early, run)
             if due:
-                self.save(run.out_dir)
+                self.save_in_background(run.out_dir)
                 run.last_checkpoint = time.perf_counter()
 
     def _collect(self, done, pending: dict, finished_early: dict, run: _Run) -> None:
@@ -441,14 +444,46 @@ class Word2Vec:
         return TrainingState(self.syn0, self.syn1, self.position, self.history)
 
     def save(self, out: str | os.PathLike) -> None:
-        """Write the full training state to ``out/model`` (atomic; the previous checkpoint survives a crash)."""
+        """Write the full training state to ``out/model`` (atomic; the previous checkpoint survives a crash), after
+        any checkpoint still being written in the background."""
         if self._device is not None:
             self._device.pull(self.syn0, self.syn1)
         self.save_state(out, self.snapshot())
 
+    def save_in_background(self, out: str | os.PathLike, state: TrainingState | None = None) -> None:
+        """Write ``state`` (default: the model's own, as it is now) as :meth:`save_state` does, on a thread of its
+        own: the matrices are copied first, so training may go on changing them while the disk works
+        (:class:`~sparsembed.word2vec.checkpoint.BackgroundWriter`). Saves before returning instead when the
+        copies would not fit in memory, or training runs on a device. :meth:`finish_saves` waits for the write and
+        raises its error, as does the next save."""
+        if self._device is not None:
+            self.save(out)
+            return
+        state = self.snapshot() if state is None else state
+        if not self._writer.fits({"syn0": state.syn0, "syn1": state.syn1}):
+            self.save_state(out, state)
+            return
+        copy = TrainingState(self._writer.copy("syn0", state.syn0), self._writer.copy("syn1", state.syn1),
+                             dataclasses.replace(state.position), [dict(h) for h in state.history])
+        self._writer.start(lambda: self._write_state(out, copy))
+
+    def finish_saves(self, raise_error: bool = True) -> None:
+        """Wait for a checkpoint being written in the background and free its copies; raise the exception of a
+        failed write, unless ``raise_error`` is False (training is failing already, and its error is the one to
+        report; the previous checkpoint is then the last complete one)."""
+        try:
+            self._writer.release()
+        except Exception:
+            if raise_error:
+                raise
+
     def save_state(self, out: str | os.PathLike, state: TrainingState) -> None:
         """Write ``state`` with this model's settings, vocabulary and corpus as the checkpoint in ``out/model``,
         atomically as :meth:`save` does; ``state`` may be one training has already passed."""
+        self._writer.wait()  # one save at a time: generations are numbered and pruned by the save itself
+        self._write_state(out, state)
+
+    def _write_state(self, out: str | os.PathLike, state: TrainingState) -> None:
         self._require_vocab()
         vocab_state = self.vocab.to_state()
         arrays = {"syn0": state.syn0, "syn1": state.syn1}
@@ -531,6 +566,7 @@ class Word2Vec:
         self.keep_checkpoints = checkpoint.DEFAULT_KEEP
         self._damaged = None
         self._device = None
+        self._writer = checkpoint.BackgroundWriter()
         self.corpus_source = meta["corpus"]["source"]
         self.fingerprint = meta["corpus"]["fingerprint"]
         self.corpus = None
