@@ -257,6 +257,27 @@ def sum_context(syn0, kept, lo, hi, i, ctx_rows, hidden):
         j += 1
 
 
+@njit(nogil=True, fastmath=FASTMATH, inline="always")
+def add_to_rows(matrix, rows, n, work):
+    """``matrix[rows[c]] += work`` for ``c < n``, three rows a pass (``work`` loaded once for the three); a row listed
+    twice gets ``work`` twice, as one row at a time would."""
+    dim = work.shape[0]
+    c = 0
+    while c + 2 < n:
+        y0, y1, y2 = matrix[rows[c]], matrix[rows[c + 1]], matrix[rows[c + 2]]
+        for k in range(dim):
+            w = work[k]
+            y0[k] += w
+            y1[k] += w
+            y2[k] += w
+        c += 3
+    while c < n:
+        y0 = matrix[rows[c]]
+        for k in range(dim):
+            y0[k] += work[k]
+        c += 1
+
+
 @njit(inline="always")
 def job_start(syn1, packed_alias, negative, seed, epoch, job, touched1):
     """A job's generator state (:func:`job_seed`) and its noise-row buffers: each example's noise rows are drawn
@@ -345,10 +366,7 @@ def train_job(
                 loss += negative_pass(syn1, hidden, word, work, alpha, negs[example & 1], sig, logsig)
                 example += 1
                 pairs += 1
-                for c in range(count):
-                    row = syn0[ctx_rows[c]]
-                    for k in range(dim):
-                        row[k] += work[k]
+                add_to_rows(syn0, ctx_rows, count, work)
     return loss, pairs, trained
 
 
