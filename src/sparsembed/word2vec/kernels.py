@@ -177,14 +177,16 @@ def _next_output(negs, d, target):
 
 
 @njit(nogil=True, fastmath=FASTMATH, inline="always")
-def negative_pass(syn1, hidden, target, work, alpha, negs, sig, logsig):
-    """Score ``hidden`` against the target and the noise rows ``negs``; update them; add into ``work``.
+def negative_pass(syn1, hidden, target, work, alpha, negs, sig, logsig, scale=1.0):
+    """Score ``scale * hidden`` against the target and the noise rows ``negs``; update them; add into ``work``.
 
     gensim's order, one row after another: a row's score sees every earlier row's update (a noise word drawn twice
     is scored the second time as the first left it). The pass that updates a row also takes the next row's score,
     so ``hidden`` is read once for both; a row that follows itself is read in that pass after its element was
-    written, as the one-row-at-a-time order reads it.
+    written, as the one-row-at-a-time order reads it. ``scale`` multiplies the scores and the rows' updates, not
+    ``hidden`` itself: CBOW passes its context's sum and ``1 / count``, and no pass over ``hidden`` makes the mean.
     """
+    scale = np.float32(scale)
     dim = hidden.shape[0]
     last = negs.shape[0]
     loss = 0.0
@@ -196,6 +198,7 @@ def negative_pass(syn1, hidden, target, work, alpha, negs, sig, logsig):
     while d <= last:
         label = np.float32(1.0) if d == 0 else np.float32(0.0)
         following = _next_output(negs, d, target)
+        score *= scale
         g = np.float32(0.0)
         if score != score:
             # NaN: the weights have diverged. Report it through the loss; indexing a table with it is undefined.
@@ -209,20 +212,22 @@ def negative_pass(syn1, hidden, target, work, alpha, negs, sig, logsig):
         if following <= last:
             upcoming = syn1[negs[following - 1]]
             if g != 0.0:
+                gh = g * scale
                 for k in range(dim):
                     o = out[k]
                     work[k] += g * o
-                    out[k] = o + g * hidden[k]
+                    out[k] = o + gh * hidden[k]
                     score += hidden[k] * upcoming[k]
             else:
                 for k in range(dim):
                     score += hidden[k] * upcoming[k]
             out = upcoming
         elif g != 0.0:
+            gh = g * scale
             for k in range(dim):
                 o = out[k]
                 work[k] += g * o
-                out[k] = o + g * hidden[k]
+                out[k] = o + gh * hidden[k]
         d = following
     return loss
 
@@ -358,12 +363,10 @@ def train_job(
                 if count <= 0:
                     continue
                 sum_context(syn0, kept, lo, hi, i, ctx_rows, hidden)
-                inv = np.float32(1.0) / np.float32(count)
-                for k in range(dim):
-                    hidden[k] *= inv
                 work[:] = 0.0
                 state = draw_negatives(syn1, packed_alias, negs[(example + 1) & 1], state, marks1)
-                loss += negative_pass(syn1, hidden, word, work, alpha, negs[example & 1], sig, logsig)
+                loss += negative_pass(syn1, hidden, word, work, alpha, negs[example & 1], sig, logsig,
+                                      np.float32(1.0) / np.float32(count))
                 example += 1
                 pairs += 1
                 add_to_rows(syn0, ctx_rows, count, work)
