@@ -147,3 +147,39 @@ def test_a_save_waits_for_the_background_one_before_it(corpus: Path, tmp_path: P
     first = np.load(tmp_path / "model" / "syn0.000001.npy")
     assert np.array_equal(first[0] + 1.0, model.syn0[0]) and np.array_equal(first[1:], model.syn0[1:])
     assert np.array_equal(Word2Vec.load(tmp_path).syn0, model.syn0)
+
+
+def test_cli_writes_its_outputs_while_the_last_checkpoint_goes_to_disk(corpus: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    from sparsembed.word2vec import formats
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_bytes(corpus.read_bytes())
+    threads = _recording_saves(monkeypatch, delay=0.5)
+    real_write = formats.write_word2vec
+    seen: list[bool] = []
+
+    def write(*args, **kwargs):
+        seen.append(threads[-1] == "sparsembed-checkpoint" and any(
+            t.name == "sparsembed-checkpoint" for t in threading.enumerate()))
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(formats, "write_word2vec", write)
+    assert main(["train", "corpus.txt", "--out", "run", *train_argv(FAST), "--quiet"]) == 0
+    assert seen == [True]  # the vectors were written while the last checkpoint was still being written
+    assert checkpoint.read_state(tmp_path / "run" / "model")["meta"]["position"]["epoch"] == FAST["epochs"]
+    assert (tmp_path / "run" / "vectors.bin").stat().st_size > 0
+
+
+def test_cli_last_checkpoint_failing_after_the_outputs_is_one_line(corpus: Path, tmp_path: Path, monkeypatch,
+                                                                   capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_bytes(corpus.read_bytes())
+    with monkeypatch.context() as patch:
+        _recording_saves(patch, fail_at=FAST["epochs"])
+        code = main(["train", "corpus.txt", "--out", "run", *train_argv(FAST), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "no space left" in err.lower(), err
+    state = checkpoint.read_state(tmp_path / "run" / "model")  # the epoch before stays the one to resume
+    assert state["meta"]["position"]["epoch"] == FAST["epochs"] - 1
+    assert main(["train", "--resume", "run", "--quiet"]) == 0

@@ -94,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             finished_before = model.done
             if not finished_before:
                 _train_and_report(model, out, args, signals)
-            model.write_outputs(out)
+            _write_outputs(model, out)
         if finished_before:  # said only once it is true: a failed write must leave one line, the error
             print(f"{out}: training already complete; outputs rewritten", file=sys.stderr)
         return 0
@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         with signals.installed(), _fault_advice(out):
             model.build_vocab(args.corpus)
             _train_and_report(model, out, args, signals)
-            model.write_outputs(out)
+            _write_outputs(model, out)
     except BaseException:
         # A directory this run created goes away unless it holds a checkpoint worth resuming from.
         if created and not _has_checkpoint(out):
@@ -412,7 +412,7 @@ def _train_and_report(model, out: Path, args: argparse.Namespace, signals: StopS
     signals.armed = True
     try:
         summary = model.train(progress=not args.quiet, out=out, checkpoint_every=args.checkpoint_every,
-                              stop=signals.event)
+                              stop=signals.event, wait_for_checkpoint=False)
     finally:
         signals.armed = False
     if summary["interrupted"]:
@@ -420,6 +420,15 @@ def _train_and_report(model, out: Path, args: argparse.Namespace, signals: StopS
     if not args.quiet:
         print(f"trained in {time.perf_counter() - started:.1f} s at {summary['words_per_s'] / 1e6:.2f}M words/s; "
               f"vectors in {out / 'vectors.bin'}", file=sys.stderr)
+
+
+def _write_outputs(model, out: Path) -> None:
+    """``out``'s vectors and vocabulary, written while the run's last checkpoint may still be going to disk
+    (:func:`_train_and_report` does not wait for it); returns once both are there, raising a failure of either."""
+    try:
+        model.write_outputs(out)
+    finally:
+        model.finish_saves(raise_error=sys.exc_info()[1] is None)
 
 
 def _where(settings) -> str:

@@ -221,6 +221,7 @@ class Word2Vec:
         report_every: float = 1.0,
         stop_after_jobs: int | None = None,
         stop: threading.Event | None = None,
+        wait_for_checkpoint: bool = True,
     ) -> dict[str, Any]:
         """Train the remaining epochs; return a summary (seconds, words/s, loss per epoch, interrupted).
 
@@ -229,6 +230,11 @@ class Word2Vec:
         resumption) after that many jobs, leaving the position where it stopped. Setting ``stop`` (from a
         signal handler, say) ends training at the next job boundary: the running jobs finish, a checkpoint
         goes to ``out``, and the summary has ``interrupted: True``.
+
+        Checkpoints are written in the background (:meth:`save_in_background`); training returns once the last is
+        on disk, unless ``wait_for_checkpoint`` is False: then it may still be written when this returns, so that
+        the caller writes its outputs meanwhile, and :meth:`finish_saves` waits for it (and raises its error).
+        Until then the matrices must not change.
         """
         schedule = self.schedule()
         out_dir = Path(out) if out is not None else None
@@ -260,7 +266,8 @@ class Word2Vec:
             if self._device is not None:  # the host matrices are the record; the device's memory goes back
                 self._device.pull(self.syn0, self.syn1)
                 self._device = None
-            self.finish_saves(raise_error=sys.exc_info()[1] is None)
+            if wait_for_checkpoint or sys.exc_info()[1] is not None:
+                self.finish_saves(raise_error=sys.exc_info()[1] is None)
         seconds = time.perf_counter() - started
         return {
             "seconds": seconds,
