@@ -17,8 +17,8 @@ __all__ = ["KERNELS", "Settings", "default_workers", "is_int"]
 
 #: The job kernels ``kernel`` names: gensim-exact updates (:mod:`sparsembed.word2vec.kernels`), minibatched ones with
 #: negatives shared per window (:mod:`sparsembed.word2vec.batched`), or ``auto``: batched for skip-gram (1.9x the
-#: exact kernel's speed at +2 analogy points on wiki17m), exact for CBOW (batched CBOW over 3 seeds: 1.18x the
-#: training loop's speed at -0.4 analogy points, -2.7 at alpha 0.05; BENCHMARKS.md).
+#: exact kernel's speed at +2 analogy points on wiki17m), exact for CBOW (the exact CBOW kernel is now the faster
+#: of the two on wiki17m, and batched CBOW scores about 1 analogy point lower; BENCHMARKS.md).
 #: With subwords: ``exact`` is fastText's arithmetic (:mod:`sparsembed.subword.kernels`), ``batched`` composes each
 #: position once (:mod:`sparsembed.subword.batched`), ``auto`` is batched.
 #: On a CUDA device the GPU's kernels train (:mod:`sparsembed.gpu`): CBOW exact, skip-gram batched.
