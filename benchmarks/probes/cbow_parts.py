@@ -27,21 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = Path("sparsembed/word2vec/kernels.py")
 
-NEGATIVE = """                loss += negative_pass(syn1, hidden, word, work, alpha, negs[example & 1], sig, logsig)
+NEGATIVE = """                loss += negative_pass(syn1, hidden, word, work, alpha, negs[example & 1], sig, logsig,
+                                      np.float32(1.0) / np.float32(count))
 """
-UPDATE = """                for j in range(lo, hi):
-                    if j != i:
-                        row = syn0[kept[j]]
-                        for k in range(dim):
-                            row[k] += work[k]
+UPDATE = """                add_to_rows(syn0, ctx_rows, count, work)
     return loss, pairs, trained
 """
-SUM_OLD = """                hidden[:] = 0.0
-                for j in range(lo, hi):
-                    if j != i:
-                        row = syn0[kept[j]]
-                        for k in range(dim):
-                            hidden[k] += row[k]
+SUM = """                sum_context(syn0, kept, lo, hi, i, ctx_rows, hidden)
 """
 
 #: Each variant: (text to find in the CBOW branch, its replacement); several edits apply in order.
@@ -51,12 +43,15 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
                     work[k] = hidden[k] * np.float32(0.001)
 """)],
     "no-context-update": [(UPDATE, "    return loss, pairs, trained\n")],
-    "no-sum": [(SUM_OLD, """                hidden[:] = 0.0
-                row = syn0[kept[lo if lo != i else lo + 1]]
-                for k in range(dim):
-                    hidden[k] += row[k]
+    # the context's ids are still gathered (the update walks them); its first row becomes the hidden vector
+    "no-sum": [(SUM, """                n_ctx = 0
+                for j in range(lo, hi):
+                    if j != i:
+                        ctx_rows[n_ctx] = kept[j]
+                        n_ctx += 1
+                hidden[:] = syn0[ctx_rows[0]]
 """)],
-    "draws-only": [(NEGATIVE, ""), (UPDATE, "    return loss, pairs, trained\n"), (SUM_OLD, "")],
+    "draws-only": [(NEGATIVE, ""), (UPDATE, "    return loss, pairs, trained\n"), (SUM, "")],
 }
 
 CHILD = r"""
