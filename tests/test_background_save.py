@@ -183,3 +183,23 @@ def test_cli_last_checkpoint_failing_after_the_outputs_is_one_line(corpus: Path,
     state = checkpoint.read_state(tmp_path / "run" / "model")  # the epoch before stays the one to resume
     assert state["meta"]["position"]["epoch"] == FAST["epochs"] - 1
     assert main(["train", "--resume", "run", "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("available", [None, 1 << 40])
+def test_on_saved_runs_once_the_checkpoint_is_on_disk(corpus: Path, tmp_path: Path, monkeypatch,
+                                                       available: int | None) -> None:
+    _recording_saves(monkeypatch, delay=0.2)
+    monkeypatch.setattr(checkpoint, "memory_available", lambda: available)
+    model = Word2Vec(**{**SETTINGS, "epochs": 1})
+    model.build_vocab(str(corpus))
+    model.train(progress=False)
+    on_disk: list[bool] = []
+    model.save_in_background(tmp_path, on_saved=lambda: on_disk.append(checkpoint.present(tmp_path / "model")))
+    model.finish_saves()
+    assert on_disk == [True]  # in the background (copies fit) or in this thread (they do not, or unknown)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "full")))
+    failed: list[bool] = []
+    with pytest.raises(OSError):
+        model.save_in_background(tmp_path, on_saved=lambda: failed.append(True))
+        model.finish_saves()
+    assert failed == []  # not called for a write that failed

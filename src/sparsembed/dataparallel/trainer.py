@@ -648,18 +648,23 @@ class DataParallelTrainer:
         With an exchange in flight (``overlap``) the reference lacks the last step's changes, so the checkpoint
         is the state before that step (its position and history, :attr:`agreed`): a run resumed from it trains
         that step again. Saving it does not wait for the exchange, which goes on in the background."""
+        saved_after = self.step - (1 if self.in_flight else 0)  # in flight: the state before this step
+
+        def saved() -> None:  # rank 0 names it once it is on disk; a failure before then resumes from the one before
+            if saved_after > 0:
+                self.watch.resume_point = f"the checkpoint of step {saved_after}"
+
         with self.watch.guard(self.step, "a checkpoint"):
             self._consolidate()
             if self.rank == 0:  # the reference, not a working copy holding this rank's residuals
                 state = self.agreed if self.in_flight else self._agreed_state()
                 if background:
-                    self.model.save_in_background(out_dir, state)
+                    self.model.save_in_background(out_dir, state, on_saved=saved)
                 else:
                     self.model.save_state(out_dir, state)
             dist.barrier(group=self.group)
-        saved_after = self.step - (1 if self.in_flight else 0)  # in flight: the state before this step
-        if saved_after > 0:
-            self.watch.resume_point = f"the checkpoint of step {saved_after}"
+        if self.rank != 0 or not background:
+            saved()
 
     def _agreed_state(self) -> TrainingState:
         """The state every rank agrees on now: the references (replicated; the same bits on every rank, and

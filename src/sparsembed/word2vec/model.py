@@ -457,22 +457,33 @@ class Word2Vec:
             self._device.pull(self.syn0, self.syn1)
         self.save_state(out, self.snapshot())
 
-    def save_in_background(self, out: str | os.PathLike, state: TrainingState | None = None) -> None:
+    def save_in_background(self, out: str | os.PathLike, state: TrainingState | None = None,
+                           on_saved: Callable[[], None] | None = None) -> None:
         """Write ``state`` (default: the model's own, as it is now) as :meth:`save_state` does, on a thread of its
         own: the matrices are copied first, so training may go on changing them while the disk works
         (:class:`~sparsembed.word2vec.checkpoint.BackgroundWriter`). Saves before returning instead when the
-        copies would not fit in memory, or training runs on a device. :meth:`finish_saves` waits for the write and
+        copies would not fit in memory, or training runs on a device. ``on_saved()`` runs once the checkpoint is
+        on disk (on the writer's thread), not after a failed write. :meth:`finish_saves` waits for the write and
         raises its error, as does the next save."""
-        if self._device is not None:
-            self.save(out)
-            return
-        state = self.snapshot() if state is None else state
-        if not self._writer.fits({"syn0": state.syn0, "syn1": state.syn1}):
-            self.save_state(out, state)
+        given = state
+        state = self.snapshot() if given is None else given
+        if self._device is not None or not self._writer.fits({"syn0": state.syn0, "syn1": state.syn1}):
+            if given is None:
+                self.save(out)  # a device's matrices come to the host first
+            else:
+                self.save_state(out, given)
+            if on_saved is not None:
+                on_saved()
             return
         copy = TrainingState(self._writer.copy("syn0", state.syn0), self._writer.copy("syn1", state.syn1),
                              dataclasses.replace(state.position), [dict(h) for h in state.history])
-        self._writer.start(lambda: self._write_state(out, copy))
+
+        def write() -> None:
+            self._write_state(out, copy)
+            if on_saved is not None:
+                on_saved()
+
+        self._writer.start(write)
 
     def finish_saves(self, raise_error: bool = True) -> None:
         """Wait for a checkpoint being written in the background and free its copies; raise the exception of a
