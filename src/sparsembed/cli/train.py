@@ -336,12 +336,12 @@ def _train_ranks_model(model, out: Path, args: argparse.Namespace, options: Exch
         signals.armed = True
         trainer = DataParallelTrainer(model, options)
         summary = trainer.train(progress=not args.quiet, out=out, checkpoint_every=args.checkpoint_every,
-                                stop=signals.event)
+                                stop=signals.event, wait_for_checkpoint=False)
         signals.armed = False
         if summary["interrupted"]:
             raise Interrupted(signals.signum or signal.SIGINT, out)
         if lead:
-            model.write_outputs(out)
+            _write_outputs(model, out)
             if not args.quiet:
                 share = summary["exchange_s"] / max(summary["exchange_s"] + summary["compute_s"], 1e-9)
                 print(f"trained in {summary['seconds']:.1f} s at {summary['words_per_s'] / 1e6:.2f}M words/s "

@@ -247,11 +247,14 @@ class DataParallelTrainer:
         report_every: float = 1.0,
         stop: threading.Event | None = None,
         stop_after_steps: int | None = None,
+        wait_for_checkpoint: bool = True,
     ) -> dict[str, Any]:
         """Train the remaining epochs; return the single-process summary plus exchange totals.
 
         ``stop`` set on any rank ends training on every rank after the current step (then rank 0 checkpoints);
-        ``stop_after_steps`` does the same after that many steps (tests of resumption).
+        ``stop_after_steps`` does the same after that many steps (tests of resumption). ``wait_for_checkpoint``:
+        as :meth:`Word2Vec.train`'s (rank 0's last checkpoint may still be written on return; the model's
+        ``finish_saves`` waits for it).
         """
         m = self.model
         schedule = m.schedule()
@@ -286,7 +289,8 @@ class DataParallelTrainer:
                 self.mailer, self.in_flight, self.vote_in_flight = None, [], None
             self.watch.stop_pulse()
             reporter.close()
-            m.finish_saves(raise_error=sys.exc_info()[1] is None)
+            if wait_for_checkpoint or sys.exc_info()[1] is not None:
+                m.finish_saves(raise_error=sys.exc_info()[1] is None)
         return {
             "seconds": time.perf_counter() - started,
             "words_per_s": reporter.words_per_second(schedule.progress(m.position)),
