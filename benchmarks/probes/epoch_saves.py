@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_commits import extract_tree  # noqa: E402  (one way to take an older commit's src/)
 
 CHILD = r"""
 import json, sys, tempfile, time
@@ -54,13 +56,6 @@ print(json.dumps({"background": background, "stops_s": stops, "train_s": summary
 """
 
 
-def extract(commit: str, into: Path) -> Path:
-    """``src/`` of ``commit`` under ``into``; returns its path."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "src"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into / "src"
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--base", required=True, help="the older commit")
@@ -72,7 +67,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"base": [], "this": []}
     with tempfile.TemporaryDirectory(prefix="epoch_saves_") as tmp:
         scratch = Path(tmp)
-        trees = {"base": extract(a.base, scratch), "this": ROOT / "src"}
+        trees = {"base": extract_tree(a.base, scratch / "base"), "this": ROOT / "src"}
 
         def run(tree: str) -> dict:
             done = subprocess.run([sys.executable, "-c", CHILD, a.corpus, str(a.workers), str(scratch)],
