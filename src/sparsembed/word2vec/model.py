@@ -3,10 +3,11 @@
 The model owns everything needed to continue training (both matrices, vocabulary, the schedule position);
 the trained vectors are handed out as a separate :class:`~sparsembed.word2vec.vectors.Vectors` (``model.wv``), as in
 gensim. Work is cut into *jobs* of whole sentences (:mod:`sparsembed.word2vec.schedule`); ``workers`` threads run
-the compiled kernel on jobs side by side while this thread hands out jobs, reports progress and writes checkpoints
-between jobs. The steps of a training loop are public methods (:meth:`Word2Vec.schedule`,
-:meth:`~Word2Vec.run_job`, :meth:`~Word2Vec.advance`, :meth:`~Word2Vec.end_epoch`, :meth:`~Word2Vec.save_state`), so
-another loop, the data-parallel trainer's, drives the same model.
+the compiled kernel on jobs side by side while this thread hands out jobs, reports progress and takes checkpoints
+between jobs (copies it hands to a writer thread, :meth:`Word2Vec.save_in_background`). The steps of a training
+loop are public methods (:meth:`Word2Vec.schedule`, :meth:`~Word2Vec.run_job`, :meth:`~Word2Vec.advance`,
+:meth:`~Word2Vec.end_epoch`, :meth:`~Word2Vec.save_state`, :meth:`~Word2Vec.save_in_background`), so another loop, the
+data-parallel trainer's, drives the same model.
 
 Over 500 lines: one class whose state (matrices, vocabulary, position, the subword index) its training loop, its
 public steps and its checkpoints share; the kernels, the subword rows and the checkpoint files live elsewhere.
