@@ -14,6 +14,12 @@ and forth by the same amount) and four or more do not (each step swings further:
 BENCHMARKS.md fell from 27% to 7% at 4 ranks and 0.5% at 8). Summed every few thousand tokens instead, each
 rank's change of a hot row stays small, and the sum is again what one process would have done.
 
+Two ranks whose exchange is overlapped (``--overlap``, the default across hosts) sync a few hot rows too
+(:data:`HOT_ROWS_PAIR` every :data:`HOT_TOKENS_PAIR` tokens a rank): their steps' changes land a step later than a
+synchronous exchange's, and rounded, and a budget defers some; measured on wiki17m across 2 emulated hosts, this
+lost 0.5-1.1 analogy points against one process, and the hot syncs win them back. At two ranks a round's sum runs
+behind the next round's training (``DataParallelTrainer``).
+
 The closed sets are the ones their owners define: :class:`~sparsembed.comm.policy.Strategy`,
 :class:`~sparsembed.comm.policy.Mode` and :class:`~sparsembed.comm.policy.Transport`, the row encodings of
 :data:`sparsembed.rows.rowsets.ENCODINGS`, the value types of :class:`sparsembed.rows.values.Values`.
@@ -59,6 +65,11 @@ DYNAMIC_ROUNDS = 25
 HOT_ROWS = 1000
 HOT_TOKENS = 20_000
 HOT_MIN_TOKENS = 1000
+#: Hot rows per matrix and tokens a rank between their syncs for two ranks whose exchange is overlapped (chosen on
+#: wiki17m across 2 emulated hosts, BENCHMARKS.md: 100 rows every 50000 tokens won back the analogy points the
+#: overlapped, rounded, budgeted exchange lost, at the least cost of the settings tried).
+HOT_ROWS_PAIR = 100
+HOT_TOKENS_PAIR = 50_000
 #: Tokens per rank between full exchanges by default, and the most a step may hold over all ranks beyond two:
 #: changes summed from more tokens drift apart (measured: 8 ranks x 250000 lost 8 points, 8 x 125000 kept
 #: analogy within one).
@@ -139,10 +150,12 @@ class ExchangeOptions:
 
     def hot_rows_for(self, world: int, num_rows: int) -> int:
         """Rows of each matrix synced after every round: as set, or with ``auto`` :data:`HOT_ROWS` beyond two
-        ranks of the replicated, static exchange (two ranks need none, see the module docstring), else 0."""
+        ranks of the replicated, static exchange, :data:`HOT_ROWS_PAIR` at two ranks whose exchange is overlapped
+        (see the module docstring), else 0."""
         if self.hot_rows == "auto":
-            wanted = HOT_ROWS if (world > 2 and self.strategy is Strategy.REPLICATED
-                                  and self.balance is Balance.STATIC) else 0
+            static = self.strategy is Strategy.REPLICATED and self.balance is Balance.STATIC
+            pair = HOT_ROWS_PAIR if world == 2 and self.overlap else 0
+            wanted = (HOT_ROWS if world > 2 else pair) if static else 0
         else:
             wanted = int(self.hot_rows)
         return min(wanted, num_rows) if world > 1 else 0
@@ -150,8 +163,10 @@ class ExchangeOptions:
 
     def hot_tokens_for(self, world: int) -> int:
         """Tokens a rank trains between two syncs of the hot rows: as set, or with ``auto`` :data:`HOT_TOKENS`
-        shared by the ranks (at least :data:`HOT_MIN_TOKENS` each)."""
+        shared by the ranks (at least :data:`HOT_MIN_TOKENS` each), :data:`HOT_TOKENS_PAIR` at two ranks."""
         if self.hot_tokens == "auto":
+            if world == 2:
+                return HOT_TOKENS_PAIR
             return max(HOT_MIN_TOKENS, HOT_TOKENS // max(world, 1))
         return int(self.hot_tokens)
 

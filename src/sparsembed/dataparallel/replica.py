@@ -17,6 +17,7 @@ stays the agreed sum. The row loops are compiled (numba, no GIL).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numba
@@ -27,12 +28,26 @@ import torch.distributed as dist
 from sparsembed.comm.shm import HostMatrix, HostSlots
 from sparsembed.rows.coalesce import RowSparse
 
-__all__ = ["Replica", "slot_bytes"]
+__all__ = ["HotInFlight", "Replica", "slot_bytes"]
 
 
 #: Values of a row whose change a byte budget weighs (:meth:`Replica.weigh`): the whole row's norm would read every
 #: touched row of both matrices twice over, the largest pass of a step's exchange on the training thread.
 WEIGH_VALUES = 16
+
+
+@dataclass
+class HotInFlight:
+    """A sum of the hot rows under way (:meth:`Replica.start_hot`): the rows, the reference each matrix had when its
+    change was taken, what this rank contributed (float32; rounded where the sum runs in float16), which rows kept
+    a residual of that rounding, the buffer the sum lands in and torch's handle of the all-reduce."""
+
+    rows: int
+    old: list[np.ndarray]
+    sent: np.ndarray
+    rounded: np.ndarray
+    total: torch.Tensor
+    work: Any
 
 
 class Replica:
@@ -123,6 +138,36 @@ class Replica:
             if residual is not None:
                 replica.work[:rows] += residual[part]
                 replica.pending[:rows] = np.any(residual[part] != 0, axis=1)
+
+    @staticmethod
+    def start_hot(replicas: Sequence[Replica], rows: int, group: Any, half: bool = False) -> HotInFlight:
+        """Like :meth:`sync_hot`, but the all-reduce runs in the background while training goes on (``--overlap``):
+        this takes every rank's change of rows ``[0, rows)`` and starts summing it; :meth:`finish_hot` waits for
+        the sum and lands it. Collective, in the same order on every rank, and nothing else may use ``group``
+        until it is finished. The marks are cleared as :meth:`sync_hot` clears them."""
+        old = [r.ref[:rows].copy() for r in replicas]
+        change = np.concatenate([r.work[:rows] - o for r, o in zip(replicas, old, strict=True)])  # residuals too
+        total = torch.from_numpy(change).half() if half else torch.from_numpy(change.copy())
+        sent = total.float().numpy() if half else change
+        rounded = np.any(sent != change, axis=1) if half else np.zeros(change.shape[0], dtype=bool)
+        for replica in replicas:
+            replica.touched[:rows] = 0
+        work = dist.all_reduce(total, group=group, async_op=True)
+        return HotInFlight(rows, old, sent, rounded, total, work)
+
+    @staticmethod
+    def finish_hot(replicas: Sequence[Replica], flight: HotInFlight) -> None:
+        """Wait for a sum :meth:`start_hot` started and land it: the reference becomes the agreed rows plus the sum,
+        and each working row gets the other ranks' part of it on top of whatever it trained since (``work += sum -
+        own``: its own change, a rounding's residual and newer changes stay in it, to go with the next sync)."""
+        flight.work.wait()
+        summed = flight.total.float().numpy()
+        rows = flight.rows
+        for k, (replica, before) in enumerate(zip(replicas, flight.old, strict=True)):
+            part = slice(k * rows, (k + 1) * rows)
+            replica.ref[:rows] = before + summed[part]
+            replica.work[:rows] += summed[part] - flight.sent[part]
+            replica.pending[:rows] = flight.rounded[part]
 
     def send_pending(self) -> None:
         """Mark every row holding a pending residual touched, so that the next change takes it (the run's last,

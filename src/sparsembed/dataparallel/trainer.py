@@ -107,7 +107,7 @@ from sparsembed.dataparallel.options import (
     step_tokens_for,
 )
 from sparsembed.dataparallel.owners import Owners
-from sparsembed.dataparallel.replica import Replica, slot_bytes
+from sparsembed.dataparallel.replica import HotInFlight, Replica, slot_bytes
 from sparsembed.dataparallel.watchdog import PeerWatch
 from sparsembed.errors import UserError
 from sparsembed.rows.coalesce import RowSparse
@@ -186,6 +186,10 @@ class DataParallelTrainer:
             self.owners = Owners(model.vocab.counts, self.world, step_tokens)
         self._exchange_cpu = 0.0
         self.hot_s = 0.0  # seconds of this step's hot-row syncs (inside the training of the step's rounds)
+        self.hot_flight: HotInFlight | None = None  # the last round's sum of the hot rows, under way
+        # A round's sum runs behind the next round's training at two overlapped ranks, where its accuracy was
+        # measured (BENCHMARKS.md); beyond two ranks the hot syncs stay in the foreground, as measured there.
+        self.hot_behind = bool(self.options.overlap) and self.world == 2
         # error feedback: rounded values over gloo (shared memory sums float32 in place; sharded owners keep none)
         self.feedback = (Values(self.options.values) is not Values.FP32 and not self.shared
                          and self.options.strategy is Strategy.REPLICATED)
@@ -380,7 +384,7 @@ class DataParallelTrainer:
             results = []
             for k in range(self.rounds):  # every rank runs every round, jobs or not: the hot sync is collective
                 results += pool.map(run_job, step_jobs(first + k * concurrent, schedule.n_jobs, threads, self.rank))
-                self._sync_hot()
+                self._sync_hot(last=k == self.rounds - 1)
             return results
         base, count = self.drawn, min(run.per_step, schedule.n_jobs - first)
         self.drawn += count
@@ -394,13 +398,23 @@ class DataParallelTrainer:
         return [r for thread in pool.map(draw_and_run, range(threads)) for r in thread]
 
     # ------------------------------------------------------------------------------------------- exchange
-    def _sync_hot(self) -> None:
-        """After a round: sum the hot rows of both matrices over all ranks (none below three ranks)."""
+    def _sync_hot(self, last: bool = True) -> None:
+        """After a round: sum the hot rows of both matrices over all ranks (where there are hot rows, see
+        :meth:`ExchangeOptions.hot_rows_for`). At two ranks with ``--overlap`` a round's sum runs behind the next
+        round's training and lands after it (a round staler, no wait for the slower rank at every round); the
+        step's last round is summed at once, so that no sum is under way between steps (checkpoints, epoch ends,
+        the end)."""
         if not self.hot:
             return
         t0 = time.perf_counter()
         with self.watch.guard(self.step, "the hot rows"):
-            Replica.sync_hot(self.replicas, self.hot, self.group, half=self.feedback)
+            if self.hot_flight is not None:
+                Replica.finish_hot(self.replicas, self.hot_flight)
+                self.hot_flight = None
+            if self.hot_behind and not last:
+                self.hot_flight = Replica.start_hot(self.replicas, self.hot, self.group, half=self.feedback)
+            else:
+                Replica.sync_hot(self.replicas, self.hot, self.group, half=self.feedback)
         self.hot_s += time.perf_counter() - t0
 
     def _choose(self) -> dict[str, np.ndarray]:
