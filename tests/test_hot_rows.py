@@ -17,6 +17,8 @@ from dist_utils import DistPool
 from sparsembed import Word2Vec
 from sparsembed.dataparallel.options import (
     HOT_ROWS,
+    HOT_ROWS_PAIR,
+    HOT_TOKENS_PAIR,
     ExchangeOptions,
     even_job_tokens,
     step_jobs,
@@ -128,15 +130,21 @@ def test_hot_syncs_in_float16_with_error_feedback_stay_near_the_replay(corpus: P
         assert summary["bytes_sent"] > 0
 
 
-def test_auto_syncs_hot_rows_beyond_two_ranks_only() -> None:
+def test_auto_syncs_hot_rows_beyond_two_ranks_and_at_two_overlapped_ones() -> None:
     auto = ExchangeOptions().validate()
     assert auto.hot_rows_for(2, 50_000) == 0 and auto.hot_rows_for(1, 50_000) == 0
+    # two ranks whose exchange is overlapped (across hosts by default) sync a few
+    wide = ExchangeOptions().validate().across_hosts(True)
+    assert wide.hot_rows_for(2, 50_000) == HOT_ROWS_PAIR and wide.hot_rows_for(2, 60) == 60
+    assert ExchangeOptions(overlap=True).validate().hot_rows_for(2, 50_000) == HOT_ROWS_PAIR
+    assert ExchangeOptions(overlap=False).validate().across_hosts(True).hot_rows_for(2, 50_000) == 0
+    assert wide.hot_rows_for(1, 50_000) == 0 and wide.hot_rows_for(4, 50_000) == HOT_ROWS
     assert auto.hot_rows_for(4, 50_000) == HOT_ROWS and auto.hot_rows_for(8, 300) == 300
     assert ExchangeOptions(strategy="sharded").validate().hot_rows_for(8, 50_000) == 0
     assert ExchangeOptions(hot_rows="40").validate().hot_rows_for(2, 50_000) == 40
     # a step holds at most a million tokens over all ranks; hot syncs come every 20000 tokens over all ranks
     assert [step_tokens_for(w) for w in (1, 2, 4, 8, 16)] == [250_000, 250_000, 250_000, 125_000, 62_500]
-    assert [auto.hot_tokens_for(w) for w in (2, 4, 8, 64)] == [10_000, 5_000, 2_500, 1_000]
+    assert [auto.hot_tokens_for(w) for w in (2, 4, 8, 64)] == [HOT_TOKENS_PAIR, 5_000, 2_500, 1_000]
     assert step_tokens_for(10_000) >= auto.hot_tokens_for(10_000)
     assert ExchangeOptions(hot_tokens="700").validate().hot_tokens_for(8) == 700
 
@@ -196,3 +204,76 @@ def _spans() -> bool:
 def test_ranks_of_this_host_do_not_span_hosts() -> None:
     with DistPool(2, timeout=60.0) as pool:
         assert pool.run(_spans) == [False, False]
+
+
+def _hot_in_flight(half: bool, seed: int) -> dict:
+    """One rank: two matrices whose agreed rows are alike on both ranks and whose working rows differ; the hot
+    rows' sum started, training going on meanwhile (a newer change), then the sum landed."""
+    import torch.distributed as dist
+
+    from sparsembed.dataparallel.replica import Replica
+
+    rank, rows, dim, n = dist.get_rank(), 6, 5, 9
+    agreed = np.random.default_rng(seed).standard_normal((2, n, dim)).astype(np.float32)
+    mine = np.random.default_rng(seed + 1 + rank).standard_normal((2, n, dim)).astype(np.float32) * 0.1
+    replicas = [Replica(name, agreed[m] + mine[m]) for m, name in enumerate(("syn0", "syn1"))]
+    for m, r in enumerate(replicas):
+        r.ref[:] = agreed[m]
+        r.touched[:] = 1
+    flight = Replica.start_hot(replicas, rows, None, half=half)
+    marks_after_start = [r.touched.copy() for r in replicas]
+    newer = np.random.default_rng(seed + 10 + rank).standard_normal((2, n, dim)).astype(np.float32) * 0.01
+    for m, r in enumerate(replicas):
+        r.work += newer[m]
+    Replica.finish_hot(replicas, flight)
+    return {"ref": [r.ref.copy() for r in replicas], "work": [r.work.copy() for r in replicas],
+            "pending": [r.pending.copy() for r in replicas], "marks": marks_after_start, "agreed": agreed,
+            "mine": mine, "newer": newer}
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_a_hot_sum_in_flight_lands_the_others_part_on_newer_training(half: bool) -> None:
+    """``start_hot`` / ``finish_hot``: the agreed hot rows become the sum of every rank's change taken at the start
+    (float16-rounded where ``half``), alike on every rank; each working row keeps what it trained meanwhile and
+    what rounding dropped; rows past the hot ones are left alone; their marks are cleared at the start."""
+    with DistPool(2, timeout=120.0) as pool:
+        results = pool.run(_hot_in_flight, half, 11)
+    rows = 6
+    both = [r["mine"] for r in results]
+    sent = [m.astype(np.float16).astype(np.float32) if half else m for m in both]
+    for k, res in enumerate(results):
+        for m in range(2):
+            expected_ref = res["agreed"][m][:rows] + sent[0][m][:rows] + sent[1][m][:rows]
+            np.testing.assert_allclose(res["ref"][m][:rows], expected_ref, rtol=0, atol=1e-3 if half else 1e-6)
+            np.testing.assert_array_equal(res["ref"][m][rows:], res["agreed"][m][rows:])  # not a hot row
+            left = both[k][m][:rows] - sent[k][m][:rows]  # the rounding's residual stays in the working row
+            np.testing.assert_allclose(res["work"][m][:rows] - res["ref"][m][:rows],
+                                       res["newer"][m][:rows] + left, rtol=0, atol=1e-5)
+            assert res["marks"][m][:rows].sum() == 0 and res["marks"][m][rows:].all()
+            assert res["pending"][m][:rows].any() == half
+    np.testing.assert_array_equal(results[0]["ref"][0], results[1]["ref"][0])
+    np.testing.assert_array_equal(results[0]["ref"][1], results[1]["ref"][1])
+
+
+def _train_overlapped(corpus: str) -> tuple:
+    from sparsembed.dataparallel.trainer import DataParallelTrainer
+
+    model = _model(Path(corpus))
+    options = ExchangeOptions(transport="tcp", overlap=True, values="int8", hot_tokens=HOT_TOKENS)
+    trainer = DataParallelTrainer(model, options)
+    summary = trainer.train(progress=False)
+    pending = [bool(r.pending.any()) or not np.array_equal(r.work, r.ref) for r in trainer.replicas]
+    return model.syn0.copy(), model.syn1.copy(), summary, trainer.rounds, trainer.hot, trainer.hot_behind, pending
+
+
+def test_two_overlapped_ranks_sync_hot_rows_behind_training_and_end_alike(corpus: Path) -> None:
+    """Two ranks with ``--overlap`` (the default across hosts) sync the hot rows by default, each round's sum
+    behind the next round: the run ends with both replicas bit-identical and nothing pending."""
+    with DistPool(2, timeout=120.0) as pool:
+        results = pool.run(_train_overlapped, str(corpus))
+    for syn0, syn1, summary, rounds, hot, behind, pending in results:
+        assert behind and rounds == STEP_TOKENS // HOT_TOKENS and 0 < hot <= HOT_ROWS_PAIR
+        assert pending == [False, False] and summary["steps"] > 2
+        assert np.isfinite(syn0).all() and np.isfinite(syn1).all()
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
