@@ -59,7 +59,10 @@ def _train_ranks(corpus: str, strategy: str, mode: str, values: str, stop_after_
     from sparsembed.dataparallel.trainer import DataParallelTrainer
 
     model = _model(Path(corpus))
-    options = ExchangeOptions(strategy=strategy, mode=mode, values=values, transport=transport, overlap=overlap)
+    # the plain exchange, as the replay does it: no hot rows (two overlapped ranks would sync some by default)
+    hot_rows = 0 if strategy == "replicated" else "auto"
+    options = ExchangeOptions(strategy=strategy, mode=mode, values=values, transport=transport, overlap=overlap,
+                              hot_rows=hot_rows)
     trainer = DataParallelTrainer(model, options)
     assert trainer.shared == (transport == "auto" and strategy == "replicated") or strategy == "sharded"
     summary = trainer.train(progress=False, stop_after_steps=stop_after_steps)
@@ -159,7 +162,8 @@ def _train_overlapped_keeping_checkpoints(corpus: str, out: str, transport: str)
     from sparsembed.dataparallel.options import ExchangeOptions
     from sparsembed.dataparallel.trainer import DataParallelTrainer
 
-    trainer = DataParallelTrainer(_model(Path(corpus)), ExchangeOptions(transport=transport, overlap=True))
+    trainer = DataParallelTrainer(_model(Path(corpus)), ExchangeOptions(transport=transport, overlap=True,
+                                                                        hot_rows=0))
     write, in_flight = trainer.checkpoint, []
 
     def keep(out_dir: Path, **options) -> None:

@@ -277,3 +277,44 @@ def test_two_overlapped_ranks_sync_hot_rows_behind_training_and_end_alike(corpus
         assert np.isfinite(syn0).all() and np.isfinite(syn1).all()
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def _checkpoints_with_hot_rows_in_flight(corpus: str, out: str) -> tuple:
+    """One rank of an overlapped run with hot rows: the hot rows' reference at each step's start (by position), and
+    rank 0's checkpoints written while an exchange was in flight (position, hot rows saved, hot rows then live)."""
+    from sparsembed.dataparallel.trainer import DataParallelTrainer
+
+    trainer = DataParallelTrainer(_model(Path(corpus)), ExchangeOptions(transport="tcp", overlap=True,
+                                                                        hot_tokens=HOT_TOKENS))
+    m, hot, before, kept = trainer.model, trainer.hot, {}, []
+    run_jobs, write = trainer._run_jobs, trainer.checkpoint
+
+    def recording(pool, run, first):  # noqa: ANN001, ANN202
+        before[(m.position.epoch, m.position.job)] = [r.ref[:hot].copy() for r in trainer.replicas]
+        return run_jobs(pool, run, first)
+
+    def keep(out_dir: Path, **options) -> None:
+        in_flight = bool(trainer.in_flight)
+        write(out_dir, **options)
+        if trainer.rank == 0 and in_flight:
+            m.finish_saves()
+            saved = Word2Vec.load(out_dir / "model")
+            kept.append(((saved.position.epoch, saved.position.job), [saved.syn0[:hot], saved.syn1[:hot]],
+                         [r.ref[:hot].copy() for r in trainer.replicas]))
+
+    trainer._run_jobs, trainer.checkpoint = recording, keep
+    trainer.train(progress=False, out=Path(out))
+    return before, kept
+
+
+def test_a_checkpoint_with_an_exchange_in_flight_saves_the_hot_rows_of_its_position(corpus: Path,
+                                                                                      tmp_path: Path) -> None:
+    """With the step's exchange in flight a checkpoint saves the state before the step; its hot rows, synced during
+    the step, are saved as they were before it too, so that a run resumed from it does not train them twice."""
+    with DistPool(2, timeout=120.0) as pool:
+        before, kept = pool.run(_checkpoints_with_hot_rows_in_flight, str(corpus), str(tmp_path / "run"))[0]
+    assert kept  # an epoch's end did not wait for the exchange
+    for position, saved, live in kept:
+        for m in range(2):
+            np.testing.assert_array_equal(saved[m], before[position][m])
+            assert not np.array_equal(saved[m], live[m])  # the step's hot syncs had moved the reference on

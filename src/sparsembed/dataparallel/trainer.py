@@ -187,6 +187,7 @@ class DataParallelTrainer:
         self._exchange_cpu = 0.0
         self.hot_s = 0.0  # seconds of this step's hot-row syncs (inside the training of the step's rounds)
         self.hot_flight: HotInFlight | None = None  # the last round's sum of the hot rows, under way
+        self.hot_agreed: list[np.ndarray] | None = None  # overlap: the hot rows' reference before this step
         # A round's sum runs behind the next round's training at two overlapped ranks, where its accuracy was
         # measured (BENCHMARKS.md); beyond two ranks the hot syncs stay in the foreground, as measured there.
         self.hot_behind = bool(self.options.overlap) and self.world == 2
@@ -315,6 +316,8 @@ class DataParallelTrainer:
         first = m.position.job
         self.step += 1
         t0, self.hot_s = time.perf_counter(), 0.0
+        if self.hot and self.async_group is not None:  # the hot rows as agreed before the step (see checkpoint)
+            self.hot_agreed = [r.ref[:self.hot].copy() for r in self.replicas]
         results = self._run_jobs(pool, run, first)
         t1, cpu1 = time.perf_counter(), time.process_time()
         vote = self._vote(results, run.stop_requested(), run.lead and run.checkpoint_due())
@@ -675,7 +678,7 @@ class DataParallelTrainer:
         with self.watch.guard(self.step, "a checkpoint"):
             self._consolidate()
             if self.rank == 0:  # the reference, not a working copy holding this rank's residuals
-                state = self.agreed if self.in_flight else self._agreed_state()
+                state = self._before_step() if self.in_flight else self._agreed_state()
                 if background:
                     self.model.save_in_background(out_dir, state, on_saved=saved)
                 else:
@@ -683,6 +686,18 @@ class DataParallelTrainer:
             dist.barrier(group=self.group)
         if self.rank != 0 or not background:
             saved()
+
+    def _before_step(self) -> TrainingState:
+        """With this step's exchange in flight: the state before the step (:attr:`agreed`), its hot rows as they
+        were then too (their syncs during the step already moved the reference on; a run resumed from the state
+        trains the step again)."""
+        state = self.agreed
+        if self.hot_agreed is None:
+            return state
+        syn = [state.syn0.copy(), state.syn1.copy()]
+        for matrix, hot in zip(syn, self.hot_agreed, strict=True):
+            matrix[:hot.shape[0]] = hot
+        return replace(state, syn0=syn[0], syn1=syn[1])
 
     def _agreed_state(self) -> TrainingState:
         """The state every rank agrees on now: the references (replicated; the same bits on every rank, and
