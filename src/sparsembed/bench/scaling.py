@@ -94,9 +94,9 @@ _VALUES = ("fp32", "fp16", "int8")
 @dataclass(frozen=True)
 class Config:
     """One way of exchanging a step: a strategy, a value type, an optional byte budget, and whether the hot rows
-    are synced after every round (``hot``: the trainer's ``--hot-rows auto``, which syncs beyond two ranks only;
-    off: ``--hot-rows 0``, the exchange before the hot syncs). ``implemented``: whether ``sparsembed train`` can
-    run it today.
+    are synced after every round (``hot``: the trainer's ``--hot-rows auto`` across hosts: beyond two ranks, and a
+    few at two overlapped ranks; off: ``--hot-rows 0``, the exchange before the hot syncs). ``implemented``:
+    whether ``sparsembed train`` can run it today.
 
     ``budget``: ``None`` (``--budget off``), ``"auto"`` (``--budget auto``) or a number of bytes: what a rank's own
     change may take a step, the trainer's ``--budget`` megabytes x 1e6 (turned into rows as the trainer does,
@@ -132,12 +132,13 @@ class Config:
         return _HOT_AUTO.hot_rows_for(world, num_rows) if self.hot else 0
 
 
-#: The trainer's hot-row rules (``--hot-rows auto --hot-tokens auto``, replicated, static balance).
-_HOT_AUTO = ExchangeOptions().validate()
+#: The trainer's hot-row rules across hosts (``--hot-rows auto --hot-tokens auto``, replicated, static balance,
+#: ``--overlap`` as across hosts by default: two ranks sync a few hot rows, each round's sum behind the next round).
+_HOT_AUTO = ExchangeOptions().validate().across_hosts(True)
 
 #: The config whose overlapped column is what ``sparsembed train`` does across hosts by default
-#: (``ExchangeOptions.across_hosts``: replicated, int8 values, ``--overlap``, hot-row syncs beyond two ranks,
-#: ``--budget auto``).
+#: (``ExchangeOptions.across_hosts``: replicated, int8 values, ``--overlap``, hot-row syncs (beyond two ranks, and
+#: a few at two), ``--budget auto``).
 ACROSS_HOSTS = "replicated-int8-hot-budget"
 #: The default across hosts before the byte budget (int8, overlap, hot syncs, every touched row): earlier tables.
 ACROSS_HOSTS_UNBUDGETED = "replicated-int8-hot"
@@ -504,15 +505,17 @@ def _sharded(name: str, ids: list[np.ndarray], step: StepRows, owners: Any, num_
 
 
 def hot_sync(config: Config, world: int, num_rows: int, dim: int, job_tokens: int) -> HotSync | None:
-    """A step's hot syncs under ``config`` at ``world`` ranks (``None``: none, as at two ranks or without ``hot``):
-    the trainer's ``hot_rows_for`` rows, in ``rounds = job_tokens // hot_tokens_for(world)`` rounds (at least one),
-    both matrices after every round, the last one included; in float16 where the values are rounded (fp16,
-    int8), as the trainer's error feedback does them."""
+    """A step's hot syncs under ``config`` at ``world`` ranks (``None``: none, as at one rank or without ``hot``):
+    the trainer's ``hot_rows_for`` rows across hosts, in ``rounds = job_tokens // hot_tokens_for(world)`` rounds
+    (at least one), both matrices after every round, the last one included; in float16 where the values are
+    rounded (fp16, int8), as the trainer's error feedback does them; ``behind`` where the trainer runs a round's
+    sum behind the next round when overlapped (two ranks)."""
     rows = config.hot_rows(world, num_rows)
     if not rows:
         return None
     rounds = max(1, int(job_tokens) // _HOT_AUTO.hot_tokens_for(world))
-    return HotSync(rows, rounds, dim, world, width=4 if config.values == "fp32" else 2)
+    return HotSync(rows, rounds, dim, world, width=4 if config.values == "fp32" else 2,
+                   behind=_HOT_AUTO.hot_behind(world))
 
 
 def without_hot(step: StepRows, hot: int) -> StepRows:

@@ -7,7 +7,8 @@
   (synchronous) or overlapped with the next step's compute, and the *hot syncs* (:class:`HotSync`): beyond two
   ranks the trainer sums the most frequent rows with a float32 all-reduce after every round of a step, in the
   foreground (training waits for them, with ``--overlap`` too), so their time (:func:`hot_seconds`) is added to a
-  step whatever else overlaps.
+  step whatever else overlaps; two overlapped ranks sum a few hot rows behind the next round's compute, all but
+  the step's last round's, which cost only what they exceed a round by.
 * **a run** (:func:`run_seconds`) and the bytes that would let an overlapped exchange hide behind compute
   (:func:`auto_budget`): where the trainer's ``--budget auto`` settles when its whole change does not hide (it
   shrinks its rows while the exchange holds training up); the scaling model turns them into rows and caps them as
@@ -107,6 +108,7 @@ class HotSync:
     world: int
     matrices: int = 2
     width: int = 4
+    behind: bool = False  # overlapped, a round's sum runs behind the next round's training (the last in the step)
 
     @property
     def all_reduces(self) -> int:
@@ -129,15 +131,22 @@ class HotSync:
         return self.all_reduces * self.ring
 
 
-def hot_seconds(hot: HotSync | None, link: Link, host: HostCost | None = None) -> float:
+def hot_seconds(hot: HotSync | None, link: Link, host: HostCost | None = None,
+                round_s: float | None = None) -> float:
     """Foreground seconds of a step's hot syncs: per all-reduce the ring's bytes at the link's rate, ``2 (N-1)``
-    latencies (gloo's ring) and the host's work per byte of the rows plus the ring's bytes (as the dense path's)."""
+    latencies (gloo's ring) and the host's work per byte of the rows plus the ring's bytes (as the dense path's).
+
+    ``round_s``: a round's compute, where the syncs run behind the next round (``hot.behind`` and an overlapped
+    step): each but the step's last costs its host work and what its link time exceeds the round by; the last is
+    summed at once, as the trainer does."""
     if hot is None or hot.rows == 0 or hot.world < 2:
         return 0.0
     host = host or HostCost()
-    one = (hot.ring / link.bytes_per_s + 2 * (hot.world - 1) * link.latency_s
-           + (hot.ring + hot.values * 4) * host.dense_s_per_byte)
-    return hot.all_reduces * one
+    wire = hot.ring / link.bytes_per_s + 2 * (hot.world - 1) * link.latency_s
+    work = (hot.ring + hot.values * 4) * host.dense_s_per_byte
+    if round_s is None or not hot.behind:
+        return hot.all_reduces * (wire + work)
+    return wire + work + (hot.all_reduces - 1) * (work + max(wire - round_s, 0.0))
 
 
 # ----------------------------------------------------------------------------------------------- a step
@@ -201,7 +210,7 @@ def step_time(traffic: list[Traffic], compute_s: float, world: int, link: Link, 
     latency_s = sum(t.rounds for t in traffic) * link.latency_s + agree_s
     rate = {"sparse": host.sparse_s_per_byte, "dense": host.dense_s_per_byte}
     host_s = sum(float(t.host_bytes.max()) * rate[t.host_kind] for t in traffic if t.mode != "none")
-    hot_s = hot_seconds(hot, link, host)
+    hot_s = hot_seconds(hot, link, host, compute_s / hot.rounds if (overlap and hot is not None) else None)
     out = StepTime(compute_s, link_s, latency_s, host_s, compute_s + link_s + latency_s + host_s + hot_s, agree_s,
                    hot_s, host_s * host.foreground, None if host.background is None else host_s * host.background)
     if overlap:

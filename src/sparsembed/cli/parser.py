@@ -11,7 +11,7 @@ from typing import Any
 
 from sparsembed import __version__
 from sparsembed.comm.policy import Strategy, Transport
-from sparsembed.dataparallel.options import DYNAMIC_ROUNDS, HOT_TOKENS, ROWS, VALUES, Balance
+from sparsembed.dataparallel.options import DYNAMIC_ROUNDS, HOT_TOKENS, HOT_TOKENS_PAIR, ROWS, VALUES, Balance
 from sparsembed.rows.values import Values
 
 #: Plain text: argparse prints it as is.
@@ -127,10 +127,11 @@ def _add_data_parallel(train: argparse.ArgumentParser) -> None:
                     "core holds the others up less; not reproducible)")
     dp.add_argument("--hot-rows", default="auto", metavar="N",
                     help="rows of the most frequent words summed over all ranks after every round of --hot-tokens "
-                    "(auto: 1000 beyond two ranks, else 0): summed only once a step, they drift apart and ruin "
-                    "accuracy from four ranks on")
+                    "(auto: 1000 beyond two ranks, 100 at two ranks with --overlap, else 0): summed only once a "
+                    "step, they drift apart and ruin accuracy from four ranks on")
     dp.add_argument("--hot-tokens", default="auto", metavar="TOKENS",
-                    help=f"tokens a rank trains between two syncs of the hot rows (auto: {HOT_TOKENS} over all ranks)")
+                    help=f"tokens a rank trains between two syncs of the hot rows (auto: {HOT_TOKENS} over all "
+                    f"ranks; {HOT_TOKENS_PAIR} a rank at two ranks)")
     dp.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                     help="a rank that does not answer for SECONDS stops the run, naming it (300)")
 

@@ -7,7 +7,7 @@ under the sharded strategy, and naming the rank that died or hung. The exchanges
 
 * :mod:`~sparsembed.dataparallel.launch`: ``--nproc N`` through torch's elastic launcher; joining the group;
 * :mod:`~sparsembed.dataparallel.options`: ``ExchangeOptions``, ``Balance``, the jobs of a step, the defaults
-  across hosts and beyond two ranks (hot rows, step tokens) and why;
+  across hosts and beyond two ranks (hot rows, step tokens; at two overlapped ranks a few hot rows) and why;
 * :mod:`~sparsembed.dataparallel.trainer`: ``DataParallelTrainer``: train the step's jobs (in rounds, the hot rows
   summed after each), exchange, agree, advance, checkpoint;
 * :mod:`~sparsembed.dataparallel.budget`: ``Budget``: which touched rows a step sends under ``--budget`` (the

@@ -161,6 +161,11 @@ class ExchangeOptions:
         return min(wanted, num_rows) if world > 1 else 0
 
 
+    def hot_behind(self, world: int) -> bool:
+        """Whether a round's sum of the hot rows runs behind the next round's training (two ranks with
+        ``--overlap``, where that was measured; beyond two ranks the hot syncs run in the foreground)."""
+        return bool(self.overlap) and world == 2
+
     def hot_tokens_for(self, world: int) -> int:
         """Tokens a rank trains between two syncs of the hot rows: as set, or with ``auto`` :data:`HOT_TOKENS`
         shared by the ranks (at least :data:`HOT_MIN_TOKENS` each), :data:`HOT_TOKENS_PAIR` at two ranks."""

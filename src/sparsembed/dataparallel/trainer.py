@@ -144,7 +144,8 @@ class DataParallelTrainer:
         if dynamic and self.counter is None and self.rank == 0:
             print("sparsembed: --balance dynamic needs every rank on this host with shared memory: each rank runs "
                   "its own jobs", file=sys.stderr)
-        # hot rows: the most frequent words' rows, summed after every round of a step (beyond two ranks)
+        # hot rows: the most frequent words' rows, summed after every round of a step (beyond two ranks, and at two
+        # overlapped ones)
         self.hot = self.options.hot_rows_for(self.world, len(model.vocab)) if self.counter is None else 0
         fresh = (model.position.epoch, model.position.job) == (0, 0)  # a fresh run; a resumed one keeps its jobs
         self.rounds = DYNAMIC_ROUNDS if self.counter is not None else 1
@@ -188,9 +189,7 @@ class DataParallelTrainer:
         self.hot_s = 0.0  # seconds of this step's hot-row syncs (inside the training of the step's rounds)
         self.hot_flight: HotInFlight | None = None  # the last round's sum of the hot rows, under way
         self.hot_agreed: list[np.ndarray] | None = None  # overlap: the hot rows' reference before this step
-        # A round's sum runs behind the next round's training at two overlapped ranks, where its accuracy was
-        # measured (BENCHMARKS.md); beyond two ranks the hot syncs stay in the foreground, as measured there.
-        self.hot_behind = bool(self.options.overlap) and self.world == 2
+        self.hot_behind = self.options.hot_behind(self.world)  # a round's sum behind the next round's training
         # error feedback: rounded values over gloo (shared memory sums float32 in place; sharded owners keep none)
         self.feedback = (Values(self.options.values) is not Values.FP32 and not self.shared
                          and self.options.strategy is Strategy.REPLICATED)
