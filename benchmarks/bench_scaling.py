@@ -85,21 +85,28 @@ STEP_SINCE = "f56cab9"
 #: the change in the working tree; ``netns_word2vec.py`` records the commit since).
 STEP_SINCE_FILES = frozenset({"netns_word2vec_overlap_int8_budget_4.json", "netns_defaults_budget_1g_w16_s1.json",
                               "netns_defaults_budget_1g_w16_s2.json"})
+#: The variants of ``netns_word2vec.py`` whose settings :func:`run_setup` reads from their names.
+VARIANTS = frozenset({"default", "sync", "fp16", "int8", "overlap", "overlap-fp16", "overlap-int8",
+                      "overlap-int8-budget"})
+#: The last commit that changed an overlapped step of two ranks (they sync a few hot rows, each round's sum behind
+#: the next round): overlapped runs of earlier trainers are shown but not judged.
+STEP_SINCE_OVERLAPPED = "ac631b3"
 
 
-def todays_step(name: str, data: dict[str, Any]) -> bool:
+def todays_step(name: str, data: dict[str, Any], overlapped: bool = False) -> bool:
     """Whether a result file's runs trained with the step the model follows: its recorded commit (a clean
-    ``src/``) descends from :data:`STEP_SINCE`, or, recorded before commits were, it is one of
-    :data:`STEP_SINCE_FILES`."""
+    ``src/``) descends from :data:`STEP_SINCE` (``overlapped`` runs: from :data:`STEP_SINCE_OVERLAPPED`), or,
+    recorded before commits were, it is one of :data:`STEP_SINCE_FILES` (synchronous runs only)."""
+    since = STEP_SINCE_OVERLAPPED if overlapped else STEP_SINCE
     commit = data.get("commit")
     if commit is None:
-        return name in STEP_SINCE_FILES
+        return not overlapped and name in STEP_SINCE_FILES
     if "+" in commit or commit == "unknown":
         return False  # src/ differed from any commit: which step ran is not known
-    done = subprocess.run(["git", "merge-base", "--is-ancestor", STEP_SINCE, commit], cwd=ROOT,
+    done = subprocess.run(["git", "merge-base", "--is-ancestor", since, commit], cwd=ROOT,
                           capture_output=True, text=True)
     if done.returncode not in (0, 1):
-        raise UserError(f"cannot tell whether {name}'s commit {commit} descends from {STEP_SINCE} "
+        raise UserError(f"cannot tell whether {name}'s commit {commit} descends from {since} "
                         f"(git: {done.stderr.strip() or done.returncode}); run it from the repository's clone")
     return done.returncode == 0
 
@@ -170,18 +177,19 @@ def load_measured(patterns: list[str], budget_patterns: Sequence[str] = ()) -> l
     budgeted = {p for pattern in budget_patterns for p in glob.glob(pattern)}
     for path in sorted({p for pattern in (*patterns, *budget_patterns) for p in glob.glob(pattern)}):
         data = json.loads(Path(path).read_text())
-        today = todays_step(Path(path).name, data)
+        today = {False: todays_step(Path(path).name, data),
+                 True: todays_step(Path(path).name, data, overlapped=True)}
         single = [run["train_s"] for run in data["runs"] if run.get("setup") == "one process, 1 thread"
                   and run.get("train_s")]
         for run in data["runs"]:
-            if "job_tokens" not in run or run.get("hosts", 2) != 2:
-                continue
+            if "job_tokens" not in run or run.get("hosts", 2) != 2 or (run.get("variant") or "sync") not in VARIANTS:
+                continue  # a variant of flags of its own (--flags NAME=...): not one the model's setups read
             variant = run.get("variant") or "sync"
             if variant == "default":  # what ranks on different hosts ran without flags, that day
                 variant = "overlap-int8-budget" if path in budgeted else "overlap-int8"
             key = (Path(path).name, run["setup"], run["job_tokens"], variant)
             groups.setdefault(key, []).append({**run, "epochs": data["epochs"], "link_mbit_s": data["link_mbit_s"],
-                                               "started": data["started"], "todays_step": today,
+                                               "started": data["started"], "todays_step": today["overlap" in variant],
                                                "single_train_s": float(np.median(single)) if single else None})
     out = []
     for (name, setup, job_tokens, variant), runs in groups.items():
@@ -189,7 +197,10 @@ def load_measured(patterns: list[str], budget_patterns: Sequence[str] = ()) -> l
             return float(np.median([r[key] for r in runs]))
         matrices = {m: {k: float(np.median([r["matrices"][m][k] for r in runs])) for k in ("median_mb_sent",
                         "median_s", "median_density")} | {"encodings": runs[0]["matrices"][m]["encodings"]}
-                    for m in runs[0].get("matrices") or {}}
+                    for m in runs[0].get("matrices") or {} if "[:" not in m}
+        # the hot rows' syncs, logged as matrices of their own ("syn0[:100]"): their seconds a step
+        hot_s = float(np.median([sum(v["median_s"] for m, v in r["matrices"].items() if "[:" in m)
+                                 for r in runs if r.get("matrices")] or [0.0]))
         rate = re.search(r"netns (\d+(?:\.\d+)?) ?gbit", setup, re.IGNORECASE)  # "netns 1 Gbit/s", "netns 10gbit"
         # the training thread's part of an overlapped exchange (files from 2026-12-05 on record the phases)
         phased = [r for r in runs if r.get("matrices") and all("median_phases_s" in m for m in r["matrices"].values())]
@@ -203,7 +214,7 @@ def load_measured(patterns: list[str], budget_patterns: Sequence[str] = ()) -> l
                     "todays_step": runs[0]["todays_step"], "single_train_s": runs[0]["single_train_s"],
                     "compute_s": med("median_compute_s"),
                     "exchange_s": med("median_exchange_s"), "mb_sent": med("median_mb_sent_per_step"),
-                    "words_per_s": med("words_per_s"), "matrices": matrices,
+                    "words_per_s": med("words_per_s"), "matrices": matrices, "hot_s": hot_s,
                     "foreground_s": float(np.median(foreground)) if foreground else None,
                     "outside_s": med("outside_steps_s") if all("outside_steps_s" in r for r in runs) else None})
     return out
@@ -246,7 +257,8 @@ def at_rate(host: HostCost, rate: float, host_rate: float | None) -> HostCost:
         return host
     scale = host_rate / rate
     return dataclasses.replace(host, sparse_s_per_byte=host.sparse_s_per_byte * scale,
-                               dense_s_per_byte=host.dense_s_per_byte * scale, epoch_s=host.epoch_s * scale)
+                               dense_s_per_byte=host.dense_s_per_byte * scale, epoch_s=host.epoch_s * scale,
+                               hot_wait_s=host.hot_wait_s * scale)
 
 
 def calibrating(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -297,10 +309,13 @@ def run_setup(g: dict[str, Any], latency_s: float) -> tuple[Config, Link, bool]:
     """The config, link and overlap of one group of measured runs, from its variant and setup."""
     values = next((v for v in ("int8", "fp16") if v in g["variant"]), "fp32")
     budget = "auto" if "budget" in g["variant"] else None
-    config = Config(f"replicated-{values}" + ("-budget" if budget else ""), "replicated", values, budget=budget)
+    overlap = "overlap" in g["variant"]
+    hot = overlap and g["todays_step"]  # two overlapped ranks sync a few hot rows (since STEP_SINCE_OVERLAPPED)
+    config = Config(f"replicated-{values}" + ("-hot" if hot else "") + ("-budget" if budget else ""), "replicated",
+                    values, budget=budget, hot=hot)
     # loopback: no link limit and no latency to speak of; the host cost is all there is (it is calibrated there)
     link = Link(1e6, 0.0, 1.0) if g["loopback"] else Link(g["gbit"], latency_s, g["link_mbit_s"] / (1000 * g["gbit"]))
-    return config, link, "overlap" in g["variant"]
+    return config, link, overlap
 
 
 def run_times(work: Workload, rate: float, g: dict[str, Any], host: HostCost,
@@ -332,10 +347,11 @@ def overlap_shares(work: Workload, measured: list[dict[str, Any]], host: HostCos
     rate = rates_by_file[g["file"]][0]
     times = run_times(work, rate, g, at_rate(host, rate, host_rate), latency_s)[0]
     host_s = float(np.median([t.host_s for t in times]))
-    share = float(np.clip(g["exchange_s"] / host_s, 0.0, 1.0)) if host_s > 0 else 0.0
+    main = g["exchange_s"] - g["hot_s"]  # the hot syncs' seconds are the model's apart (hot_seconds, hot_wait)
+    share = float(np.clip(main / host_s, 0.0, 1.0)) if host_s > 0 else 0.0
     text = (f"{share:.2f} of it in the foreground when overlapped (the loopback run of {g['file']}, {g['variant']}: "
-            f"the training thread's {1e3 * g['exchange_s']:.1f} ms of exchange a step, {1e3 * g['foreground_s']:.1f} "
-            "ms of it the choice, take and land, over the model's host seconds)")
+            f"the training thread's {1e3 * main:.1f} ms of exchange a step besides the hot syncs, "
+            f"{1e3 * g['foreground_s']:.1f} ms of it the choice, take and land, over the model's host seconds)")
     sync = [s for s in measured if s["loopback"] and s["variant"] == "sync" and s["file"] == g["file"]]
     if not sync or host_s <= 0:
         return dataclasses.replace(host, foreground=share), text + "; the rest in the exchange's thread"
@@ -345,6 +361,27 @@ def overlap_shares(work: Workload, measured: list[dict[str, Any]], host: HostCos
             text + f"; {background:.2f} of it in the exchange's thread (the run's compute, "
             f"{1e3 * g['compute_s']:.1f} ms a step, over the synchronous loopback run's "
             f"{1e3 * sync[0]['compute_s']:.1f} ms)")
+
+
+def hot_wait(work: Workload, measured: list[dict[str, Any]], host: HostCost, rates_by_file: dict[str, tuple],
+             latency_s: float, host_rate: float | None = None) -> tuple[HostCost, str]:
+    """``host`` with what a sum of the hot rows waits on shared cores (:attr:`HostCost.hot_wait_s`): of the newest
+    loopback run of today's overlapped step that synced hot rows, its hot seconds a step beyond what the model gives
+    them without the wait, per sum (0 without such a run)."""
+    runs = [g for g in measured if g["loopback"] and g["todays_step"] and "overlap" in g["variant"] and g["hot_s"]]
+    if not runs:
+        return host, "no loopback run of today's overlapped step with hot syncs in --measured: their sums wait 0 s"
+    g = max(runs, key=lambda g: (datetime.strptime(g["started"], "%Y-%m-%d %H:%M:%S"), "budget" in g["variant"]))
+    rate = rates_by_file[g["file"]][0]
+    times, _, sampled, _ = run_times(work, rate, g, at_rate(host, rate, host_rate), latency_s)
+    sums = sampled.hot[run_setup(g, latency_s)[0].name].all_reduces
+    modelled = float(np.median([t.hot_s for t in times]))
+    wait = max(g["hot_s"] - modelled, 0.0) / sums
+    base = wait * rate / host_rate if host_rate else wait  # at the hour the host cost was measured (at_rate)
+    return (dataclasses.replace(host, hot_wait_s=base),
+            f"{1e3 * wait:.2f} ms a hot sum waits on shared cores (the loopback run of {g['file']}, {g['variant']}: "
+            f"{1e3 * g['hot_s']:.1f} ms of hot syncs a step, the model's {1e3 * modelled:.1f} ms without the wait, "
+            f"over {sums} sums)")
 
 
 def epoch_cost(measured: list[dict[str, Any]], host: HostCost) -> tuple[HostCost, str]:
@@ -399,7 +436,7 @@ def validate_run(work: Workload, rate: tuple[float, str], g: dict[str, Any], hos
 #: The variants of ``--whole-command``: synchronous fp32 (the defaults before issue 17), int8 overlapped (the
 #: defaults before the byte budget), and today's defaults across hosts (int8, overlapped, budget auto).
 WHOLE_CONFIGS = {"sync": Config("replicated", "replicated"), "default": Config("replicated-int8", "replicated", "int8"),
-                 "budget": Config("replicated-int8-budget", "replicated", "int8", budget="auto")}
+                 "budget": Config("replicated-int8-hot-budget", "replicated", "int8", budget="auto", hot=True)}
 WHOLE_FORMAT = "--whole-command GBIT:PAIR_S:SINGLE_S[:sync|default|budget[:START_S]]"
 
 
@@ -547,7 +584,7 @@ def verdict(runs: list[dict[str, Any]], whole: list[dict[str, Any]], exchange: l
                for k, r in v["ratio"].items() if k not in v["inputs"]]
     return {"target": TARGET, "judged": len(judged), "within": len(judged) - len(off), "off": off,
             "earlier_trainers": {"figures": len(earlier), "within": sum(abs(r - 1) <= TARGET for r in earlier),
-                                 "step_since": STEP_SINCE}}
+                                 "step_since": STEP_SINCE, "overlapped_step_since": STEP_SINCE_OVERLAPPED}}
 
 
 def _m(words: float) -> str:
@@ -709,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
         host, share_source = overlap_shares(works["cbow"], measured, host, by_file, args.latency_us * 1e-6,
                                             host_rate)
         host, epoch_source = epoch_cost(measured, host)
-        host_source += f"; {share_source}; {epoch_source}"
+        host, wait_source = hot_wait(works["cbow"], measured, host, by_file, args.latency_us * 1e-6, host_rate)
+        host_source += f"; {share_source}; {epoch_source}; {wait_source}"
     print(f"host cost: sparse {host.sparse_s_per_byte * 1e9:.2f} ns/byte, dense {host.dense_s_per_byte * 1e9:.2f} "
           f"ns/byte ({host_source})")
     checked = validation(args, works.get("cbow"), rate.get("cbow", {}).get("tokens_per_s"), scan_s, measured, host,
@@ -729,7 +767,8 @@ def main(argv: list[str] | None = None) -> int:
         "rates": rate, "host_cost": {"sparse_s_per_byte": host.sparse_s_per_byte,
                                      "dense_s_per_byte": host.dense_s_per_byte, "foreground": host.foreground,
                                      "background": host.background,
-                                     "epoch_s": host.epoch_s, "source": host_source},
+                                     "epoch_s": host.epoch_s, "hot_wait_s": host.hot_wait_s,
+                                     "source": host_source},
         "configs": [{"name": c.name, "strategy": c.strategy, "values": c.values, "budget": c.budget,
                      "implemented": c.implemented, "hot": c.hot} for c in CONFIGS],
         "default_across_hosts": f"{ACROSS_HOSTS}, overlapped",

@@ -64,6 +64,12 @@ def test_todays_step_is_a_commit_that_descends_from_the_last_change_of_the_step(
     assert bench.todays_step(next(iter(bench.STEP_SINCE_FILES)), {})
     with pytest.raises(bench.UserError, match="cannot tell"):
         bench.todays_step("x.json", {"commit": "0123abc"})  # not in this repository
+    # overlapped runs: their step changed later (two ranks sync hot rows)
+    monkeypatch.setattr(bench, "STEP_SINCE_OVERLAPPED", commits[2])
+    assert bench.todays_step("x.json", {"commit": commits[1]}) and bench.todays_step("x.json", {"commit": commits[2]})
+    assert not bench.todays_step("x.json", {"commit": commits[1]}, overlapped=True)
+    assert bench.todays_step("x.json", {"commit": commits[2]}, overlapped=True)
+    assert not bench.todays_step(next(iter(bench.STEP_SINCE_FILES)), {}, overlapped=True)
 
 
 def test_host_costs_scale_with_the_hours_compute_rate() -> None:
@@ -73,6 +79,7 @@ def test_host_costs_scale_with_the_hours_compute_rate() -> None:
     slow = bench.at_rate(host, 2e6, 4e6)
     assert slow.sparse_s_per_byte == 2e-9 and slow.dense_s_per_byte == 4e-9 and slow.epoch_s == 0.4
     assert (slow.foreground, slow.background) == (0.5, 0.7)  # shares of the work, not seconds
+    assert bench.at_rate(bench.HostCost(hot_wait_s=1e-3), 2e6, 4e6).hot_wait_s == 2e-3  # a wait of busy cores
     assert bench.at_rate(host, 2e6, None) is host and bench.at_rate(host, None, 4e6) is host
 
 
@@ -97,3 +104,27 @@ def test_a_file_without_synchronous_runs_takes_its_hours_rate_from_its_one_proce
     assert rates["b.json"] == (250_000.0, "one-process runs of b.json")
     assert rates["c.json"] == (250_000.0, "one-process runs of b.json")  # 5 minutes from b, 15 from a
     assert bench.session_rates(Work(), measured, 9e9, "timed")["c.json"] == (9e9, "timed here")
+
+
+def _matrix(seconds: float) -> dict:
+    return {"median_mb_sent": 1.0, "median_s": seconds, "median_density": 0.1, "encodings": ["index"],
+            "median_phases_s": {"take": 0.001, "land": 0.002}}
+
+
+def test_measured_runs_keep_the_hot_syncs_apart_and_skip_variants_of_their_own_flags(tmp_path) -> None:
+    """A run's hot syncs (logged as ``syn0[:100]``, ``syn1[:100]``) are its ``hot_s``, not matrices of the main
+    exchange; a variant named by ``--flags`` is not one whose settings the model reads from its name."""
+    import json
+
+    bench = _script()
+    run = {"setup": "netns 1gbit, auto, default", "hosts": 2, "job_tokens": 250000, "steps": 170,
+           "median_compute_s": 0.05, "median_exchange_s": 0.02, "median_mb_sent_per_step": 2.0, "words_per_s": 5e6,
+           "matrices": {"syn0": _matrix(0.002), "syn1": _matrix(0.003), "syn0[:100]": _matrix(0.004),
+                        "syn1[:100]": _matrix(0.004)}}
+    data = {"started": "2026-12-05 15:00:00", "epochs": 5, "link_mbit_s": 960.0,
+            "runs": [{**run, "variant": "default"}, {**run, "variant": "nohot", "setup": "netns 1gbit, auto, nohot"}]}
+    path = tmp_path / "netns_defaults_budget_x.json"
+    path.write_text(json.dumps(data))
+    groups = bench.load_measured([], [str(path)])
+    assert len(groups) == 1 and groups[0]["variant"] == "overlap-int8-budget"
+    assert groups[0]["hot_s"] == pytest.approx(0.008) and sorted(groups[0]["matrices"]) == ["syn0", "syn1"]

@@ -37,7 +37,7 @@ from sparsembed.bench.scaling import (
 from sparsembed.bench.steptime import HostCost, HotSync, Link, StepTime, hot_seconds, run_seconds, step_time
 from sparsembed.comm.policy import Mode, goes_dense, ring_bytes
 from sparsembed.dataparallel import budget as trainer_budget
-from sparsembed.dataparallel.options import HOT_ROWS, ExchangeOptions, step_tokens_for
+from sparsembed.dataparallel.options import HOT_ROWS, HOT_ROWS_PAIR, HOT_TOKENS_PAIR, ExchangeOptions, step_tokens_for
 from sparsembed.errors import UserError
 from sparsembed.rows import codec
 from sparsembed.rows.coalesce import RowSparse
@@ -371,19 +371,50 @@ def test_rounds_follow_step_and_hot_tokens() -> None:
     assert hot_sync(HOT, 8, 300, 100, 250_000).rows == 300  # no more rows than the vocabulary
 
 
-def test_hot_traffic_appears_only_beyond_two_ranks(wide: Workload) -> None:
-    for world in (1, 2):
-        assert hot_sync(HOT, world, 50_000, 100, 250_000) is None
+def test_hot_traffic_appears_from_two_ranks_as_the_trainer_syncs_across_hosts(wide: Workload) -> None:
+    assert hot_sync(HOT, 1, 50_000, 100, 250_000) is None
+    pair = hot_sync(HOT, 2, 50_000, 100, 250_000)  # two overlapped ranks: a few rows, each sum behind a round
+    assert (pair.rows, pair.rounds, pair.behind) == (HOT_ROWS_PAIR, 250_000 // HOT_TOKENS_PAIR, True)
+    assert not hot_sync(HOT, 4, 50_000, 100, 250_000).behind  # beyond two ranks: in the foreground
     assert hot_sync(Config("r", "replicated"), 8, 50_000, 100, 250_000) is None  # hot syncs off
     rows = predict(wide, 1e6, [1, 2, 3, 4], [Link(1.0)], HostCost(1e-9, 1e-9), configs=[HOT, CONFIGS[1]], steps=1,
                    max_ranks=4)
     for r in rows:
-        hot = r["config"] == HOT.name and r["hosts"] > 2
+        hot = r["config"] == HOT.name and r["hosts"] >= 2
         assert (r["mb_hot_per_step"] > 0) == hot and (r["hot_rounds"] > 0) == hot
         for mode in ("sync", "overlap"):
             assert (r[mode]["hot_s"] > 0) == hot
         if hot:
-            assert r["hot_rows"] == HOT_ROWS and r["job_tokens"] == step_tokens_for(r["hosts"])
+            assert r["hot_rows"] == (HOT_ROWS if r["hosts"] > 2 else HOT_ROWS_PAIR)
+            assert r["job_tokens"] == step_tokens_for(r["hosts"])
+
+
+def test_hot_syncs_behind_a_round_cost_what_they_exceed_it_by() -> None:
+    """Two overlapped ranks: every round's sum but the step's last runs behind the next round's compute; it costs
+    its host work, plus its link time where that exceeds a round. Synchronous steps pay every sum in full."""
+    link, host = Link(1.0, latency_s=1e-4), HostCost(1e-9, 2e-9)
+    hot = HotSync(rows=100, rounds=5, dim=100, world=2, width=2, behind=True)
+    wire = hot.ring / link.bytes_per_s + 2 * 1e-4
+    work = (hot.ring + hot.values * 4) * 2e-9
+    assert hot_seconds(hot, link, host) == pytest.approx(5 * (wire + work))  # no round to hide behind
+    assert hot_seconds(hot, link, host, round_s=1.0) == pytest.approx(wire + work + 4 * work)
+    assert hot_seconds(hot, link, host, round_s=wire / 2) == pytest.approx(wire + work + 4 * (work + wire / 2))
+    ahead = dataclasses.replace(hot, behind=False)  # beyond two ranks: in the foreground even when overlapped
+    assert hot_seconds(ahead, link, host, round_s=1.0) == pytest.approx(5 * (wire + work))
+    step = _step(2, [0.01] * 2)
+    traffic = [exchange_traffic(CONFIGS[1], step, m, 2000, 100) for m in (0, 1)]
+    overlapped = step_time(traffic, 0.05, 2, link, host, overlap=True, hot=hot)
+    synchronous = step_time(traffic, 0.05, 2, link, host, overlap=False, hot=hot)
+    assert overlapped.hot_s == pytest.approx(hot_seconds(hot, link, host, round_s=0.01))
+    assert synchronous.hot_s == pytest.approx(5 * (wire + work))
+    assert synchronous.hot_s > overlapped.hot_s
+    # on shared cores each sum also waits for the later rank
+    waiting = dataclasses.replace(host, hot_wait_s=1e-3)
+    shared = step_time(traffic, 0.05, 2, link, waiting, overlap=True, shared_cores=True, hot=hot)
+    own = step_time(traffic, 0.05, 2, link, waiting, overlap=True, shared_cores=False, hot=hot)
+    assert shared.hot_s == pytest.approx(own.hot_s + 5 * 1e-3)
+    with pytest.raises(UserError, match="wait of a hot sum"):
+        HostCost(hot_wait_s=-1.0)
 
 
 def test_main_messages_exclude_hot_rows(wide: Workload) -> None:

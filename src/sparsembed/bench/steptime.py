@@ -76,18 +76,25 @@ class HostCost:
     synchronous float32 exchange the per-byte costs are calibrated on, so the two shares may add up to more than 1.
 
     ``epoch_s``: what a run spends outside its steps at each epoch end (the epoch's loss agreed, a checkpoint of
-    both matrices written): a whole run's time, not a step's (:func:`sparsembed.bench.scaling.run_extra_seconds`)."""
+    both matrices written): a whole run's time, not a step's (:func:`sparsembed.bench.scaling.run_extra_seconds`).
+
+    ``hot_wait_s``: on cores the ranks share, what each sum of the hot rows costs beyond its link and host work:
+    ranks whose training, exchange threads and links take turns on the same cores drift apart within a step, and a
+    sum waits for the later rank (measured on loopback; hosts with cores of their own are assumed not to pay it)."""
 
     sparse_s_per_byte: float = 0.0
     dense_s_per_byte: float = 0.0
     foreground: float = 0.0
     epoch_s: float = 0.0
     background: float | None = None
+    hot_wait_s: float = 0.0
 
     def __post_init__(self) -> None:
         for value in (self.sparse_s_per_byte, self.dense_s_per_byte):
             if not (_finite(value) and value >= 0):
                 raise UserError(f"invalid setting: host cost per byte must be >= 0, got {value!r}")
+        if not (_finite(self.hot_wait_s) and self.hot_wait_s >= 0):
+            raise UserError(f"invalid setting: the wait of a hot sum must be >= 0 seconds, got {self.hot_wait_s!r}")
         if not (_finite(self.epoch_s) and self.epoch_s >= 0):
             raise UserError(f"invalid setting: the host's seconds at an epoch end must be >= 0, got {self.epoch_s!r}")
         if not (_finite(self.foreground) and 0 <= self.foreground <= 1):
@@ -132,18 +139,18 @@ class HotSync:
 
 
 def hot_seconds(hot: HotSync | None, link: Link, host: HostCost | None = None,
-                round_s: float | None = None) -> float:
+                round_s: float | None = None, shared_cores: bool = False) -> float:
     """Foreground seconds of a step's hot syncs: per all-reduce the ring's bytes at the link's rate, ``2 (N-1)``
     latencies (gloo's ring) and the host's work per byte of the rows plus the ring's bytes (as the dense path's).
 
     ``round_s``: a round's compute, where the syncs run behind the next round (``hot.behind`` and an overlapped
     step): each but the step's last costs its host work and what its link time exceeds the round by; the last is
-    summed at once, as the trainer does."""
+    summed at once, as the trainer does. ``shared_cores``: each sum also costs ``host.hot_wait_s``."""
     if hot is None or hot.rows == 0 or hot.world < 2:
         return 0.0
     host = host or HostCost()
     wire = hot.ring / link.bytes_per_s + 2 * (hot.world - 1) * link.latency_s
-    work = (hot.ring + hot.values * 4) * host.dense_s_per_byte
+    work = (hot.ring + hot.values * 4) * host.dense_s_per_byte + (host.hot_wait_s if shared_cores else 0.0)
     if round_s is None or not hot.behind:
         return hot.all_reduces * (wire + work)
     return wire + work + (hot.all_reduces - 1) * (work + max(wire - round_s, 0.0))
@@ -210,7 +217,8 @@ def step_time(traffic: list[Traffic], compute_s: float, world: int, link: Link, 
     latency_s = sum(t.rounds for t in traffic) * link.latency_s + agree_s
     rate = {"sparse": host.sparse_s_per_byte, "dense": host.dense_s_per_byte}
     host_s = sum(float(t.host_bytes.max()) * rate[t.host_kind] for t in traffic if t.mode != "none")
-    hot_s = hot_seconds(hot, link, host, compute_s / hot.rounds if (overlap and hot is not None) else None)
+    hot_s = hot_seconds(hot, link, host, compute_s / hot.rounds if (overlap and hot is not None) else None,
+                        shared_cores)
     out = StepTime(compute_s, link_s, latency_s, host_s, compute_s + link_s + latency_s + host_s + hot_s, agree_s,
                    hot_s, host_s * host.foreground, None if host.background is None else host_s * host.background)
     if overlap:
