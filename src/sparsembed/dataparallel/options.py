@@ -160,7 +160,6 @@ class ExchangeOptions:
             wanted = int(self.hot_rows)
         return min(wanted, num_rows) if world > 1 else 0
 
-
     def hot_behind(self, world: int) -> bool:
         """Whether a round's sum of the hot rows runs behind the next round's training (two ranks with
         ``--overlap``, where that was measured; beyond two ranks the hot syncs run in the foreground)."""

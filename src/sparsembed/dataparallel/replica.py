@@ -47,7 +47,7 @@ class HotInFlight:
     sent: np.ndarray
     rounded: np.ndarray
     total: torch.Tensor
-    work: Any
+    handle: Any
 
 
 class Replica:
@@ -152,15 +152,15 @@ class Replica:
         rounded = np.any(sent != change, axis=1) if half else np.zeros(change.shape[0], dtype=bool)
         for replica in replicas:
             replica.touched[:rows] = 0
-        work = dist.all_reduce(total, group=group, async_op=True)
-        return HotInFlight(rows, old, sent, rounded, total, work)
+        handle = dist.all_reduce(total, group=group, async_op=True)
+        return HotInFlight(rows, old, sent, rounded, total, handle)
 
     @staticmethod
     def finish_hot(replicas: Sequence[Replica], flight: HotInFlight) -> None:
         """Wait for a sum :meth:`start_hot` started and land it: the reference becomes the agreed rows plus the sum,
         and each working row gets the other ranks' part of it on top of whatever it trained since (``work += sum -
         own``: its own change, a rounding's residual and newer changes stay in it, to go with the next sync)."""
-        flight.work.wait()
+        flight.handle.wait()
         summed = flight.total.float().numpy()
         rows = flight.rows
         for k, (replica, before) in enumerate(zip(replicas, flight.old, strict=True)):

@@ -403,9 +403,9 @@ class DataParallelTrainer:
     def _sync_hot(self, last: bool = True) -> None:
         """After a round: sum the hot rows of both matrices over all ranks (where there are hot rows, see
         :meth:`ExchangeOptions.hot_rows_for`). At two ranks with ``--overlap`` a round's sum runs behind the next
-        round's training and lands after it (a round staler, no wait for the slower rank at every round); the
-        step's last round is summed at once, so that no sum is under way between steps (checkpoints, epoch ends,
-        the end)."""
+        round's training and lands after it (a round staler; the slower rank is waited for only where it is more
+        than a round behind); the step's last round is summed at once, so that no sum is under way between steps
+        (checkpoints, epoch ends, the end)."""
         if not self.hot:
             return
         t0 = time.perf_counter()
