@@ -152,13 +152,14 @@ def pool():
         yield p
 
 
-def _train(corpus: str, out: str, budget: str, values: str, overlap: bool) -> tuple:
+def _train(corpus: str, out: str, budget: str, values: str, overlap: bool, hot_rows: int | str = 0) -> tuple:
     from sparsembed.dataparallel.trainer import DataParallelTrainer
 
     model = Word2Vec(**SETTINGS)
     model.settings.job_tokens = JOB_TOKENS
     model.build_vocab(corpus)
-    options = ExchangeOptions(values=values, transport="tcp", overlap=overlap, budget=budget)
+    # by default the budget alone: no hot rows (two overlapped ranks would sync some, outside the budget)
+    options = ExchangeOptions(values=values, transport="tcp", overlap=overlap, budget=budget, hot_rows=hot_rows)
     trainer = DataParallelTrainer(model, options)
     assert (trainer.budget is not None) == (budget != "off")
     trainer.train(progress=False, out=out)
@@ -253,3 +254,17 @@ def test_weigh_estimates_a_rows_change_from_its_first_values() -> None:
     narrow = Replica("syn1", np.zeros((3, 4), np.float32))
     narrow.work[2] = 1.0
     assert narrow.weigh(np.arange(3)).tolist() == [0.0, 0.0, 4.0]
+
+
+def test_hot_rows_of_two_overlapped_ranks_travel_outside_the_budget(pool, corpus: Path, tmp_path: Path) -> None:
+    """With the default hot rows of two overlapped ranks the budget still sends its 40 rows a step, and the hot rows
+    go in syncs of their own, all of them, every step, whatever the budget."""
+    tiny = str(40 * (16 + 4 + 4) / 1e6)
+    pool.run(_train, str(corpus), str(tmp_path / "hot"), tiny, "int8", True, "auto")
+    steps = [json.loads(line) for line in (tmp_path / "hot" / "metrics.jsonl").read_text().splitlines()
+             if '"step"' in line]
+    main = [sum(m["rows"] for name, m in s["matrices"].items() if "[:" not in name) for s in steps]
+    hot = [{name: m["rows"] for name, m in s["matrices"].items() if "[:" in name} for s in steps]
+    assert main[1:MAX_AGE] == [40] * (MAX_AGE - 1), main
+    rows = next(iter(hot[0].values()))
+    assert rows > 0 and all(h == {f"syn0[:{rows}]": rows, f"syn1[:{rows}]": rows} for h in hot), hot[:3]
