@@ -74,10 +74,12 @@ def train(corpus: str, out: Path, epochs: int, extra: list[str]) -> dict[str, fl
     return phases(out, wall_s, started_at)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def probe_args(doc: str, epochs: int, argv: list[str] | None) -> argparse.Namespace:
+    """The options of a probe that times whole commands on a corpus: ``--corpus``, ``--epochs``, ``--repeats``,
+    ``--json``; a bad one is argparse's one line, exit 2."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--corpus", required=True)
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
@@ -85,6 +87,21 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--corpus {a.corpus}: no such file")
     if a.epochs < 1 or a.repeats < 1:
         p.error("--epochs and --repeats must be >= 1")
+    return a
+
+
+def write_report(a: argparse.Namespace, summary: dict, rounds: list[dict]) -> None:
+    """Print the summary; with ``--json``, write it with the rounds, the command, date and this machine's cores."""
+    print(json.dumps(summary, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "cores": len(os.sched_getaffinity(0)), "corpus": a.corpus, "epochs": a.epochs, "repeats": a.repeats,
+            "pair_flags": PAIR, "summary": summary, "rounds": rounds}, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = probe_args(__doc__, 1, argv)
     corpus = str(Path(a.corpus).resolve())
     rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="launch_costs_") as scratch:
@@ -104,12 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                **{run: {k: med(lambda row, run=run, k=k: row[run][k]) for k in ("wall_s", "before_s", "training_s",
                                                                                  "after_s")}
                   for run in ("one process", "2 ranks")}}
-    print(json.dumps(summary, indent=1))
-    if a.json:
-        Path(a.json).write_text(json.dumps({
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "cores": len(os.sched_getaffinity(0)), "corpus": a.corpus, "epochs": a.epochs, "repeats": a.repeats,
-            "pair_flags": PAIR, "summary": summary, "rounds": rounds}, indent=1) + "\n")
+    write_report(a, summary, rounds)
     return 0
 
 

@@ -19,9 +19,7 @@ ceiling) and the pair's. Example::
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -32,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launch_costs import PAIR, ROOT, phases, train  # noqa: E402
+from launch_costs import PAIR, ROOT, phases, probe_args, train, write_report  # noqa: E402
 
 
 def split_halves(corpus: Path, scratch: Path) -> list[Path]:
@@ -76,16 +74,7 @@ def two_halves(halves: list[Path], outs: list[Path], epochs: int) -> dict[str, f
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json", help="write the results here")
-    a = p.parse_args(argv)
-    if not Path(a.corpus).is_file():
-        p.error(f"--corpus {a.corpus}: no such file")
-    if a.epochs < 1 or a.repeats < 1:
-        p.error("--epochs and --repeats must be >= 1")
+    a = probe_args(__doc__, 5, argv)
     corpus = Path(a.corpus).resolve()
     rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="pair_ceiling_") as tmp:
@@ -111,12 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             row["one process"]["wall_s"] / row[run]["wall_s"] for row in rounds), 3)
         summary[run]["speedup_training"] = round(statistics.median(
             row["one process"]["training_s"] / row[run]["training_s"] for row in rounds), 3)
-    print(json.dumps(summary, indent=1))
-    if a.json:
-        Path(a.json).write_text(json.dumps({
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "cores": len(os.sched_getaffinity(0)), "corpus": a.corpus, "epochs": a.epochs, "repeats": a.repeats,
-            "pair_flags": PAIR, "summary": summary, "rounds": rounds}, indent=1) + "\n")
+    write_report(a, summary, rounds)
     return 0
 
 
