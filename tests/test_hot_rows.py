@@ -255,24 +255,28 @@ def test_a_hot_sum_in_flight_lands_the_others_part_on_newer_training(half: bool)
     np.testing.assert_array_equal(results[0]["ref"][1], results[1]["ref"][1])
 
 
-def _train_overlapped(corpus: str) -> tuple:
+def _train_overlapped(corpus: str, transport: str) -> tuple:
     from sparsembed.dataparallel.trainer import DataParallelTrainer
 
     model = _model(Path(corpus))
-    options = ExchangeOptions(transport="tcp", overlap=True, values="int8", hot_tokens=HOT_TOKENS)
+    options = ExchangeOptions(transport=transport, overlap=True, values="int8", hot_tokens=HOT_TOKENS)
     trainer = DataParallelTrainer(model, options)
     summary = trainer.train(progress=False)
     pending = [bool(r.pending.any()) or not np.array_equal(r.work, r.ref) for r in trainer.replicas]
-    return model.syn0.copy(), model.syn1.copy(), summary, trainer.rounds, trainer.hot, trainer.hot_behind, pending
+    return (model.syn0.copy(), model.syn1.copy(), summary, trainer.rounds, trainer.hot, trainer.hot_behind, pending,
+            trainer.shared)
 
 
-def test_two_overlapped_ranks_sync_hot_rows_behind_training_and_end_alike(corpus: Path) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "auto"])
+def test_two_overlapped_ranks_sync_hot_rows_behind_training_and_end_alike(corpus: Path, transport: str) -> None:
     """Two ranks with ``--overlap`` (the default across hosts) sync the hot rows by default, each round's sum
-    behind the next round: the run ends with both replicas bit-identical and nothing pending."""
+    behind the next round, over gloo (int8 rows) and with the reference in shared memory (float32, where every rank
+    writes the same sums): the run ends with both replicas bit-identical and nothing pending."""
     with DistPool(2, timeout=120.0) as pool:
-        results = pool.run(_train_overlapped, str(corpus))
-    for syn0, syn1, summary, rounds, hot, behind, pending in results:
+        results = pool.run(_train_overlapped, str(corpus), transport)
+    for syn0, syn1, summary, rounds, hot, behind, pending, shared in results:
         assert behind and rounds == STEP_TOKENS // HOT_TOKENS and 0 < hot <= HOT_ROWS_PAIR
+        assert shared == (transport == "auto")
         assert pending == [False, False] and summary["steps"] > 2
         assert np.isfinite(syn0).all() and np.isfinite(syn1).all()
     np.testing.assert_array_equal(results[0][0], results[1][0])
