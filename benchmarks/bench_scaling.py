@@ -10,12 +10,14 @@ Steps (the model is :mod:`sparsembed.bench.scaling`):
 2. time the real kernel, one thread, CBOW and skip-gram (``--rate MODEL=TOKENS_PER_S`` takes a figure instead);
 3. the host's own cost per exchanged byte: from the loopback runs in ``--measured`` (two ranks on this machine
    without a link limit: what is left is packing, summing and the TCP stack), or ``--host-cost``; with it, the
-   shares of that work an overlapped step does on its training thread and in its exchange thread, and the
-   seconds of an epoch end (:func:`overlap_shares`, :func:`epoch_cost`), all from runs of today's step, scaled to
-   each hour's compute rate (:func:`at_rate`);
+   shares of that work an overlapped step does on its training thread and in its exchange thread, the seconds of
+   an epoch end and what a hot sum waits for the later rank on shared cores (:func:`overlap_shares`,
+   :func:`epoch_cost`, :func:`hot_wait`), all from runs of today's step, scaled to each hour's compute rate
+   (:func:`at_rate`);
 4. predict N = 1..256 hosts at each ``--gbit`` for every strategy (sampled steps and ranks, see the output), with
    the trainer's tokens per rank and step for each N (``step_tokens_for``) unless ``--job-tokens`` fixes them, and
-   the hot-row syncs beyond two ranks for the ``-hot`` configs and the trainer's byte budget for the ``-budget``
+   the hot-row syncs for the ``-hot`` configs (beyond two ranks; a few at two, behind a round's compute when
+   overlapped) and the trainer's byte budget for the ``-budget``
    ones; ``replicated-int8-hot-budget`` overlapped is what the trainer does across hosts by default (its efficiency
    at 64 hosts, 10 Gbit/s is printed at the end, beside ``replicated-int8-hot``, the default before the budget);
 5. validate: the same model at N = 2 against every run in ``--measured`` (per-step bytes and seconds, words/s;
