@@ -107,6 +107,17 @@ class Replica:
             _add_rows(self.ref, self.work, self.touched, self.pending, total.ids.numpy(), total.values.numpy())
 
     @staticmethod
+    def _hot_change(replicas: Sequence[Replica], rows: int, half: bool) -> tuple[list[np.ndarray], np.ndarray,
+                                                                                   torch.Tensor]:
+        """What a sum of the hot rows starts from: each replica's reference of rows ``[0, rows)`` (a copy: one in
+        shared memory changes under it), this rank's change of them, all replicas' in one array (residuals too),
+        and the buffer to all-reduce (the change rounded to float16 where ``half``, else a float32 copy of it)."""
+        old = [r.ref[:rows].copy() for r in replicas]
+        change = np.concatenate([r.work[:rows] - o for r, o in zip(replicas, old, strict=True)])
+        total = torch.from_numpy(change).half() if half else torch.from_numpy(change.copy())
+        return old, change, total
+
+    @staticmethod
     def sync_hot(replicas: Sequence[Replica], rows: int, group: Any, half: bool = False) -> None:
         """Sum every rank's change of rows ``[0, rows)`` of each replica now, all of them in one float32
         all-reduce, and start every rank's working copy of them from the new reference (the most frequent words'
@@ -122,9 +133,7 @@ class Replica:
         Their marks are cleared: the step's exchange leaves these rows to this sync. A reference in shared memory is
         written by every rank with the same values, after every rank has read it (each reads before the
         all-reduce, which no rank leaves before all have entered it)."""
-        old = [r.ref[:rows].copy() for r in replicas]
-        change = np.concatenate([r.work[:rows] - o for r, o in zip(replicas, old, strict=True)])  # residuals too
-        total = torch.from_numpy(change).half() if half else torch.from_numpy(change)
+        old, change, total = Replica._hot_change(replicas, rows, half)
         residual = change - total.float().numpy() if half else None
         dist.all_reduce(total, group=group)
         summed = total.float().numpy()
@@ -145,9 +154,7 @@ class Replica:
         this takes every rank's change of rows ``[0, rows)`` and starts summing it; :meth:`finish_hot` waits for
         the sum and lands it. Collective, in the same order on every rank, and nothing else may use ``group``
         until it is finished. The marks are cleared as :meth:`sync_hot` clears them."""
-        old = [r.ref[:rows].copy() for r in replicas]
-        change = np.concatenate([r.work[:rows] - o for r, o in zip(replicas, old, strict=True)])  # residuals too
-        total = torch.from_numpy(change).half() if half else torch.from_numpy(change.copy())
+        old, change, total = Replica._hot_change(replicas, rows, half)
         sent = total.float().numpy() if half else change
         rounded = np.any(sent != change, axis=1) if half else np.zeros(change.shape[0], dtype=bool)
         for replica in replicas:
