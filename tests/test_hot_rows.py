@@ -48,15 +48,18 @@ def _model(corpus: Path) -> Word2Vec:
     return model
 
 
-def _train_rank(corpus: str, transport: str, hot_rows: int, values: str = "auto") -> tuple:
+def _train_rank(corpus: str, transport: str, hot_rows: int | str, values: str = "auto",
+                overlap: bool | None = None) -> tuple:
     from sparsembed.dataparallel.trainer import DataParallelTrainer
 
     model = _model(Path(corpus))
-    options = ExchangeOptions(transport=transport, hot_rows=hot_rows, hot_tokens=HOT_TOKENS, values=values)
+    options = ExchangeOptions(transport=transport, hot_rows=hot_rows, hot_tokens=HOT_TOKENS, values=values,
+                              overlap=overlap)
     trainer = DataParallelTrainer(model, options)
     summary = trainer.train(progress=False)
     pending = [bool(r.pending.any()) or not np.array_equal(r.work, r.ref) for r in trainer.replicas]
-    return model.syn0.copy(), model.syn1.copy(), summary, trainer.rounds, pending
+    return (model.syn0.copy(), model.syn1.copy(), summary, trainer.rounds, pending, trainer.hot, trainer.hot_behind,
+            trainer.shared)
 
 
 def _replay(model: Word2Vec, world: int, hot: int, rounds: int) -> Word2Vec:
@@ -123,7 +126,7 @@ def test_hot_syncs_in_float16_with_error_feedback_stay_near_the_replay(corpus: P
     unsynced = _replay(_model(corpus), world=2, hot=0, rounds=results[0][3])
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
-    for syn0, syn1, summary, _, pending in results:
+    for syn0, syn1, summary, _, pending, *_ in results:
         assert pending == [False, False]  # the last exchange sent every residual of the hot syncs too
         err = max(np.abs(syn0 - reference.syn0).max(), np.abs(syn1 - reference.syn1).max())
         assert 0 < err < 2e-3 < np.abs(unsynced.syn0 - reference.syn0).max(), err
@@ -255,26 +258,14 @@ def test_a_hot_sum_in_flight_lands_the_others_part_on_newer_training(half: bool)
     np.testing.assert_array_equal(results[0]["ref"][1], results[1]["ref"][1])
 
 
-def _train_overlapped(corpus: str, transport: str) -> tuple:
-    from sparsembed.dataparallel.trainer import DataParallelTrainer
-
-    model = _model(Path(corpus))
-    options = ExchangeOptions(transport=transport, overlap=True, values="int8", hot_tokens=HOT_TOKENS)
-    trainer = DataParallelTrainer(model, options)
-    summary = trainer.train(progress=False)
-    pending = [bool(r.pending.any()) or not np.array_equal(r.work, r.ref) for r in trainer.replicas]
-    return (model.syn0.copy(), model.syn1.copy(), summary, trainer.rounds, trainer.hot, trainer.hot_behind, pending,
-            trainer.shared)
-
-
 @pytest.mark.parametrize("transport", ["tcp", "auto"])
 def test_two_overlapped_ranks_sync_hot_rows_behind_training_and_end_alike(corpus: Path, transport: str) -> None:
     """Two ranks with ``--overlap`` (the default across hosts) sync the hot rows by default, each round's sum
     behind the next round, over gloo (int8 rows) and with the reference in shared memory (float32, where every rank
     writes the same sums): the run ends with both replicas bit-identical and nothing pending."""
     with DistPool(2, timeout=120.0) as pool:
-        results = pool.run(_train_overlapped, str(corpus), transport)
-    for syn0, syn1, summary, rounds, hot, behind, pending, shared in results:
+        results = pool.run(_train_rank, str(corpus), transport, "auto", "int8", True)
+    for syn0, syn1, summary, rounds, pending, hot, behind, shared in results:
         assert behind and rounds == STEP_TOKENS // HOT_TOKENS and 0 < hot <= HOT_ROWS_PAIR
         assert shared == (transport == "auto")
         assert pending == [False, False] and summary["steps"] > 2
